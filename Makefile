@@ -1,0 +1,62 @@
+# Cordon: the two set-up commands are `make up` and `make test` (see README.md).
+
+SHELL := /bin/bash
+# Builds are shared across clones of this repository on one machine (CI clones afresh each
+# run); set CARGO_TARGET_DIR to build elsewhere.
+CARGO_TARGET_DIR ?= $(HOME)/.cache/cordon/target
+export CARGO_TARGET_DIR
+CARGO ?= cargo
+BIN := $(CARGO_TARGET_DIR)/release
+
+.PHONY: up test bench deps build fmt lint unit policy-tests clean
+
+deps:
+	@scripts/install-deps.sh
+
+build: deps
+	$(CARGO) build --release --workspace --bins
+
+# Until the proxy lands, `up` demonstrates the policy engine on the example bundle: one allowed
+# and one denied request, decided exactly as the proxy will decide them.
+up: build
+	@echo "== cordon-policy check examples/policies/agent-egress"
+	@$(BIN)/cordon-policy check examples/policies/agent-egress
+	@echo "== allowed: GET https://pypi.org/simple/requests/ from session sesn_demo"
+	@$(BIN)/cordon-policy eval --bundle examples/policies/agent-egress \
+		--request "GET https://pypi.org/simple/requests/" --session sesn_demo
+	@echo "== denied: POST https://exfil.example/upload from session sesn_demo"
+	@$(BIN)/cordon-policy eval --bundle examples/policies/agent-egress \
+		--request "POST https://exfil.example/upload" --session sesn_demo
+
+# Order matters for CI, which reads the last summary line: the test runner's summary comes last.
+test: deps fmt lint policy-tests unit
+
+fmt:
+	$(CARGO) fmt --all -- --check
+
+lint:
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+# nextest runs each test in its own process (a panic or a leaked thread cannot hide another
+# test's result); doctests are nextest's blind spot, so they run first with cargo test.
+unit:
+	$(CARGO) test --workspace --locked --doc
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --locked --no-fail-fast; \
+	else \
+		$(CARGO) test --workspace --locked --no-fail-fast; \
+	fi
+
+# The example bundles' own Rego tests, run the way users run them.
+policy-tests:
+	$(CARGO) build --locked -p cordon-policy --bin cordon-policy
+	@for b in examples/policies/*/; do \
+		echo "== cordon-policy test $$b"; \
+		$(CARGO_TARGET_DIR)/debug/cordon-policy test "$$b" || exit 1; \
+	done
+
+bench: deps
+	$(CARGO) bench -p cordon-policy --bench decision
+
+clean:
+	$(CARGO) clean

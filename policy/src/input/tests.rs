@@ -1,0 +1,236 @@
+use std::net::SocketAddr;
+
+use super::*;
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn request(path: &str, headers: &[(&str, &str)]) -> PolicyInput {
+    PolicyInput {
+        stage: Stage::Request,
+        connection: ConnectionInput {
+            mode: ListenerMode::Transparent,
+            transport: Transport::Tls,
+            source: addr("10.200.0.2:50000"),
+            original_destination: Some(addr("192.0.2.10:443")),
+            sni: Some("api.github.com".into()),
+            connect_target: None,
+        },
+        session: SessionInput::named("sesn_1"),
+        request: Some(RequestInput {
+            id: Some("req-1".into()),
+            method: "GET".into(),
+            scheme: "https".into(),
+            authority: "API.GitHub.com".into(),
+            path: path.into(),
+            protocol: HttpProtocol::Http2,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }),
+    }
+}
+
+fn json(input: &PolicyInput) -> serde_json::Value {
+    input.to_json()
+}
+
+#[test]
+fn decodes_percent_encoded_segments_but_keeps_encoded_slashes_inside_one() {
+    assert_eq!(
+        parse_path("/a%20b/c%2Fd/%E2%9C%93"),
+        vec!["a b", "c/d", "✓"]
+    );
+}
+
+#[test]
+fn keeps_invalid_percent_escapes_literally() {
+    assert_eq!(parse_path("/a%zzb/%"), vec!["a%zzb", "%"]);
+}
+
+#[test]
+fn root_and_empty_paths_give_one_empty_segment() {
+    assert_eq!(parse_path("/"), vec![""]);
+    assert_eq!(parse_path(""), vec![""]);
+    assert_eq!(parse_path("/?x=1"), vec![""]);
+    assert_eq!(parse_path("/a/b/"), vec!["a", "b", ""]);
+}
+
+#[test]
+fn repeated_query_keys_keep_every_value_in_order() {
+    let q = parse_query("/p?a=1&b=x+y&a=2&flag&c=%2F#frag");
+    assert_eq!(q["a"], vec!["1", "2"]);
+    assert_eq!(q["b"], vec!["x y"]);
+    assert_eq!(q["flag"], vec![""]);
+    assert_eq!(q["c"], vec!["/"]);
+    assert_eq!(q.len(), 4);
+    assert!(parse_query("/no-query").is_empty());
+}
+
+#[test]
+fn parses_ipv6_authorities_with_and_without_ports() {
+    assert_eq!(
+        parse_authority("[2001:db8::1]:8443", 443),
+        Some(Authority {
+            host: "2001:db8::1".into(),
+            port: 8443
+        })
+    );
+    assert_eq!(parse_authority("[2001:db8::1]", 443).unwrap().port, 443);
+    assert_eq!(parse_authority("2001:db8::1", 443), None);
+    assert_eq!(parse_authority("[not-an-ip]:1", 443), None);
+}
+
+#[test]
+fn normalises_host_case_and_trailing_dot_and_rejects_junk() {
+    let a = parse_authority("Example.COM.:8080", 80).unwrap();
+    assert_eq!((a.host.as_str(), a.port), ("example.com", 8080));
+    for bad in [
+        "",
+        ":80",
+        "user@host",
+        "host:99999",
+        "host:0",
+        "host:x",
+        "a/b",
+    ] {
+        assert_eq!(parse_authority(bad, 80), None, "{bad}");
+    }
+}
+
+#[test]
+fn builds_envoy_shaped_request_attributes() {
+    let doc = json(&request("/repos/o/r?per_page=1", &[]));
+    let http = &doc["attributes"]["request"]["http"];
+    assert_eq!(http["method"], "GET");
+    assert_eq!(http["host"], "api.github.com");
+    assert_eq!(http["path"], "/repos/o/r?per_page=1");
+    assert_eq!(http["scheme"], "https");
+    assert_eq!(http["protocol"], "HTTP/2");
+    assert_eq!(http["id"], "req-1");
+    assert_eq!(doc["parsed_path"], serde_json::json!(["repos", "o", "r"]));
+    assert_eq!(doc["parsed_query"], serde_json::json!({"per_page": ["1"]}));
+    assert_eq!(
+        doc["attributes"]["source"]["address"]["socketAddress"],
+        serde_json::json!({"address": "10.200.0.2", "portValue": 50000})
+    );
+    assert_eq!(
+        doc["attributes"]["destination"]["address"]["socketAddress"]["portValue"],
+        443
+    );
+    assert_eq!(doc["attributes"]["tlsSession"]["sni"], "api.github.com");
+    assert_eq!(
+        doc["version"],
+        serde_json::json!({"encoding": "protojson", "ext_authz": "v3"})
+    );
+    assert_eq!(
+        doc["destination"],
+        serde_json::json!({"host": "api.github.com", "port": 443})
+    );
+    assert_eq!(doc["connection"]["stage"], "request");
+    assert_eq!(doc["connection"]["mode"], "transparent");
+    assert_eq!(doc["connection"]["transport"], "tls");
+    assert_eq!(doc["session"]["id"], "sesn_1");
+}
+
+#[test]
+fn lower_cases_and_joins_repeated_headers_and_adds_pseudo_headers() {
+    let doc = json(&request(
+        "/x",
+        &[
+            ("Accept", "text/html"),
+            ("ACCEPT", "application/json"),
+            ("Cookie", "a=1"),
+            ("cookie", "b=2"),
+            (":authority", "evil.example"),
+            ("X-Empty", ""),
+        ],
+    ));
+    let headers = &doc["attributes"]["request"]["http"]["headers"];
+    assert_eq!(headers["accept"], "text/html,application/json");
+    assert_eq!(headers["cookie"], "a=1; b=2");
+    assert_eq!(headers["x-empty"], "");
+    // Pseudo-headers come from the request itself, never from a client-sent field.
+    assert_eq!(headers[":authority"], "api.github.com");
+    assert_eq!(headers[":method"], "GET");
+    assert_eq!(headers[":path"], "/x");
+    assert_eq!(headers[":scheme"], "https");
+    assert!(headers.get("Accept").is_none());
+}
+
+#[test]
+fn connect_stage_has_no_request_and_names_destination_from_sni() {
+    let mut input = request("/", &[]);
+    input.stage = Stage::Connect;
+    input.request = None;
+    let doc = json(&input);
+    assert!(doc["attributes"].get("request").is_none());
+    assert!(doc.get("parsed_path").is_none());
+    assert!(doc.get("parsed_query").is_none());
+    assert_eq!(doc["connection"]["stage"], "connect");
+    assert_eq!(doc["connection"]["sni"], "api.github.com");
+    assert_eq!(
+        doc["destination"],
+        serde_json::json!({"host": "api.github.com", "port": 443})
+    );
+}
+
+#[test]
+fn connect_destination_prefers_connect_target_then_falls_back_to_address() {
+    let mut input = request("/", &[]);
+    input.stage = Stage::Connect;
+    input.request = None;
+    input.connection.connect_target = Some("Git.Example:8443".into());
+    assert_eq!(
+        input.destination(),
+        Some(Authority {
+            host: "git.example".into(),
+            port: 8443
+        })
+    );
+    input.connection.connect_target = None;
+    input.connection.sni = None;
+    assert_eq!(
+        input.destination(),
+        Some(Authority {
+            host: "192.0.2.10".into(),
+            port: 443
+        })
+    );
+}
+
+#[test]
+fn session_labels_and_agent_are_present() {
+    let mut input = request("/", &[]);
+    input.session.agent_id = Some("agent_7".into());
+    input.session.labels.insert("team".into(), "infra".into());
+    let doc = json(&input);
+    assert_eq!(doc["session"]["agent_id"], "agent_7");
+    assert_eq!(
+        doc["session"]["labels"],
+        serde_json::json!({"team": "infra"})
+    );
+    let unknown = PolicyInput {
+        session: SessionInput::unknown(),
+        ..input
+    };
+    let doc = json(&unknown);
+    assert_eq!(doc["session"]["id"], "unknown");
+    assert_eq!(doc["session"]["labels"], serde_json::json!({}));
+}
+
+#[test]
+fn request_from_url_fills_scheme_authority_and_path() {
+    let r = RequestInput::from_url("get", "https://[::1]:8443?x=1#f", vec![]).unwrap();
+    assert_eq!(r.method, "GET");
+    assert_eq!(r.authority, "[::1]:8443");
+    assert_eq!(r.path, "/?x=1");
+    let r = RequestInput::from_url("POST", "http://example.com", vec![]).unwrap();
+    assert_eq!((r.scheme.as_str(), r.path.as_str()), ("http", "/"));
+    assert!(RequestInput::from_url("GET", "ftp://x/", vec![]).is_err());
+    assert!(RequestInput::from_url("GET", "example.com/x", vec![]).is_err());
+    assert!(RequestInput::from_url("G T", "http://x/", vec![]).is_err());
+    assert!(RequestInput::from_url("GET", "http://user@x/", vec![]).is_err());
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the system packages Cordon builds and tests with, only those missing, so a fresh
+# Debian 12 machine needs nothing but this repository and a Rust toolchain.
+#   cmake, pkg-config, build-essential: C parts of Rust dependencies (pingora pulls libz-ng-sys)
+#   curl, git: the integration tests' clients
+set -euo pipefail
+
+packages=(build-essential cmake pkg-config curl git ca-certificates)
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]} == 0)); then
+    exit 0
+fi
+echo "installing: ${missing[*]}"
+if [[ $(id -u) -ne 0 ]]; then
+    echo "install-deps: need root to apt-get install ${missing[*]}" >&2
+    exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}"
