@@ -1,4 +1,9 @@
-//! The gateway data plane: transparent and CONNECT TLS interception on Pingora, a Rego decision per request, credential injection, metrics and audit.
+//! Cordon's gateway data plane.
 //!
-//! Not built yet: this crate is a skeleton so the workspace layout is in place. Its open issue in
-//! the tracker describes what it will do; nothing here pretends to do it.
+//! A transparent and explicit (CONNECT) TLS-intercepting proxy on Pingora that asks
+//! `cordon-policy` for a decision on every connection and request. This crate is being built
+//! up issue by issue; today it holds the interception CA, leaf minting and connection
+//! classification.
+
+pub mod config;
+pub mod intercept;

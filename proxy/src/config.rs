@@ -1,0 +1,327 @@
+//! `cordon.toml`: the proxy's configuration, parsed into validated types.
+//!
+//! The file is plain serde data with unknown keys rejected ([`file`]); [`ProxyConfig::load`]
+//! turns it into typed values and reports every problem at once, each naming its key, so an
+//! operator fixes a config in one pass. docs/CONFIG.md documents every key.
+
+mod file;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cordon_policy::{EvalLimits, PolicyConfig};
+use ipnet::IpNet;
+
+/// Leaves minted per server name are kept this many at most.
+pub const DEFAULT_CERT_CACHE_SIZE: usize = 10_000;
+/// Minted leaves are valid this long (and re-minted after half of it).
+pub const DEFAULT_LEAF_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+/// A client must finish its first bytes (ClientHello, CONNECT head) within this.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Dialling an upstream gives up after this.
+pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// An upstream that sends nothing for this long is abandoned (504).
+pub const DEFAULT_UPSTREAM_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What to do with a TLS client that sends no SNI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoSniAction {
+    /// Refuse the connection (the default): without a name there is nothing to verify the
+    /// upstream against.
+    Deny,
+    /// Intercept with a leaf for the original destination address (transparent mode only).
+    OriginalDestination,
+}
+
+/// How a connect-stage decision is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectStage {
+    /// Ask the policy (the default).
+    Evaluate,
+    /// Intercept every TLS and HTTP connection without asking, leaving every decision to the
+    /// request stage (for policies written for OPA-Envoy, which know no connect stage). Raw TCP
+    /// is still closed.
+    Intercept,
+}
+
+/// The whole proxy configuration.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub listen: ListenConfig,
+    pub state_dir: PathBuf,
+    pub policy: PolicyConfig,
+    pub connect_stage: ConnectStage,
+    pub tls: TlsConfig,
+    pub upstream: UpstreamConfig,
+    pub audit_path: AuditTarget,
+}
+
+/// Where the proxy listens.
+#[derive(Debug, Clone)]
+pub struct ListenConfig {
+    pub transparent: Option<SocketAddr>,
+    pub explicit: Option<SocketAddr>,
+    pub admin: SocketAddr,
+    pub metrics: Option<SocketAddr>,
+    pub handshake_timeout: Duration,
+}
+
+/// Interception and upstream TLS.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
+    pub upstream_extra_roots: Vec<PathBuf>,
+    pub cert_cache_size: NonZeroUsize,
+    pub leaf_validity: Duration,
+    pub no_sni: NoSniAction,
+}
+
+/// Reaching upstreams.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// `host:port` (lower-case host) -> address to dial instead of resolving.
+    pub connect_to: HashMap<(String, u16), SocketAddr>,
+    /// Networks exempt from the SSRF guard.
+    pub allow_private: Vec<IpNet>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+/// Where audit records go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditTarget {
+    Stdout,
+    File(PathBuf),
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path} has {} error(s):\n  {}", .errors.len(), .errors.join("\n  "))]
+    Invalid { path: PathBuf, errors: Vec<String> },
+}
+
+impl ProxyConfig {
+    /// Reads and validates a config file. Relative paths in it are relative to the file's
+    /// directory, so a config works wherever the proxy is started from.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses config text; `path` names the file in errors and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: file::ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let mut errors = Vec::new();
+        let config = validate(raw, &base, &mut errors);
+        match config {
+            Some(config) if errors.is_empty() => Ok(config),
+            _ => Err(ConfigError::Invalid {
+                path: path.into(),
+                errors,
+            }),
+        }
+    }
+}
+
+fn validate(raw: file::ConfigFile, base: &Path, errors: &mut Vec<String>) -> Option<ProxyConfig> {
+    let resolve = |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
+    let mut addr = |key: &str, value: &Option<String>| -> Option<SocketAddr> {
+        let value = value.as_ref()?;
+        match value.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                errors.push(format!("{key} = {value:?} is not an address:port"));
+                None
+            }
+        }
+    };
+    let transparent = addr("proxy.transparent_listen", &raw.proxy.transparent_listen);
+    let explicit = addr("proxy.explicit_listen", &raw.proxy.explicit_listen);
+    let admin = addr("proxy.admin_listen", &Some(raw.proxy.admin_listen.clone()));
+    let metrics = addr("proxy.metrics_listen", &raw.proxy.metrics_listen);
+    if raw.proxy.transparent_listen.is_none() && raw.proxy.explicit_listen.is_none() {
+        errors.push(
+            "neither proxy.transparent_listen nor proxy.explicit_listen is set; set at least one"
+                .into(),
+        );
+    }
+    if let Some(admin) = admin
+        && !admin.ip().is_loopback()
+    {
+        errors.push(format!(
+            "proxy.admin_listen = {admin} is not a loopback address; the admin API registers \
+             sessions and must not be reachable from sandboxes"
+        ));
+    }
+    let state_dir = resolve(&raw.proxy.state_dir);
+
+    let Some(bundle) = raw.policy.bundle.as_ref() else {
+        errors.push("policy.bundle is not set; point it at a policy bundle directory, .tar.gz or .rego file".into());
+        return None;
+    };
+    let mut policy = PolicyConfig::new(resolve(bundle));
+    policy.query = raw.policy.query.clone();
+    if raw.policy.eval_timeout_ms == 0 {
+        errors.push("policy.eval_timeout_ms must be greater than 0".into());
+    }
+    policy.limits = EvalLimits {
+        timeout: Duration::from_millis(raw.policy.eval_timeout_ms),
+        ..EvalLimits::default()
+    };
+    let connect_stage = match raw.policy.connect_stage.as_str() {
+        "evaluate" => ConnectStage::Evaluate,
+        "intercept" => ConnectStage::Intercept,
+        other => {
+            errors.push(format!(
+                "policy.connect_stage = {other:?}: expected \"evaluate\" or \"intercept\""
+            ));
+            ConnectStage::Evaluate
+        }
+    };
+
+    let no_sni = match raw.tls.no_sni.as_str() {
+        "deny" => NoSniAction::Deny,
+        "original_destination" => NoSniAction::OriginalDestination,
+        other => {
+            errors.push(format!(
+                "tls.no_sni = {other:?}: expected \"deny\" or \"original_destination\""
+            ));
+            NoSniAction::Deny
+        }
+    };
+    let cert_cache_size = NonZeroUsize::new(raw.tls.cert_cache_size).unwrap_or_else(|| {
+        errors.push("tls.cert_cache_size must be greater than 0".into());
+        NonZeroUsize::MIN
+    });
+    if raw.tls.leaf_validity_hours == 0 {
+        errors.push("tls.leaf_validity_hours must be greater than 0".into());
+    }
+    let extra_roots: Vec<PathBuf> = raw
+        .tls
+        .upstream_extra_roots
+        .iter()
+        .map(|p| resolve(p))
+        .collect();
+    for root in &extra_roots {
+        if !root.is_file() {
+            errors.push(format!(
+                "tls.upstream_extra_roots: {} does not exist or is not a file",
+                root.display()
+            ));
+        }
+    }
+    let tls = TlsConfig {
+        ca_cert: raw
+            .tls
+            .ca_cert
+            .as_ref()
+            .map_or_else(|| state_dir.join("ca.pem"), |p| resolve(p)),
+        ca_key: raw
+            .tls
+            .ca_key
+            .as_ref()
+            .map_or_else(|| state_dir.join("ca-key.pem"), |p| resolve(p)),
+        upstream_extra_roots: extra_roots,
+        cert_cache_size,
+        leaf_validity: Duration::from_secs(raw.tls.leaf_validity_hours * 3600),
+        no_sni,
+    };
+
+    let mut connect_to = HashMap::new();
+    for (from, to) in &raw.upstream.connect_to {
+        let target = match parse_host_port(from) {
+            Some(t) => t,
+            None => {
+                errors.push(format!(
+                    "upstream.connect_to key {from:?} must be host:port (lower-case host)"
+                ));
+                continue;
+            }
+        };
+        match to.parse::<SocketAddr>() {
+            Ok(addr) => {
+                connect_to.insert(target, addr);
+            }
+            Err(_) => errors.push(format!(
+                "upstream.connect_to.{from:?} = {to:?} must be an ip:port address"
+            )),
+        }
+    }
+    let mut allow_private = Vec::new();
+    for cidr in &raw.upstream.allow_private {
+        match cidr.parse::<IpNet>() {
+            Ok(net) => allow_private.push(net),
+            Err(_) => match cidr.parse::<std::net::IpAddr>() {
+                Ok(ip) => allow_private.push(IpNet::from(ip)),
+                Err(_) => errors.push(format!(
+                    "upstream.allow_private: {cidr:?} is not a CIDR or an IP"
+                )),
+            },
+        }
+    }
+    let upstream = UpstreamConfig {
+        connect_to,
+        allow_private,
+        connect_timeout: Duration::from_millis(raw.upstream.connect_timeout_ms),
+        read_timeout: Duration::from_millis(raw.upstream.read_timeout_ms),
+    };
+    let audit_path = match raw.audit.path.as_deref() {
+        None => AuditTarget::File(state_dir.join("audit.log")),
+        Some(p) if p == Path::new("-") => AuditTarget::Stdout,
+        Some(p) => AuditTarget::File(resolve(p)),
+    };
+
+    Some(ProxyConfig {
+        listen: ListenConfig {
+            transparent,
+            explicit,
+            admin: admin?,
+            metrics,
+            handshake_timeout: Duration::from_millis(raw.proxy.handshake_timeout_ms),
+        },
+        state_dir,
+        policy,
+        connect_stage,
+        tls,
+        upstream,
+        audit_path,
+    })
+}
+
+/// `host:port` with a lower-case host (IPv6 in brackets).
+fn parse_host_port(s: &str) -> Option<(String, u16)> {
+    let authority = cordon_policy::input::parse_authority(s, 0)?;
+    if authority.port == 0 || s.to_ascii_lowercase() != s {
+        return None;
+    }
+    Some((authority.host, authority.port))
+}
+
+#[cfg(test)]
+mod tests;
