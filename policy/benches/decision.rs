@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cordon_policy::bundle::Bundle;
+use cordon_policy::input::ConnectionDocument;
 use cordon_policy::{
     ConnectionInput, EvalLimits, Generation, HttpProtocol, ListenerMode, PolicyInput, RequestInput,
     SessionInput, Stage, Transport,
@@ -25,6 +26,26 @@ struct Case {
     bundle: &'static str,
     query: &'static str,
     input: PolicyInput,
+    /// Built once, as the proxy builds it once per connection.
+    connection: ConnectionDocument,
+}
+
+impl Case {
+    fn new(
+        name: &'static str,
+        bundle: &'static str,
+        query: &'static str,
+        input: PolicyInput,
+    ) -> Self {
+        let connection = ConnectionDocument::new(&input.connection, &input.session);
+        Self {
+            name,
+            bundle,
+            query,
+            input,
+            connection,
+        }
+    }
 }
 
 fn request(host: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> PolicyInput {
@@ -64,41 +85,40 @@ fn request(host: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Po
 
 fn cases() -> Vec<Case> {
     vec![
-        Case {
-            name: "agent-egress/github-api-inject",
-            bundle: "agent-egress",
-            query: "data.cordon.egress.decision",
-            input: request(
+        Case::new(
+            "agent-egress/github-api-inject",
+            "agent-egress",
+            "data.cordon.egress.decision",
+            request(
                 "api.github.com",
                 "GET",
                 "/repos/acme/widgets/pulls?state=open&per_page=50",
                 &[],
             ),
-        },
-        Case {
-            name: "agent-egress/registry-read",
-            bundle: "agent-egress",
-            query: "data.cordon.egress.decision",
-            input: request("pypi.org", "GET", "/simple/requests/", &[]),
-        },
-        Case {
-            name: "agent-egress/unlisted-deny",
-            bundle: "agent-egress",
-            query: "data.cordon.egress.decision",
-            input: request("exfil.example", "POST", "/upload", &[]),
-        },
-        Case {
-            name: "opa-envoy/rbac",
-            bundle: "opa-envoy",
-            query: "data.envoy.authz.allow",
-            // alice:password
-            input: request(
+        ),
+        Case::new(
+            "agent-egress/registry-read",
+            "agent-egress",
+            "data.cordon.egress.decision",
+            request("pypi.org", "GET", "/simple/requests/", &[]),
+        ),
+        Case::new(
+            "agent-egress/unlisted-deny",
+            "agent-egress",
+            "data.cordon.egress.decision",
+            request("exfil.example", "POST", "/upload", &[]),
+        ),
+        Case::new(
+            "opa-envoy/rbac",
+            "opa-envoy",
+            "data.envoy.authz.allow",
+            request(
                 "people.example",
                 "GET",
                 "/people",
                 &[("authorization", "Basic YWxpY2U6cGFzc3dvcmQ=")],
             ),
-        },
+        ),
     ]
 }
 
@@ -123,16 +143,20 @@ fn load(case: &Case) -> (Generation, regorus::Engine) {
 }
 
 /// The evaluation paths compared, each including the building of the input document.
-const PATHS: [&str; 3] = [
-    "rvm (cordon fast path)",
+const PATHS: [&str; 4] = [
+    "rvm + connection document",
+    "rvm + whole document",
     "interpreter",
     "naive engine reuse",
 ];
 
 fn decide(path: usize, generation: &Generation, engine: &mut regorus::Engine, case: &Case) -> bool {
     match path {
-        0 => generation.decide(&case.input).is_allowed(),
-        1 => generation.decide_interpreted(&case.input).is_allowed(),
+        0 => generation
+            .decide_request(&case.connection, case.input.request.as_ref().unwrap())
+            .is_allowed(),
+        1 => generation.decide(&case.input).is_allowed(),
+        2 => generation.decide_interpreted(&case.input).is_allowed(),
         _ => {
             engine.set_input(case.input.to_value());
             engine.eval_rule(case.query.to_string()).is_ok()
@@ -149,8 +173,16 @@ fn criterion_benches(c: &mut Criterion, cases: &[Case]) {
                 b.iter(|| black_box(decide(index, &generation, &mut engine, black_box(case))))
             });
         }
-        group.bench_function("input document only", |b| {
+        group.bench_function("input document only (whole)", |b| {
             b.iter(|| black_box(black_box(&case.input).to_value()))
+        });
+        let request = case.input.request.as_ref().unwrap();
+        group.bench_function("input document only (per request)", |b| {
+            b.iter(|| black_box(case.connection.request(black_box(request))))
+        });
+        let prebuilt = case.input.to_value();
+        group.bench_function("policy only (input prebuilt)", |b| {
+            b.iter(|| black_box(generation.decide_value(black_box(prebuilt.clone()))))
         });
         group.finish();
     }

@@ -173,7 +173,8 @@ impl Decision {
             "inject": self.inject.iter().map(|c| serde_json::json!({
                 "secret": c.secret, "header": c.header,
             })).collect::<Vec<_>>(),
-            "mitm": self.tls == TlsHandling::Intercept,
+            // Only an allow has a TLS handling to speak of.
+            "mitm": self.is_allowed().then_some(self.tls == TlsHandling::Intercept),
             "failure": self.failure.map(DecisionFailure::as_str),
             "generation": &*self.generation,
         })

@@ -51,6 +51,17 @@ impl Default for EvalLimits {
     }
 }
 
+/// Which evaluator a generation should serve with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EvaluatorChoice {
+    /// The RVM when the policy compiles to it, else the interpreter (the default).
+    #[default]
+    Auto,
+    /// Always the interpreter: for a policy that meets an RVM limitation (see docs/POLICY.md),
+    /// at several times the cost per decision.
+    Interpreter,
+}
+
 /// Where policy comes from and what is asked of it.
 #[derive(Debug, Clone)]
 pub struct PolicyConfig {
@@ -59,6 +70,7 @@ pub struct PolicyConfig {
     /// The rule the decision is read from, e.g. [`DEFAULT_QUERY`] or `data.envoy.authz.allow`.
     pub query: String,
     pub limits: EvalLimits,
+    pub evaluator: EvaluatorChoice,
 }
 
 impl PolicyConfig {
@@ -67,6 +79,7 @@ impl PolicyConfig {
             bundle: bundle.into(),
             query: DEFAULT_QUERY.to_string(),
             limits: EvalLimits::default(),
+            evaluator: EvaluatorChoice::Auto,
         }
     }
 }
@@ -144,7 +157,14 @@ impl Generation {
     /// Loads and compiles the bundle at `config.bundle`.
     pub fn load(config: &PolicyConfig) -> Result<Self, PolicyLoadError> {
         let bundle = Bundle::load(&config.bundle)?;
-        Self::compile(&bundle, &config.query, config.limits)
+        let mut generation = Self::compile(&bundle, &config.query, config.limits)?;
+        if config.evaluator == EvaluatorChoice::Interpreter {
+            generation.program = None;
+            generation.info.path = EvalPath::Interpreter {
+                reason: "configured (policy evaluator = interpreter)".to_string(),
+            };
+        }
+        Ok(generation)
     }
 
     /// Compiles a loaded bundle for `query`. Test modules are left out.
@@ -195,6 +215,16 @@ impl Generation {
         self.decide_value(input.to_value())
     }
 
+    /// Decides one request on a connection whose constant parts are already built (the
+    /// proxy's hot path: one [`crate::input::ConnectionDocument`] per connection).
+    pub fn decide_request(
+        &self,
+        connection: &crate::input::ConnectionDocument,
+        request: &crate::input::RequestInput,
+    ) -> Decision {
+        self.decide_value(connection.request(request))
+    }
+
     /// Decides from a whole input document (what `opa eval --input` takes).
     pub fn decide_value(&self, input: Value) -> Decision {
         let result = match &self.program {
@@ -213,7 +243,12 @@ impl Generation {
     /// Decides with the interpreter even when the RVM path exists: the baseline the benchmark
     /// and the equivalence tests compare the fast path against.
     pub fn decide_interpreted(&self, input: &PolicyInput) -> Decision {
-        let result = self.interpret(input.to_value());
+        self.decide_value_interpreted(input.to_value())
+    }
+
+    /// [`Generation::decide_interpreted`] for a whole input document.
+    pub fn decide_value_interpreted(&self, input: Value) -> Decision {
+        let result = self.interpret(input);
         self.to_decision(result)
     }
 
@@ -312,11 +347,14 @@ fn compile_query(
             return Err(compile_error(message.trim().to_string()));
         }
     };
-    if !compiled.get_rules().contains_key(query) {
+    // regorus's `get_rules()` leaves out `default` rules, so existence is checked against the
+    // parsed modules, where a default-only rule is a rule like any other.
+    let defined = defined_rules(engine);
+    if !defined.iter().any(|rule| rule == query) {
         return Err(PolicyLoadError::MissingQuery {
             bundle: bundle.origin.clone(),
             query: query.to_string(),
-            available: defined_rules(engine),
+            available: defined,
         });
     }
     Ok(compiled)

@@ -26,6 +26,7 @@ mod uri;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+pub use document::ConnectionDocument;
 pub use uri::{Authority, parse_authority, parse_path, parse_query};
 
 /// Which decision is being asked for.

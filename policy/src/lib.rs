@@ -31,8 +31,8 @@ pub mod testing;
 pub use bundle::{Bundle, BundleLoadError};
 pub use decision::{CredentialRef, Decision, DecisionFailure, HeaderValue, Outcome, TlsHandling};
 pub use engine::{
-    DEFAULT_QUERY, EvalLimits, EvalPath, Generation, GenerationInfo, PolicyConfig, PolicyEngine,
-    PolicyLoadError,
+    DEFAULT_QUERY, EvalLimits, EvalPath, EvaluatorChoice, Generation, GenerationInfo, PolicyConfig,
+    PolicyEngine, PolicyLoadError,
 };
 pub use input::{
     ConnectionInput, HttpProtocol, ListenerMode, PolicyInput, RequestInput, SessionInput, Stage,

@@ -12,7 +12,7 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cordon_policy::{EvalLimits, PolicyConfig};
+use cordon_policy::{EvalLimits, EvaluatorChoice, PolicyConfig};
 use ipnet::IpNet;
 
 /// Leaves minted per server name are kept this many at most.
@@ -193,6 +193,16 @@ fn validate(raw: file::ConfigFile, base: &Path, errors: &mut Vec<String>) -> Opt
     policy.limits = EvalLimits {
         timeout: Duration::from_millis(raw.policy.eval_timeout_ms),
         ..EvalLimits::default()
+    };
+    policy.evaluator = match raw.policy.evaluator.as_str() {
+        "auto" => EvaluatorChoice::Auto,
+        "interpreter" => EvaluatorChoice::Interpreter,
+        other => {
+            errors.push(format!(
+                "policy.evaluator = {other:?}: expected \"auto\" or \"interpreter\""
+            ));
+            EvaluatorChoice::Auto
+        }
     };
     let connect_stage = match raw.policy.connect_stage.as_str() {
         "evaluate" => ConnectStage::Evaluate,

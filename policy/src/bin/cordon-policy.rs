@@ -119,16 +119,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let generation = load(&args.bundle, &args.query)?;
-    let decision = match &args.input {
+    let input = match &args.input {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read input {}", path.display()))?;
             let json: serde_json::Value = serde_json::from_str(&text)
                 .with_context(|| format!("input {} is not valid JSON", path.display()))?;
-            generation.decide_value(regorus::Value::from(json))
+            regorus::Value::from(json)
         }
-        None => generation.decide(&request_input(&args.request)?),
+        None => request_input(&args.request)?.to_value(),
     };
+    let decision = generation.decide_value(input.clone());
+    // The proxy serves the RVM; `cordon-policy test` runs the interpreter. Say so when they
+    // part ways for this input (a regorus RVM limitation: see docs/POLICY.md).
+    let reference = Some(generation.decide_value_interpreted(input));
+    if let Some(reference) = reference
+        && reference != decision
+    {
+        eprintln!(
+            "cordon-policy: warning: the RVM (what the proxy serves) and the interpreter (what \
+             `cordon-policy test` runs) disagree on this input:\n  rvm:         {}\n  interpreter: {}",
+            decision.to_json(),
+            reference.to_json()
+        );
+    }
     println!("{}", serde_json::to_string_pretty(&decision.to_json())?);
     Ok(ExitCode::SUCCESS)
 }
@@ -166,6 +180,7 @@ fn request_input(args: &RequestArgs) -> anyhow::Result<PolicyInput> {
         labels,
     };
     let tls = request.scheme == "https";
+    let input_authority = request.authority.clone();
     let connection = ConnectionInput {
         mode: ListenerMode::Explicit,
         transport: if tls { Transport::Tls } else { Transport::Http },
@@ -187,11 +202,10 @@ fn request_input(args: &RequestArgs) -> anyhow::Result<PolicyInput> {
     };
     if args.connect && !tls {
         // A plaintext connection's first look has no SNI: name the target as CONNECT would.
-        let url_authority = url.trim().split_once("://").map(|(_, r)| r).unwrap_or("");
-        let end = url_authority
-            .find(['/', '?', '#'])
-            .unwrap_or(url_authority.len());
-        input.connection.connect_target = Some(url_authority[..end].to_string());
+        let target = cordon_policy::input::parse_authority(&input_authority, 80)
+            .map(|a| format!("{}:{}", a.host, a.port))
+            .unwrap_or(input_authority);
+        input.connection.connect_target = Some(target);
     }
     Ok(input)
 }

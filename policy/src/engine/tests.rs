@@ -269,3 +269,16 @@ fn decisions_during_reloads_always_come_from_one_whole_generation() {
     stop.store(true, Ordering::Relaxed);
     assert!(checker.join().unwrap() > 0);
 }
+
+#[test]
+fn a_query_defined_only_by_a_default_rule_loads_and_decides() {
+    let dir = bundle_dir(
+        "package cordon.egress\nimport rego.v1\ndefault decision := {\"allowed\": false, \"reason\": \"closed\"}\n",
+    );
+    let generation = Generation::load(&PolicyConfig::new(dir.path())).unwrap();
+    let i = input("pypi.org", "GET", "/");
+    for d in [generation.decide(&i), generation.decide_interpreted(&i)] {
+        assert_eq!(d.reason, "closed");
+        assert_eq!(d.failure, None);
+    }
+}

@@ -51,6 +51,7 @@ pub(super) struct PolicySection {
     pub(super) query: String,
     pub(super) eval_timeout_ms: u64,
     pub(super) connect_stage: String,
+    pub(super) evaluator: String,
 }
 
 impl Default for PolicySection {
@@ -60,6 +61,7 @@ impl Default for PolicySection {
             query: cordon_policy::DEFAULT_QUERY.into(),
             eval_timeout_ms: cordon_policy::engine::DEFAULT_EVAL_TIMEOUT.as_millis() as u64,
             connect_stage: "evaluate".into(),
+            evaluator: "auto".into(),
         }
     }
 }

@@ -1,0 +1,188 @@
+//! The session registry: which CMA session a sandbox source address belongs to.
+//!
+//! The controller registers a session's address through the admin API before the sandbox
+//! starts and removes it after the sandbox is gone. A source nobody registered is session
+//! `unknown`, and the policy decides what such a source may do (the examples deny it).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::RwLock;
+
+use cordon_policy::SessionInput;
+
+/// A registered session.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SessionRecord {
+    pub id: String,
+    pub source: IpAddr,
+    #[serde(default)]
+    pub agent_id: Option<String>,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// Why a registration was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RegisterError {
+    #[error(
+        "source {address} is already registered to session {holder}; remove that session first"
+    )]
+    SourceTaken { address: IpAddr, holder: String },
+    #[error(
+        "session id {0:?} is not valid: use 1-128 characters of letters, digits, '_', '-', '.'"
+    )]
+    BadId(String),
+}
+
+/// Source address -> session, and session id -> source address.
+#[derive(Debug, Default)]
+pub struct SessionRegistry {
+    inner: RwLock<Registry>,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    by_source: HashMap<IpAddr, SessionRecord>,
+    by_id: HashMap<String, IpAddr>,
+}
+
+impl SessionRegistry {
+    /// Registers (or re-registers, with new labels) a session. One source maps to one session:
+    /// a second session claiming a taken source is refused, so no sandbox can pose as another.
+    pub fn register(&self, record: SessionRecord) -> Result<(), RegisterError> {
+        if !valid_id(&record.id) {
+            return Err(RegisterError::BadId(record.id));
+        }
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(holder) = inner.by_source.get(&record.source)
+            && holder.id != record.id
+        {
+            return Err(RegisterError::SourceTaken {
+                address: record.source,
+                holder: holder.id.clone(),
+            });
+        }
+        if let Some(old_source) = inner.by_id.insert(record.id.clone(), record.source)
+            && old_source != record.source
+        {
+            inner.by_source.remove(&old_source);
+        }
+        inner.by_source.insert(record.source, record);
+        Ok(())
+    }
+
+    /// Removes a session; returns it if it was registered.
+    pub fn remove(&self, id: &str) -> Option<SessionRecord> {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let source = inner.by_id.remove(id)?;
+        inner.by_source.remove(&source)
+    }
+
+    /// The session of a source address, or `unknown`.
+    pub fn lookup(&self, source: IpAddr) -> SessionInput {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        match inner.by_source.get(&normalise(source)) {
+            Some(r) => SessionInput {
+                id: r.id.clone(),
+                agent_id: r.agent_id.clone(),
+                labels: r.labels.clone(),
+            },
+            None => SessionInput::unknown(),
+        }
+    }
+
+    pub fn list(&self) -> Vec<SessionRecord> {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<_> = inner.by_source.values().cloned().collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_source
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// IPv4-mapped IPv6 sources (from dual-stack listeners) are their IPv4 address.
+fn normalise(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id != SessionInput::UNKNOWN_ID
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, source: &str) -> SessionRecord {
+        SessionRecord {
+            id: id.into(),
+            source: source.parse().unwrap(),
+            agent_id: Some("agent_1".into()),
+            labels: [("team".to_string(), "infra".to_string())].into(),
+        }
+    }
+
+    #[test]
+    fn finds_registered_sessions_and_calls_the_rest_unknown() {
+        let registry = SessionRegistry::default();
+        registry.register(record("sesn_a", "10.200.0.2")).unwrap();
+        let found = registry.lookup("10.200.0.2".parse().unwrap());
+        assert_eq!(found.id, "sesn_a");
+        assert_eq!(found.labels["team"], "infra");
+        assert_eq!(
+            registry.lookup("::ffff:10.200.0.2".parse().unwrap()).id,
+            "sesn_a"
+        );
+        assert_eq!(registry.lookup("10.200.0.6".parse().unwrap()).id, "unknown");
+    }
+
+    #[test]
+    fn one_source_belongs_to_one_session() {
+        let registry = SessionRegistry::default();
+        registry.register(record("sesn_a", "10.200.0.2")).unwrap();
+        let err = registry
+            .register(record("sesn_b", "10.200.0.2"))
+            .unwrap_err();
+        assert!(matches!(err, RegisterError::SourceTaken { .. }));
+        // Re-registering the same session (new labels) is fine; moving it frees the old source.
+        registry.register(record("sesn_a", "10.200.0.6")).unwrap();
+        assert_eq!(registry.lookup("10.200.0.2".parse().unwrap()).id, "unknown");
+        assert_eq!(registry.len(), 1);
+    }
+
+    #[test]
+    fn removal_forgets_the_source() {
+        let registry = SessionRegistry::default();
+        registry.register(record("sesn_a", "10.200.0.2")).unwrap();
+        assert!(registry.remove("sesn_a").is_some());
+        assert!(registry.remove("sesn_a").is_none());
+        assert_eq!(registry.lookup("10.200.0.2".parse().unwrap()).id, "unknown");
+    }
+
+    #[test]
+    fn refuses_bad_ids() {
+        let registry = SessionRegistry::default();
+        for id in ["", "unknown", "a b", "a/b", &"x".repeat(129)] {
+            assert!(registry.register(record(id, "10.0.0.1")).is_err(), "{id}");
+        }
+    }
+}
