@@ -5,6 +5,10 @@
 //! up issue by issue; today it holds the interception CA, leaf minting and connection
 //! classification.
 
+pub mod audit;
 pub mod config;
+pub mod connection;
 pub mod intercept;
+pub mod metrics;
 pub mod sessions;
+pub mod upstream;
