@@ -5,10 +5,16 @@
 //! up issue by issue; today it holds the interception CA, leaf minting and connection
 //! classification.
 
+pub mod admin;
 pub mod audit;
+pub mod authorize;
 pub mod config;
 pub mod connection;
+pub mod gateway;
 pub mod intercept;
 pub mod metrics;
+pub mod respond;
+pub mod server;
 pub mod sessions;
+pub mod state;
 pub mod upstream;

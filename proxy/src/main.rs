@@ -1,8 +1,104 @@
-//! `cordon-proxy`: not built yet (see the crate docs).
+//! `cordon-proxy`: the Cordon egress gateway.
+//!
+//! `cordon-proxy --config cordon.toml` serves; `cordon-proxy ca print --config cordon.toml`
+//! writes the interception CA certificate (PEM) to stdout. Exit 64 on a bad configuration,
+//! 69 when the gateway cannot start.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use cordon_proxy::config::ProxyConfig;
+use cordon_proxy::intercept::ca::CertificateAuthority;
+use cordon_proxy::state::GatewayState;
+
+#[derive(Parser)]
+#[command(name = "cordon-proxy", version, about = "Cordon egress gateway")]
+struct Cli {
+    /// The configuration file (docs/CONFIG.md).
+    #[arg(long, global = true, default_value = "cordon.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The interception CA.
+    Ca {
+        #[command(subcommand)]
+        action: CaAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaAction {
+    /// Write the CA certificate (PEM) to stdout, generating the CA first if needed.
+    Print,
+}
 
 fn main() -> ExitCode {
-    eprintln!("cordon-proxy: not implemented yet; this build only carries the workspace layout");
-    ExitCode::from(69) // EX_UNAVAILABLE
+    let cli = Cli::parse();
+    init_tracing();
+    let config = match ProxyConfig::load(&cli.config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("cordon-proxy: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    match cli.command {
+        Some(Command::Ca {
+            action: CaAction::Print,
+        }) => {
+            match CertificateAuthority::load_or_generate(
+                &config.tls.ca_cert,
+                &config.tls.ca_key,
+                config.tls.leaf_validity,
+            ) {
+                Ok(ca) => {
+                    print!("{}", ca.cert_pem());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("cordon-proxy: {e}");
+                    ExitCode::from(69)
+                }
+            }
+        }
+        None => {
+            let state = match GatewayState::new(config) {
+                Ok(state) => Arc::new(state),
+                Err(e) => {
+                    eprintln!("cordon-proxy: cannot start: {e}");
+                    return ExitCode::from(69);
+                }
+            };
+            let generation = state.policy.generation();
+            tracing::info!(generation = %generation.info().id, explicit = ?state.config.listen.explicit, transparent = ?state.config.listen.transparent, admin = %state.config.listen.admin, "cordon-proxy starting");
+            match cordon_proxy::server::build(state, None) {
+                Ok(server) => server.run_forever(),
+                Err(e) => {
+                    eprintln!("cordon-proxy: cannot start: {e}");
+                    ExitCode::from(69)
+                }
+            }
+        }
+    }
+}
+
+/// Log level from `CORDON_LOG` (default `info`), format from `CORDON_LOG_FORMAT` (`plain` or
+/// `json`); pingora's `log` records are bridged into tracing.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CORDON_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("CORDON_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
 }

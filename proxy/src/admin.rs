@@ -1,0 +1,173 @@
+//! The admin API (loopback only) and the metrics endpoint, on pingora's HTTP server.
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET | /healthz | the process is up |
+//! | GET | /readyz | a policy generation is serving (its id) |
+//! | POST | /reload | reload the policy; 200 with the new generation, 422 with the reason (old one keeps serving) |
+//! | GET | /sessions | registered sessions |
+//! | PUT | /sessions/{id} | register `{"source": ip, "agent_id"?, "labels"?}` |
+//! | DELETE | /sessions/{id} | remove a registration |
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+use crate::sessions::SessionRecord;
+use crate::state::GatewayState;
+
+/// Largest admin request body.
+const MAX_BODY: usize = 64 * 1024;
+
+/// The admin API.
+#[derive(Debug)]
+pub struct AdminApi {
+    pub state: Arc<GatewayState>,
+}
+
+/// The Prometheus endpoint.
+#[derive(Debug)]
+pub struct MetricsEndpoint {
+    pub state: Arc<GatewayState>,
+}
+
+fn json(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8>> {
+    let bytes = body.to_string().into_bytes();
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("content-length", bytes.len())
+        .body(bytes)
+        .unwrap_or_default()
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response<Vec<u8>> {
+    json(status, serde_json::json!({ "error": message.into() }))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Registration {
+    source: std::net::IpAddr,
+    #[serde(default)]
+    agent_id: Option<String>,
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
+}
+
+async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = session
+        .read_request_body()
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_BODY {
+            return Err("request body larger than 64 KiB".into());
+        }
+    }
+    Ok(body)
+}
+
+#[async_trait]
+impl ServeHttp for AdminApi {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        let state = &self.state;
+        match (method, path.as_str()) {
+            (Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
+            (Method::GET, "/readyz") => {
+                let generation = state.policy.generation();
+                json(
+                    StatusCode::OK,
+                    serde_json::json!({"status": "ready", "policy_generation": &*generation.info().id}),
+                )
+            }
+            (Method::POST, "/reload") => match state.reload_policy() {
+                Ok(info) => json(
+                    StatusCode::OK,
+                    serde_json::json!({"policy_generation": &*info.id}),
+                ),
+                Err(e) => error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("reload refused, the previous generation keeps serving: {e}"),
+                ),
+            },
+            (Method::GET, "/sessions") => json(
+                StatusCode::OK,
+                serde_json::json!({"sessions": state.sessions.list()}),
+            ),
+            (method, path) if path.starts_with("/sessions/") => {
+                let id = &path["/sessions/".len()..];
+                match method {
+                    Method::PUT => {
+                        let body = match read_body(session).await {
+                            Ok(b) => b,
+                            Err(e) => return error(StatusCode::BAD_REQUEST, e),
+                        };
+                        let registration: Registration = match serde_json::from_slice(&body) {
+                            Ok(r) => r,
+                            Err(e) => {
+                                return error(
+                                    StatusCode::BAD_REQUEST,
+                                    format!(
+                                        "expected {{\"source\": ip, \"agent_id\"?, \"labels\"?}}: {e}"
+                                    ),
+                                );
+                            }
+                        };
+                        let record = SessionRecord {
+                            id: id.to_string(),
+                            source: registration.source,
+                            agent_id: registration.agent_id,
+                            labels: registration.labels,
+                        };
+                        match state.sessions.register(record.clone()) {
+                            Ok(()) => json(
+                                StatusCode::OK,
+                                serde_json::to_value(record).unwrap_or_default(),
+                            ),
+                            Err(e) => error(StatusCode::CONFLICT, e.to_string()),
+                        }
+                    }
+                    Method::DELETE => match state.sessions.remove(id) {
+                        Some(record) => json(
+                            StatusCode::OK,
+                            serde_json::to_value(record).unwrap_or_default(),
+                        ),
+                        None => error(
+                            StatusCode::NOT_FOUND,
+                            format!("no session {id:?} is registered"),
+                        ),
+                    },
+                    _ => error(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "use PUT or DELETE on /sessions/{id}",
+                    ),
+                }
+            }
+            _ => error(
+                StatusCode::NOT_FOUND,
+                "unknown admin endpoint; see docs/PROXY.md",
+            ),
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for MetricsEndpoint {
+    async fn response(&self, _session: &mut ServerSession) -> Response<Vec<u8>> {
+        let body = self.state.metrics.render().into_bytes();
+        Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "text/plain; version=0.0.4")
+            .header("content-length", body.len())
+            .body(body)
+            .unwrap_or_default()
+    }
+}

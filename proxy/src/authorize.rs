@@ -1,0 +1,463 @@
+//! The per-request phases on Pingora: authorize each request (policy), pick and guard the
+//! upstream, apply the decision's header changes, and observe (audit, metrics).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use cordon_policy::input::parse_authority;
+use cordon_policy::{Decision, HttpProtocol, RequestInput};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::protocols::ALPN;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorType, Result};
+
+use crate::audit::{AuditRecord, now_rfc3339};
+use crate::connection::ConnectionContext;
+use crate::respond::{Refusal, RefusalClass};
+use crate::state::GatewayState;
+use crate::upstream::UpstreamError;
+
+/// Hop-by-hop and proxy-addressed headers never forwarded upstream.
+const PROXY_HEADERS: [&str; 3] = [
+    "proxy-authorization",
+    "proxy-connection",
+    "proxy-authenticate",
+];
+
+/// Pingora's `ProxyHttp` for intercepted and plaintext requests.
+#[derive(Debug)]
+pub struct Authorizer {
+    pub state: Arc<GatewayState>,
+}
+
+/// What one request accumulates on its way through the phases.
+#[derive(Debug, Default)]
+pub struct RequestContext {
+    conn: Option<Arc<ConnectionContext>>,
+    id: String,
+    started: Option<Instant>,
+    decision: Option<Decision>,
+    refusal: Option<Refusal>,
+    host: Option<String>,
+    port: Option<u16>,
+    upstream: Option<SocketAddr>,
+    upstream_started: Option<Instant>,
+    method: Option<String>,
+    path: Option<String>,
+    protocol: Option<HttpProtocol>,
+    policy_time: Duration,
+    status: Option<u16>,
+    bytes_up: u64,
+    bytes_down: u64,
+}
+
+impl Authorizer {
+    fn connection(&self, session: &Session) -> Option<Arc<ConnectionContext>> {
+        let peer = session.client_addr()?.as_inet()?;
+        let local = session.server_addr()?.as_inet()?;
+        self.state.connections.get(*peer, *local)
+    }
+
+    /// Decides the request; `Err` is the refusal to send.
+    async fn authorize(&self, session: &Session, ctx: &mut RequestContext) -> Result<(), Refusal> {
+        let conn = self.connection(session).ok_or_else(|| {
+            Refusal::new(
+                500,
+                RefusalClass::Internal,
+                "the proxy lost track of this connection",
+            )
+        })?;
+        ctx.conn = Some(conn.clone());
+        let header = session.req_header();
+        let scheme = if conn.tls { "https" } else { "http" };
+        let authority = header
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| {
+                header
+                    .headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            })
+            .ok_or_else(|| {
+                Refusal::new(400, RefusalClass::BadRequest, "the request names no host")
+            })?;
+        let default_port = if conn.tls { 443 } else { 80 };
+        let destination = parse_authority(&authority, default_port).ok_or_else(|| {
+            Refusal::new(
+                400,
+                RefusalClass::BadRequest,
+                format!("{authority:?} is not a valid host"),
+            )
+        })?;
+        let path = header
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let protocol = if session.is_http2() {
+            HttpProtocol::Http2
+        } else if header.version == http::Version::HTTP_10 {
+            HttpProtocol::Http10
+        } else {
+            HttpProtocol::Http11
+        };
+        ctx.method = Some(header.method.as_str().to_string());
+        ctx.path = Some(path.split('?').next().unwrap_or("/").to_string());
+        ctx.protocol = Some(protocol);
+        ctx.host = Some(destination.host.clone());
+        ctx.port = Some(destination.port);
+
+        // No domain fronting: the TLS server name and the CONNECT target pin the host.
+        if let Some(sni) = &conn.input.sni
+            && *sni != destination.host
+        {
+            return Err(Refusal::new(
+                421,
+                RefusalClass::Fronting,
+                format!(
+                    "request for {} on a TLS connection to {sni}",
+                    destination.host
+                ),
+            ));
+        }
+        if let Some(target) = conn
+            .input
+            .connect_target
+            .as_deref()
+            .and_then(|t| parse_authority(t, 443))
+            && target.host != destination.host
+        {
+            return Err(Refusal::new(
+                421,
+                RefusalClass::Fronting,
+                format!(
+                    "request for {} in a CONNECT tunnel to {}",
+                    destination.host, target.host
+                ),
+            ));
+        }
+
+        let request = RequestInput {
+            id: Some(ctx.id.clone()),
+            method: header.method.as_str().to_string(),
+            scheme: scheme.to_string(),
+            authority,
+            path,
+            protocol,
+            headers: header
+                .headers
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+        };
+        let started = Instant::now();
+        let generation = self.state.policy.generation();
+        let decision = generation.decide_request(&conn.document, &request);
+        ctx.policy_time = started.elapsed();
+        self.state
+            .metrics
+            .policy_eval
+            .observe(ctx.policy_time.as_secs_f64());
+        if !decision.is_allowed() {
+            let refusal = Refusal {
+                status: decision.deny_status(),
+                class: if decision.failure.is_some() {
+                    RefusalClass::PolicyFailure
+                } else {
+                    RefusalClass::Policy
+                },
+                reason: decision.reason.clone(),
+                headers: decision.headers.clone(),
+                body: decision.body.clone(),
+            };
+            ctx.decision = Some(decision);
+            return Err(refusal);
+        }
+        // Credentials are resolved from the secret store, which is not built yet: a decision
+        // that names one is refused rather than forwarded without it (fail closed).
+        if let Some(credential) = decision.inject.first() {
+            let refusal = Refusal::new(
+                403,
+                RefusalClass::Credential,
+                format!(
+                    "secret {:?} is not in the secret store; refusing to forward without it",
+                    credential.secret
+                ),
+            );
+            ctx.decision = Some(decision);
+            return Err(refusal);
+        }
+        ctx.decision = Some(decision);
+
+        let (address, _how) = self
+            .state
+            .resolver
+            .resolve(&destination.host, destination.port)
+            .await
+            .map_err(|e| match e {
+                UpstreamError::Forbidden { .. } => {
+                    Refusal::new(403, RefusalClass::Ssrf, e.to_string())
+                }
+                UpstreamError::Resolve { .. } => {
+                    Refusal::new(502, RefusalClass::Resolve, e.to_string())
+                }
+            })?;
+        ctx.upstream = Some(address);
+        Ok(())
+    }
+
+    fn audit(&self, session: &Session, ctx: &RequestContext) {
+        let conn = ctx.conn.as_ref();
+        let (decision, class, reason) = match (&ctx.refusal, &ctx.decision) {
+            (Some(refusal), _) => (
+                if matches!(refusal.class, RefusalClass::Policy) {
+                    "deny"
+                } else if ctx.decision.as_ref().is_some_and(Decision::is_allowed) {
+                    "error"
+                } else {
+                    "deny"
+                },
+                refusal.class.as_str(),
+                refusal.reason.clone(),
+            ),
+            (None, Some(d)) => ("allow", "policy", d.reason.clone()),
+            (None, None) => ("error", "internal", "no decision was made".to_string()),
+        };
+        let protocol = ctx.protocol.map(|p| match p {
+            HttpProtocol::Http2 => "http2",
+            _ => "http1",
+        });
+        self.state
+            .metrics
+            .requests
+            .with_label_values(&[decision, protocol.unwrap_or("http1")])
+            .inc();
+        self.state
+            .metrics
+            .bytes
+            .with_label_values(&["upstream"])
+            .inc_by(ctx.bytes_up);
+        self.state
+            .metrics
+            .bytes
+            .with_label_values(&["downstream"])
+            .inc_by(ctx.bytes_down);
+        if let Some(started) = ctx.upstream_started {
+            self.state
+                .metrics
+                .upstream_duration
+                .observe(started.elapsed().as_secs_f64());
+        }
+        let status = ctx
+            .status
+            .or_else(|| session.response_written().map(|r| r.status.as_u16()));
+        self.state.audit.write(&AuditRecord {
+            time: now_rfc3339(),
+            kind: "request",
+            decision_id: ctx.id.clone(),
+            session: conn.map_or_else(|| "unknown".into(), |c| c.session.id.clone()),
+            source: conn.map_or_else(String::new, |c| c.input.source.to_string()),
+            original_destination: conn
+                .and_then(|c| c.input.original_destination.map(|a| a.to_string())),
+            mode: conn.map_or("explicit", |c| c.input.mode.as_str()),
+            sni: conn.and_then(|c| c.input.sni.clone()),
+            method: ctx.method.clone(),
+            host: ctx.host.clone(),
+            port: ctx.port,
+            path: ctx.path.clone(),
+            protocol,
+            decision,
+            reason_class: class,
+            reason,
+            policy_generation: ctx.decision.as_ref().map_or_else(
+                || self.state.policy.generation().info().id.to_string(),
+                |d| d.generation.to_string(),
+            ),
+            status,
+            upstream_address: ctx.upstream.map(|a| a.to_string()),
+            bytes_up: ctx.bytes_up,
+            bytes_down: ctx.bytes_down,
+            policy_us: ctx.policy_time.as_micros() as u64,
+            duration_ms: ctx.started.map_or(0, |s| s.elapsed().as_millis() as u64),
+        });
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Authorizer {
+    type CTX = RequestContext;
+
+    fn new_ctx(&self) -> Self::CTX {
+        RequestContext {
+            id: self.state.next_decision_id(),
+            started: Some(Instant::now()),
+            ..RequestContext::default()
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        match self.authorize(session, ctx).await {
+            Ok(()) => Ok(false),
+            Err(refusal) => {
+                refusal.write(session, &ctx.id).await;
+                ctx.status = Some(refusal.status);
+                ctx.refusal = Some(refusal);
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
+        let (Some(address), Some(host), Some(conn)) =
+            (ctx.upstream, ctx.host.clone(), ctx.conn.as_ref())
+        else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no upstream was chosen",
+            ));
+        };
+        // The SNI is the host name, never empty: an empty SNI makes pingora skip certificate
+        // verification.
+        let mut peer = HttpPeer::new(address, conn.tls, host);
+        let options = &mut peer.options;
+        options.verify_cert = true;
+        options.verify_hostname = true;
+        options.alpn = if conn.tls { ALPN::H2H1 } else { ALPN::H1 };
+        options.connection_timeout = Some(self.state.config.upstream.connect_timeout);
+        options.read_timeout = Some(self.state.config.upstream.read_timeout);
+        ctx.upstream_started = Some(Instant::now());
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        // Absolute-form (explicit plain HTTP) becomes origin-form upstream.
+        if upstream_request.uri.scheme().is_some() {
+            let origin: http::Uri = upstream_request
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .parse()
+                .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "bad request target"))?;
+            upstream_request.set_uri(origin);
+        }
+        for name in PROXY_HEADERS {
+            upstream_request.remove_header(name);
+        }
+        let Some(decision) = &ctx.decision else {
+            return Ok(());
+        };
+        for name in &decision.request_headers_to_remove {
+            upstream_request.remove_header(name.as_str());
+        }
+        // OPA-Envoy semantics: `headers` overwrite on allow; a repeated name adds values.
+        let mut set: Vec<&str> = Vec::new();
+        for (name, value) in &decision.headers {
+            if set.contains(&name.as_str()) {
+                upstream_request.append_header(name.clone(), value.as_str())?;
+            } else {
+                upstream_request.insert_header(name.clone(), value.as_str())?;
+                set.push(name);
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        ctx.status = Some(upstream_response.status.as_u16());
+        if let Some(decision) = &ctx.decision {
+            for (name, value) in &decision.response_headers_to_add {
+                upstream_response.append_header(name.clone(), value.as_str())?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let Some(body) = body {
+            ctx.bytes_up += body.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<Option<Duration>> {
+        if let Some(body) = body {
+            ctx.bytes_down += body.len() as u64;
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Self::CTX,
+    ) -> FailToProxy {
+        let (status, class) = match e.etype() {
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                (504, RefusalClass::UpstreamTimeout)
+            }
+            ErrorType::HTTPStatus(code) => (*code, RefusalClass::BadRequest),
+            _ => match e.esource() {
+                pingora::ErrorSource::Downstream => (400, RefusalClass::BadRequest),
+                pingora::ErrorSource::Upstream => (502, RefusalClass::Upstream),
+                _ => (500, RefusalClass::Internal),
+            },
+        };
+        let host = ctx.host.clone().unwrap_or_default();
+        // The sandbox learns the class and the host; the full error goes to the audit log.
+        let refusal = Refusal::new(status, class, format!("{host}: {}", e.etype().as_str()));
+        let mut logged = refusal.clone();
+        logged.reason = format!("{host}: {e}");
+        if session.response_written().is_none() {
+            refusal.write(session, &ctx.id).await;
+        }
+        ctx.status = Some(status);
+        ctx.refusal = Some(logged);
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
+        self.audit(session, ctx);
+    }
+}

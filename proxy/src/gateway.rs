@@ -1,0 +1,615 @@
+//! The listeners' connection handling: read what the client wants (CONNECT target, ClientHello,
+//! HTTP), make the connect-stage decision, then deny, splice or intercept.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use cordon_policy::input::{ConnectionDocument, parse_authority};
+use cordon_policy::{ConnectionInput, Decision, ListenerMode, TlsHandling, Transport};
+use pingora::apps::ServerApp;
+use pingora::listeners::tls::Acceptor;
+use pingora::protocols::Stream;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::proxy::HttpProxy;
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::audit::{AuditRecord, now_rfc3339};
+use crate::authorize::Authorizer;
+use crate::config::{ConnectStage, NoSniAction};
+use crate::connection::ConnectionContext;
+use crate::intercept::client_hello::{FirstBytes, MAX_CLIENT_HELLO, classify};
+use crate::intercept::leaf_cache::{FixedResolver, SniResolver};
+use crate::state::GatewayState;
+
+/// Where a transparent connection was going. A seam: production reads SO_ORIGINAL_DST from the
+/// socket; tests without root substitute a fixed address.
+pub trait OriginalDestination: Send + Sync + std::fmt::Debug {
+    fn original_destination(&self, stream: &Stream) -> Option<SocketAddr>;
+}
+
+/// SO_ORIGINAL_DST, as recorded by pingora's socket digest.
+#[derive(Debug)]
+pub struct SocketOriginalDestination;
+
+impl OriginalDestination for SocketOriginalDestination {
+    fn original_destination(&self, stream: &Stream) -> Option<SocketAddr> {
+        let digest = stream.get_socket_digest()?;
+        digest.original_dst()?.as_inet().copied()
+    }
+}
+
+/// One listener (explicit or transparent).
+pub struct Gateway {
+    pub state: Arc<GatewayState>,
+    pub mode: ListenerMode,
+    pub http: Arc<HttpProxy<Authorizer>>,
+    pub acceptor: Arc<Acceptor>,
+    pub original_destination: Arc<dyn OriginalDestination>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Largest CONNECT head accepted.
+const MAX_CONNECT_HEAD: usize = 8 * 1024;
+
+/// Why a connection was refused before any request.
+struct Refused {
+    class: &'static str,
+    reason: String,
+}
+
+impl Refused {
+    fn new(class: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            class,
+            reason: reason.into(),
+        }
+    }
+}
+
+#[async_trait]
+impl ServerApp for Gateway {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let metrics = &self.state.metrics;
+        metrics.active_connections.inc();
+        let outcome = self.handle(stream, shutdown).await;
+        metrics.active_connections.dec();
+        metrics
+            .connections
+            .with_label_values(&[self.mode.as_str(), outcome])
+            .inc();
+        None
+    }
+}
+
+impl Gateway {
+    /// Handles a connection to its end; returns the outcome label.
+    async fn handle(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> &'static str {
+        let started = Instant::now();
+        let Some(digest) = stream.get_socket_digest() else {
+            return "failed";
+        };
+        let (Some(peer), Some(local)) = (
+            digest.peer_addr().and_then(|a| a.as_inet().copied()),
+            digest.local_addr().and_then(|a| a.as_inet().copied()),
+        ) else {
+            return "failed";
+        };
+        let original_destination = match self.mode {
+            ListenerMode::Transparent => self.original_destination.original_destination(&stream),
+            ListenerMode::Explicit => None,
+        };
+        let Ok(stream) = stream.into_any().downcast::<L4Stream>() else {
+            tracing::error!("listener stream is not a TCP stream");
+            return "failed";
+        };
+        let mut stream = *stream;
+        let mut connection = ConnectionInput {
+            mode: self.mode,
+            transport: Transport::Tcp,
+            source: peer,
+            original_destination,
+            sni: None,
+            connect_target: None,
+        };
+        let session = self.state.sessions.lookup(peer.ip());
+        let timeout = self.state.config.listen.handshake_timeout;
+
+        let prepared =
+            tokio::time::timeout(timeout, self.read_preamble(&mut stream, &mut connection)).await;
+        let first = match prepared {
+            Ok(Ok(first)) => first,
+            Ok(Err(refused)) => {
+                self.audit_connection(
+                    &connection,
+                    &session.id,
+                    "deny",
+                    refused.class,
+                    &refused.reason,
+                    started,
+                );
+                return "denied";
+            }
+            Err(_) => {
+                self.audit_connection(
+                    &connection,
+                    &session.id,
+                    "deny",
+                    "timeout",
+                    "the client sent no complete request or ClientHello in time",
+                    started,
+                );
+                return "denied";
+            }
+        };
+        connection.transport = match &first {
+            FirstBytes::Tls { sni } => {
+                connection.sni = sni.clone();
+                Transport::Tls
+            }
+            FirstBytes::Http => Transport::Http,
+            _ => Transport::Tcp,
+        };
+
+        let document = ConnectionDocument::new(&connection, &session);
+        let generation = self.state.policy.generation();
+        let decision = match self.state.config.connect_stage {
+            ConnectStage::Evaluate => Some(generation.decide_value(document.connect())),
+            ConnectStage::Intercept => None,
+        };
+        if let Some(d) = &decision
+            && !d.is_allowed()
+        {
+            self.audit_connection(
+                &connection,
+                &session.id,
+                "deny",
+                if d.failure.is_some() {
+                    "policy_failure"
+                } else {
+                    "policy"
+                },
+                &d.reason,
+                started,
+            );
+            return "denied";
+        }
+        let passthrough = decision
+            .as_ref()
+            .is_some_and(|d: &Decision| d.tls == TlsHandling::Passthrough);
+
+        match connection.transport {
+            Transport::Tcp if decision.is_none() => {
+                self.audit_connection(&connection, &session.id, "deny", "raw_tcp", "raw TCP needs a connect-stage policy decision; policy.connect_stage is \"intercept\"", started);
+                "denied"
+            }
+            Transport::Tcp => self.splice(stream, &connection, &session.id, started).await,
+            Transport::Tls if passthrough => {
+                self.splice(stream, &connection, &session.id, started).await
+            }
+            Transport::Tls => {
+                let acceptor = match (
+                    &connection.sni,
+                    self.state.config.tls.no_sni,
+                    connection.original_destination,
+                ) {
+                    (Some(_), _, _) => self.acceptor.clone(),
+                    (None, NoSniAction::OriginalDestination, Some(dst)) => {
+                        match self.fixed_acceptor(&dst.ip().to_string()) {
+                            Ok(a) => Arc::new(a),
+                            Err(reason) => {
+                                self.audit_connection(
+                                    &connection,
+                                    &session.id,
+                                    "deny",
+                                    "internal",
+                                    &reason,
+                                    started,
+                                );
+                                return "failed";
+                            }
+                        }
+                    }
+                    (None, _, _) => {
+                        self.audit_connection(&connection, &session.id, "deny", "no_sni", "the TLS client sent no server name (SNI); without one the upstream cannot be verified", started);
+                        return "denied";
+                    }
+                };
+                let handshake_started = Instant::now();
+                let tls = match tokio::time::timeout(timeout, acceptor.tls_handshake(stream)).await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        self.audit_connection(
+                            &connection,
+                            &session.id,
+                            "deny",
+                            "tls_handshake",
+                            &format!("TLS handshake with the client failed: {e}"),
+                            started,
+                        );
+                        return "failed";
+                    }
+                    Err(_) => {
+                        self.audit_connection(
+                            &connection,
+                            &session.id,
+                            "deny",
+                            "timeout",
+                            "TLS handshake timed out",
+                            started,
+                        );
+                        return "failed";
+                    }
+                };
+                self.state
+                    .metrics
+                    .tls_handshake
+                    .observe(handshake_started.elapsed().as_secs_f64());
+                self.serve_http(
+                    Box::new(tls),
+                    connection,
+                    session,
+                    document,
+                    generation,
+                    true,
+                    peer,
+                    local,
+                    shutdown,
+                )
+                .await;
+                "intercepted"
+            }
+            Transport::Http => {
+                self.serve_http(
+                    Box::new(stream),
+                    connection,
+                    session,
+                    document,
+                    generation,
+                    false,
+                    peer,
+                    local,
+                    shutdown,
+                )
+                .await;
+                "intercepted"
+            }
+        }
+    }
+
+    /// Explicit mode: reads the CONNECT head and answers it. Then (both modes) reads the first
+    /// bytes of the traffic, and puts every byte back for the layer that parses it.
+    async fn read_preamble(
+        &self,
+        stream: &mut L4Stream,
+        connection: &mut ConnectionInput,
+    ) -> Result<FirstBytes, Refused> {
+        if self.mode == ListenerMode::Explicit {
+            let mut head = Vec::with_capacity(1024);
+            let (target, consumed) = loop {
+                let mut buf = [0u8; 2048];
+                let n = stream
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| Refused::new("bad_request", format!("read failed: {e}")))?;
+                if n == 0 {
+                    return Err(Refused::new(
+                        "bad_request",
+                        "the client closed before sending a request",
+                    ));
+                }
+                head.extend_from_slice(&buf[..n]);
+                let mut headers = [httparse::EMPTY_HEADER; 64];
+                let mut request = httparse::Request::new(&mut headers);
+                match request.parse(&head) {
+                    Ok(httparse::Status::Complete(len)) => {
+                        if request.method != Some("CONNECT") {
+                            // Absolute-form plain HTTP: the HTTP layer reads the request again.
+                            let target =
+                                request
+                                    .path
+                                    .and_then(|p| p.split_once("://"))
+                                    .map(|(_, rest)| {
+                                        rest.split(['/', '?']).next().unwrap_or("").to_string()
+                                    });
+                            stream.rewind(&head);
+                            connection.connect_target = target.and_then(|t| {
+                                parse_authority(&t, 80).map(|a| format!("{}:{}", a.host, a.port))
+                            });
+                            return Ok(FirstBytes::Http);
+                        }
+                        let target = request.path.unwrap_or("").to_string();
+                        break (target, len);
+                    }
+                    Ok(httparse::Status::Partial) if head.len() < MAX_CONNECT_HEAD => continue,
+                    Ok(httparse::Status::Partial) => {
+                        return Err(Refused::new(
+                            "bad_request",
+                            "CONNECT request head larger than 8 KiB",
+                        ));
+                    }
+                    Err(e) => {
+                        return Err(Refused::new(
+                            "bad_request",
+                            format!("malformed proxy request: {e}"),
+                        ));
+                    }
+                }
+            };
+            let Some(authority) = parse_authority(&target, 0).filter(|a| a.port != 0) else {
+                let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\ncordon-error: bad_request\r\ncontent-length: 0\r\n\r\n").await;
+                let _ = stream.flush().await;
+                return Err(Refused::new(
+                    "bad_request",
+                    format!("CONNECT target {target:?} is not host:port"),
+                ));
+            };
+            connection.connect_target = Some(format!("{}:{}", authority.host, authority.port));
+            // pingora's TCP stream buffers writes: flush, or the client waits for the answer.
+            stream
+                .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+                .await
+                .and(stream.flush().await)
+                .map_err(|e| Refused::new("bad_request", format!("write failed: {e}")))?;
+            if head.len() > consumed {
+                // Bytes the client sent after the CONNECT head already belong to the tunnel.
+                let early = head.split_off(consumed);
+                return self.classify(stream, early).await;
+            }
+        }
+        self.classify(stream, Vec::new()).await
+    }
+
+    async fn classify(
+        &self,
+        stream: &mut L4Stream,
+        mut seen: Vec<u8>,
+    ) -> Result<FirstBytes, Refused> {
+        loop {
+            match classify(&seen) {
+                FirstBytes::NeedMore => {}
+                FirstBytes::BadTls(reason) => {
+                    return Err(Refused::new(
+                        "bad_client_hello",
+                        format!("malformed TLS ClientHello: {reason}"),
+                    ));
+                }
+                first => {
+                    stream.rewind(&seen);
+                    return Ok(first);
+                }
+            }
+            if seen.len() >= MAX_CLIENT_HELLO {
+                return Err(Refused::new(
+                    "bad_client_hello",
+                    "first flight larger than 16 KiB",
+                ));
+            }
+            let mut buf = vec![0u8; 4096];
+            let n = stream
+                .read(&mut buf)
+                .await
+                .map_err(|e| Refused::new("bad_request", format!("read failed: {e}")))?;
+            if n == 0 {
+                if seen.is_empty() {
+                    return Err(Refused::new(
+                        "bad_request",
+                        "the client closed without sending anything",
+                    ));
+                }
+                // A short first flight that never completes: whatever it is, it is not TLS or HTTP.
+                stream.rewind(&seen);
+                return Ok(FirstBytes::Other);
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    fn fixed_acceptor(&self, name: &str) -> Result<Acceptor, String> {
+        let leaf = self.state.leaves.leaf(name).map_err(|e| e.to_string())?;
+        let config = server_config(Arc::new(FixedResolver(leaf)))?;
+        Ok(Acceptor::from_server_config(Arc::new(config)))
+    }
+
+    #[allow(clippy::too_many_arguments)] // one call site, each value distinct
+    async fn serve_http(
+        self: &Arc<Self>,
+        stream: Stream,
+        input: ConnectionInput,
+        session: cordon_policy::SessionInput,
+        document: ConnectionDocument,
+        generation: Arc<cordon_policy::Generation>,
+        tls: bool,
+        peer: SocketAddr,
+        local: SocketAddr,
+        shutdown: &ShutdownWatch,
+    ) {
+        let context = Arc::new(ConnectionContext {
+            id: self.state.next_decision_id(),
+            input,
+            session,
+            document,
+            connect_generation: generation,
+            tls,
+            accepted: Instant::now(),
+        });
+        let _registration = self.state.connections.register(peer, local, context);
+        let mut next = Some(stream);
+        // pingora hands a reusable HTTP/1.1 connection back for its next request.
+        while let Some(stream) = next.take() {
+            next = pingora::apps::ServerApp::process_new(&self.http, stream, shutdown).await;
+        }
+    }
+
+    /// Connects the client to the upstream byte for byte (`mitm: false` or allowed raw TCP).
+    async fn splice(
+        &self,
+        mut stream: L4Stream,
+        connection: &ConnectionInput,
+        session: &str,
+        started: Instant,
+    ) -> &'static str {
+        let target = connection
+            .connect_target
+            .as_deref()
+            .and_then(|t| parse_authority(t, 443))
+            .or_else(|| {
+                let port = connection.original_destination.map_or(443, |a| a.port());
+                connection
+                    .sni
+                    .as_deref()
+                    .and_then(|s| parse_authority(s, port))
+            })
+            .or_else(|| {
+                connection
+                    .original_destination
+                    .map(|a| cordon_policy::input::Authority {
+                        host: a.ip().to_string(),
+                        port: a.port(),
+                    })
+            });
+        let Some(target) = target else {
+            self.audit_connection(
+                connection,
+                session,
+                "deny",
+                "bad_request",
+                "no destination to splice to",
+                started,
+            );
+            return "denied";
+        };
+        let address = match self.state.resolver.resolve(&target.host, target.port).await {
+            Ok((address, _)) => address,
+            Err(e) => {
+                self.audit_connection(connection, session, "deny", "ssrf", &e.to_string(), started);
+                return "denied";
+            }
+        };
+        let connect = tokio::time::timeout(
+            self.state.config.upstream.connect_timeout,
+            tokio::net::TcpStream::connect(address),
+        )
+        .await;
+        let mut upstream = match connect {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                self.audit_connection(
+                    connection,
+                    session,
+                    "error",
+                    "upstream",
+                    &format!("connect to {address} failed: {e}"),
+                    started,
+                );
+                return "failed";
+            }
+            Err(_) => {
+                self.audit_connection(
+                    connection,
+                    session,
+                    "error",
+                    "upstream_timeout",
+                    &format!("connect to {address} timed out"),
+                    started,
+                );
+                return "failed";
+            }
+        };
+        let (up, down) = tokio::io::copy_bidirectional(&mut stream, &mut upstream)
+            .await
+            .unwrap_or((0, 0));
+        self.state
+            .metrics
+            .bytes
+            .with_label_values(&["upstream"])
+            .inc_by(up);
+        self.state
+            .metrics
+            .bytes
+            .with_label_values(&["downstream"])
+            .inc_by(down);
+        self.audit_connection(
+            connection,
+            session,
+            "allow",
+            "policy",
+            &format!("spliced to {address} uninspected"),
+            started,
+        );
+        "spliced"
+    }
+
+    fn audit_connection(
+        &self,
+        connection: &ConnectionInput,
+        session: &str,
+        decision: &'static str,
+        class: &'static str,
+        reason: &str,
+        started: Instant,
+    ) {
+        let destination = cordon_policy::PolicyInput {
+            stage: cordon_policy::Stage::Connect,
+            connection: connection.clone(),
+            session: cordon_policy::SessionInput::unknown(),
+            request: None,
+        }
+        .destination();
+        self.state.audit.write(&AuditRecord {
+            time: now_rfc3339(),
+            kind: "connection",
+            decision_id: self.state.next_decision_id(),
+            session: session.to_string(),
+            source: connection.source.to_string(),
+            original_destination: connection.original_destination.map(|a| a.to_string()),
+            mode: connection.mode.as_str(),
+            sni: connection.sni.clone(),
+            host: destination.as_ref().map(|d| d.host.clone()),
+            port: destination.map(|d| d.port),
+            decision,
+            reason_class: class,
+            reason: reason.to_string(),
+            policy_generation: self.state.policy.generation().info().id.to_string(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            ..AuditRecord::default()
+        });
+    }
+}
+
+/// The interception TLS configuration: TLS 1.2 and 1.3, ALPN h2 and http/1.1.
+pub fn server_config(
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+) -> Result<rustls::ServerConfig, String> {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The shared interception acceptor (leaves by SNI from the cache).
+pub fn sni_acceptor(state: &GatewayState) -> Result<Acceptor, String> {
+    let config = server_config(Arc::new(SniResolver {
+        cache: state.leaves.clone(),
+    }))?;
+    Ok(Acceptor::from_server_config(Arc::new(config)))
+}

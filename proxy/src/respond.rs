@@ -1,0 +1,136 @@
+//! Synthetic responses: every refusal the proxy writes itself, in one place.
+//!
+//! A refusal carries a `cordon-error` header naming the reason class (a closed set) and a JSON
+//! body `{"error", "reason", "decision_id"}`. Internal details (resolver errors, TLS alerts) go
+//! to the audit log and tracing, not to the sandbox, except where the reason is the policy's own
+//! or names the sandbox's own request.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+
+/// Why the proxy answered instead of the upstream. The names are metric and audit values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalClass {
+    /// The policy denied the request.
+    Policy,
+    /// The policy failed (undefined, invalid decision, evaluation error): fail closed.
+    PolicyFailure,
+    /// SNI, Host and CONNECT target name different hosts.
+    Fronting,
+    /// The request is malformed (no authority, bad host).
+    BadRequest,
+    /// The destination resolves to an internal address.
+    Ssrf,
+    /// The destination name does not resolve.
+    Resolve,
+    /// The upstream failed (connect, TLS, reset).
+    Upstream,
+    /// The upstream did not answer in time.
+    UpstreamTimeout,
+    /// A credential the decision names cannot be injected.
+    Credential,
+    /// A fault of the proxy itself.
+    Internal,
+}
+
+impl RefusalClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalClass::Policy => "policy",
+            RefusalClass::PolicyFailure => "policy_failure",
+            RefusalClass::Fronting => "fronting",
+            RefusalClass::BadRequest => "bad_request",
+            RefusalClass::Ssrf => "ssrf",
+            RefusalClass::Resolve => "resolve",
+            RefusalClass::Upstream => "upstream",
+            RefusalClass::UpstreamTimeout => "upstream_timeout",
+            RefusalClass::Credential => "credential",
+            RefusalClass::Internal => "internal",
+        }
+    }
+
+    /// The short `error` text of the JSON body.
+    fn error_text(self) -> &'static str {
+        match self {
+            RefusalClass::Policy | RefusalClass::PolicyFailure => "denied by egress policy",
+            RefusalClass::Fronting => "host does not match the connection's server name",
+            RefusalClass::BadRequest => "malformed request",
+            RefusalClass::Ssrf => "destination address not allowed",
+            RefusalClass::Resolve => "destination host does not resolve",
+            RefusalClass::Upstream => "upstream connection failed",
+            RefusalClass::UpstreamTimeout => "upstream timed out",
+            RefusalClass::Credential => "credential cannot be injected",
+            RefusalClass::Internal => "internal proxy error",
+        }
+    }
+}
+
+/// A refusal to write.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub status: u16,
+    pub class: RefusalClass,
+    pub reason: String,
+    /// Extra response headers (a deny decision's `headers`).
+    pub headers: Vec<(String, String)>,
+    /// Replaces the JSON body (a deny decision's `body`).
+    pub body: Option<String>,
+}
+
+impl Refusal {
+    pub fn new(status: u16, class: RefusalClass, reason: impl Into<String>) -> Self {
+        Self {
+            status,
+            class,
+            reason: reason.into(),
+            headers: Vec::new(),
+            body: None,
+        }
+    }
+
+    /// Writes the refusal. Errors mean the client is gone; there is nobody left to tell.
+    pub async fn write(&self, session: &mut Session, decision_id: &str) {
+        let body = match &self.body {
+            Some(body) => body.clone(),
+            None => serde_json::json!({
+                "error": self.class.error_text(),
+                "reason": self.reason,
+                "decision_id": decision_id,
+            })
+            .to_string(),
+        };
+        let Ok(mut header) = ResponseHeader::build(self.status, Some(4 + self.headers.len()))
+        else {
+            return;
+        };
+        let content_type = if self.body.is_some() {
+            "text/plain; charset=utf-8"
+        } else {
+            "application/json"
+        };
+        let mut ok = header.insert_header("content-type", content_type).is_ok()
+            && header
+                .insert_header("content-length", body.len().to_string())
+                .is_ok()
+            && header
+                .insert_header("cordon-error", self.class.as_str())
+                .is_ok()
+            && header.insert_header("cache-control", "no-store").is_ok();
+        for (name, value) in &self.headers {
+            ok &= header.append_header(name.clone(), value.as_str()).is_ok();
+        }
+        if !ok {
+            tracing::warn!("a refusal header was invalid; sending a bare refusal");
+        }
+        if session
+            .write_response_header(Box::new(header), false)
+            .await
+            .is_ok()
+        {
+            let _ = session
+                .write_response_body(Some(Bytes::from(body)), true)
+                .await;
+        }
+    }
+}

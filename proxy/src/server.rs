@@ -1,0 +1,147 @@
+//! Assembling the gateway on a Pingora server: listeners, admin, metrics, signals.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use cordon_policy::ListenerMode;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{BackgroundService, background_service};
+use pingora::services::listening::Service;
+
+use crate::admin::{AdminApi, MetricsEndpoint};
+use crate::authorize::Authorizer;
+use crate::gateway::{Gateway, OriginalDestination, SocketOriginalDestination, sni_acceptor};
+use crate::state::GatewayState;
+
+/// Why the server could not be assembled.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("pingora: {0}")]
+    Pingora(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// Builds the pingora server for `state`. `original_destination` is the transparent listener's
+/// seam (SO_ORIGINAL_DST in production).
+pub fn build(
+    state: Arc<GatewayState>,
+    original_destination: Option<Arc<dyn OriginalDestination>>,
+) -> Result<Server, ServeError> {
+    let mut server =
+        Server::new(Some(Opt::default())).map_err(|e| ServeError::Pingora(e.to_string()))?;
+    let conf = ServerConf {
+        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        grace_period_seconds: Some(5),
+        graceful_shutdown_timeout_seconds: Some(10),
+        ca_file: upstream_roots(&state)?,
+        ..ServerConf::default()
+    };
+    server.configuration = Arc::new(conf);
+    server.bootstrap();
+
+    let http = Arc::new(pingora::proxy::http_proxy(
+        &server.configuration,
+        Authorizer {
+            state: state.clone(),
+        },
+    ));
+    let acceptor = Arc::new(sni_acceptor(&state).map_err(ServeError::Tls)?);
+    let original_destination =
+        original_destination.unwrap_or_else(|| Arc::new(SocketOriginalDestination));
+    let listeners = [
+        (ListenerMode::Explicit, state.config.listen.explicit),
+        (ListenerMode::Transparent, state.config.listen.transparent),
+    ];
+    for (mode, address) in listeners {
+        let Some(address) = address else { continue };
+        let gateway = Gateway {
+            state: state.clone(),
+            mode,
+            http: http.clone(),
+            acceptor: acceptor.clone(),
+            original_destination: original_destination.clone(),
+        };
+        let mut service = Service::new(format!("cordon {}", mode.as_str()), gateway);
+        service.add_tcp(&address.to_string());
+        server.add_service(service);
+    }
+    let mut admin = Service::new(
+        "cordon admin".to_string(),
+        AdminApi {
+            state: state.clone(),
+        },
+    );
+    admin.add_tcp(&state.config.listen.admin.to_string());
+    server.add_service(admin);
+    if let Some(address) = state.config.listen.metrics {
+        let mut metrics = Service::new(
+            "cordon metrics".to_string(),
+            MetricsEndpoint {
+                state: state.clone(),
+            },
+        );
+        metrics.add_tcp(&address.to_string());
+        server.add_service(metrics);
+    }
+    server.add_service(background_service(
+        "policy reload on SIGHUP",
+        ReloadOnHangup { state },
+    ));
+    Ok(server)
+}
+
+/// Upstream trust: the system roots plus `tls.upstream_extra_roots`, written as one bundle into
+/// the state directory, because pingora's `ca_file` replaces the system roots rather than adding
+/// to them.
+fn upstream_roots(state: &GatewayState) -> Result<Option<String>, ServeError> {
+    let extra = &state.config.tls.upstream_extra_roots;
+    if extra.is_empty() {
+        return Ok(None);
+    }
+    let mut bundle = String::new();
+    for system in [
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/pki/tls/certs/ca-bundle.crt",
+    ] {
+        if let Ok(pem) = std::fs::read_to_string(system) {
+            bundle.push_str(&pem);
+            bundle.push('\n');
+            break;
+        }
+    }
+    for path in extra {
+        let pem = std::fs::read_to_string(path)
+            .map_err(|e| ServeError::Tls(format!("cannot read {}: {e}", path.display())))?;
+        bundle.push_str(&pem);
+        bundle.push('\n');
+    }
+    let out = state.config.state_dir.join("upstream-roots.pem");
+    std::fs::create_dir_all(&state.config.state_dir)
+        .and_then(|()| std::fs::write(&out, bundle))
+        .map_err(|e| ServeError::Tls(format!("cannot write {}: {e}", out.display())))?;
+    Ok(Some(out.to_string_lossy().into_owned()))
+}
+
+/// Reloads the policy on SIGHUP.
+struct ReloadOnHangup {
+    state: Arc<GatewayState>,
+}
+
+#[async_trait]
+impl BackgroundService for ReloadOnHangup {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::error!("cannot listen for SIGHUP; reload through the admin API instead");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = hangup.recv() => { let _ = self.state.reload_policy(); }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Everything the listeners and request phases share, built once at startup.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use cordon_policy::PolicyEngine;
+
+use crate::audit::AuditLog;
+use crate::config::ProxyConfig;
+use crate::connection::ConnectionRegistry;
+use crate::intercept::ca::CertificateAuthority;
+use crate::intercept::leaf_cache::LeafCache;
+use crate::metrics::ProxyMetrics;
+use crate::sessions::SessionRegistry;
+use crate::upstream::UpstreamResolver;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("policy: {0}")]
+    Policy(#[from] cordon_policy::PolicyLoadError),
+    #[error("interception CA: {0}")]
+    Ca(#[from] crate::intercept::ca::CaLoadError),
+    #[error("audit log: {0}")]
+    Audit(std::io::Error),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// The gateway's shared state.
+#[derive(Debug)]
+pub struct GatewayState {
+    pub config: ProxyConfig,
+    pub policy: PolicyEngine,
+    pub sessions: SessionRegistry,
+    pub connections: ConnectionRegistry,
+    pub resolver: UpstreamResolver,
+    pub metrics: ProxyMetrics,
+    pub audit: AuditLog,
+    pub ca: Arc<CertificateAuthority>,
+    pub leaves: Arc<LeafCache>,
+    id_prefix: String,
+    next_id: AtomicU64,
+}
+
+impl GatewayState {
+    pub fn new(config: ProxyConfig) -> Result<Self, StartError> {
+        let policy = PolicyEngine::load(config.policy.clone())?;
+        let ca = Arc::new(CertificateAuthority::load_or_generate(
+            &config.tls.ca_cert,
+            &config.tls.ca_key,
+            config.tls.leaf_validity,
+        )?);
+        let metrics = ProxyMetrics::new()?;
+        metrics.set_generation(policy.generation().info());
+        let leaves = Arc::new(LeafCache::new(
+            ca.clone(),
+            config.tls.cert_cache_size,
+            metrics.leaf_cache(),
+        ));
+        let audit = AuditLog::open(&config.audit_path).map_err(StartError::Audit)?;
+        Ok(Self {
+            resolver: UpstreamResolver::new(config.upstream.clone()),
+            policy,
+            sessions: SessionRegistry::default(),
+            connections: ConnectionRegistry::default(),
+            metrics,
+            audit,
+            ca,
+            leaves,
+            // Decision ids are unique across restarts: a random prefix per process, a counter.
+            id_prefix: format!("{:08x}", rand::random::<u32>()),
+            next_id: AtomicU64::new(1),
+            config,
+        })
+    }
+
+    /// A new decision id (also the request id the policy sees).
+    pub fn next_decision_id(&self) -> String {
+        format!(
+            "{}-{:x}",
+            self.id_prefix,
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// Reloads the policy; the metrics follow the serving generation.
+    pub fn reload_policy(
+        &self,
+    ) -> Result<cordon_policy::GenerationInfo, cordon_policy::PolicyLoadError> {
+        match self.policy.reload() {
+            Ok(info) => {
+                self.metrics.set_generation(&info);
+                self.metrics
+                    .policy_reloads
+                    .with_label_values(&["success"])
+                    .inc();
+                tracing::info!(generation = %info.id, "policy reloaded");
+                Ok(info)
+            }
+            Err(e) => {
+                self.metrics
+                    .policy_reloads
+                    .with_label_values(&["failure"])
+                    .inc();
+                tracing::error!(error = %e, "policy reload failed; the previous generation keeps serving");
+                Err(e)
+            }
+        }
+    }
+}
