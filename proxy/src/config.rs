@@ -181,11 +181,15 @@ fn validate(raw: file::ConfigFile, base: &Path, errors: &mut Vec<String>) -> Opt
     }
     let state_dir = resolve(&raw.proxy.state_dir);
 
-    let Some(bundle) = raw.policy.bundle.as_ref() else {
-        errors.push("policy.bundle is not set; point it at a policy bundle directory, .tar.gz or .rego file".into());
-        return None;
+    // Keep going without a bundle so every other error is reported too.
+    let bundle = match raw.policy.bundle.as_ref() {
+        Some(bundle) => resolve(bundle),
+        None => {
+            errors.push("policy.bundle is not set; point it at a policy bundle directory, .tar.gz or .rego file".into());
+            PathBuf::new()
+        }
     };
-    let mut policy = PolicyConfig::new(resolve(bundle));
+    let mut policy = PolicyConfig::new(bundle);
     policy.query = raw.policy.query.clone();
     if raw.policy.eval_timeout_ms == 0 {
         errors.push("policy.eval_timeout_ms must be greater than 0".into());
