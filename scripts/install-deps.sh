@@ -3,9 +3,11 @@
 # Debian 12 machine needs nothing but this repository and a Rust toolchain.
 #   cmake, pkg-config, build-essential: C parts of Rust dependencies (pingora pulls libz-ng-sys)
 #   curl, git: the integration tests' clients
+#   iproute2, nftables: network namespaces and redirect rules (transparent mode, sandboxes)
+#   prometheus: the real scraper the metrics test reads back through
 set -euo pipefail
 
-packages=(build-essential cmake pkg-config curl git ca-certificates)
+packages=(build-essential cmake pkg-config curl git ca-certificates iproute2 nftables prometheus)
 
 missing=()
 for p in "${packages[@]}"; do

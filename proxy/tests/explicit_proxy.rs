@@ -4,15 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Read;
-use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod support;
 
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::io::Read;
+use std::process::Command;
+
+use support::{Proxy, spawn_upstream, test_pki, text};
 
 const POLICY: &str = r#"package cordon.egress
 import rego.v1
@@ -39,197 +36,17 @@ decision := {"allowed": false, "reason": "posting is not allowed here", "http_st
 }
 "#;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A test CA and a leaf for `names`, as PEM.
-struct TestPki {
-    ca_pem: String,
-    leaf_pem: String,
-    leaf_key_pem: String,
-}
-
-fn test_pki(names: &[&str]) -> TestPki {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    TestPki {
-        ca_pem: ca.pem(),
-        leaf_pem: leaf.pem(),
-        leaf_key_pem: leaf_key.serialize_pem(),
-    }
-}
-
-/// An HTTPS/1.1 upstream that answers every request with its request head as the body.
-fn spawn_upstream(pki: &TestPki) -> SocketAddr {
-    use rustls::pki_types::pem::PemObject;
-    let certs =
-        vec![rustls::pki_types::CertificateDer::from_pem_slice(pki.leaf_pem.as_bytes()).unwrap()];
-    let key =
-        rustls::pki_types::PrivateKeyDer::from_pem_slice(pki.leaf_key_pem.as_bytes()).unwrap();
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap();
-    listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
-                    loop {
-                        let mut head = Vec::new();
-                        let mut buf = [0u8; 4096];
-                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match tls.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => head.extend_from_slice(&buf[..n]),
-                            }
-                        }
-                        let body = String::from_utf8_lossy(&head).into_owned();
-                        let response = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
-                            body.len()
-                        );
-                        if tls.write_all(response.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-    });
-    address
-}
-
-/// The proxy under test, killed (by its pid) when dropped.
-struct Proxy {
-    child: Child,
-    dir: tempfile::TempDir,
-    explicit: u16,
-    admin: u16,
-    metrics: u16,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proxy {
-    fn start(upstream: SocketAddr, upstream_ca: &str) -> Proxy {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("bundle")).unwrap();
-        std::fs::write(dir.path().join("bundle/policy.rego"), POLICY).unwrap();
-        std::fs::write(dir.path().join("upstream-ca.pem"), upstream_ca).unwrap();
-        let (explicit, admin, metrics) = (free_port(), free_port(), free_port());
-        let config = format!(
-            "[proxy]\nexplicit_listen = \"127.0.0.1:{explicit}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
-             metrics_listen = \"127.0.0.1:{metrics}\"\nstate_dir = \"state\"\n\
-             [policy]\nbundle = \"bundle\"\n[tls]\nupstream_extra_roots = [\"upstream-ca.pem\"]\n\
-             [upstream]\nconnect_timeout_ms = 2000\n[upstream.connect_to]\n\
-             \"allowed.test:443\" = \"{upstream}\"\n\"badcert.test:443\" = \"{upstream}\"\n"
-        );
-        std::fs::write(dir.path().join("cordon.toml"), config).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_cordon-proxy"))
-            .arg("--config")
-            .arg(dir.path().join("cordon.toml"))
-            .env("CORDON_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let proxy = Proxy {
-            child,
-            dir,
-            explicit,
-            admin,
-            metrics,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", admin)).is_err() {
-            assert!(Instant::now() < deadline, "proxy did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        proxy
-    }
-
-    fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
-    }
-
-    fn ca(&self) -> PathBuf {
-        let out = Command::new(env!("CARGO_BIN_EXE_cordon-proxy"))
-            .args(["ca", "print", "--config"])
-            .arg(self.path("cordon.toml"))
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        let path = self.path("cordon-ca.pem");
-        std::fs::write(&path, out.stdout).unwrap();
-        path
-    }
-
-    fn curl(&self, args: &[&str]) -> Output {
-        Command::new("curl")
-            .args(["-s", "-i", "--max-time", "10", "--proxy"])
-            .arg(format!("http://127.0.0.1:{}", self.explicit))
-            .arg("--cacert")
-            .arg(self.ca())
-            .args(args)
-            .output()
-            .expect("curl is installed by scripts/install-deps.sh")
-    }
-
-    fn admin(&self, method: &str, path: &str, body: Option<&str>) -> String {
-        let mut cmd = Command::new("curl");
-        cmd.args(["-s", "-X", method])
-            .arg(format!("http://127.0.0.1:{}{path}", self.admin));
-        if let Some(body) = body {
-            cmd.args(["-d", body]);
-        }
-        String::from_utf8(cmd.output().unwrap().stdout).unwrap()
-    }
-}
-
-fn text(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn explicit_proxy_end_to_end() {
     let pki = test_pki(&["allowed.test"]);
     let upstream = spawn_upstream(&pki);
-    let proxy = Proxy::start(upstream, &pki.ca_pem);
+    let proxy = Proxy::start(
+        POLICY,
+        upstream,
+        &pki.ca_pem,
+        &["allowed.test", "badcert.test"],
+        "",
+    );
     let registered = proxy.admin(
         "PUT",
         "/sessions/sesn_test",

@@ -1,0 +1,217 @@
+//! Shared fixtures for the proxy's integration tests: a test PKI, a fake HTTPS upstream on
+//! loopback that echoes each request head, and the `cordon-proxy` binary under a generated
+//! config (killed by its own pid on drop).
+
+// Test support is reached only from the test crates that include it.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A test CA and a leaf for `names`, as PEM.
+pub struct TestPki {
+    pub ca_pem: String,
+    pub leaf_pem: String,
+    pub leaf_key_pem: String,
+}
+
+pub fn test_pki(names: &[&str]) -> TestPki {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    TestPki {
+        ca_pem: ca.pem(),
+        leaf_pem: leaf.pem(),
+        leaf_key_pem: leaf_key.serialize_pem(),
+    }
+}
+
+/// An HTTPS/1.1 upstream that answers every request with its request head as the body.
+pub fn spawn_upstream(pki: &TestPki) -> SocketAddr {
+    use rustls::pki_types::pem::PemObject;
+    let certs =
+        vec![rustls::pki_types::CertificateDer::from_pem_slice(pki.leaf_pem.as_bytes()).unwrap()];
+    let key =
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(pki.leaf_key_pem.as_bytes()).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                    loop {
+                        let mut head = Vec::new();
+                        let mut buf = [0u8; 4096];
+                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match tls.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => head.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let body = String::from_utf8_lossy(&head).into_owned();
+                        let response = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if tls.write_all(response.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+    });
+    address
+}
+
+/// The proxy under test, killed (by its pid) when dropped.
+pub struct Proxy {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub explicit: u16,
+    pub transparent: u16,
+    pub admin: u16,
+    pub metrics: u16,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proxy {
+    /// Starts the proxy with `policy` as its bundle, the upstream CA trusted, `hosts` routed
+    /// to `upstream` by `connect_to`, and `extra` appended to the config.
+    pub fn start(
+        policy: &str,
+        upstream: SocketAddr,
+        upstream_ca: &str,
+        hosts: &[&str],
+        extra: &str,
+    ) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("bundle")).unwrap();
+        std::fs::write(dir.path().join("bundle/policy.rego"), policy).unwrap();
+        std::fs::write(dir.path().join("upstream-ca.pem"), upstream_ca).unwrap();
+        let (explicit, transparent, admin, metrics) =
+            (free_port(), free_port(), free_port(), free_port());
+        let routes: String = hosts
+            .iter()
+            .map(|h| format!("\"{h}:443\" = \"{upstream}\"\n"))
+            .collect();
+        let config = format!(
+            "[proxy]\nexplicit_listen = \"127.0.0.1:{explicit}\"\ntransparent_listen = \"0.0.0.0:{transparent}\"\n\
+             admin_listen = \"127.0.0.1:{admin}\"\n\
+             metrics_listen = \"127.0.0.1:{metrics}\"\nstate_dir = \"state\"\n\
+             [policy]\nbundle = \"bundle\"\n[tls]\nupstream_extra_roots = [\"upstream-ca.pem\"]\n\
+             [upstream]\nconnect_timeout_ms = 2000\n[upstream.connect_to]\n{routes}{extra}"
+        );
+        std::fs::write(dir.path().join("cordon.toml"), config).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_cordon-proxy"))
+            .arg("--config")
+            .arg(dir.path().join("cordon.toml"))
+            .env("CORDON_LOG", "warn")
+            .stdout(Stdio::null())
+            // A file, not a pipe nobody reads (a full pipe would stall the proxy).
+            .stderr(std::fs::File::create(dir.path().join("proxy.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let proxy = Proxy {
+            child,
+            dir,
+            explicit,
+            transparent,
+            admin,
+            metrics,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", admin)).is_err() {
+            assert!(Instant::now() < deadline, "proxy did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        proxy
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        let out = Command::new(env!("CARGO_BIN_EXE_cordon-proxy"))
+            .args(["ca", "print", "--config"])
+            .arg(self.path("cordon.toml"))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let path = self.path("cordon-ca.pem");
+        std::fs::write(&path, out.stdout).unwrap();
+        path
+    }
+
+    pub fn curl(&self, args: &[&str]) -> Output {
+        Command::new("curl")
+            .args(["-s", "-i", "--max-time", "10", "--proxy"])
+            .arg(format!("http://127.0.0.1:{}", self.explicit))
+            .arg("--cacert")
+            .arg(self.ca())
+            .args(args)
+            .output()
+            .expect("curl is installed by scripts/install-deps.sh")
+    }
+
+    pub fn admin(&self, method: &str, path: &str, body: Option<&str>) -> String {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "-X", method])
+            .arg(format!("http://127.0.0.1:{}{path}", self.admin));
+        if let Some(body) = body {
+            cmd.args(["-d", body]);
+        }
+        String::from_utf8(cmd.output().unwrap().stdout).unwrap()
+    }
+}
