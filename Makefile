@@ -16,17 +16,10 @@ deps:
 build: deps
 	$(CARGO) build --release --workspace --bins
 
-# Until the proxy lands, `up` demonstrates the policy engine on the example bundle: one allowed
-# and one denied request, decided exactly as the proxy will decide them.
+# Starts the gateway on examples/cordon.toml in the foreground and prints curl commands that
+# show an allowed and a denied request.
 up: build
-	@echo "== cordon-policy check examples/policies/agent-egress"
-	@$(BIN)/cordon-policy check examples/policies/agent-egress
-	@echo "== allowed: GET https://pypi.org/simple/requests/ from session sesn_demo"
-	@$(BIN)/cordon-policy eval --bundle examples/policies/agent-egress \
-		--request "GET https://pypi.org/simple/requests/" --session sesn_demo
-	@echo "== denied: POST https://exfil.example/upload from session sesn_demo"
-	@$(BIN)/cordon-policy eval --bundle examples/policies/agent-egress \
-		--request "POST https://exfil.example/upload" --session sesn_demo
+	@scripts/up.sh
 
 # Order matters for CI, which reads the last summary line: the test runner's summary comes last.
 test: deps fmt lint policy-tests unit

@@ -21,6 +21,10 @@ use crate::respond::{Refusal, RefusalClass};
 use crate::state::GatewayState;
 use crate::upstream::UpstreamError;
 
+/// Request headers larger than this in total are refused with 431: they would bloat the policy
+/// input and are a classic smuggling and resource vector. (Pingora's own HTTP/1 limit is 1 MiB.)
+pub const MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
+
 /// Hop-by-hop and proxy-addressed headers never forwarded upstream.
 const PROXY_HEADERS: [&str; 3] = [
     "proxy-authorization",
@@ -73,6 +77,20 @@ impl Authorizer {
         })?;
         ctx.conn = Some(conn.clone());
         let header = session.req_header();
+        let header_bytes: usize = header
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum();
+        if header_bytes > MAX_REQUEST_HEADER_BYTES {
+            return Err(Refusal::new(
+                431,
+                RefusalClass::BadRequest,
+                format!(
+                    "request headers total {header_bytes} bytes; the limit is {MAX_REQUEST_HEADER_BYTES}"
+                ),
+            ));
+        }
         let scheme = if conn.tls { "https" } else { "http" };
         let authority = header
             .uri

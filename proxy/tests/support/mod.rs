@@ -135,6 +135,18 @@ impl Proxy {
         hosts: &[&str],
         extra: &str,
     ) -> Proxy {
+        Self::start_with(policy, upstream, upstream_ca, hosts, extra, "")
+    }
+
+    /// [`Proxy::start`] with `proxy_extra` lines added to the `[proxy]` section.
+    pub fn start_with(
+        policy: &str,
+        upstream: SocketAddr,
+        upstream_ca: &str,
+        hosts: &[&str],
+        extra: &str,
+        proxy_extra: &str,
+    ) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("bundle")).unwrap();
         std::fs::write(dir.path().join("bundle/policy.rego"), policy).unwrap();
@@ -148,7 +160,7 @@ impl Proxy {
         let config = format!(
             "[proxy]\nexplicit_listen = \"127.0.0.1:{explicit}\"\ntransparent_listen = \"0.0.0.0:{transparent}\"\n\
              admin_listen = \"127.0.0.1:{admin}\"\n\
-             metrics_listen = \"127.0.0.1:{metrics}\"\nstate_dir = \"state\"\n\
+             metrics_listen = \"127.0.0.1:{metrics}\"\nstate_dir = \"state\"\n{proxy_extra}\n\
              [policy]\nbundle = \"bundle\"\n[tls]\nupstream_extra_roots = [\"upstream-ca.pem\"]\n\
              [upstream]\nconnect_timeout_ms = 2000\n[upstream.connect_to]\n{routes}{extra}"
         );
