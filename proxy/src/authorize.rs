@@ -240,13 +240,7 @@ impl Authorizer {
         let conn = ctx.conn.as_ref();
         let (decision, class, reason) = match (&ctx.refusal, &ctx.decision) {
             (Some(refusal), _) => (
-                if matches!(refusal.class, RefusalClass::Policy) {
-                    "deny"
-                } else if ctx.decision.as_ref().is_some_and(Decision::is_allowed) {
-                    "error"
-                } else {
-                    "deny"
-                },
+                refusal.class.decision_label(),
                 refusal.class.as_str(),
                 refusal.reason.clone(),
             ),

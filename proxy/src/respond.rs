@@ -50,6 +50,18 @@ impl RefusalClass {
         }
     }
 
+    /// The `decision` label of metrics and audit records for a request refused this way:
+    /// `deny` when the policy or a guard refused it, `error` when something failed.
+    pub fn decision_label(self) -> &'static str {
+        match self {
+            RefusalClass::Upstream
+            | RefusalClass::UpstreamTimeout
+            | RefusalClass::Resolve
+            | RefusalClass::Internal => "error",
+            _ => "deny",
+        }
+    }
+
     /// The short `error` text of the JSON body.
     fn error_text(self) -> &'static str {
         match self {

@@ -123,6 +123,12 @@ fn explicit_proxy_end_to_end() {
         "cordon_proxy_connections_total{mode=\"explicit\",outcome=\"intercepted\"}",
         "cordon_policy_generation_info",
         "cordon_build_info",
+        "cordon_proxy_policy_eval_seconds_count",
+        "cordon_proxy_upstream_duration_seconds_count",
+        "cordon_proxy_tls_handshake_seconds_count",
+        "cordon_proxy_cert_cache_hits_total",
+        "cordon_proxy_bytes_total{direction=\"downstream\"}",
+        "cordon_proxy_active_connections",
     ] {
         assert!(metrics.contains(needle), "missing {needle}:\n{metrics}");
     }
@@ -174,4 +180,74 @@ fn bad_config_lists_every_error_and_exits_64() {
     for needle in ["proxy.explicit_listen", "tls.no_sni", "policy.bundle"] {
         assert!(stderr.contains(needle), "{needle}: {stderr}");
     }
+}
+
+fn metric_value(proxy: &Proxy, prefix: &str) -> f64 {
+    let out = Command::new("curl")
+        .arg("-s")
+        .arg(format!("http://127.0.0.1:{}/metrics", proxy.metrics))
+        .output()
+        .unwrap();
+    text(&out)
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn reload_swaps_good_policies_and_keeps_the_last_good_one() {
+    let pki = test_pki(&["allowed.test"]);
+    let upstream = spawn_upstream(&pki);
+    let proxy = Proxy::start(POLICY, upstream, &pki.ca_pem, &["allowed.test"], "");
+    let status = |proxy: &Proxy| {
+        let out = proxy.curl(&[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "https://allowed.test/x",
+        ]);
+        let body = text(&out);
+        body.rsplit('\n').next().unwrap_or("").to_string()
+    };
+    assert_eq!(status(&proxy), "200");
+
+    // A broken bundle: the reload is refused with the reason, the old generation serves on.
+    std::fs::write(
+        proxy.path("bundle/policy.rego"),
+        "package cordon.egress\ndecision := {\n",
+    )
+    .unwrap();
+    let answer = proxy.admin("POST", "/reload", None);
+    assert!(answer.contains("reload refused"), "{answer}");
+    assert!(answer.contains("policy.rego:"), "{answer}");
+    assert_eq!(status(&proxy), "200");
+    assert_eq!(
+        metric_value(&proxy, "cordon_policy_reloads_total{outcome=\"failure\"}"),
+        1.0
+    );
+
+    // A good bundle via SIGHUP: every later request is decided by it.
+    std::fs::write(
+        proxy.path("bundle/policy.rego"),
+        "package cordon.egress\nimport rego.v1\ndecision := {\"allowed\": false, \"reason\": \"locked down\"}\n",
+    )
+    .unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &proxy.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while metric_value(&proxy, "cordon_policy_reloads_total{outcome=\"success\"}") < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP did not reload"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // The connect stage is denied now too, so curl sees the connection refused (no HTTP code).
+    assert_ne!(status(&proxy), "200");
 }
