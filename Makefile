@@ -50,6 +50,7 @@ policy-tests:
 
 bench: deps
 	$(CARGO) bench -p cordon-policy --bench decision
+	scripts/bench-proxy.sh
 
 clean:
 	$(CARGO) clean
