@@ -85,7 +85,12 @@ run() { # name, then oha args
 : > "$work/cpu.txt"
 oha --no-tui --output-format quiet -n 200 -c 4 "${through[@]}" "$url"   # warm the leaf cache
 run direct_keepalive_c8 -c 8 "${direct[@]}"
+if [[ -n "${PERF:-}" ]]; then   # PERF=1: profile the proxy during the keep-alive run
+    perf record -g -o "${PERF_OUT:-/tmp/cordon-proxy.perf}" -p "$proxy_pid" -- sleep "${duration%s}" &
+    perf_pid=$!
+fi
 run cordon_keepalive_c8 -c 8 "${through[@]}"
+[[ -n "${PERF:-}" ]] && wait "$perf_pid"
 run direct_keepalive_c1 -c 1 "${direct[@]}"
 run cordon_keepalive_c1 -c 1 "${through[@]}"
 run direct_newconn_c8 -c 8 --disable-keepalive "${direct[@]}"
