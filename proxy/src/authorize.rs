@@ -149,6 +149,7 @@ impl Authorizer {
             .input
             .connect_target
             .as_deref()
+            .filter(|_| conn.tunnel)
             .and_then(|t| parse_authority(t, 443))
             && target.host != destination.host
         {

@@ -26,6 +26,10 @@ pub struct ConnectionContext {
     pub connect_generation: Arc<Generation>,
     /// Whether the connection's requests arrive over intercepted TLS.
     pub tls: bool,
+    /// Whether `input.connect_target` came from a CONNECT (a tunnel to one host, which pins
+    /// every request's host) rather than from an absolute-form request (a plain-HTTP proxy
+    /// connection may carry requests for many hosts).
+    pub tunnel: bool,
     pub accepted: Instant,
 }
 

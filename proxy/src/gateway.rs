@@ -128,8 +128,12 @@ impl Gateway {
         let session = self.state.sessions.lookup(peer.ip());
         let timeout = self.state.config.listen.handshake_timeout;
 
-        let prepared =
-            tokio::time::timeout(timeout, self.read_preamble(&mut stream, &mut connection)).await;
+        let mut tunnel = false;
+        let prepared = tokio::time::timeout(
+            timeout,
+            self.read_preamble(&mut stream, &mut connection, &mut tunnel),
+        )
+        .await;
         let first = match prepared {
             Ok(Ok(first)) => first,
             Ok(Err(refused)) => {
@@ -265,7 +269,7 @@ impl Gateway {
                     session,
                     document,
                     generation,
-                    true,
+                    (true, tunnel),
                     peer,
                     local,
                     shutdown,
@@ -280,7 +284,7 @@ impl Gateway {
                     session,
                     document,
                     generation,
-                    false,
+                    (false, tunnel),
                     peer,
                     local,
                     shutdown,
@@ -297,6 +301,7 @@ impl Gateway {
         &self,
         stream: &mut L4Stream,
         connection: &mut ConnectionInput,
+        tunnel: &mut bool,
     ) -> Result<FirstBytes, Refused> {
         if self.mode == ListenerMode::Explicit {
             let mut head = Vec::with_capacity(1024);
@@ -359,6 +364,7 @@ impl Gateway {
                 ));
             };
             connection.connect_target = Some(format!("{}:{}", authority.host, authority.port));
+            *tunnel = true;
             // pingora's TCP stream buffers writes: flush, or the client waits for the answer.
             stream
                 .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
@@ -433,7 +439,7 @@ impl Gateway {
         session: cordon_policy::SessionInput,
         document: ConnectionDocument,
         generation: Arc<cordon_policy::Generation>,
-        tls: bool,
+        (tls, tunnel): (bool, bool),
         peer: SocketAddr,
         local: SocketAddr,
         shutdown: &ShutdownWatch,
@@ -445,6 +451,7 @@ impl Gateway {
             document,
             connect_generation: generation,
             tls,
+            tunnel,
             accepted: Instant::now(),
         });
         let _registration = self.state.connections.register(peer, local, context);

@@ -89,6 +89,13 @@ fn explicit_proxy_end_to_end() {
     assert!(body.contains("421"), "{body}");
     assert!(body.contains("cordon-error: fronting"), "{body}");
 
+    // A plain-HTTP proxy connection may carry requests for several hosts (no CONNECT pins
+    // it): curl reuses one connection for both URLs, and neither is taken for fronting.
+    let out = proxy.curl(&["http://allowed.test/one", "http://badcert.test/two"]);
+    let body = text(&out);
+    assert_eq!(body.matches("HTTP/1.1").count(), 2, "{body}");
+    assert!(!body.contains("421"), "{body}");
+
     // SSRF guard: an allowed request to a loopback literal is refused.
     let out = proxy.curl(&["http://127.0.0.2:9/"]);
     let body = text(&out);
