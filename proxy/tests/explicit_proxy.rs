@@ -9,7 +9,7 @@ mod support;
 use std::io::Read;
 use std::process::Command;
 
-use support::{Proxy, spawn_upstream, test_pki, text};
+use support::{Proxy, spawn_h2_upstream, spawn_upstream, test_pki, text};
 
 const POLICY: &str = r#"package cordon.egress
 import rego.v1
@@ -257,4 +257,16 @@ fn reload_swaps_good_policies_and_keeps_the_last_good_one() {
     }
     // The connect stage is denied now too, so curl sees the connection refused (no HTTP code).
     assert_ne!(status(&proxy), "200");
+}
+
+#[test]
+fn speaks_http2_to_upstreams_that_offer_it() {
+    let pki = test_pki(&["allowed.test"]);
+    let upstream = spawn_h2_upstream(&pki);
+    let proxy = Proxy::start(POLICY, upstream, &pki.ca_pem, &["allowed.test"], "");
+    // HTTP/1.1 from the sandbox, HTTP/2 to the upstream.
+    let out = proxy.curl(&["--http1.1", "https://allowed.test/via-h2"]);
+    let body = text(&out);
+    assert!(body.contains("HTTP/1.1 200"), "{body}");
+    assert!(body.ends_with("h2 GET /via-h2"), "{body}");
 }

@@ -293,3 +293,61 @@ pub fn spawn_upgrade_echo(pki: &TestPki) -> SocketAddr {
     });
     address
 }
+
+/// An HTTPS upstream that speaks only HTTP/2 (ALPN `h2`) and answers every request with
+/// `h2 <method> <path>` as its body, so a test can see which protocol reached it.
+pub fn spawn_h2_upstream(pki: &TestPki) -> SocketAddr {
+    use rustls::pki_types::pem::PemObject;
+    let certs =
+        vec![rustls::pki_types::CertificateDer::from_pem_slice(pki.leaf_pem.as_bytes()).unwrap()];
+    let key =
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(pki.leaf_key_pem.as_bytes()).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let Ok(mut connection) = h2::server::handshake(tls).await else {
+                        return;
+                    };
+                    while let Some(Ok((request, mut respond))) = connection.accept().await {
+                        let body = format!("h2 {} {}", request.method(), request.uri().path());
+                        let response = http::Response::builder()
+                            .status(200)
+                            .header("content-length", body.len())
+                            .body(())
+                            .unwrap();
+                        if let Ok(mut stream) = respond.send_response(response, false) {
+                            let _ = stream.send_data(bytes::Bytes::from(body), true);
+                        }
+                    }
+                });
+            }
+        });
+    });
+    address
+}
