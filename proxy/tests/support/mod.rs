@@ -51,8 +51,13 @@ pub fn test_pki(names: &[&str]) -> TestPki {
     }
 }
 
-/// An HTTPS/1.1 upstream that answers every request with its request head as the body.
-pub fn spawn_upstream(pki: &TestPki) -> SocketAddr {
+/// Serves TLS on a fresh loopback port with `pki`'s leaf and the given ALPN, on a thread of
+/// its own; `handle` gets each accepted TLS stream.
+fn spawn_tls_server<F, Fut>(pki: &TestPki, alpn: &[u8], handle: F) -> SocketAddr
+where
+    F: Fn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     use rustls::pki_types::pem::PemObject;
     let certs =
         vec![rustls::pki_types::CertificateDer::from_pem_slice(pki.leaf_pem.as_bytes()).unwrap()];
@@ -66,11 +71,12 @@ pub fn spawn_upstream(pki: &TestPki) -> SocketAddr {
     .with_no_client_auth()
     .with_single_cert(certs, key)
     .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
     listener.set_nonblocking(true).unwrap();
+    let handle = Arc::new(handle);
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -79,33 +85,49 @@ pub fn spawn_upstream(pki: &TestPki) -> SocketAddr {
         runtime.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
                 let acceptor = acceptor.clone();
+                let handle = handle.clone();
                 tokio::spawn(async move {
-                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
-                    loop {
-                        let mut head = Vec::new();
-                        let mut buf = [0u8; 4096];
-                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match tls.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => head.extend_from_slice(&buf[..n]),
-                            }
-                        }
-                        let body = String::from_utf8_lossy(&head).into_owned();
-                        let response = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
-                            body.len()
-                        );
-                        if tls.write_all(response.as_bytes()).await.is_err() {
-                            return;
-                        }
+                    if let Ok(tls) = acceptor.accept(tcp).await {
+                        handle(tls).await;
                     }
                 });
             }
         });
     });
     address
+}
+
+/// Reads a request head (through the blank line); `None` when the peer closes first.
+async fn read_head<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(head)
+}
+
+/// An HTTPS/1.1 upstream that answers every request with its request head as the body.
+pub fn spawn_upstream(pki: &TestPki) -> SocketAddr {
+    spawn_tls_server(pki, b"http/1.1", |mut tls| async move {
+        while let Some(head) = read_head(&mut tls).await {
+            let body = String::from_utf8_lossy(&head).into_owned();
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if tls.write_all(response.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    })
 }
 
 /// The proxy under test, killed (by its pid) when dropped.
@@ -231,123 +253,53 @@ impl Proxy {
 /// An HTTPS/1.1 upstream that accepts one WebSocket-style upgrade per connection (101), then
 /// echoes every byte it receives. It does not frame; the proxy must not care.
 pub fn spawn_upgrade_echo(pki: &TestPki) -> SocketAddr {
-    use rustls::pki_types::pem::PemObject;
-    let certs =
-        vec![rustls::pki_types::CertificateDer::from_pem_slice(pki.leaf_pem.as_bytes()).unwrap()];
-    let key =
-        rustls::pki_types::PrivateKeyDer::from_pem_slice(pki.leaf_key_pem.as_bytes()).unwrap();
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap();
-    listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match tls.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let upgrade = String::from_utf8_lossy(&head).to_ascii_lowercase().contains("upgrade: websocket");
-                    if !upgrade {
-                        let _ = tls.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n").await;
+    spawn_tls_server(pki, b"http/1.1", |mut tls| async move {
+        let Some(head) = read_head(&mut tls).await else {
+            return;
+        };
+        let upgrade = String::from_utf8_lossy(&head)
+            .to_ascii_lowercase()
+            .contains("upgrade: websocket");
+        if !upgrade {
+            let _ = tls
+                .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                .await;
+            return;
+        }
+        let _ = tls
+            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
+            .await;
+        let mut buf = [0u8; 4096];
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if tls.write_all(&buf[..n]).await.is_err() {
                         return;
                     }
-                    let _ = tls
-                        .write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
-                        .await;
-                    loop {
-                        match tls.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => {
-                                if tls.write_all(&buf[..n]).await.is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                    }
-                });
+                }
             }
-        });
-    });
-    address
+        }
+    })
 }
 
 /// An HTTPS upstream that speaks only HTTP/2 (ALPN `h2`) and answers every request with
 /// `h2 <method> <path>` as its body, so a test can see which protocol reached it.
 pub fn spawn_h2_upstream(pki: &TestPki) -> SocketAddr {
-    use rustls::pki_types::pem::PemObject;
-    let certs =
-        vec![rustls::pki_types::CertificateDer::from_pem_slice(pki.leaf_pem.as_bytes()).unwrap()];
-    let key =
-        rustls::pki_types::PrivateKeyDer::from_pem_slice(pki.leaf_key_pem.as_bytes()).unwrap();
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap();
-    listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let Ok(mut connection) = h2::server::handshake(tls).await else {
-                        return;
-                    };
-                    while let Some(Ok((request, mut respond))) = connection.accept().await {
-                        let body = format!("h2 {} {}", request.method(), request.uri().path());
-                        let response = http::Response::builder()
-                            .status(200)
-                            .header("content-length", body.len())
-                            .body(())
-                            .unwrap();
-                        if let Ok(mut stream) = respond.send_response(response, false) {
-                            let _ = stream.send_data(bytes::Bytes::from(body), true);
-                        }
-                    }
-                });
+    spawn_tls_server(pki, b"h2", |tls| async move {
+        let Ok(mut connection) = h2::server::handshake(tls).await else {
+            return;
+        };
+        while let Some(Ok((request, mut respond))) = connection.accept().await {
+            let body = format!("h2 {} {}", request.method(), request.uri().path());
+            let response = http::Response::builder()
+                .status(200)
+                .header("content-length", body.len())
+                .body(())
+                .unwrap();
+            if let Ok(mut stream) = respond.send_response(response, false) {
+                let _ = stream.send_data(bytes::Bytes::from(body), true);
             }
-        });
-    });
-    address
+        }
+    })
 }
