@@ -179,10 +179,10 @@ impl Prometheus {
         let deadline = Instant::now() + within;
         loop {
             let answer = self.query(promql);
-            if let Ok(result) = &answer {
-                if done(result) {
-                    return result.clone();
-                }
+            if let Ok(result) = &answer
+                && done(result)
+            {
+                return result.clone();
             }
             assert!(
                 Instant::now() < deadline,
