@@ -88,16 +88,26 @@ impl ServeHttp for AdminApi {
                     serde_json::json!({"status": "ready", "policy_generation": &*generation.info().id}),
                 )
             }
-            (Method::POST, "/reload") => match state.reload_policy() {
-                Ok(info) => json(
-                    StatusCode::OK,
-                    serde_json::json!({"policy_generation": &*info.id}),
-                ),
-                Err(e) => error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!("reload refused, the previous generation keeps serving: {e}"),
-                ),
-            },
+            (Method::POST, "/reload") => {
+                let policy = state.reload_policy();
+                let secrets = state.reload_secrets();
+                match (policy, secrets) {
+                    (Ok(info), Ok(count)) => json(
+                        StatusCode::OK,
+                        serde_json::json!({"policy_generation": &*info.id, "secrets": count}),
+                    ),
+                    (Err(e), _) => error(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        format!("reload refused, the previous generation keeps serving: {e}"),
+                    ),
+                    (Ok(_), Err(e)) => error(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        format!(
+                            "policy reloaded, but the secret store was not (the previous secrets stay in use): {e}"
+                        ),
+                    ),
+                }
+            }
             (Method::GET, "/sessions") => json(
                 StatusCode::OK,
                 serde_json::json!({"sessions": state.sessions.list()}),

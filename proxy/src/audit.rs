@@ -48,6 +48,9 @@ pub struct AuditRecord {
     pub status: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_address: Option<String>,
+    /// Credentials injected, as `secret->header` (names only, never values).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<String>,
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub policy_us: u64,

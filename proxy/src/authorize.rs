@@ -57,6 +57,15 @@ pub struct RequestContext {
     status: Option<u16>,
     bytes_up: u64,
     bytes_down: u64,
+    injections: Vec<Injection>,
+}
+
+/// A credential to set on the upstream request. Its value prints as `<redacted>`.
+#[derive(Debug)]
+struct Injection {
+    secret: String,
+    header: String,
+    value: crate::credentials::SecretValue,
 }
 
 impl Authorizer {
@@ -204,19 +213,30 @@ impl Authorizer {
             ctx.decision = Some(decision);
             return Err(refusal);
         }
-        // Credentials are resolved from the secret store, which is not built yet: a decision
-        // that names one is refused rather than forwarded without it (fail closed).
-        if let Some(credential) = decision.inject.first() {
-            let refusal = Refusal::new(
-                403,
-                RefusalClass::Credential,
-                format!(
-                    "secret {:?} is not in the secret store; refusing to forward without it",
-                    credential.secret
-                ),
-            );
-            ctx.decision = Some(decision);
-            return Err(refusal);
+        // Credentials named by the decision: each must be in the store and bound to this
+        // destination (the binding is a second lock the policy cannot open). Any refusal
+        // refuses the request: it is never forwarded without the credential it asked for.
+        let secrets = self.state.secrets.current();
+        let bare_path = ctx.path.clone().unwrap_or_default();
+        for credential in &decision.inject {
+            let destination = crate::credentials::Destination {
+                host: &destination.host,
+                method: header.method.as_str(),
+                path: &bare_path,
+                tls: conn.tls,
+            };
+            match secrets.resolve(&credential.secret, destination) {
+                Ok(secret) => ctx.injections.push(Injection {
+                    secret: credential.secret.clone(),
+                    header: credential.header.clone(),
+                    value: crate::credentials::SecretValue::new(secret.header_value()),
+                }),
+                Err(e) => {
+                    ctx.decision = Some(decision);
+                    ctx.injections.clear();
+                    return Err(Refusal::new(403, RefusalClass::Credential, e.to_string()));
+                }
+            }
         }
         ctx.decision = Some(decision);
 
@@ -300,6 +320,11 @@ impl Authorizer {
             ),
             status,
             upstream_address: ctx.upstream.map(|a| a.to_string()),
+            credentials: ctx
+                .injections
+                .iter()
+                .map(|i| format!("{}->{}", i.secret, i.header))
+                .collect(),
             bytes_up: ctx.bytes_up,
             bytes_down: ctx.bytes_down,
             policy_us: ctx.policy_time.as_micros() as u64,
@@ -392,6 +417,12 @@ impl ProxyHttp for Authorizer {
                 upstream_request.insert_header(name.clone(), value.as_str())?;
                 set.push(name);
             }
+        }
+        // Credentials last, so nothing the client sent or the decision's header changes did
+        // can stand in their header's place.
+        for injection in &ctx.injections {
+            upstream_request.remove_header(injection.header.as_str());
+            upstream_request.insert_header(injection.header.clone(), injection.value.expose())?;
         }
         Ok(())
     }

@@ -57,6 +57,8 @@ pub struct ProxyConfig {
     pub tls: TlsConfig,
     pub upstream: UpstreamConfig,
     pub audit_path: AuditTarget,
+    /// The secret store file, if any.
+    pub credentials_store: Option<PathBuf>,
 }
 
 /// Where the proxy listens.
@@ -325,6 +327,7 @@ fn validate(raw: file::ConfigFile, base: &Path, errors: &mut Vec<String>) -> Opt
         tls,
         upstream,
         audit_path,
+        credentials_store: raw.credentials.store.as_ref().map(|p| resolve(p)),
     })
 }
 

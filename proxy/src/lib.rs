@@ -10,6 +10,7 @@ pub mod audit;
 pub mod authorize;
 pub mod config;
 pub mod connection;
+pub mod credentials;
 pub mod gateway;
 pub mod intercept;
 pub mod metrics;

@@ -124,7 +124,7 @@ fn upstream_roots(state: &GatewayState) -> Result<Option<String>, ServeError> {
     Ok(Some(out.to_string_lossy().into_owned()))
 }
 
-/// Reloads the policy on SIGHUP.
+/// Reloads the policy and the secret store on SIGHUP.
 struct ReloadOnHangup {
     state: Arc<GatewayState>,
 }
@@ -139,7 +139,10 @@ impl BackgroundService for ReloadOnHangup {
         };
         loop {
             tokio::select! {
-                _ = hangup.recv() => { let _ = self.state.reload_policy(); }
+                _ = hangup.recv() => {
+                    let _ = self.state.reload_policy();
+                    let _ = self.state.reload_secrets();
+                }
                 _ = shutdown.changed() => return,
             }
         }

@@ -8,6 +8,7 @@ use cordon_policy::PolicyEngine;
 use crate::audit::AuditLog;
 use crate::config::ProxyConfig;
 use crate::connection::ConnectionRegistry;
+use crate::credentials::SecretStore;
 use crate::intercept::ca::CertificateAuthority;
 use crate::intercept::leaf_cache::LeafCache;
 use crate::metrics::ProxyMetrics;
@@ -25,6 +26,8 @@ pub enum StartError {
     Audit(std::io::Error),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("secret store: {0}")]
+    Secrets(#[from] crate::credentials::SecretsLoadError),
 }
 
 /// The gateway's shared state.
@@ -37,6 +40,7 @@ pub struct GatewayState {
     pub resolver: UpstreamResolver,
     pub metrics: ProxyMetrics,
     pub audit: AuditLog,
+    pub secrets: SecretStore,
     pub ca: Arc<CertificateAuthority>,
     pub leaves: Arc<LeafCache>,
     id_prefix: String,
@@ -59,6 +63,10 @@ impl GatewayState {
             metrics.leaf_cache(),
         ));
         let audit = AuditLog::open(&config.audit_path).map_err(StartError::Audit)?;
+        let secrets = match &config.credentials_store {
+            Some(path) => SecretStore::load(path)?,
+            None => SecretStore::empty(),
+        };
         Ok(Self {
             resolver: UpstreamResolver::new(config.upstream.clone()),
             policy,
@@ -66,6 +74,7 @@ impl GatewayState {
             connections: ConnectionRegistry::default(),
             metrics,
             audit,
+            secrets,
             ca,
             leaves,
             // Decision ids are unique across restarts: a random prefix per process, a counter.
@@ -82,6 +91,20 @@ impl GatewayState {
             self.id_prefix,
             self.next_id.fetch_add(1, Ordering::Relaxed)
         )
+    }
+
+    /// Reloads the secret store (rotation); a failure keeps the last good set.
+    pub fn reload_secrets(&self) -> Result<usize, crate::credentials::SecretsLoadError> {
+        match self.secrets.reload() {
+            Ok(count) => {
+                tracing::info!(secrets = count, "secret store reloaded");
+                Ok(count)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "secret store reload failed; the previous secrets stay in use");
+                Err(e)
+            }
+        }
     }
 
     /// Reloads the policy; the metrics follow the serving generation.

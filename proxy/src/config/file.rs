@@ -18,6 +18,8 @@ pub(super) struct ConfigFile {
     pub(super) upstream: UpstreamSection,
     #[serde(default)]
     pub(super) audit: AuditSection,
+    #[serde(default)]
+    pub(super) credentials: CredentialsSection,
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,4 +117,11 @@ impl Default for UpstreamSection {
 pub(super) struct AuditSection {
     /// A file, or "-" for standard output.
     pub(super) path: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct CredentialsSection {
+    /// The secret store file (docs/CREDENTIALS.md); absent means no secrets.
+    pub(super) store: Option<PathBuf>,
 }

@@ -1,0 +1,257 @@
+//! The secret store and credential injection.
+//!
+//! A decision names a secret (`inject: [{"secret": "github", "header": "authorization"}]`); the
+//! proxy resolves it here. Each secret carries its own binding (the hosts it may be sent to,
+//! optionally methods and path prefixes, and whether a plaintext leg is acceptable), which is a
+//! second lock: a policy that asks for a secret outside its binding is refused, not obeyed.
+//!
+//! Values are read from the environment or from files named in the store file, never from
+//! Rego data, and never appear in errors, logs, metrics or audit records: [`SecretValue`] has
+//! no `Debug` or `Display` that shows it.
+
+mod store_file;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+pub use store_file::SecretsLoadError;
+
+/// A secret's value. Deliberately opaque: it prints as `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretValue(String);
+
+impl SecretValue {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    /// The value, for the one place that puts it on the wire.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// How a secret is written into its header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presentation {
+    /// `Bearer <value>`
+    Bearer,
+    /// `token <value>` (GitHub's classic form)
+    Token,
+    /// `Basic base64(<user>:<value>)` (git over HTTPS)
+    Basic { user: String },
+    /// The value as is (`x-api-key`).
+    Raw,
+}
+
+/// Where a secret may be sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    /// Exact host names, or `*.suffix` for any subdomain of `suffix` (not `suffix` itself).
+    pub hosts: Vec<String>,
+    /// Upper-case methods; empty means any method except TRACE and TRACK.
+    pub methods: Vec<String>,
+    /// Path prefixes; empty means any path.
+    pub path_prefixes: Vec<String>,
+    /// Allow injection on a plaintext (non-intercepted-TLS) leg. Off by default: a token on
+    /// plain HTTP is readable by anything on the path.
+    pub allow_plaintext: bool,
+}
+
+impl Binding {
+    fn host_matches(&self, host: &str) -> bool {
+        self.hosts
+            .iter()
+            .any(|pattern| match pattern.strip_prefix("*.") {
+                Some(suffix) => {
+                    host.len() > suffix.len() + 1
+                        && host.ends_with(suffix)
+                        && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+                }
+                None => pattern == host,
+            })
+    }
+}
+
+/// One secret: value, binding, presentation.
+#[derive(Debug, Clone)]
+pub struct Secret {
+    pub name: String,
+    pub value: SecretValue,
+    pub binding: Binding,
+    pub presentation: Presentation,
+}
+
+impl Secret {
+    /// The header value to send.
+    pub fn header_value(&self) -> String {
+        let value = self.value.expose();
+        match &self.presentation {
+            Presentation::Bearer => format!("Bearer {value}"),
+            Presentation::Token => format!("token {value}"),
+            Presentation::Basic { user } => {
+                use base64::Engine as _;
+                let pair = format!("{user}:{value}");
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(pair)
+                )
+            }
+            Presentation::Raw => value.to_string(),
+        }
+    }
+}
+
+/// What a request looks like to the binding check.
+#[derive(Debug, Clone, Copy)]
+pub struct Destination<'a> {
+    pub host: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    /// Whether the leg to the sandbox is intercepted TLS.
+    pub tls: bool,
+}
+
+/// Why a credential was not injected. Messages name the secret and the destination, never the
+/// value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InjectError {
+    #[error("secret {0:?} is not in the secret store")]
+    Unknown(String),
+    #[error("secret {secret:?} is not bound to host {host}")]
+    HostNotBound { secret: String, host: String },
+    #[error("secret {secret:?} is not bound to method {method}")]
+    MethodNotBound { secret: String, method: String },
+    #[error("secret {secret:?} is not bound to this path")]
+    PathNotBound { secret: String },
+    #[error("secret {secret:?} would travel over plaintext HTTP; its binding does not allow that")]
+    Plaintext { secret: String },
+    #[error("{method} echoes request headers back; no credential is injected into it")]
+    EchoingMethod { method: String },
+}
+
+/// The secrets loaded now.
+#[derive(Debug, Default)]
+pub struct SecretSet {
+    secrets: HashMap<String, Secret>,
+}
+
+impl SecretSet {
+    pub fn new(secrets: Vec<Secret>) -> Self {
+        Self {
+            secrets: secrets.into_iter().map(|s| (s.name.clone(), s)).collect(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.secrets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.secrets.is_empty()
+    }
+
+    /// Every secret value (for output scrubbing and tests that grep for leaks).
+    pub fn values(&self) -> impl Iterator<Item = &SecretValue> {
+        self.secrets.values().map(|s| &s.value)
+    }
+
+    /// The secret `name`, if its binding admits `destination`.
+    pub fn resolve(
+        &self,
+        name: &str,
+        destination: Destination<'_>,
+    ) -> Result<&Secret, InjectError> {
+        let secret = self
+            .secrets
+            .get(name)
+            .ok_or_else(|| InjectError::Unknown(name.to_string()))?;
+        let method = destination.method.to_ascii_uppercase();
+        if method == "TRACE" || method == "TRACK" {
+            return Err(InjectError::EchoingMethod { method });
+        }
+        let binding = &secret.binding;
+        if !binding.host_matches(destination.host) {
+            return Err(InjectError::HostNotBound {
+                secret: name.to_string(),
+                host: destination.host.to_string(),
+            });
+        }
+        if !binding.methods.is_empty() && !binding.methods.contains(&method) {
+            return Err(InjectError::MethodNotBound {
+                secret: name.to_string(),
+                method,
+            });
+        }
+        if !binding.path_prefixes.is_empty()
+            && !binding
+                .path_prefixes
+                .iter()
+                .any(|p| destination.path.starts_with(p.as_str()))
+        {
+            return Err(InjectError::PathNotBound {
+                secret: name.to_string(),
+            });
+        }
+        if !destination.tls && !binding.allow_plaintext {
+            return Err(InjectError::Plaintext {
+                secret: name.to_string(),
+            });
+        }
+        Ok(secret)
+    }
+}
+
+/// The store: the current set, reloadable from its file. A reload that fails keeps the last
+/// good set.
+#[derive(Debug)]
+pub struct SecretStore {
+    path: Option<PathBuf>,
+    current: ArcSwap<SecretSet>,
+}
+
+impl SecretStore {
+    /// No secrets at all (no `[credentials] store` configured): every injection is refused.
+    pub fn empty() -> Self {
+        Self {
+            path: None,
+            current: ArcSwap::from_pointee(SecretSet::default()),
+        }
+    }
+
+    /// Loads the store file (see docs/CREDENTIALS.md).
+    pub fn load(path: &Path) -> Result<Self, SecretsLoadError> {
+        let set = store_file::load(path)?;
+        Ok(Self {
+            path: Some(path.to_path_buf()),
+            current: ArcSwap::from_pointee(set),
+        })
+    }
+
+    /// Reads the file (and the environment and value files it names) again.
+    pub fn reload(&self) -> Result<usize, SecretsLoadError> {
+        let Some(path) = &self.path else {
+            return Ok(0);
+        };
+        let set = store_file::load(path)?;
+        let count = set.len();
+        self.current.store(Arc::new(set));
+        Ok(count)
+    }
+
+    pub fn current(&self) -> Arc<SecretSet> {
+        self.current.load_full()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,189 @@
+//! The secret store file: TOML naming each secret's value source, binding and presentation.
+//!
+//! ```toml
+//! [secrets.github]
+//! value_env = "CORDON_SECRET_GITHUB"      # or value_file = "/run/secrets/github"
+//! hosts = ["api.github.com", "github.com"]
+//! format = "bearer"                       # bearer | token | basic | raw
+//! # basic_user = "x-access-token"         # for format = "basic"
+//! # methods = ["GET", "POST"]
+//! # path_prefixes = ["/repos/acme/"]
+//! # allow_plaintext = false
+//! ```
+//!
+//! The file holds no values itself, but it says where they are, so it must not be readable by
+//! group or others: the proxy refuses to start (or reload) otherwise. Value files are held to the
+//! same rule.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::{Binding, Presentation, Secret, SecretSet, SecretValue};
+
+/// Why the secret store could not be loaded. Never includes a value.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsLoadError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}` so only \
+         the proxy's user can read where secrets come from"
+    )]
+    TooOpen { path: PathBuf, mode: u32 },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path} has {} error(s):\n  {}", .errors.len(), .errors.join("\n  "))]
+    Invalid { path: PathBuf, errors: Vec<String> },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreFile {
+    #[serde(default)]
+    secrets: BTreeMap<String, SecretEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretEntry {
+    value_env: Option<String>,
+    value_file: Option<PathBuf>,
+    hosts: Vec<String>,
+    #[serde(default = "default_format")]
+    format: String,
+    basic_user: Option<String>,
+    #[serde(default)]
+    methods: Vec<String>,
+    #[serde(default)]
+    path_prefixes: Vec<String>,
+    #[serde(default)]
+    allow_plaintext: bool,
+}
+
+fn default_format() -> String {
+    "raw".into()
+}
+
+pub(super) fn load(path: &Path) -> Result<SecretSet, SecretsLoadError> {
+    check_private(path)?;
+    let text = std::fs::read_to_string(path).map_err(|source| SecretsLoadError::Read {
+        path: path.into(),
+        source,
+    })?;
+    let file: StoreFile = toml::from_str(&text).map_err(|e| SecretsLoadError::Syntax {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut errors = Vec::new();
+    let mut secrets = Vec::new();
+    for (name, entry) in file.secrets {
+        match secret(&name, entry, base) {
+            Ok(secret) => secrets.push(secret),
+            Err(message) => errors.push(format!("secrets.{name}: {message}")),
+        }
+    }
+    if errors.is_empty() {
+        Ok(SecretSet::new(secrets))
+    } else {
+        Err(SecretsLoadError::Invalid {
+            path: path.into(),
+            errors,
+        })
+    }
+}
+
+fn secret(name: &str, entry: SecretEntry, base: &Path) -> Result<Secret, String> {
+    let value = match (&entry.value_env, &entry.value_file) {
+        (Some(var), None) => std::env::var(var)
+            .map_err(|_| format!("environment variable {var} is not set (or not UTF-8)"))?,
+        (None, Some(file)) => {
+            let file = if file.is_absolute() {
+                file.clone()
+            } else {
+                base.join(file)
+            };
+            check_private(&file).map_err(|e| e.to_string())?;
+            std::fs::read_to_string(&file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?
+                .trim_end_matches(['\n', '\r'])
+                .to_string()
+        }
+        _ => return Err("give exactly one of value_env or value_file".into()),
+    };
+    if value.is_empty() {
+        return Err("the value is empty".into());
+    }
+    if value.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        return Err("the value has control characters (a CR or LF would split the request)".into());
+    }
+    if entry.hosts.is_empty() {
+        return Err("hosts is empty; a secret must be bound to the hosts it may be sent to".into());
+    }
+    let mut hosts = Vec::with_capacity(entry.hosts.len());
+    for host in &entry.hosts {
+        let bare = host.strip_prefix("*.").unwrap_or(host);
+        if bare.is_empty()
+            || bare.contains(['*', '/', ':', ' '])
+            || host.to_ascii_lowercase() != *host
+        {
+            return Err(format!(
+                "host {host:?} must be a lower-case name, or *.name for its subdomains"
+            ));
+        }
+        hosts.push(host.clone());
+    }
+    let presentation = match entry.format.as_str() {
+        "bearer" => Presentation::Bearer,
+        "token" => Presentation::Token,
+        "raw" => Presentation::Raw,
+        "basic" => Presentation::Basic {
+            user: entry
+                .basic_user
+                .clone()
+                .ok_or("format = \"basic\" needs basic_user")?,
+        },
+        other => {
+            return Err(format!(
+                "format {other:?}: expected bearer, token, basic or raw"
+            ));
+        }
+    };
+    Ok(Secret {
+        name: name.to_string(),
+        value: SecretValue::new(value),
+        binding: Binding {
+            hosts,
+            methods: entry
+                .methods
+                .iter()
+                .map(|m| m.to_ascii_uppercase())
+                .collect(),
+            path_prefixes: entry.path_prefixes,
+            allow_plaintext: entry.allow_plaintext,
+        },
+        presentation,
+    })
+}
+
+fn check_private(path: &Path) -> Result<(), SecretsLoadError> {
+    let meta = std::fs::metadata(path).map_err(|source| SecretsLoadError::Read {
+        path: path.into(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(SecretsLoadError::TooOpen {
+            path: path.into(),
+            mode,
+        });
+    }
+    Ok(())
+}
