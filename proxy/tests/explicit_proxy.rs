@@ -270,3 +270,57 @@ fn speaks_http2_to_upstreams_that_offer_it() {
     assert!(body.contains("HTTP/1.1 200"), "{body}");
     assert!(body.ends_with("h2 GET /via-h2"), "{body}");
 }
+
+const PASSTHROUGH_POLICY: &str = r#"package cordon.egress
+import rego.v1
+
+default decision := {"allowed": false, "reason": "default deny"}
+
+decision := {"allowed": true, "mitm": false, "reason": "pinned client: pass through"} if {
+	input.connection.stage == "connect"
+	input.destination.host == "pinned.test"
+}
+"#;
+
+#[test]
+fn mitm_false_splices_tls_uninspected() {
+    let pki = test_pki(&["pinned.test"]);
+    let upstream = spawn_upstream(&pki);
+    let proxy = Proxy::start(
+        PASSTHROUGH_POLICY,
+        upstream,
+        &pki.ca_pem,
+        &["pinned.test"],
+        "",
+    );
+    let upstream_ca = proxy.path("upstream-ca.pem");
+    // The client verifies the upstream's own certificate: nothing was intercepted.
+    let out = Command::new("curl")
+        .args(["-s", "-i", "--max-time", "10", "--proxy"])
+        .arg(format!("http://127.0.0.1:{}", proxy.explicit))
+        .arg("--cacert")
+        .arg(&upstream_ca)
+        .arg("https://pinned.test/spliced")
+        .output()
+        .unwrap();
+    let body = text(&out);
+    let audit = std::fs::read_to_string(proxy.path("state/audit.log")).unwrap_or_default();
+    let log = std::fs::read_to_string(proxy.path("proxy.log")).unwrap_or_default();
+    assert!(
+        body.contains("GET /spliced"),
+        "{body}\naudit: {audit}\nlog: {log}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let audit = std::fs::read_to_string(proxy.path("state/audit.log")).unwrap_or_default();
+        if audit.contains("spliced to") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no splice audit record: {audit}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

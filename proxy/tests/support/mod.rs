@@ -37,13 +37,21 @@ pub fn test_pki(names: &[&str]) -> TestPki {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Distinct names: OpenSSL (curl) takes a leaf whose subject equals its issuer for
+    // self-signed; rcgen's default name is the same for both.
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Cordon test upstream CA");
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
     let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
+    let mut leaf_params =
+        CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    leaf_params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        names.first().copied().unwrap_or("leaf"),
+    );
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
     TestPki {
         ca_pem: ca.pem(),
         leaf_pem: leaf.pem(),
