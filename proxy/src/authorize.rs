@@ -385,12 +385,22 @@ impl ProxyHttp for Authorizer {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        // Absolute-form (explicit plain HTTP) becomes origin-form upstream.
-        if upstream_request.uri.scheme().is_some() {
+        // HTTP/1 absolute-form (explicit plain HTTP) becomes origin-form with a Host header.
+        // An HTTP/2 request keeps its URI: its authority lives there (`:authority`), and
+        // pingora needs it to address an HTTP/2 upstream.
+        if !session.is_http2() && upstream_request.uri.scheme().is_some() {
+            if let Some(authority) = upstream_request
+                .uri
+                .authority()
+                .map(|a| a.as_str().to_string())
+                && upstream_request.headers.get(http::header::HOST).is_none()
+            {
+                upstream_request.insert_header(http::header::HOST, authority)?;
+            }
             let origin: http::Uri = upstream_request
                 .uri
                 .path_and_query()

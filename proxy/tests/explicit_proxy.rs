@@ -269,6 +269,11 @@ fn speaks_http2_to_upstreams_that_offer_it() {
     let body = text(&out);
     assert!(body.contains("HTTP/1.1 200"), "{body}");
     assert!(body.ends_with("h2 GET /via-h2"), "{body}");
+    // HTTP/2 on both legs.
+    let out = proxy.curl(&["--http2", "https://allowed.test/h2-both"]);
+    let body = text(&out);
+    assert!(body.contains("HTTP/2 200"), "{body}");
+    assert!(body.ends_with("h2 GET /h2-both"), "{body}");
 }
 
 const PASSTHROUGH_POLICY: &str = r#"package cordon.egress
