@@ -209,6 +209,7 @@ impl Authorizer {
                 reason: decision.reason.clone(),
                 headers: decision.headers.clone(),
                 body: decision.body.clone(),
+                logged_reason: None,
             };
             ctx.decision = Some(decision);
             return Err(refusal);
@@ -245,13 +246,14 @@ impl Authorizer {
             .resolver
             .resolve(&destination.host, destination.port)
             .await
-            .map_err(|e| match e {
-                UpstreamError::Forbidden { .. } => {
-                    Refusal::new(403, RefusalClass::Ssrf, e.to_string())
-                }
-                UpstreamError::Resolve { .. } => {
-                    Refusal::new(502, RefusalClass::Resolve, e.to_string())
-                }
+            .map_err(|e| {
+                let (status, class) = match e {
+                    UpstreamError::Forbidden { .. } => (403, RefusalClass::Ssrf),
+                    UpstreamError::Resolve { .. } => (502, RefusalClass::Resolve),
+                };
+                let mut refusal = Refusal::new(status, class, e.public_reason());
+                refusal.logged_reason = Some(e.to_string());
+                refusal
             })?;
         ctx.upstream = Some(address);
         Ok(())
@@ -263,7 +265,10 @@ impl Authorizer {
             (Some(refusal), _) => (
                 refusal.class.decision_label(),
                 refusal.class.as_str(),
-                refusal.reason.clone(),
+                refusal
+                    .logged_reason
+                    .clone()
+                    .unwrap_or_else(|| refusal.reason.clone()),
             ),
             (None, Some(d)) => ("allow", "policy", d.reason.clone()),
             (None, None) => ("error", "internal", "no decision was made".to_string()),
@@ -499,7 +504,7 @@ impl ProxyHttp for Authorizer {
         // The sandbox learns the class and the host; the full error goes to the audit log.
         let refusal = Refusal::new(status, class, format!("{host}: {}", e.etype().as_str()));
         let mut logged = refusal.clone();
-        logged.reason = format!("{host}: {e}");
+        logged.logged_reason = Some(format!("{host}: {e}"));
         if session.response_written().is_none() {
             refusal.write(session, &ctx.id).await;
         }

@@ -88,6 +88,9 @@ pub struct Refusal {
     pub headers: Vec<(String, String)>,
     /// Replaces the JSON body (a deny decision's `body`).
     pub body: Option<String>,
+    /// The fuller reason for the audit log, when the sandbox is told less (internal addresses,
+    /// resolver and TLS errors).
+    pub logged_reason: Option<String>,
 }
 
 impl Refusal {
@@ -98,6 +101,7 @@ impl Refusal {
             reason: reason.into(),
             headers: Vec::new(),
             body: None,
+            logged_reason: None,
         }
     }
 

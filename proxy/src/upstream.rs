@@ -52,6 +52,19 @@ impl std::fmt::Debug for UpstreamResolver {
     }
 }
 
+impl UpstreamError {
+    /// What the sandbox is told: the class of the problem, without internal addresses or
+    /// resolver details (those go to the audit log).
+    pub fn public_reason(&self) -> String {
+        match self {
+            UpstreamError::Forbidden { host, class, .. } => {
+                format!("{host} resolves to a {class} address; refused")
+            }
+            UpstreamError::Resolve { host, .. } => format!("{host} could not be resolved"),
+        }
+    }
+}
+
 impl UpstreamResolver {
     /// A resolver using the system's DNS configuration. If it cannot be read, only overrides
     /// and IP literals resolve (and every other name is refused with the reason).
@@ -130,11 +143,30 @@ pub fn internal_class(ip: IpAddr) -> Option<&'static str> {
     match ip {
         IpAddr::V4(v4) => v4_class(v4),
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return v4_class(v4);
+            // IPv6 forms that carry an IPv4 address reach that address: judge it instead.
+            if let Some(v4) = embedded_v4(v6) {
+                return v4_class(v4).or_else(|| v6_class(v6));
             }
             v6_class(v6)
         }
+    }
+}
+
+/// The IPv4 address inside IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`),
+/// NAT64 (`64:ff9b::/96`) and 6to4 (`2002:AABB:CCDD::/48`) addresses.
+fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = ip.segments();
+    let tail = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        Some(v4)
+    } else if s[..6] == [0, 0, 0, 0, 0, 0] && (s[6] != 0 || s[7] > 1) {
+        Some(tail(s[6], s[7]))
+    } else if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        Some(tail(s[6], s[7]))
+    } else if s[0] == 0x2002 {
+        Some(tail(s[1], s[2]))
+    } else {
+        None
     }
 }
 
@@ -218,6 +250,10 @@ mod tests {
             ("fd00:ec2::254", "cloud metadata"),
             ("fc00::1", "unique-local"),
             ("fe80::1", "link-local"),
+            ("64:ff9b::a9fe:a9fe", "cloud metadata"),
+            ("64:ff9b::7f00:1", "loopback"),
+            ("2002:c0a8:0101::1", "private"),
+            ("::10.0.0.1", "private"),
         ] {
             assert_eq!(internal_class(ip.parse().unwrap()), Some(class), "{ip}");
         }
