@@ -142,6 +142,9 @@ impl ServeHttp for AdminApi {
                                 StatusCode::OK,
                                 serde_json::to_value(record).unwrap_or_default(),
                             ),
+                            Err(e @ crate::sessions::RegisterError::BadId(_)) => {
+                                error(StatusCode::BAD_REQUEST, e.to_string())
+                            }
                             Err(e) => error(StatusCode::CONFLICT, e.to_string()),
                         }
                     }

@@ -39,8 +39,10 @@ pub struct AuditRecord {
     pub protocol: Option<&'static str>,
     /// allow | deny | error
     pub decision: &'static str,
-    /// Closed set: policy | undefined | invalid_decision | evaluation_error | fronting |
-    /// no_sni | bad_request | ssrf | resolve | upstream | credential | internal
+    /// Closed set. Requests: policy | policy_failure | fronting | bad_request | ssrf | resolve |
+    /// upstream | upstream_timeout | credential | internal. Connections: policy |
+    /// policy_failure | bad_request | bad_client_hello | timeout | no_sni | raw_tcp |
+    /// tls_handshake | ssrf | resolve | upstream | upstream_timeout | internal.
     pub reason_class: &'static str,
     pub reason: String,
     pub policy_generation: String,
@@ -106,7 +108,7 @@ fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
-/// Now, as RFC 3339 UTC with milliseconds.
+/// Now, as RFC 3339 UTC (nanosecond precision).
 pub fn now_rfc3339() -> String {
     let now = time::OffsetDateTime::now_utc();
     now.format(&time::format_description::well_known::Rfc3339)

@@ -182,6 +182,18 @@ fn validate(raw: file::ConfigFile, base: &Path, errors: &mut Vec<String>) -> Opt
         ));
     }
     let state_dir = resolve(&raw.proxy.state_dir);
+    for (key, value) in [
+        ("proxy.handshake_timeout_ms", raw.proxy.handshake_timeout_ms),
+        (
+            "upstream.connect_timeout_ms",
+            raw.upstream.connect_timeout_ms,
+        ),
+        ("upstream.read_timeout_ms", raw.upstream.read_timeout_ms),
+    ] {
+        if value == 0 {
+            errors.push(format!("{key} must be greater than 0"));
+        }
+    }
 
     // Keep going without a bundle so every other error is reported too.
     let bundle = match raw.policy.bundle.as_ref() {
@@ -235,8 +247,11 @@ fn validate(raw: file::ConfigFile, base: &Path, errors: &mut Vec<String>) -> Opt
         errors.push("tls.cert_cache_size must be greater than 0".into());
         NonZeroUsize::MIN
     });
-    if raw.tls.leaf_validity_hours == 0 {
-        errors.push("tls.leaf_validity_hours must be greater than 0".into());
+    if raw.tls.leaf_validity_hours == 0 || raw.tls.leaf_validity_hours > 24 * 398 {
+        errors.push(
+            "tls.leaf_validity_hours must be from 1 to 9552 (398 days, the longest browsers accept)"
+                .into(),
+        );
     }
     let extra_roots: Vec<PathBuf> = raw
         .tls
@@ -265,7 +280,7 @@ fn validate(raw: file::ConfigFile, base: &Path, errors: &mut Vec<String>) -> Opt
             .map_or_else(|| state_dir.join("ca-key.pem"), |p| resolve(p)),
         upstream_extra_roots: extra_roots,
         cert_cache_size,
-        leaf_validity: Duration::from_secs(raw.tls.leaf_validity_hours * 3600),
+        leaf_validity: Duration::from_secs(raw.tls.leaf_validity_hours.min(24 * 398) * 3600),
         no_sni,
     };
 

@@ -503,7 +503,18 @@ impl Gateway {
         let address = match self.state.resolver.resolve(&target.host, target.port).await {
             Ok((address, _)) => address,
             Err(e) => {
-                self.audit_connection(connection, session, "deny", "ssrf", &e.to_string(), started);
+                let (decision, class) = match e {
+                    crate::upstream::UpstreamError::Forbidden { .. } => ("deny", "ssrf"),
+                    crate::upstream::UpstreamError::Resolve { .. } => ("error", "resolve"),
+                };
+                self.audit_connection(
+                    connection,
+                    session,
+                    decision,
+                    class,
+                    &e.to_string(),
+                    started,
+                );
                 return "denied";
             }
         };

@@ -1,9 +1,15 @@
 //! Cordon's gateway data plane.
 //!
 //! A transparent and explicit (CONNECT) TLS-intercepting proxy on Pingora that asks
-//! `cordon-policy` for a decision on every connection and request. This crate is being built
-//! up issue by issue; today it holds the interception CA, leaf minting and connection
-//! classification.
+//! `cordon-policy` for a decision on every connection and request, injects credentials the
+//! sandbox never holds, refuses internal destinations, and records every decision (audit log,
+//! Prometheus metrics). Modules follow the request: [`gateway`] (listeners, classification,
+//! connect-stage decision), [`intercept`] (CA, leaves, ClientHello), [`authorize`] (per-request
+//! phases), [`credentials`], [`upstream`] (resolution, SSRF guard), [`respond`] (refusals),
+//! [`audit`], [`metrics`], [`admin`]; [`server`] assembles them and `main.rs` is the binary.
+//!
+//! Not here yet: per-session credential placeholders and response scrubbing, and the DNS stub
+//! for sandboxes.
 
 pub mod admin;
 pub mod audit;

@@ -68,6 +68,12 @@ fn main() -> ExitCode {
             }
         }
         None => {
+            // Pingora retries a busy address for a while and then runs on without that
+            // listener; fail at once instead, so a supervisor sees the error.
+            if let Err(message) = check_listen_addresses(&config) {
+                eprintln!("cordon-proxy: cannot start: {message}");
+                return ExitCode::from(69);
+            }
             let state = match GatewayState::new(config) {
                 Ok(state) => Arc::new(state),
                 Err(e) => {
@@ -86,6 +92,23 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Binds (and releases) every configured listen address, naming the first that is unusable.
+fn check_listen_addresses(config: &ProxyConfig) -> Result<(), String> {
+    let listen = &config.listen;
+    let addresses = [
+        ("proxy.explicit_listen", listen.explicit),
+        ("proxy.transparent_listen", listen.transparent),
+        ("proxy.admin_listen", Some(listen.admin)),
+        ("proxy.metrics_listen", listen.metrics),
+    ];
+    for (key, address) in addresses {
+        if let Some(address) = address {
+            std::net::TcpListener::bind(address).map_err(|e| format!("{key} = {address}: {e}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// Log level from `CORDON_LOG` (default `info`), format from `CORDON_LOG_FORMAT` (`plain` or

@@ -15,7 +15,8 @@ pub struct ProxyMetrics {
     pub registry: Registry,
     /// `decision` = allow | deny | error; `protocol` = http1 | http2.
     pub requests: IntCounterVec,
-    /// `mode` = explicit | transparent; `outcome` = intercepted | spliced | denied | failed.
+    /// Connections, counted when they end: `mode` = explicit | transparent; `outcome` =
+    /// intercepted | spliced | denied | failed.
     pub connections: IntCounterVec,
     pub active_connections: IntGauge,
     pub policy_eval: Histogram,
@@ -25,7 +26,7 @@ pub struct ProxyMetrics {
     pub cert_cache_hits: IntCounter,
     /// `direction` = upstream (sent by the sandbox) | downstream (sent to the sandbox).
     pub bytes: IntCounterVec,
-    /// `generation`, `path`: 1 for the serving generation.
+    /// `generation`, `evaluator` (rvm | interpreter): 1 for the serving generation.
     pub policy_generation: IntGaugeVec,
     pub policy_reloads: IntCounterVec,
 }

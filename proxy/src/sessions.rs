@@ -49,10 +49,11 @@ struct Registry {
 impl SessionRegistry {
     /// Registers (or re-registers, with new labels) a session. One source maps to one session:
     /// a second session claiming a taken source is refused, so no sandbox can pose as another.
-    pub fn register(&self, record: SessionRecord) -> Result<(), RegisterError> {
+    pub fn register(&self, mut record: SessionRecord) -> Result<(), RegisterError> {
         if !valid_id(&record.id) {
             return Err(RegisterError::BadId(record.id));
         }
+        record.source = normalise(record.source);
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
         if let Some(holder) = inner.by_source.get(&record.source)
             && holder.id != record.id

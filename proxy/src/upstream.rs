@@ -159,9 +159,9 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let tail = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
     if let Some(v4) = ip.to_ipv4_mapped() {
         Some(v4)
-    } else if s[..6] == [0, 0, 0, 0, 0, 0] && (s[6] != 0 || s[7] > 1) {
-        Some(tail(s[6], s[7]))
-    } else if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+    } else if (s[..6] == [0, 0, 0, 0, 0, 0] && (s[6] != 0 || s[7] > 1))
+        || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+    {
         Some(tail(s[6], s[7]))
     } else if s[0] == 0x2002 {
         Some(tail(s[1], s[2]))

@@ -329,3 +329,25 @@ fn mitm_false_splices_tls_uninspected() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+#[test]
+fn a_busy_listen_address_fails_at_once_with_exit_69() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.rego"), POLICY).unwrap();
+    let path = dir.path().join("cordon.toml");
+    std::fs::write(
+        &path,
+        format!("[proxy]\nexplicit_listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:0\"\nstate_dir = \"state\"\n[policy]\nbundle = \"p.rego\"\n"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cordon-proxy"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(69));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("proxy.explicit_listen"), "{stderr}");
+}
