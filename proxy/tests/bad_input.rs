@@ -156,12 +156,7 @@ fn bad_input_is_refused_audited_and_survived() {
     assert!(text(&out).contains("HTTP/2 200"), "{}", text(&out));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let metrics = std::process::Command::new("curl")
-            .arg("-s")
-            .arg(format!("http://127.0.0.1:{}/metrics", proxy.metrics))
-            .output()
-            .unwrap();
-        let metrics = text(&metrics);
+        let metrics = proxy.metrics_text();
         if metrics
             .lines()
             .any(|l| l == "cordon_proxy_active_connections 0")

@@ -116,16 +116,12 @@ fn injects_bound_credentials_and_refuses_the_rest() {
         audit.contains("\"credentials\":[\"github->authorization\"]"),
         "{audit}"
     );
-    let metrics = std::process::Command::new("curl")
-        .arg("-s")
-        .arg(format!("http://127.0.0.1:{}/metrics", proxy.metrics))
-        .output()
-        .unwrap();
+    let metrics = proxy.metrics_text();
     let log = std::fs::read_to_string(proxy.path("proxy.log")).unwrap_or_default();
     for (name, produced) in [
         ("audit log", &audit),
         ("proxy log", &log),
-        ("metrics", &text(&metrics)),
+        ("metrics", &metrics),
     ] {
         for value in [SECRET, "ghp_rotatedValue"] {
             assert!(

@@ -117,12 +117,7 @@ fn explicit_proxy_end_to_end() {
     );
 
     // Metrics.
-    let metrics = Command::new("curl")
-        .args(["-s"])
-        .arg(format!("http://127.0.0.1:{}/metrics", proxy.metrics))
-        .output()
-        .unwrap();
-    let metrics = text(&metrics);
+    let metrics = proxy.metrics_text();
     for needle in [
         "cordon_proxy_requests_total{decision=\"allow\",protocol=\"http2\"}",
         "cordon_proxy_requests_total{decision=\"deny\"",
@@ -190,12 +185,8 @@ fn bad_config_lists_every_error_and_exits_64() {
 }
 
 fn metric_value(proxy: &Proxy, prefix: &str) -> f64 {
-    let out = Command::new("curl")
-        .arg("-s")
-        .arg(format!("http://127.0.0.1:{}/metrics", proxy.metrics))
-        .output()
-        .unwrap();
-    text(&out)
+    proxy
+        .metrics_text()
         .lines()
         .find(|l| l.starts_with(prefix))
         .and_then(|l| l.rsplit(' ').next())

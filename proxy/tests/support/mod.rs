@@ -247,6 +247,16 @@ impl Proxy {
             .expect("curl is installed by scripts/install-deps.sh")
     }
 
+    /// The Prometheus text the metrics endpoint serves now.
+    pub fn metrics_text(&self) -> String {
+        let out = Command::new("curl")
+            .arg("-s")
+            .arg(format!("http://127.0.0.1:{}/metrics", self.metrics))
+            .output()
+            .unwrap();
+        text(&out)
+    }
+
     pub fn admin(&self, method: &str, path: &str, body: Option<&str>) -> String {
         let mut cmd = Command::new("curl");
         cmd.args(["-s", "-X", method])
