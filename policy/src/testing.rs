@@ -11,6 +11,10 @@ use regorus::Value;
 use crate::bundle::Bundle;
 use crate::engine::{EvalLimits, PolicyLoadError, new_engine, timer_config};
 
+/// Wall-clock bound on one test rule (opa test's default is 5 s; debug builds on a loaded
+/// machine are slower).
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The result of one test rule.
 #[derive(Debug, Clone)]
 pub struct TestResult {
@@ -52,7 +56,12 @@ impl TestReport {
 /// failed test. `filter` keeps the tests whose full path contains it.
 pub fn run(bundle: &Bundle, filter: Option<&str>) -> Result<TestReport, PolicyLoadError> {
     let mut engine = new_engine(bundle, bundle.modules.iter())?;
-    engine.set_execution_timer_config(timer_config(EvalLimits::default()));
+    // A test rule may sweep many inputs (`every` over a host list, with `with`); it gets the
+    // budget `opa test` gives a test by default, not the 100 ms of one served decision.
+    engine.set_execution_timer_config(timer_config(EvalLimits {
+        timeout: TEST_TIMEOUT,
+        ..EvalLimits::default()
+    }));
     let tests = crate::rules::defined(&mut engine)
         .into_iter()
         .filter(|rule| !rule.function && rule.name.starts_with("test_"))
