@@ -19,6 +19,10 @@ pub struct AuditRecord {
     /// `request` or `connection`.
     pub kind: &'static str,
     pub decision_id: String,
+    /// Request records: the id of the connection that carried the request, shared by every
+    /// request on one keep-alive or HTTP/2 connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection_id: Option<String>,
     pub session: String,
     pub source: String,
     #[serde(skip_serializing_if = "Option::is_none")]

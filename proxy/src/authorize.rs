@@ -305,6 +305,7 @@ impl Authorizer {
             time: now_rfc3339(),
             kind: "request",
             decision_id: ctx.id.clone(),
+            connection_id: conn.map(|c| c.id.clone()),
             session: conn.map_or_else(|| "unknown".into(), |c| c.session.id.clone()),
             source: conn.map_or_else(String::new, |c| c.input.source.to_string()),
             original_destination: conn

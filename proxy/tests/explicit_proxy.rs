@@ -156,6 +156,13 @@ fn explicit_proxy_end_to_end() {
             .any(|r| r["reason"] == "posting is not allowed here" && r["status"] == 451)
     );
     assert!(records.iter().any(|r| r["reason_class"] == "ssrf"));
+    // Requests name the connection that carried them.
+    assert!(
+        records
+            .iter()
+            .filter(|r| r["kind"] == "request")
+            .all(|r| r["connection_id"].is_string())
+    );
     assert!(!audit.contains("q=1"), "query strings must not be logged");
     assert!(
         !audit.contains("secret-ish"),
