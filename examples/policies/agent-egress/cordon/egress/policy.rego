@@ -4,7 +4,7 @@
 # - api.github.com: reads anywhere the token reaches; writes only under
 #   /repos/{org}/{repo}/... of a write org. The proxy injects the `github` secret.
 # - github.com: git smart HTTP only. Clone and fetch from read (and write) orgs; push to write
-#   orgs, and only from sessions labelled github-write=true. The proxy injects `github`.
+#   orgs, and only from sessions labelled github-write=true. The proxy injects `github-git`.
 # - api.anthropic.com: POST /v1/messages and /v1/messages/count_tokens. The proxy injects the
 #   `anthropic` secret as x-api-key and strips any authorization header the agent sent.
 # - Everything else, and everything from a source address no session registered, is denied.
@@ -38,6 +38,14 @@ import input.session
 # --- Decision helpers -----------------------------------------------------------------------
 
 deny(reason) := {"allowed": false, "reason": reason}
+
+# git over HTTPS wants Basic credentials, the API a Bearer token: two secrets in the store
+# (examples/secrets.toml), possibly with one value.
+allow_with_github_git(reason) := {
+	"allowed": true,
+	"reason": reason,
+	"inject": [{"secret": allowlist.github.git_secret, "header": "authorization"}],
+}
 
 allow_with_github(reason) := {
 	"allowed": true,
@@ -202,14 +210,14 @@ git_service := input.parsed_query.service[0] if {
 	count(parsed_path) == 3
 }
 
-github_git_decision := allow_with_github(sprintf("git fetch from %s/%s", [parsed_path[0], parsed_path[1]])) if {
+github_git_decision := allow_with_github_git(sprintf("git fetch from %s/%s", [parsed_path[0], parsed_path[1]])) if {
 	git_service == "git-upload-pack"
 	lower(parsed_path[0]) in allowlist.github.read_orgs
-} else := allow_with_github(sprintf("git fetch from %s/%s", [parsed_path[0], parsed_path[1]])) if {
+} else := allow_with_github_git(sprintf("git fetch from %s/%s", [parsed_path[0], parsed_path[1]])) if {
 	# A write org is readable too.
 	git_service == "git-upload-pack"
 	lower(parsed_path[0]) in allowlist.github.write_orgs
-} else := allow_with_github(sprintf("git push to %s/%s", [parsed_path[0], parsed_path[1]])) if {
+} else := allow_with_github_git(sprintf("git push to %s/%s", [parsed_path[0], parsed_path[1]])) if {
 	git_service == "git-receive-pack"
 	lower(parsed_path[0]) in allowlist.github.write_orgs
 	session.labels[allowlist.github.write_label] == "true"

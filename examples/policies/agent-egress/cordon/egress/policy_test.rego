@@ -128,6 +128,8 @@ denied_because(d, text) if {
 
 github_injected(d) if d.inject == [{"secret": "github", "header": "authorization"}]
 
+github_git_injected(d) if d.inject == [{"secret": "github-git", "header": "authorization"}]
+
 no_injection(d) if not d.inject
 
 # --- Unregistered sources -----------------------------------------------------------------------
@@ -374,10 +376,10 @@ test_api_host_with_unknown_rule_set_denied if {
 test_git_clone_from_read_org_allowed if {
 	refs := egress.decision with input as request("GET", "https://github.com/rust-lang/rust.git/info/refs?service=git-upload-pack", registered)
 	allowed(refs)
-	github_injected(refs)
+	github_git_injected(refs)
 	pack := egress.decision with input as request("POST", "https://github.com/rust-lang/rust.git/git-upload-pack", registered)
 	allowed(pack)
-	github_injected(pack)
+	github_git_injected(pack)
 }
 
 test_git_clone_from_write_org_allowed if {
@@ -408,10 +410,10 @@ test_git_push_with_label_allowed if {
 	writer := labelled("sesn_01HZX", {"github-write": "true"})
 	refs := egress.decision with input as request("GET", "https://github.com/acme/widgets/info/refs?service=git-receive-pack", writer)
 	allowed(refs)
-	github_injected(refs)
+	github_git_injected(refs)
 	pack := egress.decision with input as request("POST", "https://github.com/acme/widgets/git-receive-pack", writer)
 	allowed(pack)
-	github_injected(pack)
+	github_git_injected(pack)
 }
 
 test_git_push_to_read_only_org_denied if {
