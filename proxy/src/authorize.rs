@@ -517,6 +517,18 @@ impl ProxyHttp for Authorizer {
         }
     }
 
+    /// What pingora prints for a failed request: method, host and path, never the query string
+    /// (it may carry tokens) or headers.
+    fn request_summary(&self, session: &Session, ctx: &Self::CTX) -> String {
+        let method = session.req_header().method.as_str();
+        let path = ctx.path.as_deref().unwrap_or("/");
+        format!(
+            "{method} {}{path} (decision {})",
+            ctx.host.as_deref().unwrap_or("-"),
+            ctx.id
+        )
+    }
+
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
         self.audit(session, ctx);
     }

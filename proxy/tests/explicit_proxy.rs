@@ -168,6 +168,15 @@ fn explicit_proxy_end_to_end() {
         !audit.contains("secret-ish"),
         "header values must not be logged"
     );
+    let log = std::fs::read_to_string(proxy.path("proxy.log")).unwrap();
+    assert!(
+        log.contains("badcert.test/"),
+        "the upstream failure is logged: {log}"
+    );
+    assert!(
+        !log.contains("query-secret"),
+        "query strings must not reach the proxy log: {log}"
+    );
 }
 
 #[test]
