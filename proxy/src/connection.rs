@@ -8,10 +8,9 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
 
 use cordon_policy::input::ConnectionDocument;
-use cordon_policy::{ConnectionInput, Generation, SessionInput};
+use cordon_policy::{ConnectionInput, SessionInput};
 
 /// One accepted connection.
 #[derive(Debug)]
@@ -19,18 +18,16 @@ pub struct ConnectionContext {
     pub id: String,
     pub input: ConnectionInput,
     pub session: SessionInput,
-    /// The constant part of every request's input document, built once.
+    /// The constant part of every request's input document, built once. Requests are decided
+    /// by the generation current when they arrive, so a reload applies to open connections
+    /// from their next request.
     pub document: ConnectionDocument,
-    /// The policy generation that allowed the connection; its requests are decided by the
-    /// current generation (a reload applies to open connections from their next request).
-    pub connect_generation: Arc<Generation>,
     /// Whether the connection's requests arrive over intercepted TLS.
     pub tls: bool,
     /// Whether `input.connect_target` came from a CONNECT (a tunnel to one host, which pins
     /// every request's host) rather than from an absolute-form request (a plain-HTTP proxy
     /// connection may carry requests for many hosts).
     pub tunnel: bool,
-    pub accepted: Instant,
 }
 
 type Key = (SocketAddr, SocketAddr);

@@ -268,7 +268,6 @@ impl Gateway {
                     connection,
                     session,
                     document,
-                    generation,
                     (true, tunnel),
                     peer,
                     local,
@@ -283,7 +282,6 @@ impl Gateway {
                     connection,
                     session,
                     document,
-                    generation,
                     (false, tunnel),
                     peer,
                     local,
@@ -438,7 +436,6 @@ impl Gateway {
         input: ConnectionInput,
         session: cordon_policy::SessionInput,
         document: ConnectionDocument,
-        generation: Arc<cordon_policy::Generation>,
         (tls, tunnel): (bool, bool),
         peer: SocketAddr,
         local: SocketAddr,
@@ -449,10 +446,8 @@ impl Gateway {
             input,
             session,
             document,
-            connect_generation: generation,
             tls,
             tunnel,
-            accepted: Instant::now(),
         });
         let _registration = self.state.connections.register(peer, local, context);
         let mut next = Some(stream);

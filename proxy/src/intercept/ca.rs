@@ -270,6 +270,18 @@ mod tests {
 
     const DAY: Duration = Duration::from_secs(24 * 3600);
 
+    /// A CA generated into a temporary directory (kept alive by the returned guard).
+    fn fresh_ca() -> (tempfile::TempDir, CertificateAuthority) {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::load_or_generate(
+            &dir.path().join("ca.pem"),
+            &dir.path().join("k.pem"),
+            DAY,
+        )
+        .unwrap();
+        (dir, ca)
+    }
+
     #[test]
     fn generates_a_ca_once_and_loads_it_again() {
         let dir = tempfile::tempdir().unwrap();
@@ -307,13 +319,7 @@ mod tests {
 
     #[test]
     fn minted_leaves_verify_against_the_ca_and_have_distinct_serials() {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = CertificateAuthority::load_or_generate(
-            &dir.path().join("ca.pem"),
-            &dir.path().join("k.pem"),
-            DAY,
-        )
-        .unwrap();
+        let (_dir, ca) = fresh_ca();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca.cert_der.clone()).unwrap();
         let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
@@ -347,13 +353,7 @@ mod tests {
 
     #[test]
     fn mints_ip_address_leaves_and_rejects_bad_names() {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = CertificateAuthority::load_or_generate(
-            &dir.path().join("ca.pem"),
-            &dir.path().join("k.pem"),
-            DAY,
-        )
-        .unwrap();
+        let (_dir, ca) = fresh_ca();
         assert!(ca.mint("192.0.2.7").is_ok());
         assert!(ca.mint("bad name with spaces").is_err());
     }
