@@ -7,7 +7,9 @@
 //! | POST | /reload | reload the policy; 200 with the new generation, 422 with the reason (old one keeps serving) |
 //! | GET | /sessions | registered sessions |
 //! | PUT | /sessions/{id} | register `{"source": ip, "agent_id"?, "labels"?}` |
-//! | DELETE | /sessions/{id} | remove a registration |
+//! | DELETE | /sessions/{id} | remove a registration and its placeholders |
+//! | POST | /sessions/{id}/placeholders | mint placeholders `{"secrets": [name, ...]}` (idempotent) |
+//! | GET | /sessions/{id}/placeholders | the placeholders minted for the session |
 
 use std::sync::Arc;
 
@@ -73,6 +75,63 @@ async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, String> {
     Ok(body)
 }
 
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MintRequest {
+    secrets: Vec<String>,
+}
+
+impl AdminApi {
+    /// `/sessions/{id}/placeholders`: mint (POST) or list (GET).
+    async fn placeholders(
+        &self,
+        session: &mut ServerSession,
+        method: Method,
+        id: &str,
+    ) -> Response<Vec<u8>> {
+        let state = &self.state;
+        match method {
+            Method::GET if state.sessions.contains(id) => json(
+                StatusCode::OK,
+                serde_json::json!({"session": id, "placeholders": state.placeholders.of_session(id)}),
+            ),
+            Method::GET => error(
+                StatusCode::NOT_FOUND,
+                format!("no session {id:?} is registered"),
+            ),
+            Method::POST => {
+                let body = match read_body(session).await {
+                    Ok(b) => b,
+                    Err(e) => return error(StatusCode::BAD_REQUEST, e),
+                };
+                let request: MintRequest = match serde_json::from_slice(&body) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            format!("expected {{\"secrets\": [name, ...]}}: {e}"),
+                        );
+                    }
+                };
+                match state.mint_placeholders(id, &request.secrets) {
+                    Ok(placeholders) => json(
+                        StatusCode::OK,
+                        serde_json::json!({"session": id, "placeholders": placeholders}),
+                    ),
+                    Err(e @ crate::credentials::MintError::UnknownSession(_)) => {
+                        error(StatusCode::NOT_FOUND, e.to_string())
+                    }
+                    Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+                }
+            }
+            _ => error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "use POST or GET on /sessions/{id}/placeholders",
+            ),
+        }
+    }
+}
+
 #[async_trait]
 impl ServeHttp for AdminApi {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
@@ -112,6 +171,10 @@ impl ServeHttp for AdminApi {
                 StatusCode::OK,
                 serde_json::json!({"sessions": state.sessions.list()}),
             ),
+            (method, path) if path.starts_with("/sessions/") && path.ends_with("/placeholders") => {
+                let id = &path["/sessions/".len()..path.len() - "/placeholders".len()];
+                self.placeholders(session, method, id).await
+            }
             (method, path) if path.starts_with("/sessions/") => {
                 let id = &path["/sessions/".len()..];
                 match method {
@@ -148,7 +211,7 @@ impl ServeHttp for AdminApi {
                             Err(e) => error(StatusCode::CONFLICT, e.to_string()),
                         }
                     }
-                    Method::DELETE => match state.sessions.remove(id) {
+                    Method::DELETE => match state.remove_session(id) {
                         Some(record) => json(
                             StatusCode::OK,
                             serde_json::to_value(record).unwrap_or_default(),

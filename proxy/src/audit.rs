@@ -44,7 +44,7 @@ pub struct AuditRecord {
     /// allow | deny | error
     pub decision: &'static str,
     /// Closed set. Requests: policy | policy_failure | fronting | bad_request | ssrf | resolve |
-    /// upstream | upstream_timeout | credential | internal. Connections: policy |
+    /// upstream | upstream_timeout | credential | exfiltration | internal. Connections: policy |
     /// policy_failure | bad_request | bad_client_hello | timeout | no_sni | raw_tcp |
     /// tls_handshake | ssrf | resolve | upstream | upstream_timeout | internal.
     pub reason_class: &'static str,
@@ -57,10 +57,20 @@ pub struct AuditRecord {
     /// Credentials injected, as `secret->header` (names only, never values).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub credentials: Vec<String>,
+    /// Placeholders swapped for real values, as `secret->header`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub placeholders: Vec<String>,
+    /// Real secret values found in the response and replaced by placeholders.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub secrets_scrubbed: u64,
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub policy_us: u64,
     pub duration_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Where records are written. Each record is one `write` of one line, so concurrent writers

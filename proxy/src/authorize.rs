@@ -17,6 +17,7 @@ use pingora::{Error, ErrorType, Result};
 
 use crate::audit::{AuditRecord, now_rfc3339};
 use crate::connection::ConnectionContext;
+use crate::credentials::{Destination, Scrubber, SecretSet, SwapPlan, patterns_for, plan_swaps};
 use crate::respond::{Refusal, RefusalClass};
 use crate::state::GatewayState;
 use crate::upstream::UpstreamError;
@@ -58,6 +59,12 @@ pub struct RequestContext {
     bytes_up: u64,
     bytes_down: u64,
     injections: Vec<Injection>,
+    /// Placeholders to swap for real values in the upstream request.
+    swaps: SwapPlan,
+    /// Replaces echoed secret values in the response (requests to a secret's bound host).
+    scrubber: Option<Scrubber>,
+    /// A refusal decided after the request was forwarded, for `fail_to_proxy` to write.
+    late_refusal: Option<Refusal>,
 }
 
 /// A credential to set on the upstream request. Its value prints as `<redacted>`.
@@ -172,6 +179,36 @@ impl Authorizer {
             ));
         }
 
+        // Placeholders: one sent outside its secret's binding, or by another session, is refused
+        // before the policy runs; the rest are swapped for real values upstream.
+        let secrets = self.state.secrets.current();
+        let bare_path = ctx.path.clone().unwrap_or_default();
+        let index = self.state.placeholders.index();
+        if !index.is_empty() {
+            let to = Destination {
+                host: &destination.host,
+                method: header.method.as_str(),
+                path: &bare_path,
+                tls: conn.tls,
+            };
+            ctx.swaps = plan_swaps(
+                &index,
+                &secrets,
+                &conn.session.id,
+                to,
+                &header.headers,
+                &path,
+            )
+            .map_err(|e| {
+                let class = if e.is_exfiltration() {
+                    RefusalClass::Exfiltration
+                } else {
+                    RefusalClass::Credential
+                };
+                Refusal::new(403, class, e.to_string())
+            })?;
+        }
+
         let request = RequestInput {
             id: Some(ctx.id.clone()),
             method: header.method.as_str().to_string(),
@@ -217,10 +254,8 @@ impl Authorizer {
         // Credentials named by the decision: each must be in the store and bound to this
         // destination (the binding is a second lock the policy cannot open). Any refusal
         // refuses the request: it is never forwarded without the credential it asked for.
-        let secrets = self.state.secrets.current();
-        let bare_path = ctx.path.clone().unwrap_or_default();
         for credential in &decision.inject {
-            let destination = crate::credentials::Destination {
+            let destination = Destination {
                 host: &destination.host,
                 method: header.method.as_str(),
                 path: &bare_path,
@@ -240,6 +275,7 @@ impl Authorizer {
             }
         }
         ctx.decision = Some(decision);
+        ctx.scrubber = self.scrubber_for(&secrets, &conn.session.id, &destination.host);
 
         let (address, _how) = self
             .state
@@ -259,7 +295,127 @@ impl Authorizer {
         Ok(())
     }
 
+    /// A scrubber for responses from `host`, if any secret is bound to it: only a host a
+    /// secret may be sent to can echo one. The stand-in is the session's placeholder (minted
+    /// now if needed), or `<prefix>redacted` for a source no session registered.
+    fn scrubber_for(&self, secrets: &SecretSet, session: &str, host: &str) -> Option<Scrubber> {
+        let mut patterns = Vec::new();
+        let registered = self.state.sessions.contains(session);
+        for secret in secrets.bound_to(host) {
+            let placeholder = if registered {
+                self.state.placeholders.get_or_mint(
+                    session,
+                    &secret.name,
+                    &secret.placeholder_prefix,
+                )
+            } else {
+                format!("{}redacted", secret.placeholder_prefix)
+            };
+            patterns.extend(patterns_for(secret, &placeholder));
+        }
+        Scrubber::new(patterns)
+    }
+
+    /// Readies a response from a bound host for scrubbing: header values are scrubbed now; a
+    /// body loses its `content-length` (replacements change its length) and goes chunked on
+    /// HTTP/1. An upgraded stream (101) is not scrubbed: its framing cannot survive length
+    /// changes. A compressed body is refused: it could carry an echoed value past the scrubber.
+    fn prepare_scrubbing(
+        &self,
+        session: &Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestContext,
+    ) -> Result<()> {
+        let status = response.status.as_u16();
+        if status == 101 {
+            ctx.scrubber = None;
+            return Ok(());
+        }
+        if let Some(encoding) = response
+            .headers
+            .get(http::header::CONTENT_ENCODING)
+            .filter(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+        {
+            let host = ctx.host.clone().unwrap_or_default();
+            ctx.late_refusal = Some(Refusal::new(
+                502,
+                RefusalClass::Upstream,
+                format!(
+                    "{host} sent a {}-encoded response although asked for identity; it cannot                      be checked for echoed secrets, so it is not passed on",
+                    String::from_utf8_lossy(encoding.as_bytes())
+                ),
+            ));
+            return Err(Error::explain(
+                ErrorType::InvalidHTTPHeader,
+                "encoded response from a credential host",
+            ));
+        }
+        let Some(scrubber) = ctx.scrubber.as_mut() else {
+            return Ok(());
+        };
+        let mut rewrites = Vec::new();
+        for name in response.headers.keys() {
+            let values: Vec<_> = response.headers.get_all(name).iter().collect();
+            let scrubbed: Vec<_> = values
+                .iter()
+                .map(|v| scrubber.scrub_all(v.as_bytes()))
+                .collect();
+            if scrubbed.iter().any(Option::is_some) {
+                let new: Vec<Vec<u8>> = values
+                    .iter()
+                    .zip(scrubbed)
+                    .map(|(old, new)| new.unwrap_or_else(|| old.as_bytes().to_vec()))
+                    .collect();
+                rewrites.push((name.clone(), new));
+            }
+        }
+        for (name, values) in rewrites {
+            response.remove_header(&name);
+            for value in values {
+                let value = http::HeaderValue::from_bytes(&value).map_err(|_| {
+                    Error::explain(ErrorType::InvalidHTTPHeader, "a scrubbed header is invalid")
+                })?;
+                response.append_header(name.clone(), value)?;
+            }
+        }
+        let no_body = session.req_header().method == http::Method::HEAD
+            || matches!(status, 204 | 304)
+            || response.status.is_informational();
+        if !no_body && response.headers.contains_key(http::header::CONTENT_LENGTH) {
+            response.remove_header(&http::header::CONTENT_LENGTH);
+            if !session.is_http2() {
+                response.set_version(http::Version::HTTP_11);
+                response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn count_credentials(&self, ctx: &RequestContext, scrubbed: u64) {
+        let counter = &self.state.metrics.credentials;
+        let refused = match ctx.refusal.as_ref().map(|r| r.class) {
+            Some(RefusalClass::Credential) => Some("refused"),
+            Some(RefusalClass::Exfiltration) => Some("exfiltration"),
+            _ => None,
+        };
+        if let Some(action) = refused {
+            counter.with_label_values(&[action]).inc();
+            return;
+        }
+        for (action, n) in [
+            ("injected", ctx.injections.len() as u64),
+            ("swapped", ctx.swaps.swapped.len() as u64),
+            ("scrubbed", scrubbed),
+        ] {
+            if n > 0 {
+                counter.with_label_values(&[action]).inc_by(n);
+            }
+        }
+    }
+
     fn audit(&self, session: &Session, ctx: &RequestContext) {
+        let scrubbed = ctx.scrubber.as_ref().map_or(0, Scrubber::replaced);
+        self.count_credentials(ctx, scrubbed);
         let conn = ctx.conn.as_ref();
         let (decision, class, reason) = match (&ctx.refusal, &ctx.decision) {
             (Some(refusal), _) => (
@@ -331,6 +487,8 @@ impl Authorizer {
                 .iter()
                 .map(|i| format!("{}->{}", i.secret, i.header))
                 .collect(),
+            placeholders: ctx.swaps.swapped.clone(),
+            secrets_scrubbed: scrubbed,
             bytes_up: ctx.bytes_up,
             bytes_down: ctx.bytes_down,
             policy_us: ctx.policy_time.as_micros() as u64,
@@ -418,6 +576,22 @@ impl ProxyHttp for Authorizer {
         for name in PROXY_HEADERS {
             upstream_request.remove_header(name);
         }
+        for (name, values) in &ctx.swaps.headers {
+            upstream_request.remove_header(name);
+            for value in values {
+                let value = http::HeaderValue::from_bytes(value).map_err(|_| {
+                    Error::explain(
+                        ErrorType::InvalidHTTPHeader,
+                        "a swapped credential is not a valid header value",
+                    )
+                })?;
+                upstream_request.append_header(name.clone(), value)?;
+            }
+        }
+        // A compressed response could carry an echoed secret past the scrubber.
+        if ctx.scrubber.is_some() {
+            upstream_request.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
+        }
         let Some(decision) = &ctx.decision else {
             return Ok(());
         };
@@ -445,11 +619,14 @@ impl ProxyHttp for Authorizer {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         ctx.status = Some(upstream_response.status.as_u16());
+        if ctx.scrubber.is_some() {
+            self.prepare_scrubbing(session, upstream_response, ctx)?;
+        }
         if let Some(decision) = &ctx.decision {
             for (name, value) in &decision.response_headers_to_add {
                 upstream_response.append_header(name.clone(), value.as_str())?;
@@ -475,9 +652,16 @@ impl ProxyHttp for Authorizer {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<Option<Duration>> {
+        if let Some(scrubber) = &mut ctx.scrubber {
+            let chunk = body.take().unwrap_or_default();
+            let out = scrubber.push(&chunk, end_of_stream);
+            if !out.is_empty() {
+                *body = Some(out);
+            }
+        }
         if let Some(body) = body {
             ctx.bytes_down += body.len() as u64;
         }
@@ -503,9 +687,17 @@ impl ProxyHttp for Authorizer {
         };
         let host = ctx.host.clone().unwrap_or_default();
         // The sandbox learns the class and the host; the full error goes to the audit log.
-        let refusal = Refusal::new(status, class, format!("{host}: {}", e.etype().as_str()));
-        let mut logged = refusal.clone();
-        logged.logged_reason = Some(format!("{host}: {e}"));
+        let (refusal, logged) = match ctx.late_refusal.take() {
+            Some(refusal) => (refusal.clone(), refusal),
+            None => {
+                let refusal =
+                    Refusal::new(status, class, format!("{host}: {}", e.etype().as_str()));
+                let mut logged = refusal.clone();
+                logged.logged_reason = Some(format!("{host}: {e}"));
+                (refusal, logged)
+            }
+        };
+        let status = refusal.status;
         if session.response_written().is_none() {
             refusal.write(session, &ctx.id).await;
         }

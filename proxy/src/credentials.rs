@@ -9,7 +9,10 @@
 //! Rego data, and never appear in errors, logs, metrics or audit records: [`SecretValue`] has
 //! no `Debug` or `Display` that shows it.
 
+mod placeholders;
+mod scrub;
 mod store_file;
+mod swap;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +20,10 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+pub use placeholders::{MintError, PlaceholderIndex, Placeholders};
+pub use scrub::{ScrubPattern, Scrubber, patterns_for};
 pub use store_file::SecretsLoadError;
+pub use swap::{SwapError, SwapPlan, plan_swaps};
 
 /// A secret's value. Deliberately opaque: it prints as `<redacted>`.
 #[derive(Clone, PartialEq, Eq)]
@@ -68,7 +74,8 @@ pub struct Binding {
 }
 
 impl Binding {
-    fn host_matches(&self, host: &str) -> bool {
+    /// Whether `host` is one this secret may be sent to.
+    pub fn host_matches(&self, host: &str) -> bool {
         self.hosts
             .iter()
             .any(|pattern| match pattern.strip_prefix("*.") {
@@ -89,6 +96,9 @@ pub struct Secret {
     pub value: SecretValue,
     pub binding: Binding,
     pub presentation: Presentation,
+    /// What this secret's placeholders start with, so tools that check a token's shape accept
+    /// them (`ghp_`, `npm_`, `sk-ant-`). Not secret.
+    pub placeholder_prefix: String,
 }
 
 impl Secret {
@@ -160,9 +170,16 @@ impl SecretSet {
         self.secrets.is_empty()
     }
 
-    /// Every secret value (for output scrubbing and tests that grep for leaks).
-    pub fn values(&self) -> impl Iterator<Item = &SecretValue> {
-        self.secrets.values().map(|s| &s.value)
+    /// The secret `name`, without a binding check.
+    pub fn get(&self, name: &str) -> Option<&Secret> {
+        self.secrets.get(name)
+    }
+
+    /// The secrets whose binding names `host`: the only ones its responses could echo.
+    pub fn bound_to<'a>(&'a self, host: &'a str) -> impl Iterator<Item = &'a Secret> + 'a {
+        self.secrets
+            .values()
+            .filter(move |s| s.binding.host_matches(host))
     }
 
     /// The secret `name`, if its binding admits `destination`.

@@ -29,6 +29,9 @@ pub struct ProxyMetrics {
     /// `generation`, `evaluator` (rvm | interpreter): 1 for the serving generation.
     pub policy_generation: IntGaugeVec,
     pub policy_reloads: IntCounterVec,
+    /// `action` = injected | swapped | scrubbed | refused | exfiltration: credential events
+    /// (secret names are never labels).
+    pub credentials: IntCounterVec,
 }
 
 /// Decision-latency buckets: microseconds to milliseconds.
@@ -106,6 +109,13 @@ impl ProxyMetrics {
             Opts::new("cordon_policy_reloads_total", "Policy reloads, by outcome"),
             &["outcome"],
         )?;
+        let credentials = IntCounterVec::new(
+            Opts::new(
+                "cordon_proxy_credentials_total",
+                "Credential events: injected, placeholder swapped, echoed value scrubbed, refused, exfiltration attempt",
+            ),
+            &["action"],
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("cordon_build_info", "Build information (value 1)"),
             &["version"],
@@ -125,6 +135,7 @@ impl ProxyMetrics {
             Box::new(bytes.clone()),
             Box::new(policy_generation.clone()),
             Box::new(policy_reloads.clone()),
+            Box::new(credentials.clone()),
             Box::new(build_info),
         ] {
             registry.register(collector)?;
@@ -142,6 +153,7 @@ impl ProxyMetrics {
             bytes,
             policy_generation,
             policy_reloads,
+            credentials,
         })
     }
 

@@ -28,8 +28,10 @@ pub enum RefusalClass {
     Upstream,
     /// The upstream did not answer in time.
     UpstreamTimeout,
-    /// A credential the decision names cannot be injected.
+    /// A credential the decision names cannot be injected, or a placeholder cannot be swapped.
     Credential,
+    /// A placeholder was sent outside its secret's binding, or by another session.
+    Exfiltration,
     /// A fault of the proxy itself.
     Internal,
 }
@@ -46,6 +48,7 @@ impl RefusalClass {
             RefusalClass::Upstream => "upstream",
             RefusalClass::UpstreamTimeout => "upstream_timeout",
             RefusalClass::Credential => "credential",
+            RefusalClass::Exfiltration => "exfiltration",
             RefusalClass::Internal => "internal",
         }
     }
@@ -73,6 +76,7 @@ impl RefusalClass {
             RefusalClass::Upstream => "upstream connection failed",
             RefusalClass::UpstreamTimeout => "upstream timed out",
             RefusalClass::Credential => "credential cannot be injected",
+            RefusalClass::Exfiltration => "credential placeholder not allowed here",
             RefusalClass::Internal => "internal proxy error",
         }
     }

@@ -79,6 +79,12 @@ impl SessionRegistry {
         inner.by_source.remove(&source)
     }
 
+    /// Whether session `id` is registered.
+    pub fn contains(&self, id: &str) -> bool {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        inner.by_id.contains_key(id)
+    }
+
     /// The session of a source address, or `unknown`.
     pub fn lookup(&self, source: IpAddr) -> SessionInput {
         let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());

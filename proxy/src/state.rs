@@ -8,7 +8,7 @@ use cordon_policy::PolicyEngine;
 use crate::audit::AuditLog;
 use crate::config::ProxyConfig;
 use crate::connection::ConnectionRegistry;
-use crate::credentials::SecretStore;
+use crate::credentials::{MintError, Placeholders, SecretStore};
 use crate::intercept::ca::CertificateAuthority;
 use crate::intercept::leaf_cache::LeafCache;
 use crate::metrics::ProxyMetrics;
@@ -41,6 +41,7 @@ pub struct GatewayState {
     pub metrics: ProxyMetrics,
     pub audit: AuditLog,
     pub secrets: SecretStore,
+    pub placeholders: Placeholders,
     pub ca: Arc<CertificateAuthority>,
     pub leaves: Arc<LeafCache>,
     id_prefix: String,
@@ -75,6 +76,7 @@ impl GatewayState {
             metrics,
             audit,
             secrets,
+            placeholders: Placeholders::default(),
             ca,
             leaves,
             // Decision ids are unique across restarts: a random prefix per process, a counter.
@@ -91,6 +93,39 @@ impl GatewayState {
             self.id_prefix,
             self.next_id.fetch_add(1, Ordering::Relaxed)
         )
+    }
+
+    /// The placeholders of `secrets` for the registered session `session`, minting those not
+    /// minted yet. All or nothing: an unknown secret mints none.
+    pub fn mint_placeholders(
+        &self,
+        session: &str,
+        secrets: &[String],
+    ) -> Result<std::collections::BTreeMap<String, String>, MintError> {
+        if !self.sessions.contains(session) {
+            return Err(MintError::UnknownSession(session.to_string()));
+        }
+        let set = self.secrets.current();
+        let mut prefixes = Vec::with_capacity(secrets.len());
+        for name in secrets {
+            let secret = set
+                .get(name)
+                .ok_or_else(|| MintError::UnknownSecret(name.clone()))?;
+            prefixes.push((name, secret.placeholder_prefix.as_str()));
+        }
+        Ok(prefixes
+            .into_iter()
+            .map(|(name, prefix)| {
+                let placeholder = self.placeholders.get_or_mint(session, name, prefix);
+                (name.clone(), placeholder)
+            })
+            .collect())
+    }
+
+    /// Ends a session: its registration and its placeholders.
+    pub fn remove_session(&self, id: &str) -> Option<crate::sessions::SessionRecord> {
+        self.placeholders.remove_session(id);
+        self.sessions.remove(id)
     }
 
     /// Reloads the secret store (rotation); a failure keeps the last good set.

@@ -65,6 +65,12 @@ struct SecretEntry {
     path_prefixes: Vec<String>,
     #[serde(default)]
     allow_plaintext: bool,
+    #[serde(default = "default_placeholder_prefix")]
+    placeholder_prefix: String,
+}
+
+fn default_placeholder_prefix() -> String {
+    "cordon_ph_".into()
 }
 
 fn default_format() -> String {
@@ -156,8 +162,19 @@ fn secret(name: &str, entry: SecretEntry, base: &Path) -> Result<Secret, String>
             ));
         }
     };
+    let prefix = &entry.placeholder_prefix;
+    if prefix.len() > 32
+        || !prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    {
+        return Err(format!(
+            "placeholder_prefix {prefix:?} must be at most 32 letters, digits, '_', '-' or '.'"
+        ));
+    }
     Ok(Secret {
         name: name.to_string(),
+        placeholder_prefix: entry.placeholder_prefix,
         value: SecretValue::new(value),
         binding: Binding {
             hosts,

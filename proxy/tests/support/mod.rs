@@ -8,11 +8,22 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Every secret value any test gives the proxy. Nothing the proxy produces (its log, audit
+/// log, metrics, refusals, or any response the sandbox receives) may contain one:
+/// [`Proxy`]'s drop checks all of it.
+pub const TEST_SECRET_VALUES: &[&str] = &[GITHUB_TOKEN, ROTATED_TOKEN, GIT_TOKEN];
+pub const GITHUB_TOKEN: &str = "ghp_cordonTestSecretValue0123456789";
+pub const ROTATED_TOKEN: &str = "ghp_cordonRotatedValue9876543210";
+pub const GIT_TOKEN: &str = "gho_cordonGitTokenValue24680";
+
+/// Request heads an upstream received, for tests to see what the proxy really sent.
+pub type Received = Arc<Mutex<Vec<String>>>;
 
 pub fn text(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -61,7 +72,7 @@ pub fn test_pki(names: &[&str]) -> TestPki {
 
 /// Serves TLS on a fresh loopback port with `pki`'s leaf and the given ALPN, on a thread of
 /// its own; `handle` gets each accepted TLS stream.
-fn spawn_tls_server<F, Fut>(pki: &TestPki, alpn: &[u8], handle: F) -> SocketAddr
+pub fn spawn_tls_server<F, Fut>(pki: &TestPki, alpn: &[u8], handle: F) -> SocketAddr
 where
     F: Fn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -110,7 +121,7 @@ where
 }
 
 /// Reads a request head (through the blank line); `None` when the peer closes first.
-async fn read_head<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Option<Vec<u8>> {
+pub async fn read_head<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Option<Vec<u8>> {
     let mut head = Vec::new();
     let mut buf = [0u8; 4096];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -124,18 +135,30 @@ async fn read_head<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Option<Ve
 
 /// An HTTPS/1.1 upstream that answers every request with its request head as the body.
 pub fn spawn_upstream(pki: &TestPki) -> SocketAddr {
-    spawn_tls_server(pki, b"http/1.1", |mut tls| async move {
-        while let Some(head) = read_head(&mut tls).await {
-            let body = String::from_utf8_lossy(&head).into_owned();
-            let response = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
-                body.len()
-            );
-            if tls.write_all(response.as_bytes()).await.is_err() {
-                return;
+    spawn_recording_upstream(pki).0
+}
+
+/// [`spawn_upstream`], also keeping every request head it received.
+pub fn spawn_recording_upstream(pki: &TestPki) -> (SocketAddr, Received) {
+    let received = Received::default();
+    let log = received.clone();
+    let address = spawn_tls_server(pki, b"http/1.1", move |mut tls| {
+        let log = log.clone();
+        async move {
+            while let Some(head) = read_head(&mut tls).await {
+                let body = String::from_utf8_lossy(&head).into_owned();
+                log.lock().unwrap().push(body.clone());
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                if tls.write_all(response.as_bytes()).await.is_err() {
+                    return;
+                }
             }
         }
-    })
+    });
+    (address, received)
 }
 
 /// The proxy under test, killed (by its pid) when dropped.
@@ -146,10 +169,15 @@ pub struct Proxy {
     pub transparent: u16,
     pub admin: u16,
     pub metrics: u16,
+    /// Everything the proxy sent back to a test's curl or admin call.
+    produced: Mutex<Vec<String>>,
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.assert_no_secret_leaked();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -211,6 +239,7 @@ impl Proxy {
             transparent,
             admin,
             metrics,
+            produced: Mutex::default(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", admin)).is_err() {
@@ -237,14 +266,46 @@ impl Proxy {
     }
 
     pub fn curl(&self, args: &[&str]) -> Output {
-        Command::new("curl")
+        let out = Command::new("curl")
             .args(["-s", "-i", "--max-time", "10", "--proxy"])
             .arg(format!("http://127.0.0.1:{}", self.explicit))
             .arg("--cacert")
             .arg(self.ca())
             .args(args)
             .output()
-            .expect("curl is installed by scripts/install-deps.sh")
+            .expect("curl is installed by scripts/install-deps.sh");
+        self.record(&out.stdout);
+        self.record(&out.stderr);
+        out
+    }
+
+    /// Keeps what the proxy answered, for the leak check.
+    pub fn record(&self, bytes: &[u8]) {
+        self.produced
+            .lock()
+            .unwrap()
+            .push(String::from_utf8_lossy(bytes).into_owned());
+    }
+
+    /// No secret value in anything the proxy produced: its log, its audit log, its metrics,
+    /// or any answer a test received through it. Runs when every [`Proxy`] is dropped.
+    pub fn assert_no_secret_leaked(&self) {
+        let mut produced = vec![
+            ("proxy log", read_lossy(&self.path("proxy.log"))),
+            ("audit log", read_lossy(&self.path("state/audit.log"))),
+            ("metrics", self.metrics_text()),
+        ];
+        for answer in self.produced.lock().unwrap().iter() {
+            produced.push(("an answer to the sandbox", answer.clone()));
+        }
+        for (what, text) in &produced {
+            for (i, value) in TEST_SECRET_VALUES.iter().enumerate() {
+                assert!(
+                    !text.contains(value),
+                    "TEST_SECRET_VALUES[{i}] leaked into {what}"
+                );
+            }
+        }
     }
 
     /// The Prometheus text the metrics endpoint serves now.
@@ -264,8 +325,16 @@ impl Proxy {
         if let Some(body) = body {
             cmd.args(["-d", body]);
         }
-        String::from_utf8(cmd.output().unwrap().stdout).unwrap()
+        let out = cmd.output().unwrap();
+        self.record(&out.stdout);
+        String::from_utf8(out.stdout).unwrap()
     }
+}
+
+fn read_lossy(path: &std::path::Path) -> String {
+    std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
 }
 
 /// An HTTPS/1.1 upstream that accepts one WebSocket-style upgrade per connection (101), then

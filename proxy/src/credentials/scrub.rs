@@ -1,0 +1,220 @@
+//! Response scrubbing: a real secret value in an upstream response (an echo service, an error
+//! page that quotes the request) is replaced by its placeholder before the sandbox sees it.
+//!
+//! Bodies arrive in chunks, and a value may straddle two of them, so the scrubber holds back
+//! the end of a chunk when it could be the start of a value, and only that: a stream whose
+//! chunks end in ordinary bytes (server-sent events) is not delayed.
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+
+use super::{Presentation, Secret};
+
+/// One thing to replace. The needle is secret material: this type has no `Debug` that shows it.
+pub struct ScrubPattern {
+    pub needle: Vec<u8>,
+    pub replacement: Vec<u8>,
+}
+
+impl std::fmt::Debug for ScrubPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ScrubPattern(<redacted>)")
+    }
+}
+
+/// What to scrub for `secret` with `placeholder` standing in: its raw value (which also covers
+/// `Bearer` and `token` forms), and for a `basic` secret the base64 `user:value` it is sent as.
+pub fn patterns_for(secret: &Secret, placeholder: &str) -> Vec<ScrubPattern> {
+    let mut patterns = vec![ScrubPattern {
+        needle: secret.value.expose().as_bytes().to_vec(),
+        replacement: placeholder.as_bytes().to_vec(),
+    }];
+    if let Presentation::Basic { user } = &secret.presentation {
+        patterns.push(ScrubPattern {
+            needle: STANDARD
+                .encode(format!("{user}:{}", secret.value.expose()))
+                .into_bytes(),
+            replacement: STANDARD
+                .encode(format!("{user}:{placeholder}"))
+                .into_bytes(),
+        });
+    }
+    patterns
+}
+
+/// Streaming replacement of secret values, for one response.
+pub struct Scrubber {
+    matcher: AhoCorasick,
+    patterns: Vec<ScrubPattern>,
+    /// Whether some needle starts with this byte: most chunk ends are ruled out in one lookup.
+    first_bytes: [bool; 256],
+    longest: usize,
+    carry: Vec<u8>,
+    replaced: u64,
+}
+
+impl std::fmt::Debug for Scrubber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scrubber")
+            .field("patterns", &self.patterns.len())
+            .field("held_back", &self.carry.len())
+            .field("replaced", &self.replaced)
+            .finish()
+    }
+}
+
+impl Scrubber {
+    /// A scrubber for `patterns`; `None` when there is nothing to look for.
+    pub fn new(patterns: Vec<ScrubPattern>) -> Option<Self> {
+        let patterns: Vec<_> = patterns
+            .into_iter()
+            .filter(|p| !p.needle.is_empty())
+            .collect();
+        if patterns.is_empty() {
+            return None;
+        }
+        let matcher = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(patterns.iter().map(|p| &p.needle))
+            .ok()?;
+        let mut first_bytes = [false; 256];
+        for p in &patterns {
+            first_bytes[usize::from(p.needle[0])] = true;
+        }
+        let longest = patterns.iter().map(|p| p.needle.len()).max().unwrap_or(0);
+        Some(Self {
+            matcher,
+            patterns,
+            first_bytes,
+            longest,
+            carry: Vec::new(),
+            replaced: 0,
+        })
+    }
+
+    /// How many values were replaced so far.
+    pub fn replaced(&self) -> u64 {
+        self.replaced
+    }
+
+    /// Scrubs the next chunk. Returns what may be sent now; at `end` that is everything left.
+    pub fn push(&mut self, chunk: &[u8], end: bool) -> Bytes {
+        let mut buf = std::mem::take(&mut self.carry);
+        buf.extend_from_slice(chunk);
+        let mut out = Vec::with_capacity(buf.len());
+        let mut last = 0;
+        for m in self.matcher.find_iter(&buf) {
+            out.extend_from_slice(&buf[last..m.start()]);
+            out.extend_from_slice(&self.patterns[m.pattern().as_usize()].replacement);
+            last = m.end();
+            self.replaced += 1;
+        }
+        let rest = &buf[last..];
+        let hold = if end { 0 } else { self.partial_suffix(rest) };
+        out.extend_from_slice(&rest[..rest.len() - hold]);
+        self.carry = rest[rest.len() - hold..].to_vec();
+        Bytes::from(out)
+    }
+
+    /// `bytes` with every value replaced (a header value: no chunks); `None` when unchanged.
+    pub fn scrub_all(&mut self, bytes: &[u8]) -> Option<Vec<u8>> {
+        let mut out: Option<Vec<u8>> = None;
+        let mut last = 0;
+        for m in self.matcher.find_iter(bytes) {
+            let buf = out.get_or_insert_with(Vec::new);
+            buf.extend_from_slice(&bytes[last..m.start()]);
+            buf.extend_from_slice(&self.patterns[m.pattern().as_usize()].replacement);
+            last = m.end();
+            self.replaced += 1;
+        }
+        if let Some(buf) = &mut out {
+            buf.extend_from_slice(&bytes[last..]);
+        }
+        out
+    }
+
+    /// The length of the longest end of `tail` that some needle starts with (and is longer
+    /// than): those bytes may be the first part of a value the next chunk completes.
+    fn partial_suffix(&self, tail: &[u8]) -> usize {
+        let most = tail.len().min(self.longest.saturating_sub(1));
+        (1..=most)
+            .rev()
+            .find(|&k| {
+                let suffix = &tail[tail.len() - k..];
+                self.first_bytes[usize::from(suffix[0])]
+                    && self
+                        .patterns
+                        .iter()
+                        .any(|p| p.needle.len() > k && p.needle.starts_with(suffix))
+            })
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scrubber() -> Scrubber {
+        Scrubber::new(vec![
+            ScrubPattern {
+                needle: b"ghp_REALSECRET".to_vec(),
+                replacement: b"ghp_placeholder00".to_vec(),
+            },
+            ScrubPattern {
+                needle: b"c2VjcmV0".to_vec(),
+                replacement: b"cGxhY2Vob2xkZXI=".to_vec(),
+            },
+        ])
+        .unwrap()
+    }
+
+    /// Feeds `text` in chunks of every size from 1 to its length; the output never contains
+    /// the value and always equals the one-shot replacement.
+    #[test]
+    fn replaces_values_across_every_chunk_boundary() {
+        let text =
+            b"echo: Bearer ghp_REALSECRET, basic c2VjcmV0 and ghp_REAL (not it) ghp_REALSECRET";
+        let expected = b"echo: Bearer ghp_placeholder00, basic cGxhY2Vob2xkZXI= and ghp_REAL (not it) ghp_placeholder00";
+        for size in 1..=text.len() {
+            let mut s = scrubber();
+            let mut out = Vec::new();
+            let chunks: Vec<_> = text.chunks(size).collect();
+            for (i, chunk) in chunks.iter().enumerate() {
+                let piece = s.push(chunk, i + 1 == chunks.len());
+                assert!(
+                    !piece.windows(14).any(|w| w == b"ghp_REALSECRET"),
+                    "size {size}"
+                );
+                out.extend_from_slice(&piece);
+            }
+            assert_eq!(out, expected, "size {size}");
+            assert_eq!(s.replaced(), 3);
+        }
+    }
+
+    #[test]
+    fn holds_back_only_what_could_start_a_value() {
+        let mut s = scrubber();
+        assert_eq!(&s.push(b"data: hello\n\n", false)[..], b"data: hello\n\n");
+        assert_eq!(&s.push(b"data: ghp_RE", false)[..], b"data: ");
+        assert_eq!(&s.push(b"ALLY\n", false)[..], b"ghp_REALLY\n");
+        // The end of the stream flushes whatever was held.
+        assert_eq!(&s.push(b"tail ghp_", false)[..], b"tail ");
+        assert_eq!(&s.push(b"", true)[..], b"ghp_");
+    }
+
+    #[test]
+    fn scrubs_header_values_and_hides_needles_from_debug() {
+        let mut s = scrubber();
+        assert_eq!(
+            s.scrub_all(b"token ghp_REALSECRET").unwrap(),
+            b"token ghp_placeholder00"
+        );
+        assert!(s.scrub_all(b"nothing here").is_none());
+        assert!(!format!("{s:?}").contains("REALSECRET"));
+        assert!(Scrubber::new(vec![]).is_none());
+    }
+}
