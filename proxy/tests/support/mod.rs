@@ -19,10 +19,20 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// Every secret value any test gives the proxy. Nothing the proxy produces (its log, audit
 /// log, metrics, refusals, or any response the sandbox receives) may contain one:
 /// [`Proxy`]'s drop checks all of it.
-pub const TEST_SECRET_VALUES: &[&str] = &[GITHUB_TOKEN, ROTATED_TOKEN, GIT_TOKEN];
+pub const TEST_SECRET_VALUES: &[&str] = &[
+    GITHUB_TOKEN,
+    ROTATED_TOKEN,
+    GIT_TOKEN,
+    NPM_TOKEN,
+    PYPI_TOKEN,
+    ANTHROPIC_KEY,
+];
 pub const GITHUB_TOKEN: &str = "ghp_cordonTestSecretValue0123456789";
 pub const ROTATED_TOKEN: &str = "ghp_cordonRotatedValue9876543210";
 pub const GIT_TOKEN: &str = "gho_cordonGitTokenValue24680";
+pub const NPM_TOKEN: &str = "npm_cordonRegistryTokenValue1357";
+pub const PYPI_TOKEN: &str = "pypi-cordonUploadTokenValue8642";
+pub const ANTHROPIC_KEY: &str = "sk-ant-api03-cordonTestKeyValue-000";
 
 /// Request heads an upstream received, for tests to see what the proxy really sent.
 pub type Received = Arc<Mutex<Vec<String>>>;
@@ -210,6 +220,53 @@ impl Proxy {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("bundle")).unwrap();
         std::fs::write(dir.path().join("bundle/policy.rego"), policy).unwrap();
+        Self::launch(
+            dir,
+            "bundle",
+            upstream,
+            upstream_ca,
+            hosts,
+            extra,
+            proxy_extra,
+            &[],
+        )
+    }
+
+    /// Starts the proxy on the bundle directory `bundle` (an example's, say), with `env` in
+    /// its environment (secret values for `value_env`).
+    pub fn start_bundle(
+        bundle: &std::path::Path,
+        upstream: SocketAddr,
+        upstream_ca: &str,
+        hosts: &[&str],
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = bundle.canonicalize().unwrap();
+        Self::launch(
+            dir,
+            bundle.to_str().unwrap(),
+            upstream,
+            upstream_ca,
+            hosts,
+            extra,
+            "",
+            env,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn launch(
+        dir: tempfile::TempDir,
+        bundle: &str,
+        upstream: SocketAddr,
+        upstream_ca: &str,
+        hosts: &[&str],
+        extra: &str,
+        proxy_extra: &str,
+        env: &[(&str, &str)],
+    ) -> Proxy {
         std::fs::write(dir.path().join("upstream-ca.pem"), upstream_ca).unwrap();
         let (explicit, transparent, admin, metrics) =
             (free_port(), free_port(), free_port(), free_port());
@@ -221,7 +278,7 @@ impl Proxy {
             "[proxy]\nexplicit_listen = \"127.0.0.1:{explicit}\"\ntransparent_listen = \"0.0.0.0:{transparent}\"\n\
              admin_listen = \"127.0.0.1:{admin}\"\n\
              metrics_listen = \"127.0.0.1:{metrics}\"\nstate_dir = \"state\"\n{proxy_extra}\n\
-             [policy]\nbundle = \"bundle\"\n[tls]\nupstream_extra_roots = [\"upstream-ca.pem\"]\n\
+             [policy]\nbundle = \"{bundle}\"\n[tls]\nupstream_extra_roots = [\"upstream-ca.pem\"]\n\
              [upstream]\nconnect_timeout_ms = 2000\n[upstream.connect_to]\n{routes}{extra}"
         );
         std::fs::write(dir.path().join("cordon.toml"), config).unwrap();
@@ -229,6 +286,7 @@ impl Proxy {
             .arg("--config")
             .arg(dir.path().join("cordon.toml"))
             .env("CORDON_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             // A file, not a pipe nobody reads (a full pipe would stall the proxy).
             .stderr(std::fs::File::create(dir.path().join("proxy.log")).unwrap())
