@@ -17,7 +17,9 @@ use pingora::{Error, ErrorType, Result};
 
 use crate::audit::{AuditRecord, now_rfc3339};
 use crate::connection::ConnectionContext;
-use crate::credentials::{Destination, Scrubber, SecretSet, SwapPlan, patterns_for, plan_swaps};
+use crate::credentials::{
+    Destination, ScrubTable, Scrubber, SecretSet, SwapPlan, patterns_for, plan_swaps,
+};
 use crate::respond::{Refusal, RefusalClass};
 use crate::state::GatewayState;
 use crate::upstream::UpstreamError;
@@ -275,7 +277,7 @@ impl Authorizer {
             }
         }
         ctx.decision = Some(decision);
-        ctx.scrubber = self.scrubber_for(&secrets, &conn.session.id, &destination.host);
+        ctx.scrubber = self.scrubber_for(&conn, &secrets, &destination.host);
 
         let (address, _how) = self
             .state
@@ -297,23 +299,38 @@ impl Authorizer {
 
     /// A scrubber for responses from `host`, if any secret is bound to it: only a host a
     /// secret may be sent to can echo one. The stand-in is the session's placeholder (minted
-    /// now if needed), or `<prefix>redacted` for a source no session registered.
-    fn scrubber_for(&self, secrets: &SecretSet, session: &str, host: &str) -> Option<Scrubber> {
-        let mut patterns = Vec::new();
-        let registered = self.state.sessions.contains(session);
-        for secret in secrets.bound_to(host) {
-            let placeholder = if registered {
-                self.state.placeholders.get_or_mint(
-                    session,
-                    &secret.name,
-                    &secret.placeholder_prefix,
-                )
-            } else {
-                format!("{}redacted", secret.placeholder_prefix)
-            };
-            patterns.extend(patterns_for(secret, &placeholder));
-        }
-        Scrubber::new(patterns)
+    /// now if needed), or `<prefix>redacted` for a source no session registered. The table is
+    /// cached on the connection.
+    fn scrubber_for(
+        &self,
+        conn: &ConnectionContext,
+        secrets: &Arc<SecretSet>,
+        host: &str,
+    ) -> Option<Scrubber> {
+        let session = conn.session.id.as_str();
+        let table = conn.scrub.get_or_build(
+            secrets,
+            host,
+            || self.state.placeholders.index(),
+            || {
+                let registered = self.state.sessions.contains(session);
+                let mut patterns = Vec::new();
+                for secret in secrets.bound_to(host) {
+                    let placeholder = if registered {
+                        self.state.placeholders.get_or_mint(
+                            session,
+                            &secret.name,
+                            &secret.placeholder_prefix,
+                        )
+                    } else {
+                        format!("{}redacted", secret.placeholder_prefix)
+                    };
+                    patterns.extend(patterns_for(secret, &placeholder));
+                }
+                ScrubTable::new(patterns)
+            },
+        )?;
+        Some(Scrubber::new(table))
     }
 
     /// Readies a response from a bound host for scrubbing: header values are scrubbed now; a

@@ -28,6 +28,8 @@ pub struct ConnectionContext {
     /// every request's host) rather than from an absolute-form request (a plain-HTTP proxy
     /// connection may carry requests for many hosts).
     pub tunnel: bool,
+    /// The response scrub table for this connection's host (see `credentials::scrub`).
+    pub scrub: crate::credentials::ScrubCache,
 }
 
 type Key = (SocketAddr, SocketAddr);

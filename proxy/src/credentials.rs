@@ -21,7 +21,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 pub use placeholders::{MintError, PlaceholderIndex, Placeholders};
-pub use scrub::{ScrubPattern, Scrubber, patterns_for};
+pub use scrub::{ScrubCache, ScrubPattern, ScrubTable, Scrubber, patterns_for};
 pub use store_file::SecretsLoadError;
 pub use swap::{SwapError, SwapPlan, plan_swaps};
 

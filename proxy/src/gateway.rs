@@ -448,6 +448,7 @@ impl Gateway {
             document,
             tls,
             tunnel,
+            scrub: Default::default(),
         });
         let _registration = self.state.connections.register(peer, local, context);
         let mut next = Some(stream);

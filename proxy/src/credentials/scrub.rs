@@ -5,12 +5,15 @@
 //! the end of a chunk when it could be the start of a value, and only that: a stream whose
 //! chunks end in ordinary bytes (server-sent events) is not delayed.
 
+use std::sync::{Arc, Mutex};
+
 use aho_corasick::{AhoCorasick, MatchKind};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 
-use super::{Presentation, Secret};
+use super::placeholders::PlaceholderIndex;
+use super::{Presentation, Secret, SecretSet};
 
 /// One thing to replace. The needle is secret material: this type has no `Debug` that shows it.
 pub struct ScrubPattern {
@@ -44,29 +47,79 @@ pub fn patterns_for(secret: &Secret, placeholder: &str) -> Vec<ScrubPattern> {
     patterns
 }
 
-/// Streaming replacement of secret values, for one response.
-pub struct Scrubber {
+/// What to look for and what to put in its place, compiled once and shared by every response
+/// it applies to (building the automaton costs tens of microseconds; see
+/// `ConnectionContext::scrub_table`, which caches it per connection).
+pub struct ScrubTable {
     matcher: AhoCorasick,
     patterns: Vec<ScrubPattern>,
     /// Whether some needle starts with this byte: most chunk ends are ruled out in one lookup.
     first_bytes: [bool; 256],
     longest: usize,
-    carry: Vec<u8>,
-    replaced: u64,
 }
 
-impl std::fmt::Debug for Scrubber {
+impl std::fmt::Debug for ScrubTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Scrubber")
+        f.debug_struct("ScrubTable")
             .field("patterns", &self.patterns.len())
-            .field("held_back", &self.carry.len())
-            .field("replaced", &self.replaced)
             .finish()
     }
 }
 
-impl Scrubber {
-    /// A scrubber for `patterns`; `None` when there is nothing to look for.
+/// One connection's scrub table, rebuilt only when the secret set, the placeholders or the
+/// host change (a TLS connection has one host; a plaintext proxy connection may switch).
+#[derive(Debug, Default)]
+pub struct ScrubCache {
+    entry: Mutex<Option<CacheEntry>>,
+}
+
+#[derive(Debug)]
+struct CacheEntry {
+    secrets: Arc<SecretSet>,
+    placeholders: Arc<PlaceholderIndex>,
+    host: String,
+    table: Option<Arc<ScrubTable>>,
+}
+
+impl ScrubCache {
+    /// The table for `host` under `secrets`, from the cache or from `build`. `placeholders`
+    /// gives the current placeholder index; it is read after `build`, which may mint.
+    pub fn get_or_build(
+        &self,
+        secrets: &Arc<SecretSet>,
+        host: &str,
+        placeholders: impl Fn() -> Arc<PlaceholderIndex>,
+        build: impl FnOnce() -> Option<ScrubTable>,
+    ) -> Option<Arc<ScrubTable>> {
+        let mut entry = self.entry.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(cached) = entry.as_ref()
+            && Arc::ptr_eq(&cached.secrets, secrets)
+            && Arc::ptr_eq(&cached.placeholders, &placeholders())
+            && cached.host == host
+        {
+            return cached.table.clone();
+        }
+        let table = build().map(Arc::new);
+        *entry = Some(CacheEntry {
+            secrets: secrets.clone(),
+            placeholders: placeholders(),
+            host: host.to_string(),
+            table: table.clone(),
+        });
+        table
+    }
+}
+
+/// Streaming replacement of secret values, for one response.
+#[derive(Debug)]
+pub struct Scrubber {
+    table: Arc<ScrubTable>,
+    carry: Vec<u8>,
+    replaced: u64,
+}
+
+impl ScrubTable {
+    /// A table for `patterns`; `None` when there is nothing to look for.
     pub fn new(patterns: Vec<ScrubPattern>) -> Option<Self> {
         let patterns: Vec<_> = patterns
             .into_iter()
@@ -89,50 +142,22 @@ impl Scrubber {
             patterns,
             first_bytes,
             longest,
-            carry: Vec::new(),
-            replaced: 0,
         })
     }
 
-    /// How many values were replaced so far.
-    pub fn replaced(&self) -> u64 {
-        self.replaced
-    }
-
-    /// Scrubs the next chunk. Returns what may be sent now; at `end` that is everything left.
-    pub fn push(&mut self, chunk: &[u8], end: bool) -> Bytes {
-        let mut buf = std::mem::take(&mut self.carry);
-        buf.extend_from_slice(chunk);
-        let mut out = Vec::with_capacity(buf.len());
+    /// Every match in `bytes` replaced: the output up to the end of the last match, where that
+    /// end is in `bytes`, and how many there were.
+    fn replace_all(&self, bytes: &[u8]) -> (Vec<u8>, usize, u64) {
+        let mut out = Vec::with_capacity(bytes.len());
         let mut last = 0;
-        for m in self.matcher.find_iter(&buf) {
-            out.extend_from_slice(&buf[last..m.start()]);
+        let mut count = 0;
+        for m in self.matcher.find_iter(bytes) {
+            out.extend_from_slice(&bytes[last..m.start()]);
             out.extend_from_slice(&self.patterns[m.pattern().as_usize()].replacement);
             last = m.end();
-            self.replaced += 1;
+            count += 1;
         }
-        let rest = &buf[last..];
-        let hold = if end { 0 } else { self.partial_suffix(rest) };
-        out.extend_from_slice(&rest[..rest.len() - hold]);
-        self.carry = rest[rest.len() - hold..].to_vec();
-        Bytes::from(out)
-    }
-
-    /// `bytes` with every value replaced (a header value: no chunks); `None` when unchanged.
-    pub fn scrub_all(&mut self, bytes: &[u8]) -> Option<Vec<u8>> {
-        let mut out: Option<Vec<u8>> = None;
-        let mut last = 0;
-        for m in self.matcher.find_iter(bytes) {
-            let buf = out.get_or_insert_with(Vec::new);
-            buf.extend_from_slice(&bytes[last..m.start()]);
-            buf.extend_from_slice(&self.patterns[m.pattern().as_usize()].replacement);
-            last = m.end();
-            self.replaced += 1;
-        }
-        if let Some(buf) = &mut out {
-            buf.extend_from_slice(&bytes[last..]);
-        }
-        out
+        (out, last, count)
     }
 
     /// The length of the longest end of `tail` that some needle starts with (and is longer
@@ -153,12 +178,65 @@ impl Scrubber {
     }
 }
 
+impl Scrubber {
+    /// A scrubber for one response.
+    pub fn new(table: Arc<ScrubTable>) -> Self {
+        Self {
+            table,
+            carry: Vec::new(),
+            replaced: 0,
+        }
+    }
+
+    /// How many values were replaced so far.
+    pub fn replaced(&self) -> u64 {
+        self.replaced
+    }
+
+    /// Scrubs the next chunk. Returns what may be sent now; at `end` that is everything left.
+    pub fn push(&mut self, chunk: &[u8], end: bool) -> Bytes {
+        let buf = if self.carry.is_empty() {
+            std::borrow::Cow::Borrowed(chunk)
+        } else {
+            let mut joined = std::mem::take(&mut self.carry);
+            joined.extend_from_slice(chunk);
+            std::borrow::Cow::Owned(joined)
+        };
+        let (mut out, last, count) = self.table.replace_all(&buf);
+        self.replaced += count;
+        let rest = &buf[last..];
+        let hold = if end {
+            0
+        } else {
+            self.table.partial_suffix(rest)
+        };
+        out.extend_from_slice(&rest[..rest.len() - hold]);
+        self.carry = rest[rest.len() - hold..].to_vec();
+        Bytes::from(out)
+    }
+
+    /// `bytes` with every value replaced (a header value: no chunks); `None` when unchanged.
+    pub fn scrub_all(&mut self, bytes: &[u8]) -> Option<Vec<u8>> {
+        let (mut out, last, count) = self.table.replace_all(bytes);
+        if count == 0 {
+            return None;
+        }
+        self.replaced += count;
+        out.extend_from_slice(&bytes[last..]);
+        Some(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn scrubber() -> Scrubber {
-        Scrubber::new(vec![
+        Scrubber::new(Arc::new(table()))
+    }
+
+    fn table() -> ScrubTable {
+        ScrubTable::new(vec![
             ScrubPattern {
                 needle: b"ghp_REALSECRET".to_vec(),
                 replacement: b"ghp_placeholder00".to_vec(),
@@ -215,6 +293,6 @@ mod tests {
         );
         assert!(s.scrub_all(b"nothing here").is_none());
         assert!(!format!("{s:?}").contains("REALSECRET"));
-        assert!(Scrubber::new(vec![]).is_none());
+        assert!(ScrubTable::new(vec![]).is_none());
     }
 }
