@@ -57,8 +57,10 @@ pub struct ProxyConfig {
     pub tls: TlsConfig,
     pub upstream: UpstreamConfig,
     pub audit_path: AuditTarget,
-    /// The secret store file, if any.
+    /// The secret store file or directory, if any.
     pub credentials_store: Option<PathBuf>,
+    /// How often the store's files are checked for changes (rotation); `None`: never.
+    pub credentials_watch: Option<Duration>,
 }
 
 /// Where the proxy listens.
@@ -343,6 +345,8 @@ fn validate(raw: file::ConfigFile, base: &Path, errors: &mut Vec<String>) -> Opt
         upstream,
         audit_path,
         credentials_store: raw.credentials.store.as_ref().map(|p| resolve(p)),
+        credentials_watch: (raw.credentials.watch_interval_ms > 0)
+            .then(|| Duration::from_millis(raw.credentials.watch_interval_ms)),
     })
 }
 

@@ -234,6 +234,25 @@ impl SecretSet {
 pub struct SecretStore {
     path: Option<PathBuf>,
     current: ArcSwap<SecretSet>,
+    /// What the files the set came from looked like when they were read.
+    seen: std::sync::Mutex<Fingerprint>,
+}
+
+/// (path, modification time, size, inode) of every source file; a missing file is `None`.
+/// Rotation by an atomic rename (as Kubernetes secret volumes do) changes the inode.
+type Fingerprint = Vec<(PathBuf, Option<(std::time::SystemTime, u64, u64)>)>;
+
+fn fingerprint(sources: &[PathBuf]) -> Fingerprint {
+    use std::os::unix::fs::MetadataExt;
+    sources
+        .iter()
+        .map(|p| {
+            let meta = std::fs::metadata(p)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len(), m.ino())));
+            (p.clone(), meta)
+        })
+        .collect()
 }
 
 impl SecretStore {
@@ -242,15 +261,17 @@ impl SecretStore {
         Self {
             path: None,
             current: ArcSwap::from_pointee(SecretSet::default()),
+            seen: Default::default(),
         }
     }
 
     /// Loads the store file (see docs/CREDENTIALS.md).
     pub fn load(path: &Path) -> Result<Self, SecretsLoadError> {
-        let set = store_file::load(path)?;
+        let loaded = store_file::load(path)?;
         Ok(Self {
             path: Some(path.to_path_buf()),
-            current: ArcSwap::from_pointee(set),
+            current: ArcSwap::from_pointee(loaded.set),
+            seen: std::sync::Mutex::new(fingerprint(&loaded.sources)),
         })
     }
 
@@ -259,10 +280,34 @@ impl SecretStore {
         let Some(path) = &self.path else {
             return Ok(0);
         };
-        let set = store_file::load(path)?;
-        let count = set.len();
-        self.current.store(Arc::new(set));
-        Ok(count)
+        // The fingerprint is taken before reading, so a change during the read is seen again.
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let before = fingerprint(&seen.iter().map(|s| s.0.clone()).collect::<Vec<_>>());
+        let result = store_file::load(path);
+        match result {
+            Ok(loaded) => {
+                let count = loaded.set.len();
+                *seen = fingerprint(&loaded.sources);
+                self.current.store(Arc::new(loaded.set));
+                Ok(count)
+            }
+            Err(e) => {
+                // Remember the broken state, so the watcher reports it once, not every tick.
+                *seen = before;
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether any file the store was read from changed (or appeared, or vanished) since the
+    /// last load. A new file in a store directory changes the directory's own time.
+    pub fn changed_on_disk(&self) -> bool {
+        if self.path.is_none() {
+            return false;
+        }
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let paths: Vec<_> = seen.iter().map(|s| s.0.clone()).collect();
+        fingerprint(&paths) != *seen
     }
 
     pub fn current(&self) -> Arc<SecretSet> {

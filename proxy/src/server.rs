@@ -85,6 +85,17 @@ pub fn build(
         metrics.add_tcp(&address.to_string());
         server.add_service(metrics);
     }
+    if let Some(interval) = state.config.credentials_watch
+        && state.config.credentials_store.is_some()
+    {
+        server.add_service(background_service(
+            "secret store watcher",
+            WatchSecrets {
+                state: state.clone(),
+                interval,
+            },
+        ));
+    }
     server.add_service(background_service(
         "policy reload on SIGHUP",
         ReloadOnHangup { state },
@@ -122,6 +133,32 @@ fn upstream_roots(state: &GatewayState) -> Result<Option<String>, ServeError> {
         .and_then(|()| std::fs::write(&out, bundle))
         .map_err(|e| ServeError::Tls(format!("cannot write {}: {e}", out.display())))?;
     Ok(Some(out.to_string_lossy().into_owned()))
+}
+
+/// Reloads the secret store when one of its files changes: a rotated value file, an edited
+/// store, a drop-in added to a store directory. A failed reload keeps the previous secrets and
+/// is logged once per change.
+struct WatchSecrets {
+    state: Arc<GatewayState>,
+    interval: std::time::Duration,
+}
+
+#[async_trait]
+impl BackgroundService for WatchSecrets {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if self.state.secrets.changed_on_disk() {
+                        let _ = self.state.reload_secrets();
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
 }
 
 /// Reloads the policy and the secret store on SIGHUP.

@@ -87,7 +87,10 @@ fn start(pki: &TestPki, upstream: SocketAddr, secrets: &Path) -> Proxy {
         upstream,
         &pki.ca_pem,
         HOSTS,
-        &format!("[credentials]\nstore = \"{}\"\n", store(secrets).display()),
+        &format!(
+            "[credentials]\nstore = \"{}\"\nwatch_interval_ms = 100\n",
+            store(secrets).display()
+        ),
     )
 }
 
@@ -157,6 +160,21 @@ fn injects_bound_credentials_and_refuses_the_rest() {
         sent.contains(&format!("authorization: Bearer {ROTATED_TOKEN}")),
         "{sent}"
     );
+
+    // Rotation with no reload at all: the watcher sees the value file change.
+    private(&secrets.path().join("github-token"), GITHUB_TOKEN);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        proxy.curl(&["https://allowed.test/after-watch"]);
+        if last_received(&received).contains(&format!("authorization: Bearer {GITHUB_TOKEN}")) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the watcher did not pick up the rotated value file"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 
     let audit = std::fs::read_to_string(proxy.path("state/audit.log")).unwrap();
     assert!(

@@ -119,9 +119,20 @@ pub(super) struct AuditSection {
     pub(super) path: Option<PathBuf>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct CredentialsSection {
     /// The secret store file (docs/CREDENTIALS.md); absent means no secrets.
     pub(super) store: Option<PathBuf>,
+    /// How often to check the store's files for changes; 0 turns the watcher off.
+    pub(super) watch_interval_ms: u64,
+}
+
+impl Default for CredentialsSection {
+    fn default() -> Self {
+        Self {
+            store: None,
+            watch_interval_ms: 2000,
+        }
+    }
 }

@@ -13,7 +13,7 @@
 //!
 //! The file holds no values itself, but it says where they are, so it must not be readable by
 //! group or others: the proxy refuses to start (or reload) otherwise. Value files are held to the
-//! same rule.
+//! same rule. The store may also be a directory (mode 0700) of such files, merged.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -33,8 +33,8 @@ pub enum SecretsLoadError {
         source: std::io::Error,
     },
     #[error(
-        "{path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}` so only \
-         the proxy's user can read where secrets come from"
+        "{path} is readable by group or others (mode {mode:o}); run `chmod go-rwx {path}` so \
+         only the proxy's user can read where secrets come from"
     )]
     TooOpen { path: PathBuf, mode: u32 },
     #[error("{path}: {message}")]
@@ -77,27 +77,71 @@ fn default_format() -> String {
     "raw".into()
 }
 
-pub(super) fn load(path: &Path) -> Result<SecretSet, SecretsLoadError> {
+/// A loaded store and every file it was read from (store files, value files, and the store
+/// directory itself), for the change watcher.
+pub(super) struct Loaded {
+    pub(super) set: SecretSet,
+    pub(super) sources: Vec<PathBuf>,
+}
+
+/// Loads a store file, or a directory whose `*.toml` files together make the store (drop-in
+/// files, one per secret or team, as configuration management writes them).
+pub(super) fn load(path: &Path) -> Result<Loaded, SecretsLoadError> {
     check_private(path)?;
-    let text = std::fs::read_to_string(path).map_err(|source| SecretsLoadError::Read {
-        path: path.into(),
-        source,
-    })?;
-    let file: StoreFile = toml::from_str(&text).map_err(|e| SecretsLoadError::Syntax {
-        path: path.into(),
-        message: e.to_string(),
-    })?;
-    let base = path.parent().unwrap_or(Path::new("."));
+    let mut sources = vec![path.to_path_buf()];
+    let files = if path.is_dir() {
+        let entries = std::fs::read_dir(path).map_err(|source| SecretsLoadError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+            .collect();
+        files.sort();
+        sources.extend(files.iter().cloned());
+        files
+    } else {
+        vec![path.to_path_buf()]
+    };
     let mut errors = Vec::new();
-    let mut secrets = Vec::new();
-    for (name, entry) in file.secrets {
-        match secret(&name, entry, base) {
-            Ok(secret) => secrets.push(secret),
-            Err(message) => errors.push(format!("secrets.{name}: {message}")),
+    let mut secrets: Vec<Secret> = Vec::new();
+    let mut declared_in: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for file in &files {
+        check_private(file)?;
+        let text = std::fs::read_to_string(file).map_err(|source| SecretsLoadError::Read {
+            path: file.clone(),
+            source,
+        })?;
+        let parsed: StoreFile = toml::from_str(&text).map_err(|e| SecretsLoadError::Syntax {
+            path: file.clone(),
+            message: e.to_string(),
+        })?;
+        let base = file.parent().unwrap_or(Path::new("."));
+        for (name, entry) in parsed.secrets {
+            if let Some(first) = declared_in.get(&name) {
+                errors.push(format!(
+                    "secrets.{name}: declared in both {} and {}; a secret has one declaration",
+                    first.display(),
+                    file.display()
+                ));
+                continue;
+            }
+            declared_in.insert(name.clone(), file.clone());
+            if let Some(value_file) = &entry.value_file {
+                sources.push(base.join(value_file));
+            }
+            match secret(&name, entry, base) {
+                Ok(secret) => secrets.push(secret),
+                Err(message) => errors.push(format!("secrets.{name}: {message}")),
+            }
         }
     }
     if errors.is_empty() {
-        Ok(SecretSet::new(secrets))
+        Ok(Loaded {
+            set: SecretSet::new(secrets),
+            sources,
+        })
     } else {
         Err(SecretsLoadError::Invalid {
             path: path.into(),

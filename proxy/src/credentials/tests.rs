@@ -138,7 +138,7 @@ fn refuses_a_store_readable_by_others() {
     std::fs::write(&path, "").unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let err = SecretStore::load(&path).unwrap_err().to_string();
-    assert!(err.contains("chmod 600"), "{err}");
+    assert!(err.contains("chmod go-rwx"), "{err}");
 }
 
 #[test]
@@ -188,4 +188,77 @@ fn reload_picks_up_rotation_and_keeps_the_last_good_set_on_error() {
     std::fs::write(&path, "[secrets.t]\nhosts = []\n").unwrap();
     assert!(store.reload().is_err());
     assert_eq!(value(&store), "second");
+}
+
+#[test]
+fn a_store_directory_merges_its_files_and_refuses_double_declarations() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store.d");
+    std::fs::create_dir(&store_dir).unwrap();
+    std::fs::set_permissions(&store_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    write_private(&store_dir, "token", "ghp_value_from_file\n");
+    write_private(
+        &store_dir,
+        "github.toml",
+        "[secrets.github]\nvalue_file = \"token\"\nhosts = [\"api.github.com\"]\n",
+    );
+    write_private(
+        &store_dir,
+        "git.toml",
+        "[secrets.git]\nvalue_file = \"token\"\nhosts = [\"github.com\"]\n",
+    );
+    let store = SecretStore::load(&store_dir).unwrap();
+    assert_eq!(store.current().len(), 2);
+
+    // A drop-in added later is picked up by the watcher's check and a reload.
+    assert!(!store.changed_on_disk());
+    write_private(
+        &store_dir,
+        "npm.toml",
+        "[secrets.npm]\nvalue_file = \"token\"\nhosts = [\"registry.npmjs.org\"]\n",
+    );
+    assert!(store.changed_on_disk());
+    assert_eq!(store.reload().unwrap(), 3);
+    assert!(!store.changed_on_disk());
+
+    // The same name in two files is refused, naming both; the last good set stays.
+    write_private(
+        &store_dir,
+        "zz-dup.toml",
+        "[secrets.git]\nvalue_file = \"token\"\nhosts = [\"example.com\"]\n",
+    );
+    let err = store.reload().unwrap_err().to_string();
+    assert!(err.contains("secrets.git: declared in both"), "{err}");
+    assert!(
+        err.contains("git.toml") && err.contains("zz-dup.toml"),
+        "{err}"
+    );
+    assert_eq!(store.current().len(), 3);
+    // The failure is remembered: no change, no new attempt.
+    assert!(!store.changed_on_disk());
+
+    // An open directory is refused like an open file.
+    std::fs::set_permissions(&store_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let err = SecretStore::load(&store_dir).unwrap_err().to_string();
+    assert!(err.contains("chmod go-rwx"), "{err}");
+}
+
+#[test]
+fn a_rewritten_value_file_is_a_change() {
+    let dir = tempfile::tempdir().unwrap();
+    write_private(dir.path(), "token", "first-value");
+    let path = write_private(
+        dir.path(),
+        "secrets.toml",
+        "[secrets.a]\nvalue_file = \"token\"\nhosts = [\"a.test\"]\n",
+    );
+    let store = SecretStore::load(&path).unwrap();
+    assert!(!store.changed_on_disk());
+    // Rotation by atomic rename, as secret volumes do it.
+    write_private(dir.path(), "token.new", "second-value");
+    std::fs::rename(dir.path().join("token.new"), dir.path().join("token")).unwrap();
+    assert!(store.changed_on_disk());
+    store.reload().unwrap();
+    let set = store.current();
+    assert_eq!(set.get("a").unwrap().value.expose(), "second-value");
 }
