@@ -1,4 +1,16 @@
-//! The process inside each sandbox: executes the CMA toolset for the controller over an authenticated local RPC.
+//! The process Cordon runs inside each sandbox: it executes commands for the controller over
+//! an HTTP API on the sandbox's own address, authenticated by a per-session token.
 //!
-//! Not built yet: this crate is a skeleton so the workspace layout is in place. Its open issue in
-//! the tracker describes what it will do; nothing here pretends to do it.
+//! | method | path | what |
+//! |---|---|---|
+//! | GET | /healthz | `{"status":"ok"}` (no token needed: the controller polls it while the sandbox starts) |
+//! | POST | /exec | run `{"argv": [...], "cwd"?, "env"?, "timeout_ms"?, "stdin"?}`; the answer streams [`ExecEvent`]s as JSON lines |
+//!
+//! The CMA toolset (bash, read, write, edit, glob, grep, ...) builds on `/exec`'s machinery and
+//! arrives with the CMA integration.
+
+pub mod exec;
+pub mod server;
+
+pub use exec::{ExecEvent, ExecRequest};
+pub use server::{AgentState, router};
