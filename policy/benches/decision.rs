@@ -61,6 +61,7 @@ fn request(host: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Po
             original_destination: Some("192.0.2.10:443".parse().unwrap()),
             sni: Some(host.into()),
             connect_target: None,
+            dns_name: None,
         },
         session,
         request: Some(RequestInput {

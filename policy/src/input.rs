@@ -17,7 +17,7 @@
 //! input.destination                   {host, port}: the normalised name and port being reached
 //! input.session                       {id, agent_id, labels}
 //! input.connection                    {stage, mode, transport, source, original_destination,
-//!                                      sni, connect_target}
+//!                                      sni, connect_target, dns_name}
 //! ```
 
 mod document;
@@ -149,6 +149,9 @@ pub struct ConnectionInput {
     pub sni: Option<String>,
     /// The authority of an explicit-mode `CONNECT` request (`host:port`).
     pub connect_target: Option<String>,
+    /// Transparent mode: the name the sandbox looked up at Cordon's DNS stub that answered
+    /// with `original_destination` (a synthetic address), if it did.
+    pub dns_name: Option<String>,
 }
 
 /// One HTTP request, as received from the sandbox.
@@ -249,6 +252,12 @@ impl PolicyInput {
         }
         if let Some(sni) = &conn.sni {
             return parse_authority(sni, original_port.unwrap_or(443));
+        }
+        if let (Some(name), Some(port)) = (&conn.dns_name, original_port) {
+            return Some(Authority {
+                host: name.clone(),
+                port,
+            });
         }
         conn.original_destination.map(|addr| Authority {
             host: addr.ip().to_string(),

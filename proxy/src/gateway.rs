@@ -124,6 +124,7 @@ impl Gateway {
             original_destination,
             sni: None,
             connect_target: None,
+            dns_name: None,
         };
         let session = self.state.sessions.lookup(peer.ip());
         let timeout = self.state.config.listen.handshake_timeout;

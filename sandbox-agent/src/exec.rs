@@ -171,7 +171,12 @@ async fn pump<R: AsyncRead + Unpin>(mut from: R, stream: Stream, events: mpsc::S
                 let cut = utf8_boundary(&pending);
                 let data = String::from_utf8_lossy(&pending[..cut]).into_owned();
                 pending.drain(..cut);
-                if !data.is_empty() && events.send(ExecEvent::Output { stream, data }).await.is_err() {
+                if !data.is_empty()
+                    && events
+                        .send(ExecEvent::Output { stream, data })
+                        .await
+                        .is_err()
+                {
                     return;
                 }
             }

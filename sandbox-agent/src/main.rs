@@ -10,7 +10,10 @@ use clap::Parser;
 use cordon_sandbox_agent::{AgentState, router};
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Runs commands inside a Cordon sandbox for the controller")]
+#[command(
+    version,
+    about = "Runs commands inside a Cordon sandbox for the controller"
+)]
 struct Args {
     /// Address to listen on: the sandbox's own address.
     #[arg(long)]
@@ -29,18 +32,27 @@ async fn main() -> ExitCode {
     let token = match std::fs::read_to_string(&args.token_file) {
         Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
         Ok(_) => {
-            eprintln!("cordon-sandbox-agent: {} is empty", args.token_file.display());
+            eprintln!(
+                "cordon-sandbox-agent: {} is empty",
+                args.token_file.display()
+            );
             return ExitCode::from(64);
         }
         Err(e) => {
-            eprintln!("cordon-sandbox-agent: cannot read {}: {e}", args.token_file.display());
+            eprintln!(
+                "cordon-sandbox-agent: cannot read {}: {e}",
+                args.token_file.display()
+            );
             return ExitCode::from(64);
         }
     };
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("cordon-sandbox-agent: cannot listen on {}: {e}", args.listen);
+            eprintln!(
+                "cordon-sandbox-agent: cannot listen on {}: {e}",
+                args.listen
+            );
             return ExitCode::from(69);
         }
     };

@@ -46,13 +46,20 @@ impl AgentState {
 /// The agent's routes.
 pub fn router(state: Arc<AgentState>) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
         .route("/exec", post(exec_handler))
         .with_state(state)
 }
 
 fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, axum::Json(serde_json::json!({"error": message.into()}))).into_response()
+    (
+        status,
+        axum::Json(serde_json::json!({"error": message.into()})),
+    )
+        .into_response()
 }
 
 async fn exec_handler(
@@ -71,7 +78,9 @@ async fn exec_handler(
         Err(e) => {
             return refuse(
                 StatusCode::BAD_REQUEST,
-                format!("expected {{\"argv\": [...], \"cwd\"?, \"env\"?, \"timeout_ms\"?, \"stdin\"?}}: {e}"),
+                format!(
+                    "expected {{\"argv\": [...], \"cwd\"?, \"env\"?, \"timeout_ms\"?, \"stdin\"?}}: {e}"
+                ),
             );
         }
     };
@@ -91,7 +100,12 @@ async fn exec_handler(
         .status(StatusCode::OK)
         .header("content-type", "application/x-ndjson")
         .body(Body::from_stream(lines))
-        .unwrap_or_else(|_| refuse(StatusCode::INTERNAL_SERVER_ERROR, "cannot build the response"))
+        .unwrap_or_else(|_| {
+            refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot build the response",
+            )
+        })
 }
 
 use futures_util::StreamExt as _;

@@ -188,6 +188,7 @@ fn request_input(args: &RequestArgs) -> anyhow::Result<PolicyInput> {
         original_destination: None,
         sni: tls.then(|| host_of(&request.authority)),
         connect_target: None,
+        dns_name: None,
     };
     let (stage, request) = if args.connect {
         (Stage::Connect, None)

@@ -25,6 +25,7 @@ fn input(host: &str, method: &str, path: &str) -> PolicyInput {
             original_destination: None,
             sni: Some(host.into()),
             connect_target: None,
+            dns_name: None,
         },
         session: SessionInput::named("sesn_1"),
         request: Some(RequestInput {

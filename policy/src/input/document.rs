@@ -77,6 +77,9 @@ impl ConnectionDocument {
             if let Some(target) = &conn.connect_target {
                 fields.push(("connect_target", Value::from(target.as_str())));
             }
+            if let Some(name) = &conn.dns_name {
+                fields.push(("dns_name", Value::from(name.as_str())));
+            }
             object(fields)
         };
         let connect_input = PolicyInput {
@@ -239,6 +242,7 @@ static KEYS: LazyLock<HashMap<&'static str, Value>> = LazyLock::new(|| {
         "connect_target",
         "connection",
         "destination",
+        "dns_name",
         "encoding",
         "ext_authz",
         "headers",

@@ -16,6 +16,7 @@ fn request(path: &str, headers: &[(&str, &str)]) -> PolicyInput {
             original_destination: Some(addr("192.0.2.10:443")),
             sni: Some("api.github.com".into()),
             connect_target: None,
+            dns_name: None,
         },
         session: SessionInput::named("sesn_1"),
         request: Some(RequestInput {
@@ -192,6 +193,17 @@ fn connect_destination_prefers_connect_target_then_falls_back_to_address() {
     );
     input.connection.connect_target = None;
     input.connection.sni = None;
+    // Transparent mode: the name the DNS stub answered with this address comes next.
+    input.connection.dns_name = Some("pypi.org".into());
+    assert_eq!(
+        input.destination(),
+        Some(Authority {
+            host: "pypi.org".into(),
+            port: 443
+        })
+    );
+    assert_eq!(input.to_json()["connection"]["dns_name"], "pypi.org");
+    input.connection.dns_name = None;
     assert_eq!(
         input.destination(),
         Some(Authority {
