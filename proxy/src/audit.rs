@@ -96,7 +96,8 @@ impl AuditLog {
         })
     }
 
-    pub fn write(&self, record: &AuditRecord) {
+    /// Writes one record: an [`AuditRecord`], or another kind's record (DNS queries).
+    pub fn write<R: Serialize>(&self, record: &R) {
         let mut line = match serde_json::to_vec(record) {
             Ok(line) => line,
             Err(e) => {

@@ -61,6 +61,19 @@ pub struct ProxyConfig {
     pub credentials_store: Option<PathBuf>,
     /// How often the store's files are checked for changes (rotation); `None`: never.
     pub credentials_watch: Option<Duration>,
+    pub dns: DnsConfig,
+    /// The `[sandbox]` table, for the controller; the proxy does not read it.
+    pub sandbox: toml::Table,
+}
+
+/// The sandboxes' DNS stub.
+#[derive(Debug, Clone)]
+pub struct DnsConfig {
+    /// UDP address; `None`: no stub.
+    pub listen: Option<SocketAddr>,
+    /// Synthetic addresses handed out for names.
+    pub synthetic_range: ipnet::Ipv4Net,
+    pub ttl_secs: u32,
 }
 
 /// Where the proxy listens.
@@ -169,6 +182,18 @@ fn validate(raw: file::ConfigFile, base: &Path, errors: &mut Vec<String>) -> Opt
     let explicit = addr("proxy.explicit_listen", &raw.proxy.explicit_listen);
     let admin = addr("proxy.admin_listen", &Some(raw.proxy.admin_listen.clone()));
     let metrics = addr("proxy.metrics_listen", &raw.proxy.metrics_listen);
+    let dns_listen = addr("dns.listen", &raw.dns.listen);
+    let synthetic_range = match raw.dns.synthetic_range.parse::<ipnet::Ipv4Net>() {
+        Ok(net) if net.prefix_len() <= 24 => Some(net.trunc()),
+        _ => {
+            errors.push(format!(
+                "dns.synthetic_range = {:?} must be an IPv4 network of at least 256 addresses \
+                 (a /24 or wider), such as \"198.18.0.0/15\"",
+                raw.dns.synthetic_range
+            ));
+            None
+        }
+    };
     if raw.proxy.transparent_listen.is_none() && raw.proxy.explicit_listen.is_none() {
         errors.push(
             "neither proxy.transparent_listen nor proxy.explicit_listen is set; set at least one"
@@ -347,6 +372,12 @@ fn validate(raw: file::ConfigFile, base: &Path, errors: &mut Vec<String>) -> Opt
         credentials_store: raw.credentials.store.as_ref().map(|p| resolve(p)),
         credentials_watch: (raw.credentials.watch_interval_ms > 0)
             .then(|| Duration::from_millis(raw.credentials.watch_interval_ms)),
+        dns: DnsConfig {
+            listen: dns_listen,
+            synthetic_range: synthetic_range?,
+            ttl_secs: raw.dns.ttl_secs,
+        },
+        sandbox: raw.sandbox.unwrap_or_default(),
     })
 }
 

@@ -112,6 +112,8 @@ impl Gateway {
             ListenerMode::Transparent => self.original_destination.original_destination(&stream),
             ListenerMode::Explicit => None,
         };
+        // An address the DNS stub handed out stands for a name.
+        let dns_name = original_destination.and_then(|d| self.state.names.name_of(d.ip()));
         let Ok(stream) = stream.into_any().downcast::<L4Stream>() else {
             tracing::error!("listener stream is not a TCP stream");
             return "failed";
@@ -124,7 +126,7 @@ impl Gateway {
             original_destination,
             sni: None,
             connect_target: None,
-            dns_name: None,
+            dns_name,
         };
         let session = self.state.sessions.lookup(peer.ip());
         let timeout = self.state.config.listen.handshake_timeout;
@@ -477,6 +479,11 @@ impl Gateway {
                     .sni
                     .as_deref()
                     .and_then(|s| parse_authority(s, port))
+            })
+            .or_else(|| {
+                let port = connection.original_destination?.port();
+                let host = connection.dns_name.clone()?;
+                Some(cordon_policy::input::Authority { host, port })
             })
             .or_else(|| {
                 connection

@@ -17,6 +17,7 @@ pub mod authorize;
 pub mod config;
 pub mod connection;
 pub mod credentials;
+pub mod dns;
 pub mod gateway;
 pub mod intercept;
 pub mod metrics;

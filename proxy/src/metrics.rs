@@ -32,6 +32,8 @@ pub struct ProxyMetrics {
     /// `action` = injected | swapped | scrubbed | refused | exfiltration: credential events
     /// (secret names are never labels).
     pub credentials: IntCounterVec,
+    /// `outcome` = answered | refused: queries to the sandboxes' DNS stub.
+    pub dns_queries: IntCounterVec,
 }
 
 /// Decision-latency buckets: microseconds to milliseconds.
@@ -116,6 +118,13 @@ impl ProxyMetrics {
             ),
             &["action"],
         )?;
+        let dns_queries = IntCounterVec::new(
+            Opts::new(
+                "cordon_dns_queries_total",
+                "Queries to the sandboxes' DNS stub, by outcome",
+            ),
+            &["outcome"],
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("cordon_build_info", "Build information (value 1)"),
             &["version"],
@@ -136,6 +145,7 @@ impl ProxyMetrics {
             Box::new(policy_generation.clone()),
             Box::new(policy_reloads.clone()),
             Box::new(credentials.clone()),
+            Box::new(dns_queries.clone()),
             Box::new(build_info),
         ] {
             registry.register(collector)?;
@@ -154,6 +164,7 @@ impl ProxyMetrics {
             policy_generation,
             policy_reloads,
             credentials,
+            dns_queries,
         })
     }
 

@@ -21,6 +21,11 @@ pub enum ServeError {
     Pingora(String),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("DNS stub: cannot listen on {address}: {source}")]
+    Dns {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Builds the pingora server for `state`. `original_destination` is the transparent listener's
@@ -85,6 +90,19 @@ pub fn build(
         metrics.add_tcp(&address.to_string());
         server.add_service(metrics);
     }
+    if let Some(address) = state.config.dns.listen {
+        // Bound here, not in the service, so a taken port fails the start (exit 69).
+        let socket = std::net::UdpSocket::bind(address)
+            .and_then(|s| s.set_nonblocking(true).map(|()| s))
+            .map_err(|source| ServeError::Dns { address, source })?;
+        server.add_service(background_service(
+            "dns stub",
+            DnsStub {
+                state: state.clone(),
+                socket: std::sync::Mutex::new(Some(socket)),
+            },
+        ));
+    }
     if let Some(interval) = state.config.credentials_watch
         && state.config.credentials_store.is_some()
     {
@@ -133,6 +151,32 @@ fn upstream_roots(state: &GatewayState) -> Result<Option<String>, ServeError> {
         .and_then(|()| std::fs::write(&out, bundle))
         .map_err(|e| ServeError::Tls(format!("cannot write {}: {e}", out.display())))?;
     Ok(Some(out.to_string_lossy().into_owned()))
+}
+
+/// The sandboxes' DNS stub (`crate::dns`).
+struct DnsStub {
+    state: Arc<GatewayState>,
+    socket: std::sync::Mutex<Option<std::net::UdpSocket>>,
+}
+
+#[async_trait]
+impl BackgroundService for DnsStub {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let socket = self
+            .socket
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .map(tokio::net::UdpSocket::from_std);
+        let Some(Ok(socket)) = socket else {
+            tracing::error!("DNS stub socket unavailable; sandboxes cannot resolve names");
+            return;
+        };
+        tokio::select! {
+            () = crate::dns::serve(self.state.clone(), socket) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
 }
 
 /// Reloads the secret store when one of its files changes: a rotated value file, an edited

@@ -42,6 +42,8 @@ pub struct GatewayState {
     pub audit: AuditLog,
     pub secrets: SecretStore,
     pub placeholders: Placeholders,
+    /// The DNS stub's synthetic addresses, shared with the transparent listener.
+    pub names: crate::dns::SyntheticNames,
     pub ca: Arc<CertificateAuthority>,
     pub leaves: Arc<LeafCache>,
     id_prefix: String,
@@ -77,6 +79,7 @@ impl GatewayState {
             audit,
             secrets,
             placeholders: Placeholders::default(),
+            names: crate::dns::SyntheticNames::new(config.dns.synthetic_range),
             ca,
             leaves,
             // Decision ids are unique across restarts: a random prefix per process, a counter.

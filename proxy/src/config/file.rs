@@ -20,6 +20,31 @@ pub(super) struct ConfigFile {
     pub(super) audit: AuditSection,
     #[serde(default)]
     pub(super) credentials: CredentialsSection,
+    #[serde(default)]
+    pub(super) dns: DnsSection,
+    /// The controller's section (`cordon-controller` validates it); the proxy only carries it.
+    #[serde(default)]
+    pub(super) sandbox: Option<toml::Table>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct DnsSection {
+    /// Where the sandboxes' DNS stub listens (UDP); unset: no stub.
+    pub(super) listen: Option<String>,
+    /// Synthetic IPv4 addresses handed out for names.
+    pub(super) synthetic_range: String,
+    pub(super) ttl_secs: u32,
+}
+
+impl Default for DnsSection {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            synthetic_range: "198.18.0.0/15".into(),
+            ttl_secs: 60,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
