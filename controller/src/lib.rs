@@ -1,4 +1,9 @@
-//! The control plane: CMA webhooks and work queue, per-session gVisor sandboxes whose only route out is the proxy.
-//!
-//! Not built yet: this crate is a skeleton so the workspace layout is in place. Its open issue in
-//! the tracker describes what it will do; nothing here pretends to do it.
+//! The control plane. Built so far: the sandbox runtime (per-session gVisor sandboxes whose
+//! only route out is the proxy) and its CLI. CMA webhooks and the work queue come next.
+
+pub mod agent;
+pub mod command;
+pub mod config;
+pub mod http;
+pub mod sandbox;
+pub mod store;

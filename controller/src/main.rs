@@ -1,10 +1,237 @@
-//! `cordon-controller`: not built yet (see the crate docs).
+//! `cordon-controller`: the control plane's CLI.
+//!
+//! ```text
+//! cordon-controller sandbox start --config cordon.toml --session ID
+//! cordon-controller sandbox exec  --config cordon.toml --session ID [--timeout-ms N] -- CMD...
+//! cordon-controller sandbox stop  --config cordon.toml --session ID
+//! cordon-controller sandbox list  --config cordon.toml [--json]
+//! cordon-controller sandbox reconcile --config cordon.toml
+//! ```
+//!
+//! Exit codes: 0 success (exec: the command's own status), 64 bad configuration or arguments,
+//! 69 a prerequisite is missing or the sandbox could not be started, 70 anything else.
 
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-fn main() -> ExitCode {
-    eprintln!(
-        "cordon-controller: not implemented yet; this build only carries the workspace layout"
-    );
-    ExitCode::from(69) // EX_UNAVAILABLE
+use clap::{Parser, Subcommand};
+use cordon_controller::config::SandboxConfig;
+use cordon_controller::http::HttpClient;
+use cordon_controller::sandbox::{Runtime, SandboxError, agent_endpoint};
+use cordon_sandbox_agent::ExecRequest;
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Cordon's control plane: per-session gVisor sandboxes behind the proxy"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Sandboxes: start, exec, stop, list, reconcile.
+    Sandbox {
+        #[command(subcommand)]
+        action: SandboxAction,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct Common {
+    /// The gateway's cordon.toml (the same file the proxy runs on).
+    #[arg(long, default_value = "/etc/cordon/cordon.toml")]
+    config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum SandboxAction {
+    /// Starts a sandbox for a session; prints its address once its agent answers.
+    Start {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        session: String,
+    },
+    /// Runs a command in a session's sandbox, streaming its output; exits with its status.
+    Exec {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        session: String,
+        /// Kill the command after this many milliseconds (exit 124).
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+        /// Working directory inside the sandbox (default /workspace).
+        #[arg(long)]
+        cwd: Option<String>,
+        /// The command and its arguments (not run through a shell).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Stops a session's sandbox and removes everything it had.
+    Stop {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        session: String,
+    },
+    /// Lists recorded sessions.
+    List {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Removes Cordon resources no live session owns; marks vanished sessions failed.
+    Reconcile {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+fn load(common: &Common) -> Result<SandboxConfig, ExitCode> {
+    SandboxConfig::load(&common.config).map_err(|e| {
+        eprintln!("cordon-controller: {e}");
+        ExitCode::from(64)
+    })
+}
+
+fn fail(e: &SandboxError) -> ExitCode {
+    eprintln!("cordon-controller: {e}");
+    match e {
+        SandboxError::InvalidId(_) => ExitCode::from(64),
+        SandboxError::Prerequisite(_) | SandboxError::Store(_) => ExitCode::from(69),
+        SandboxError::NotFound(_) | SandboxError::NotRunning { .. } => ExitCode::from(66),
+        _ => ExitCode::from(70),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CORDON_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let Command::Sandbox { action } = Cli::parse().command;
+    match run(action).await {
+        Ok(code) | Err(code) => code,
+    }
+}
+
+async fn run(action: SandboxAction) -> Result<ExitCode, ExitCode> {
+    match action {
+        SandboxAction::Start { common, session } => {
+            let mut runtime = Runtime::open(load(&common)?).map_err(|e| fail(&e))?;
+            let started = runtime.start(&session).await.map_err(|e| fail(&e))?;
+            println!(
+                "session {} running at {} (agent {}, network {}, limits {}) in {} ms",
+                started.id,
+                started.sandbox_address,
+                started.agent,
+                started.support.network.as_str(),
+                if started.support.cgroups {
+                    "enforced"
+                } else {
+                    "NOT enforced: runsc cannot use cgroups on this host"
+                },
+                started.elapsed.as_millis()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        SandboxAction::Exec {
+            common,
+            session,
+            timeout_ms,
+            cwd,
+            command,
+        } => {
+            let config = load(&common)?;
+            let (agent, token) = agent_endpoint(&config, &session).map_err(|e| fail(&e))?;
+            let request = ExecRequest {
+                argv: command,
+                cwd,
+                env: Default::default(),
+                timeout_ms,
+                stdin: None,
+            };
+            let outcome = cordon_controller::agent::exec(
+                &HttpClient::default(),
+                agent,
+                &token,
+                &request,
+                |stderr, data| {
+                    if stderr {
+                        let _ = std::io::stderr().write_all(data.as_bytes());
+                    } else {
+                        let mut out = std::io::stdout();
+                        let _ = out.write_all(data.as_bytes());
+                        let _ = out.flush();
+                    }
+                },
+            )
+            .await
+            .map_err(|e| {
+                eprintln!("cordon-controller: {e}");
+                ExitCode::from(70)
+            })?;
+            if let cordon_controller::agent::ExecOutcome::NotStarted(message) = &outcome {
+                eprintln!("cordon-controller: {message}");
+            }
+            if outcome == cordon_controller::agent::ExecOutcome::TimedOut {
+                eprintln!("cordon-controller: the command timed out and was killed");
+            }
+            Ok(ExitCode::from(outcome.exit_status().clamp(0, 255) as u8))
+        }
+        SandboxAction::Stop { common, session } => {
+            let mut runtime = Runtime::open(load(&common)?).map_err(|e| fail(&e))?;
+            runtime.stop(&session).await.map_err(|e| fail(&e))?;
+            println!("session {session} stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        SandboxAction::List { common, json } => {
+            let runtime = Runtime::open(load(&common)?).map_err(|e| fail(&e))?;
+            let sessions = runtime.list().map_err(|e| fail(&e))?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&sessions).unwrap_or_default()
+                );
+            } else {
+                println!(
+                    "{:<24} {:<9} {:<15} {:<8} CREATED",
+                    "SESSION", "STATE", "ADDRESS", "NETWORK"
+                );
+                for s in sessions {
+                    println!(
+                        "{:<24} {:<9} {:<15} {:<8} {}{}",
+                        s.id,
+                        s.state,
+                        s.address,
+                        s.network_mode.as_deref().unwrap_or("-"),
+                        s.created_at,
+                        s.error.map(|e| format!("  ({e})")).unwrap_or_default()
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SandboxAction::Reconcile { common } => {
+            let mut runtime = Runtime::open(load(&common)?).map_err(|e| fail(&e))?;
+            let report = runtime.reconcile().await.map_err(|e| fail(&e))?;
+            for removed in &report.removed {
+                println!("removed {removed}");
+            }
+            for failed in &report.failed {
+                println!("marked failed: {failed}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

@@ -1,0 +1,229 @@
+//! The controller's configuration: the `[sandbox]` section of `cordon.toml`, plus what it needs
+//! from the proxy's sections (state directory, admin API, transparent and DNS ports, CA).
+//!
+//! The proxy carries `[sandbox]` without reading it; this module owns its schema and rejects
+//! unknown keys, listing every error at once.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cordon_proxy::config::ProxyConfig;
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Proxy(#[from] cordon_proxy::config::ConfigError),
+    #[error("{path} [sandbox]: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path} has {} error(s) for the controller:\n  {}", .errors.len(), .errors.join("\n  "))]
+    Invalid { path: PathBuf, errors: Vec<String> },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct SandboxSection {
+    name_prefix: String,
+    interface_prefix: String,
+    address_pool: String,
+    agent_port: u16,
+    agent: Option<PathBuf>,
+    rootfs: Option<PathBuf>,
+    workspace_root: Option<PathBuf>,
+    keep_workspace: bool,
+    memory_mb: u64,
+    pids: i64,
+    cpus: f64,
+    runsc: PathBuf,
+    start_timeout_ms: u64,
+}
+
+impl Default for SandboxSection {
+    fn default() -> Self {
+        Self {
+            name_prefix: "cordon".into(),
+            interface_prefix: "cdn".into(),
+            address_pool: "10.200.0.0/16".into(),
+            agent_port: 7070,
+            agent: None,
+            rootfs: None,
+            workspace_root: None,
+            keep_workspace: false,
+            memory_mb: 1024,
+            pids: 512,
+            cpus: 1.0,
+            runsc: "runsc".into(),
+            start_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Everything the sandbox runtime needs.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Prefix of every host resource: netns `<prefix>-<id>`, container `<prefix>-<id>`, the
+    /// nftables table `<prefix>`.
+    pub name_prefix: String,
+    /// Host-side veth names are `<interface_prefix><slot>` (kernel limit: 15 characters).
+    pub interface_prefix: String,
+    /// Each session gets one /30 of this network.
+    pub address_pool: Ipv4Net,
+    pub agent_port: u16,
+    /// The `cordon-sandbox-agent` binary on the host, bind-mounted into every sandbox.
+    pub agent: PathBuf,
+    /// Root filesystem; `None` is the host's root, read-only, with an in-memory overlay.
+    pub rootfs: Option<PathBuf>,
+    pub workspace_root: PathBuf,
+    pub keep_workspace: bool,
+    pub memory_bytes: i64,
+    pub pids: i64,
+    pub cpus: f64,
+    pub runsc: PathBuf,
+    pub start_timeout: Duration,
+    /// The controller's own state (SQLite, bundles, runsc root): `<proxy state_dir>/controller`.
+    pub state_dir: PathBuf,
+    /// The proxy's admin API.
+    pub admin: SocketAddr,
+    /// Ports the nftables rules redirect to: the transparent listener and the DNS stub.
+    pub transparent_port: u16,
+    pub dns_port: u16,
+    /// The interception CA certificate, trusted inside every sandbox.
+    pub ca_cert: PathBuf,
+}
+
+impl SandboxConfig {
+    /// Reads `cordon.toml`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let proxy = ProxyConfig::load(path)?;
+        let section: SandboxSection = toml::Value::Table(proxy.sandbox.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                path: path.into(),
+                message: e.to_string(),
+            })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::validate(&proxy, section, base).map_err(|errors| ConfigError::Invalid {
+            path: path.into(),
+            errors,
+        })
+    }
+
+    fn validate(
+        proxy: &ProxyConfig,
+        raw: SandboxSection,
+        base: &Path,
+    ) -> Result<Self, Vec<String>> {
+        let mut errors = Vec::new();
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+        };
+        if !name_ok(&raw.name_prefix) || raw.name_prefix.len() > 40 {
+            errors.push(format!(
+                "sandbox.name_prefix = {:?}: use 1-40 letters, digits, '-' or '_'",
+                raw.name_prefix
+            ));
+        }
+        if !name_ok(&raw.interface_prefix) || raw.interface_prefix.len() > 8 {
+            errors.push(format!(
+                "sandbox.interface_prefix = {:?}: use 1-8 letters, digits, '-' or '_' \
+                 (interface names end with a slot number and may not exceed 15 characters)",
+                raw.interface_prefix
+            ));
+        }
+        let pool = match raw.address_pool.parse::<Ipv4Net>() {
+            Ok(net) if net.prefix_len() <= 29 => Some(net.trunc()),
+            _ => {
+                errors.push(format!(
+                    "sandbox.address_pool = {:?}: an IPv4 network of at least two /30s, such as \
+                     \"10.200.0.0/16\"",
+                    raw.address_pool
+                ));
+                None
+            }
+        };
+        if raw.memory_mb < 64 {
+            errors.push("sandbox.memory_mb must be at least 64".into());
+        }
+        if raw.pids < 16 {
+            errors.push("sandbox.pids must be at least 16".into());
+        }
+        if !(raw.cpus > 0.0 && raw.cpus <= 1024.0) {
+            errors.push("sandbox.cpus must be greater than 0".into());
+        }
+        if raw.start_timeout_ms == 0 {
+            errors.push("sandbox.start_timeout_ms must be greater than 0".into());
+        }
+        // Redirected sandbox traffic arrives on each veth's host-side address, so the proxy
+        // must listen on all of them.
+        let port_on_every_address = |address: Option<SocketAddr>| {
+            address
+                .filter(|a| a.ip().is_unspecified())
+                .map(|a| a.port())
+        };
+        let transparent = port_on_every_address(proxy.listen.transparent);
+        if transparent.is_none() {
+            errors.push(
+                "proxy.transparent_listen must be set to 0.0.0.0:<port>: sandbox TCP is \
+                 redirected to it on each sandbox's host-side address"
+                    .into(),
+            );
+        }
+        let dns = port_on_every_address(proxy.dns.listen);
+        if dns.is_none() {
+            errors.push(
+                "dns.listen must be set to 0.0.0.0:<port>: sandbox DNS is redirected to the \
+                 proxy's stub on each sandbox's host-side address"
+                    .into(),
+            );
+        }
+        let agent = match raw.agent {
+            Some(p) => resolve(&p),
+            None => std::env::current_exe()
+                .ok()
+                .and_then(|e| e.parent().map(|d| d.join("cordon-sandbox-agent")))
+                .unwrap_or_else(|| PathBuf::from("cordon-sandbox-agent")),
+        };
+        let state_dir = proxy.state_dir.join("controller");
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let (Some(address_pool), Some(transparent_port), Some(dns_port)) = (pool, transparent, dns)
+        else {
+            return Err(vec!["internal: a checked value is missing".into()]);
+        };
+        Ok(Self {
+            name_prefix: raw.name_prefix,
+            interface_prefix: raw.interface_prefix,
+            address_pool,
+            agent_port: raw.agent_port,
+            agent,
+            rootfs: raw.rootfs.map(|p| resolve(&p)),
+            workspace_root: raw
+                .workspace_root
+                .map_or_else(|| state_dir.join("workspaces"), |p| resolve(&p)),
+            keep_workspace: raw.keep_workspace,
+            memory_bytes: (raw.memory_mb * 1024 * 1024) as i64,
+            pids: raw.pids,
+            cpus: raw.cpus,
+            runsc: raw.runsc,
+            start_timeout: Duration::from_millis(raw.start_timeout_ms),
+            state_dir,
+            admin: proxy.listen.admin,
+            transparent_port,
+            dns_port,
+            ca_cert: proxy.tls.ca_cert.clone(),
+        })
+    }
+}

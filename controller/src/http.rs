@@ -1,0 +1,99 @@
+//! The controller's HTTP clients (hyper): the proxy's admin API and the sandbox agents.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// An HTTP/1.1 client for plain-HTTP peers on the host and the sandbox links.
+#[derive(Debug, Clone)]
+pub struct HttpClient {
+    inner: Client<HttpConnector, Full<Bytes>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("{url}: {message}")]
+    Transport { url: String, message: String },
+    #[error("{url}: answered {status}: {body}")]
+    Status {
+        url: String,
+        status: u16,
+        body: String,
+    },
+}
+
+impl Default for HttpClient {
+    fn default() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        connector.set_nodelay(true);
+        Self {
+            inner: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+}
+
+impl HttpClient {
+    /// Sends a request; returns the response with its body still streaming.
+    pub async fn send(
+        &self,
+        method: http::Method,
+        url: &str,
+        bearer: Option<&str>,
+        body: Option<String>,
+    ) -> Result<http::Response<hyper::body::Incoming>, HttpError> {
+        let transport = |message: String| HttpError::Transport {
+            url: url.to_string(),
+            message,
+        };
+        let mut request = http::Request::builder().method(method).uri(url);
+        if let Some(token) = bearer {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        if body.is_some() {
+            request = request.header("content-type", "application/json");
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| transport(e.to_string()))?;
+        self.inner
+            .request(request)
+            .await
+            .map_err(|e| transport(e.to_string()))
+    }
+
+    /// Sends a request and reads the whole answer; a status outside 2xx is an error.
+    pub async fn call(
+        &self,
+        method: http::Method,
+        url: &str,
+        bearer: Option<&str>,
+        body: Option<String>,
+    ) -> Result<String, HttpError> {
+        let response = self.send(method, url, bearer, body).await?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| HttpError::Transport {
+                url: url.to_string(),
+                message: e.to_string(),
+            })?
+            .to_bytes();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        if status.is_success() {
+            Ok(text)
+        } else {
+            Err(HttpError::Status {
+                url: url.to_string(),
+                status: status.as_u16(),
+                body: text,
+            })
+        }
+    }
+}

@@ -1,0 +1,544 @@
+//! The sandbox runtime: for each session a gVisor sandbox in its own network namespace whose
+//! only way out is the proxy (and its DNS stub). Start, stop, list, reconcile; the library API
+//! the CLI and the CMA integration call.
+//!
+//! Start: record (slot) -> netns + veth -> firewall -> proxy registration -> workspace ->
+//! bundle -> runsc -> wait for the agent. A failure undoes what was done, in reverse.
+//! Stop: container -> netns -> record -> firewall -> registration -> workspace, an order in
+//! which the sandbox never has a way out the firewall does not guard: its processes are gone
+//! before its interface, and its interface before its rules.
+
+pub mod bundle;
+pub mod firewall;
+pub mod names;
+pub mod network;
+pub mod runsc;
+
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use rand::distr::Alphanumeric;
+
+use self::firewall::Firewall;
+use self::names::{SessionNames, slot_count, valid_session_id};
+use self::runsc::{HostSupport, Runsc};
+use crate::command::{CommandError, available};
+use crate::config::SandboxConfig;
+use crate::http::{HttpClient, HttpError};
+use crate::store::{SessionRecord, SessionState, Store, StoreError};
+
+/// Why a sandbox operation failed. Every message says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("{0}")]
+    Prerequisite(String),
+    #[error(
+        "session id {0:?} is not valid: use 1-64 letters, digits, '_', '-' or '.' (not starting with '.')"
+    )]
+    InvalidId(String),
+    #[error("no session {0:?} is recorded; see `cordon-controller sandbox list`")]
+    NotFound(String),
+    #[error("session {id:?} is {state}, not running")]
+    NotRunning { id: String, state: &'static str },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error(transparent)]
+    Bundle(#[from] bundle::BundleError),
+    #[error("{0}")]
+    Runsc(String),
+    #[error(
+        "the proxy's admin API refused or did not answer: {0}; is cordon-proxy running with this cordon.toml?"
+    )]
+    Proxy(HttpError),
+    #[error(
+        "the sandbox agent did not answer within {timeout:?} at {address} (last error: {last})"
+    )]
+    AgentTimeout {
+        timeout: Duration,
+        address: SocketAddr,
+        last: String,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("stopping {id:?} left problems: {}", .problems.join("; "))]
+    Teardown { id: String, problems: Vec<String> },
+}
+
+/// A started sandbox.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub id: String,
+    pub sandbox_address: Ipv4Addr,
+    pub agent: SocketAddr,
+    pub support: HostSupport,
+    pub elapsed: Duration,
+}
+
+/// What `reconcile` found and did.
+#[derive(Debug, Default)]
+pub struct Reconciled {
+    /// Host resources with the Cordon prefix that no live session owned: removed.
+    pub removed: Vec<String>,
+    /// Recorded live sessions whose resources had vanished: marked failed.
+    pub failed: Vec<String>,
+}
+
+/// One row of `list`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SessionView {
+    pub id: String,
+    pub state: &'static str,
+    pub address: Ipv4Addr,
+    pub network_mode: Option<String>,
+    pub created_at: String,
+    pub error: Option<String>,
+}
+
+/// The runtime, holding the controller's lock (one mutating controller at a time per state
+/// directory) for as long as it lives.
+#[derive(Debug)]
+pub struct Runtime {
+    config: SandboxConfig,
+    store: Store,
+    http: HttpClient,
+    runsc: Runsc,
+    firewall: Firewall,
+    _lock: File,
+}
+
+fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> SandboxError + '_ {
+    move |source| SandboxError::Io {
+        path: path.into(),
+        source,
+    }
+}
+
+impl Runtime {
+    /// Opens the state (creating it) and takes the controller lock, waiting for another
+    /// controller process to finish if one holds it.
+    pub fn open(config: SandboxConfig) -> Result<Self, SandboxError> {
+        let dir = &config.state_dir;
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let lock_path = dir.join("controller.lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        lock.lock().map_err(io(&lock_path))?;
+        let store = Store::open(&dir.join("state.db"))?;
+        Ok(Self {
+            runsc: Runsc {
+                binary: config.runsc.clone(),
+                root: dir.join("runsc"),
+            },
+            firewall: Firewall {
+                table: config.name_prefix.clone(),
+                interface_prefix: config.interface_prefix.clone(),
+                transparent_port: config.transparent_port,
+                dns_port: config.dns_port,
+            },
+            http: HttpClient::default(),
+            store,
+            config,
+            _lock: lock,
+        })
+    }
+
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    /// Everything a start needs from the host, each missing piece with how to get it.
+    pub fn check_prerequisites(&self) -> Result<(), SandboxError> {
+        let mut missing = Vec::new();
+        if !available(&self.config.runsc, "--version") {
+            missing.push(format!(
+                "runsc (gVisor) is not installed at {:?}: run `apt-get install runsc` (make deps \
+                 does), or set [sandbox] runsc",
+                self.config.runsc
+            ));
+        }
+        if !available("nft", "--version") {
+            missing.push("nft is not installed: run `apt-get install nftables`".into());
+        }
+        if !available("ip", "-V") || !available("nsenter", "--version") {
+            missing
+                .push("ip or nsenter is missing: run `apt-get install iproute2 util-linux`".into());
+        }
+        if !self.config.agent.is_file() {
+            missing.push(format!(
+                "the sandbox agent {} does not exist: build it (`cargo build -p \
+                 cordon-sandbox-agent`) or set [sandbox] agent",
+                self.config.agent.display()
+            ));
+        }
+        if let Some(rootfs) = &self.config.rootfs
+            && !rootfs.is_dir()
+        {
+            missing.push(format!(
+                "[sandbox] rootfs = {} is not a directory; unpack a root filesystem there or \
+                 remove the key to use the host's root read-only",
+                rootfs.display()
+            ));
+        }
+        if !self.config.ca_cert.is_file() {
+            missing.push(format!(
+                "the interception CA {} does not exist yet: start cordon-proxy once with this \
+                 cordon.toml (it creates the CA)",
+                self.config.ca_cert.display()
+            ));
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(SandboxError::Prerequisite(missing.join("\n")))
+        }
+    }
+
+    fn names(&self, record: &SessionRecord) -> SessionNames {
+        SessionNames::new(&self.config, &record.id, record.slot)
+    }
+
+    fn session_dir(&self, id: &str) -> PathBuf {
+        self.config.state_dir.join("sessions").join(id)
+    }
+
+    fn workspace(&self, id: &str) -> PathBuf {
+        self.config.workspace_root.join(id)
+    }
+
+    /// Rewrites the firewall for the live sessions.
+    fn apply_firewall(&self) -> Result<(), SandboxError> {
+        let sessions: Vec<(String, Ipv4Addr)> = self
+            .store
+            .live()?
+            .iter()
+            .map(|r| {
+                let n = self.names(r);
+                (n.host_if, n.sandbox_addr)
+            })
+            .collect();
+        self.firewall.apply(&sessions)?;
+        Ok(())
+    }
+
+    fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.config.admin)
+    }
+
+    /// Starts a sandbox for session `id` and waits until its agent answers.
+    pub async fn start(&mut self, id: &str) -> Result<Started, SandboxError> {
+        let started = Instant::now();
+        if !valid_session_id(id) {
+            return Err(SandboxError::InvalidId(id.to_string()));
+        }
+        self.check_prerequisites()?;
+        let token: String = rand::rng()
+            .sample_iter(Alphanumeric)
+            .take(40)
+            .map(char::from)
+            .collect();
+        let record = self
+            .store
+            .claim(id, slot_count(self.config.address_pool), &token)?;
+        let names = self.names(&record);
+        match self.bring_up(&record, &names).await {
+            Ok(support) => {
+                self.store.set_running(id, support.network.as_str())?;
+                tracing::info!(
+                    session = id,
+                    address = %names.sandbox_addr,
+                    network = support.network.as_str(),
+                    cgroups = support.cgroups,
+                    "sandbox started"
+                );
+                Ok(Started {
+                    id: id.to_string(),
+                    sandbox_address: names.sandbox_addr,
+                    agent: SocketAddr::from((names.sandbox_addr, self.config.agent_port)),
+                    support,
+                    elapsed: started.elapsed(),
+                })
+            }
+            Err(e) => {
+                let message = e.to_string();
+                self.store
+                    .set_state(id, SessionState::Failed, Some(&message))?;
+                if let Err(teardown) = self.tear_down(&record, &names).await {
+                    tracing::error!(session = id, error = %teardown, "cleanup after a failed start");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn bring_up(
+        &self,
+        record: &SessionRecord,
+        names: &SessionNames,
+    ) -> Result<HostSupport, SandboxError> {
+        network::create(names)?;
+        self.apply_firewall()?;
+        self.http
+            .call(
+                http::Method::PUT,
+                &self.admin_url(&format!("/sessions/{}", record.id)),
+                None,
+                Some(serde_json::json!({"source": names.sandbox_addr}).to_string()),
+            )
+            .await
+            .map_err(SandboxError::Proxy)?;
+        let workspace = self.workspace(&record.id);
+        std::fs::create_dir_all(&workspace).map_err(io(&workspace))?;
+        let dir = self.session_dir(&record.id);
+        let config = &self.config;
+        let probe_dir = dir.join("probe");
+        let support = self
+            .runsc
+            .probe(
+                &names.netns_path(),
+                &|own_netns| {
+                    bundle::write_probe(&probe_dir, config, own_netns).map_err(|e| e.to_string())
+                },
+                &config.state_dir.join("runsc-support"),
+                &config
+                    .rootfs
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("/"))
+                    .join(bundle::OVERLAY_MARKER),
+            )
+            .map_err(SandboxError::Runsc)?;
+        let bundle_dir = dir.join("bundle");
+        bundle::write(
+            &bundle_dir,
+            &bundle::BundleInput {
+                config,
+                names,
+                token: &record.token,
+                workspace: &workspace,
+                own_network_namespace: support.network == runsc::NetworkMode::Sandbox,
+            },
+        )?;
+        self.runsc.run_detached(
+            &names.netns_path(),
+            &bundle_dir,
+            &names.container,
+            support,
+            &dir.join("sandbox.log"),
+        )?;
+        self.wait_for_agent(names).await?;
+        Ok(support)
+    }
+
+    async fn wait_for_agent(&self, names: &SessionNames) -> Result<(), SandboxError> {
+        let address = SocketAddr::from((names.sandbox_addr, self.config.agent_port));
+        let url = format!("http://{address}/healthz");
+        let deadline = Instant::now() + self.config.start_timeout;
+        let mut last = String::from("no answer yet");
+        while Instant::now() < deadline {
+            match tokio::time::timeout(
+                Duration::from_millis(500),
+                self.http.call(http::Method::GET, &url, None, None),
+            )
+            .await
+            {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = "timed out".into(),
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err(SandboxError::AgentTimeout {
+            timeout: self.config.start_timeout,
+            address,
+            last,
+        })
+    }
+
+    /// Stops session `id` and removes everything it had.
+    pub async fn stop(&mut self, id: &str) -> Result<(), SandboxError> {
+        let record = self
+            .store
+            .get(id)?
+            .ok_or_else(|| SandboxError::NotFound(id.to_string()))?;
+        let names = self.names(&record);
+        let result = self.tear_down(&record, &names).await;
+        match &result {
+            Ok(()) => self.store.set_state(id, SessionState::Stopped, None)?,
+            Err(e) => self
+                .store
+                .set_state(id, SessionState::Failed, Some(&e.to_string()))?,
+        }
+        // Rules for what is left live, whatever happened above.
+        self.apply_firewall()?;
+        result
+    }
+
+    /// Removes a session's resources, in an order that never leaves it a way out; keeps going
+    /// past failures and reports them all.
+    async fn tear_down(
+        &self,
+        record: &SessionRecord,
+        names: &SessionNames,
+    ) -> Result<(), SandboxError> {
+        let mut problems = Vec::new();
+        if let Err(e) = self.runsc.remove(&names.container) {
+            problems.push(e.to_string());
+        }
+        if let Err(e) = network::delete(names) {
+            problems.push(e.to_string());
+        }
+        match self
+            .http
+            .call(
+                http::Method::DELETE,
+                &self.admin_url(&format!("/sessions/{}", record.id)),
+                None,
+                None,
+            )
+            .await
+        {
+            Ok(_) | Err(HttpError::Status { status: 404, .. }) => {}
+            Err(e) => problems.push(format!("proxy registration: {e}")),
+        }
+        if !self.config.keep_workspace {
+            let workspace = self.workspace(&record.id);
+            if workspace.exists()
+                && let Err(e) = std::fs::remove_dir_all(&workspace)
+            {
+                problems.push(format!("{}: {e}", workspace.display()));
+            }
+        }
+        let dir = self.session_dir(&record.id);
+        if dir.exists()
+            && let Err(e) = std::fs::remove_dir_all(&dir)
+        {
+            problems.push(format!("{}: {e}", dir.display()));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(SandboxError::Teardown {
+                id: record.id.clone(),
+                problems,
+            })
+        }
+    }
+
+    /// Every recorded session.
+    pub fn list(&self) -> Result<Vec<SessionView>, SandboxError> {
+        Ok(self
+            .store
+            .all()?
+            .into_iter()
+            .map(|r| SessionView {
+                address: self.names(&r).sandbox_addr,
+                id: r.id,
+                state: r.state.as_str(),
+                network_mode: r.network_mode,
+                created_at: r.created_at,
+                error: r.error,
+            })
+            .collect())
+    }
+
+    /// Makes the host match the records: removes prefixed resources no live session owns,
+    /// and marks failed (and cleans up) live sessions whose sandbox is gone.
+    pub async fn reconcile(&mut self) -> Result<Reconciled, SandboxError> {
+        let mut report = Reconciled::default();
+        let containers = self.runsc.list();
+        for record in self.store.live()? {
+            let names = self.names(&record);
+            let running = containers
+                .iter()
+                .any(|(id, status)| *id == names.container && status == "running");
+            if record.state == SessionState::Starting || !running || !names.netns_path().exists() {
+                let why = if record.state == SessionState::Starting {
+                    "the controller stopped while the sandbox was starting"
+                } else {
+                    "its sandbox or network namespace disappeared"
+                };
+                self.store
+                    .set_state(&record.id, SessionState::Failed, Some(why))?;
+                let _ = self.tear_down(&record, &names).await;
+                report.failed.push(record.id);
+            }
+        }
+        let live: Vec<SessionNames> = self.store.live()?.iter().map(|r| self.names(r)).collect();
+        let prefix = format!("{}-", self.config.name_prefix);
+        for (container, _) in self.runsc.list() {
+            if container.starts_with(&prefix) && !live.iter().any(|n| n.container == container) {
+                self.runsc.remove(&container)?;
+                report.removed.push(format!("container {container}"));
+            }
+        }
+        for netns in network::list(&self.config.name_prefix) {
+            if !live.iter().any(|n| n.netns == netns) {
+                crate::command::run("ip", ["netns", "delete", &netns])?;
+                report.removed.push(format!("netns {netns}"));
+            }
+        }
+        for iface in network::list_host_interfaces(&self.config.interface_prefix) {
+            if !live.iter().any(|n| n.host_if == iface) {
+                crate::command::run("ip", ["link", "delete", &iface])?;
+                report.removed.push(format!("interface {iface}"));
+            }
+        }
+        self.apply_firewall()?;
+        Ok(report)
+    }
+
+    /// Stops every live session and removes the firewall table (tests, decommissioning).
+    pub async fn stop_all(&mut self) -> Result<(), SandboxError> {
+        let mut problems = Vec::new();
+        for record in self.store.live()? {
+            if let Err(e) = self.stop(&record.id).await {
+                problems.push(e.to_string());
+            }
+        }
+        if let Err(e) = self.firewall.remove() {
+            problems.push(e.to_string());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(SandboxError::Teardown {
+                id: "*".into(),
+                problems,
+            })
+        }
+    }
+}
+
+/// Where session `id`'s agent listens, and its token. Reads the records without the controller
+/// lock, so commands can run in one sandbox while another starts.
+pub fn agent_endpoint(
+    config: &SandboxConfig,
+    id: &str,
+) -> Result<(SocketAddr, String), SandboxError> {
+    let store = Store::open(&config.state_dir.join("state.db"))?;
+    let record = store
+        .get(id)?
+        .ok_or_else(|| SandboxError::NotFound(id.to_string()))?;
+    if record.state != SessionState::Running {
+        return Err(SandboxError::NotRunning {
+            id: id.to_string(),
+            state: record.state.as_str(),
+        });
+    }
+    let names = SessionNames::new(config, &record.id, record.slot);
+    Ok((
+        SocketAddr::from((names.sandbox_addr, config.agent_port)),
+        record.token,
+    ))
+}

@@ -1,0 +1,267 @@
+//! The OCI bundle runsc runs for a session: `config.json` (built with oci-spec) and the files it
+//! mounts (the agent's token, resolv.conf, the CA bundle).
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{
+    LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxPidsBuilder, LinuxResourcesBuilder, MountBuilder, ProcessBuilder, RootBuilder, Spec,
+    SpecBuilder,
+};
+
+use super::names::SessionNames;
+use crate::config::SandboxConfig;
+
+/// Where things are inside the sandbox.
+pub const AGENT_PATH: &str = "/usr/local/bin/cordon-sandbox-agent";
+pub const TOKEN_PATH: &str = "/run/cordon/agent-token";
+pub const CA_BUNDLE_PATH: &str = "/etc/ssl/certs/ca-certificates.crt";
+pub const CORDON_CA_PATH: &str = "/usr/local/share/ca-certificates/cordon.crt";
+pub const WORKSPACE: &str = "/workspace";
+
+/// The host's system trust bundle, to which the Cordon CA is added.
+const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// Environment variables common tools read for extra or replacement CA bundles.
+const CA_VARIABLES: [&str; 7] = [
+    "SSL_CERT_FILE",
+    "CURL_CA_BUNDLE",
+    "REQUESTS_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+    "PIP_CERT",
+    "NODE_EXTRA_CA_CERTS",
+    "AWS_CA_BUNDLE",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("cannot write the sandbox bundle at {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot read the interception CA {path}: {source}; start the proxy once (it creates the CA), or run `cordon-proxy ca print`"
+    )]
+    Ca {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the OCI spec is invalid: {0}")]
+    Spec(#[from] oci_spec::OciSpecError),
+}
+
+/// What a bundle needs to know about its session.
+#[derive(Debug)]
+pub struct BundleInput<'a> {
+    pub config: &'a SandboxConfig,
+    pub names: &'a SessionNames,
+    pub token: &'a str,
+    pub workspace: &'a Path,
+    /// Whether the sandbox gets its own network namespace (runsc netstack) or uses the one it
+    /// is started in (host networking inside the session netns).
+    pub own_network_namespace: bool,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
+    move |source| BundleError::Io {
+        path: path.into(),
+        source,
+    }
+}
+
+fn write_private(path: &Path, text: &str, mode: u32) -> Result<(), BundleError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).map_err(io(path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io(path))
+}
+
+/// Writes the bundle into `dir` (created), returning it.
+pub fn write(dir: &Path, input: &BundleInput<'_>) -> Result<(), BundleError> {
+    let files = dir.join("files");
+    std::fs::create_dir_all(&files).map_err(io(&files))?;
+    write_private(&files.join("agent-token"), input.token, 0o400)?;
+    write_private(
+        &files.join("resolv.conf"),
+        &format!("nameserver {}\noptions ndots:0\n", input.names.host_addr),
+        0o444,
+    )?;
+    let ca = std::fs::read_to_string(&input.config.ca_cert).map_err(|source| BundleError::Ca {
+        path: input.config.ca_cert.clone(),
+        source,
+    })?;
+    let system = std::fs::read_to_string(SYSTEM_BUNDLE).unwrap_or_default();
+    write_private(
+        &files.join("ca-bundle.crt"),
+        &format!("{system}\n{ca}"),
+        0o444,
+    )?;
+    write_private(&files.join("cordon-ca.crt"), &ca, 0o444)?;
+    let spec = spec(&files, input)?;
+    let path = dir.join("config.json");
+    spec.save(&path)?;
+    Ok(())
+}
+
+/// The file the probe writes at the root of the sandbox's filesystem; with the overlay working
+/// it must never appear on the host.
+pub const OVERLAY_MARKER: &str = "cordon-overlay-probe";
+
+/// A bundle that writes [`OVERLAY_MARKER`] at its root and exits, with the session's root
+/// filesystem and resource limits: what [`super::runsc::Runsc::probe`] starts to learn what
+/// this host supports.
+pub fn write_probe(
+    dir: &Path,
+    config: &SandboxConfig,
+    own_network_namespace: bool,
+) -> Result<PathBuf, BundleError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut namespaces = vec![LinuxNamespaceType::Pid, LinuxNamespaceType::Mount];
+    if own_network_namespace {
+        namespaces.push(LinuxNamespaceType::Network);
+    }
+    let spec = SpecBuilder::default()
+        .version("1.0.2")
+        .process(
+            ProcessBuilder::default()
+                .terminal(false)
+                .args(vec![
+                    "/bin/sh".to_string(),
+                    "-c".into(),
+                    format!(": > /{OVERLAY_MARKER}"),
+                ])
+                .cwd("/")
+                .build()?,
+        )
+        .root(
+            RootBuilder::default()
+                .path(config.rootfs.clone().unwrap_or_else(|| PathBuf::from("/")))
+                .readonly(false)
+                .build()?,
+        )
+        .mounts(oci_spec::runtime::get_default_mounts())
+        .linux(
+            LinuxBuilder::default()
+                .namespaces(
+                    namespaces
+                        .into_iter()
+                        .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
+                        .collect::<Result<Vec<_>, _>>()?,
+                )
+                .resources(resources(config)?)
+                .build()?,
+        )
+        .build()?;
+    spec.save(dir.join("config.json"))?;
+    Ok(dir.to_path_buf())
+}
+
+fn resources(config: &SandboxConfig) -> Result<oci_spec::runtime::LinuxResources, BundleError> {
+    let period: u64 = 100_000;
+    Ok(LinuxResourcesBuilder::default()
+        .memory(
+            LinuxMemoryBuilder::default()
+                .limit(config.memory_bytes)
+                .build()?,
+        )
+        .pids(LinuxPidsBuilder::default().limit(config.pids).build()?)
+        .cpu(
+            LinuxCpuBuilder::default()
+                .period(period)
+                .quota((config.cpus * period as f64) as i64)
+                .build()?,
+        )
+        .build()?)
+}
+
+fn bind(
+    source: &Path,
+    destination: &str,
+    writable: bool,
+) -> Result<oci_spec::runtime::Mount, BundleError> {
+    let mode = if writable { "rw" } else { "ro" };
+    Ok(MountBuilder::default()
+        .destination(destination)
+        .typ("bind")
+        .source(source)
+        .options(vec!["rbind".into(), mode.into()])
+        .build()?)
+}
+
+fn spec(files: &Path, input: &BundleInput<'_>) -> Result<Spec, BundleError> {
+    let config = input.config;
+    let mut env = vec![
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        "HOME=/root".into(),
+        "LANG=C.UTF-8".into(),
+    ];
+    for var in CA_VARIABLES {
+        let value = if var == "NODE_EXTRA_CA_CERTS" {
+            CORDON_CA_PATH
+        } else {
+            CA_BUNDLE_PATH
+        };
+        env.push(format!("{var}={value}"));
+    }
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .args(vec![
+            AGENT_PATH.to_string(),
+            "--listen".into(),
+            format!("{}:{}", input.names.sandbox_addr, config.agent_port),
+            "--token-file".into(),
+            TOKEN_PATH.into(),
+            "--workdir".into(),
+            WORKSPACE.into(),
+        ])
+        .env(env)
+        .cwd("/")
+        .no_new_privileges(true)
+        .build()?;
+    // Writable, but only through runsc's in-memory overlay (`--overlay2=root:memory`): the
+    // probe checks that a write inside never reaches the host before any session runs.
+    let root = RootBuilder::default()
+        .path(config.rootfs.clone().unwrap_or_else(|| PathBuf::from("/")))
+        .readonly(false)
+        .build()?;
+    let mut mounts = oci_spec::runtime::get_default_mounts();
+    mounts.extend([
+        bind(&config.agent, AGENT_PATH, false)?,
+        bind(&files.join("agent-token"), TOKEN_PATH, false)?,
+        bind(&files.join("resolv.conf"), "/etc/resolv.conf", false)?,
+        bind(&files.join("ca-bundle.crt"), CA_BUNDLE_PATH, false)?,
+        bind(&files.join("cordon-ca.crt"), CORDON_CA_PATH, false)?,
+        bind(input.workspace, WORKSPACE, true)?,
+        MountBuilder::default()
+            .destination("/tmp")
+            .typ("tmpfs")
+            .source("tmpfs")
+            .options(vec!["nosuid".into(), "nodev".into(), "mode=1777".into()])
+            .build()?,
+    ]);
+    let mut namespaces = vec![
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Mount,
+    ];
+    if input.own_network_namespace {
+        namespaces.push(LinuxNamespaceType::Network);
+    }
+    let namespaces = namespaces
+        .into_iter()
+        .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
+        .collect::<Result<Vec<_>, _>>()?;
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .resources(resources(config)?)
+        .build()?;
+    Ok(SpecBuilder::default()
+        .version("1.0.2")
+        .hostname(format!("cordon-{}", input.names.sandbox_addr).replace('.', "-"))
+        .process(process)
+        .root(root)
+        .mounts(mounts)
+        .linux(linux)
+        .build()?)
+}

@@ -1,0 +1,74 @@
+//! Names and addresses of one session's host resources, all derived from the configured
+//! prefixes, the session id and its slot in the address pool.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+use crate::config::SandboxConfig;
+
+/// Session ids become parts of host resource names.
+pub fn valid_session_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && !id.starts_with('.')
+}
+
+/// How many /30s the pool holds.
+pub fn slot_count(pool: Ipv4Net) -> u32 {
+    1u32 << (30 - u32::from(pool.prefix_len()).min(30))
+}
+
+/// One session's resources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionNames {
+    /// `<prefix>-<id>`, under /var/run/netns.
+    pub netns: String,
+    /// runsc container id: the same as the netns name.
+    pub container: String,
+    /// The host end of the veth pair: `<interface_prefix><slot>`.
+    pub host_if: String,
+    /// The sandbox end, inside the netns.
+    pub sandbox_if: &'static str,
+    /// The host end's address (the sandbox's gateway, DNS server and proxy address).
+    pub host_addr: Ipv4Addr,
+    /// The sandbox's own address: how the proxy knows the session.
+    pub sandbox_addr: Ipv4Addr,
+}
+
+impl SessionNames {
+    pub fn new(config: &SandboxConfig, id: &str, slot: u32) -> Self {
+        let base = u32::from(config.address_pool.network()) + slot * 4;
+        Self {
+            netns: format!("{}-{id}", config.name_prefix),
+            container: format!("{}-{id}", config.name_prefix),
+            host_if: format!("{}{slot}", config.interface_prefix),
+            sandbox_if: "eth0",
+            host_addr: Ipv4Addr::from(base + 1),
+            sandbox_addr: Ipv4Addr::from(base + 2),
+        }
+    }
+
+    /// The netns file `ip netns` and `nsenter` use.
+    pub fn netns_path(&self) -> std::path::PathBuf {
+        std::path::Path::new("/var/run/netns").join(&self.netns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked_and_slots_counted() {
+        assert!(valid_session_id("sesn_01HZX-a.b"));
+        for bad in ["", "a/b", "a b", ".hidden", &"x".repeat(65)] {
+            assert!(!valid_session_id(bad), "{bad:?}");
+        }
+        assert_eq!(slot_count("10.200.0.0/16".parse().unwrap()), 16384);
+        assert_eq!(slot_count("10.200.0.0/29".parse().unwrap()), 2);
+    }
+}

@@ -1,0 +1,267 @@
+//! The controller's records (SQLite): sessions, their slots in the address pool, their state.
+//!
+//! A slot is held by a live session (`starting` or `running`) only; a partial unique index makes
+//! the database refuse two live sessions on one slot, whatever the code does.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// Where a session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    Starting,
+    Running,
+    Stopped,
+    Failed,
+}
+
+impl SessionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Starting => "starting",
+            SessionState::Running => "running",
+            SessionState::Stopped => "stopped",
+            SessionState::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "starting" => SessionState::Starting,
+            "running" => SessionState::Running,
+            "stopped" => SessionState::Stopped,
+            _ => SessionState::Failed,
+        }
+    }
+
+    pub fn is_live(self) -> bool {
+        matches!(self, SessionState::Starting | SessionState::Running)
+    }
+}
+
+/// One recorded session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub id: String,
+    pub slot: u32,
+    pub state: SessionState,
+    /// The agent's token (the database is readable by root only).
+    pub token: String,
+    /// `sandbox` (gVisor netstack) or `host` (host networking inside the session netns).
+    pub network_mode: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("state database: cannot create {path}: {source}")]
+    Create {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "session {0:?} is already live; stop it first (cordon-controller sandbox stop --session {0})"
+    )]
+    AlreadyLive(String),
+    #[error(
+        "the address pool is exhausted: all {0} /30 slots are held by live sessions; stop some, or \
+         widen [sandbox] address_pool"
+    )]
+    PoolExhausted(u32),
+}
+
+/// The database.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sessions (
+    id           TEXT PRIMARY KEY,
+    slot         INTEGER NOT NULL,
+    state        TEXT NOT NULL,
+    token        TEXT NOT NULL,
+    network_mode TEXT,
+    created_at   TEXT NOT NULL,
+    updated_at   TEXT NOT NULL,
+    error        TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS live_slot ON sessions(slot)
+    WHERE state IN ('starting', 'running');
+";
+
+fn now() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    now.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| now.unix_timestamp().to_string())
+}
+
+impl Store {
+    /// Opens (creating) the database at `path`; the file is made readable by its owner only.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Create {
+                path: dir.into(),
+                source,
+            })?;
+        }
+        let conn = Connection::open(path)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| StoreError::Create {
+                path: path.into(),
+                source,
+            },
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self { conn })
+    }
+
+    /// Records `id` as starting on the lowest free slot of `slots`; a stopped or failed record
+    /// of the same id is replaced.
+    pub fn claim(
+        &mut self,
+        id: &str,
+        slots: u32,
+        token: &str,
+    ) -> Result<SessionRecord, StoreError> {
+        let tx = self.conn.transaction()?;
+        let existing: Option<String> = tx
+            .query_row("SELECT state FROM sessions WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if existing.is_some_and(|s| SessionState::parse(&s).is_live()) {
+            return Err(StoreError::AlreadyLive(id.to_string()));
+        }
+        let taken: Vec<u32> = {
+            let mut stmt = tx.prepare(
+                "SELECT slot FROM sessions WHERE state IN ('starting', 'running') ORDER BY slot",
+            )?;
+            stmt.query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?
+        };
+        let slot = (0..slots)
+            .find(|s| taken.binary_search(s).is_err())
+            .ok_or(StoreError::PoolExhausted(slots))?;
+        let at = now();
+        tx.execute("DELETE FROM sessions WHERE id = ?1", [id])?;
+        tx.execute(
+            "INSERT INTO sessions (id, slot, state, token, created_at, updated_at)
+             VALUES (?1, ?2, 'starting', ?3, ?4, ?4)",
+            params![id, slot, token, at],
+        )?;
+        tx.commit()?;
+        self.get(id)?
+            .ok_or(StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows))
+    }
+
+    pub fn set_state(
+        &self,
+        id: &str,
+        state: SessionState,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE sessions SET state = ?2, error = ?3, updated_at = ?4 WHERE id = ?1",
+            params![id, state.as_str(), error, now()],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_running(&self, id: &str, network_mode: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE sessions SET state = 'running', network_mode = ?2, error = NULL,
+             updated_at = ?3 WHERE id = ?1",
+            params![id, network_mode, now()],
+        )?;
+        Ok(())
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, slot, state, token, network_mode, created_at, updated_at, error
+                 FROM sessions WHERE id = ?1",
+                [id],
+                row,
+            )
+            .optional()?)
+    }
+
+    /// Every record, live first, then by id.
+    pub fn all(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, slot, state, token, network_mode, created_at, updated_at, error
+             FROM sessions
+             ORDER BY state NOT IN ('starting', 'running'), id",
+        )?;
+        let rows = stmt.query_map([], row)?.collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn live(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        Ok(self
+            .all()?
+            .into_iter()
+            .filter(|r| r.state.is_live())
+            .collect())
+    }
+}
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
+    Ok(SessionRecord {
+        id: r.get(0)?,
+        slot: r.get(1)?,
+        state: SessionState::parse(&r.get::<_, String>(2)?),
+        token: r.get(3)?,
+        network_mode: r.get(4)?,
+        created_at: r.get(5)?,
+        updated_at: r.get(6)?,
+        error: r.get(7)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_held_by_live_sessions_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("state.db")).unwrap();
+        let a = store.claim("a", 2, "t1").unwrap();
+        let b = store.claim("b", 2, "t2").unwrap();
+        assert_eq!((a.slot, b.slot), (0, 1));
+        assert!(matches!(
+            store.claim("c", 2, "t3"),
+            Err(StoreError::PoolExhausted(2))
+        ));
+        assert!(matches!(
+            store.claim("a", 2, "t4"),
+            Err(StoreError::AlreadyLive(_))
+        ));
+        store.set_state("a", SessionState::Stopped, None).unwrap();
+        let c = store.claim("c", 2, "t3").unwrap();
+        assert_eq!(c.slot, 0, "a stopped session's slot is free again");
+        // A stopped id may start again.
+        store
+            .set_state("b", SessionState::Failed, Some("boom"))
+            .unwrap();
+        let again = store.claim("b", 2, "t5").unwrap();
+        assert_eq!(again.state, SessionState::Starting);
+        assert_eq!(again.error, None);
+        store.set_running("b", "host").unwrap();
+        let live: Vec<_> = store.live().unwrap().into_iter().map(|r| r.id).collect();
+        assert_eq!(live, ["b", "c"]);
+        assert_eq!(store.all().unwrap().len(), 3);
+    }
+}
