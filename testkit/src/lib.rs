@@ -1,0 +1,147 @@
+//! Fixtures shared by Cordon's integration tests: a test PKI (a CA and a leaf, as PEM) and fake
+//! HTTPS upstreams on loopback, so no test ever reaches a real host.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A free TCP port on loopback (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Request heads an upstream received, for tests to see what the proxy really sent.
+pub type Received = Arc<Mutex<Vec<String>>>;
+
+/// A test CA and a leaf for `names`, as PEM.
+#[derive(Debug)]
+pub struct TestPki {
+    pub ca_pem: String,
+    pub leaf_pem: String,
+    pub leaf_key_pem: String,
+}
+
+pub fn test_pki(names: &[&str]) -> TestPki {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Distinct names: OpenSSL (curl) takes a leaf whose subject equals its issuer for
+    // self-signed; rcgen's default name is the same for both.
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Cordon test upstream CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let mut leaf_params =
+        CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    leaf_params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        names.first().copied().unwrap_or("leaf"),
+    );
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+    TestPki {
+        ca_pem: ca.pem(),
+        leaf_pem: leaf.pem(),
+        leaf_key_pem: leaf_key.serialize_pem(),
+    }
+}
+
+/// Serves TLS on a fresh loopback port with `pki`'s leaf and the given ALPN, on a thread of
+/// its own; `handle` gets each accepted TLS stream.
+pub fn spawn_tls_server<F, Fut>(pki: &TestPki, alpn: &[u8], handle: F) -> SocketAddr
+where
+    F: Fn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use rustls::pki_types::pem::PemObject;
+    let certs =
+        vec![rustls::pki_types::CertificateDer::from_pem_slice(pki.leaf_pem.as_bytes()).unwrap()];
+    let key =
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(pki.leaf_key_pem.as_bytes()).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let handle = Arc::new(handle);
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                let handle = handle.clone();
+                tokio::spawn(async move {
+                    if let Ok(tls) = acceptor.accept(tcp).await {
+                        handle(tls).await;
+                    }
+                });
+            }
+        });
+    });
+    address
+}
+
+/// Reads a request head (through the blank line); `None` when the peer closes first.
+pub async fn read_head<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(head)
+}
+
+/// An HTTPS/1.1 upstream that answers every request with its request head as the body.
+pub fn spawn_upstream(pki: &TestPki) -> SocketAddr {
+    spawn_recording_upstream(pki).0
+}
+
+/// [`spawn_upstream`], also keeping every request head it received.
+pub fn spawn_recording_upstream(pki: &TestPki) -> (SocketAddr, Received) {
+    let received = Received::default();
+    let log = received.clone();
+    let address = spawn_tls_server(pki, b"http/1.1", move |mut tls| {
+        let log = log.clone();
+        async move {
+            while let Some(head) = read_head(&mut tls).await {
+                let body = String::from_utf8_lossy(&head).into_owned();
+                log.lock().unwrap().push(body.clone());
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                if tls.write_all(response.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    (address, received)
+}
