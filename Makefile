@@ -32,7 +32,9 @@ lint:
 
 # nextest runs each test in its own process (a panic or a leaked thread cannot hide another
 # test's result); doctests are nextest's blind spot, so they run first with cargo test.
+# The binaries first: the escape suite runs the proxy and the sandbox agent as built programs.
 unit:
+	$(CARGO) build --workspace --locked --bins
 	$(CARGO) test --workspace --locked --doc
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --locked --no-fail-fast; \

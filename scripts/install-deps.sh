@@ -5,9 +5,10 @@
 #   curl, git: the integration tests' clients
 #   iproute2, nftables: network namespaces and redirect rules (transparent mode, sandboxes)
 #   prometheus: the real scraper the metrics test reads back through
+#   runsc: gVisor, the sandbox runtime; python3: the escape suite's probes inside a sandbox
 set -euo pipefail
 
-packages=(build-essential cmake pkg-config curl git ca-certificates iproute2 nftables prometheus)
+packages=(build-essential cmake pkg-config curl git ca-certificates iproute2 nftables prometheus runsc python3 util-linux)
 
 missing=()
 for p in "${packages[@]}"; do
