@@ -10,145 +10,19 @@
 
 use std::io::Write;
 use std::net::{TcpListener, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cordon_testkit::{free_port, spawn_upstream, test_pki};
+mod support;
 
-const POLICY: &str = r#"package cordon.egress
-import rego.v1
-
-default decision := {"allowed": false, "reason": "only allowed.test may be reached"}
-
-decision := {"allowed": true, "reason": "allowed.test"} if input.destination.host == "allowed.test"
-"#;
-
-/// The built binaries, next to this test's own (`target/<profile>/deps/..`).
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} is not built; run `cargo build --workspace --bins` first (make test does)",
-        path.display()
-    );
-    path
-}
-
-/// Everything the suite started; dropped last, it removes all of it.
-struct World {
-    dir: tempfile::TempDir,
-    proxy: Child,
-    prefix: String,
-    interface_prefix: String,
-    sessions: Vec<&'static str>,
-}
-
-impl World {
-    fn config(&self) -> PathBuf {
-        self.dir.path().join("cordon.toml")
-    }
-
-    fn controller(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_cordon-controller"))
-            .args(args)
-            .arg("--config")
-            .arg(self.config())
-            .output()
-            .unwrap()
-    }
-
-    fn exec(&self, session: &str, command: &[&str]) -> Output {
-        let mut args = vec![
-            "sandbox",
-            "exec",
-            "--session",
-            session,
-            "--timeout-ms",
-            "60000",
-        ];
-        args.push("--config");
-        let config = self.config();
-        let config = config.to_str().unwrap();
-        args.push(config);
-        args.push("--");
-        args.extend_from_slice(command);
-        Command::new(env!("CARGO_BIN_EXE_cordon-controller"))
-            .args(&args)
-            .output()
-            .unwrap()
-    }
-
-    fn workspace(&self, session: &str) -> PathBuf {
-        self.dir
-            .path()
-            .join("state/controller/workspaces")
-            .join(session)
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        for session in &self.sessions {
-            let _ = self.controller(&["sandbox", "stop", "--session", session]);
-        }
-        // Whatever a failed stop left: runsc containers, namespaces, interfaces, the table.
-        let runsc_root = self.dir.path().join("state/controller/runsc");
-        let listed = Command::new("runsc")
-            .arg(format!("--root={}", runsc_root.display()))
-            .args(["list", "-quiet"])
-            .output();
-        if let Ok(out) = listed {
-            for id in String::from_utf8_lossy(&out.stdout).lines() {
-                let root = format!("--root={}", runsc_root.display());
-                let _ = Command::new("runsc")
-                    .args([&root, "delete", "--force", id])
-                    .status();
-            }
-        }
-        if let Ok(entries) = std::fs::read_dir("/var/run/netns") {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with(&format!("{}-", self.prefix)) {
-                    let _ = Command::new("ip").args(["netns", "delete", &name]).status();
-                }
-            }
-        }
-        if let Ok(entries) = std::fs::read_dir("/sys/class/net") {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with(&self.interface_prefix) {
-                    let _ = Command::new("ip").args(["link", "delete", &name]).status();
-                }
-            }
-        }
-        let _ = Command::new("nft")
-            .args(["delete", "table", "inet", &self.prefix])
-            .stderr(Stdio::null())
-            .status();
-        let _ = self.proxy.kill();
-        let _ = self.proxy.wait();
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use support::{World, text};
 
 #[test]
 fn nothing_leaves_a_sandbox_but_allowed_requests_through_the_proxy() {
-    let pid = std::process::id();
-    let prefix = format!("cordon-test-{pid}");
-    let interface_prefix = format!("ct{}", pid % 100_000);
-    let pool = format!("10.233.{}.0/24", pid % 250);
-
-    // The "internet": one HTTPS host on loopback, a TCP service and a resolver on the host.
-    let pki = test_pki(&["allowed.test"]);
-    let upstream = spawn_upstream(&pki);
+    // The "internet" (World has one HTTPS host, allowed.test), a TCP service and a resolver
+    // on the host.
     let service = TcpListener::bind("0.0.0.0:0").unwrap();
     let service_port = service.local_addr().unwrap().port();
     let service_hits = Arc::new(AtomicUsize::new(0));
@@ -174,73 +48,20 @@ fn nothing_leaves_a_sandbox_but_allowed_requests_through_the_proxy() {
         });
     }
 
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("bundle")).unwrap();
-    std::fs::write(dir.path().join("bundle/policy.rego"), POLICY).unwrap();
-    std::fs::write(dir.path().join("upstream-ca.pem"), &pki.ca_pem).unwrap();
-    let (explicit, transparent, admin, metrics, dns) = (
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-    );
-    let agent_port = 7070;
-    std::fs::write(
-        dir.path().join("cordon.toml"),
-        format!(
-            "[proxy]\nexplicit_listen = \"0.0.0.0:{explicit}\"\ntransparent_listen = \"0.0.0.0:{transparent}\"\n\
-             admin_listen = \"127.0.0.1:{admin}\"\nmetrics_listen = \"0.0.0.0:{metrics}\"\nstate_dir = \"state\"\n\
-             [policy]\nbundle = \"bundle\"\n[tls]\nupstream_extra_roots = [\"upstream-ca.pem\"]\n\
-             [upstream.connect_to]\n\"allowed.test:443\" = \"{upstream}\"\n\
-             [dns]\nlisten = \"0.0.0.0:{dns}\"\n\
-             [sandbox]\nname_prefix = \"{prefix}\"\ninterface_prefix = \"{interface_prefix}\"\n\
-             address_pool = \"{pool}\"\nagent_port = {agent_port}\nagent = \"{agent}\"\n\
-             memory_mb = 512\n",
-            agent = binary("cordon-sandbox-agent").display()
-        ),
-    )
-    .unwrap();
-    let proxy = Command::new(binary("cordon-proxy"))
-        .arg("--config")
-        .arg(dir.path().join("cordon.toml"))
-        .env("CORDON_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("proxy.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let mut world = World {
-        dir,
-        proxy,
-        prefix,
-        interface_prefix,
-        sessions: Vec::new(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", admin)).is_err() {
-        assert!(Instant::now() < deadline, "the proxy did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut world = World::new(233, 24, "");
+    let ports = world.ports;
 
     // Two sandboxes: A attempts, B is the neighbour.
     let mut addresses = Vec::new();
     for session in ["a", "b"] {
-        world.sessions.push(session);
-        let out = world.controller(&["sandbox", "start", "--session", session]);
-        assert!(
-            out.status.success(),
-            "start {session}: {}{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        let line = text(&out.stdout);
-        let address = line
-            .split_whitespace()
-            .skip_while(|w| *w != "at")
-            .nth(1)
-            .unwrap()
-            .to_string();
-        addresses.push(address);
+        match world.start(session) {
+            Ok(address) => addresses.push(address),
+            Err(out) => panic!(
+                "start {session}: {}{}",
+                text(&out.stdout),
+                text(&out.stderr)
+            ),
+        }
     }
     let (a_addr, b_addr) = (addresses[0].clone(), addresses[1].clone());
     let host_addr = {
@@ -288,10 +109,10 @@ fn nothing_leaves_a_sandbox_but_allowed_requests_through_the_proxy() {
         "host_addr": host_addr,
         "other_sandbox": b_addr,
         "host_service_port": service_port,
-        "admin_port": admin,
-        "metrics_port": metrics,
-        "explicit_port": explicit,
-        "agent_port": agent_port,
+        "admin_port": ports.admin,
+        "metrics_port": ports.metrics,
+        "explicit_port": ports.explicit,
+        "agent_port": world.agent_port,
         "fake_resolver_port": resolver_port,
     })
     .to_string();

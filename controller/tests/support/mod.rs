@@ -1,0 +1,273 @@
+//! Shared set-up for the controller's root-tier tests: the real proxy, a fake upstream for
+//! `allowed.test`, a `cordon.toml` with a `[sandbox]` section whose every name carries the
+//! `cordon-test-<pid>` prefix, and a [`World`] that removes all of it on drop.
+
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use cordon_testkit::{free_port, spawn_upstream, test_pki};
+
+pub const POLICY: &str = r#"package cordon.egress
+import rego.v1
+
+default decision := {"allowed": false, "reason": "only allowed.test may be reached"}
+
+decision := {"allowed": true, "reason": "allowed.test"} if input.destination.host == "allowed.test"
+"#;
+
+/// The built binaries, next to this test's own (`target/<profile>/deps/..`).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is not built; run `cargo build --workspace --bins` first (make test does)",
+        path.display()
+    );
+    path
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The proxy's ports.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub explicit: u16,
+    pub transparent: u16,
+    pub admin: u16,
+    pub metrics: u16,
+    pub dns: u16,
+}
+
+/// Everything a test started; dropped last, it removes all of it.
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub proxy: Option<Child>,
+    pub prefix: String,
+    pub interface_prefix: String,
+    pub sessions: Vec<String>,
+    pub ports: Ports,
+    pub agent_port: u16,
+}
+
+impl World {
+    /// A world whose sandboxes take /30s from `10.<second_octet>.<pid>.0/<pool_len>`, with
+    /// `extra` added to `[sandbox]`; the proxy is started.
+    pub fn new(second_octet: u8, pool_len: u8, extra: &str) -> World {
+        let pid = std::process::id();
+        let prefix = format!("cordon-test-{pid}");
+        let interface_prefix = format!("ct{}", pid % 100_000);
+        let pool = format!("10.{second_octet}.{}.0/{pool_len}", pid % 250);
+        let pki = test_pki(&["allowed.test"]);
+        let upstream = spawn_upstream(&pki);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("bundle")).unwrap();
+        std::fs::write(dir.path().join("bundle/policy.rego"), POLICY).unwrap();
+        std::fs::write(dir.path().join("upstream-ca.pem"), &pki.ca_pem).unwrap();
+        let ports = Ports {
+            explicit: free_port(),
+            transparent: free_port(),
+            admin: free_port(),
+            metrics: free_port(),
+            dns: free_port(),
+        };
+        let agent_port = 7070;
+        std::fs::write(
+            dir.path().join("cordon.toml"),
+            format!(
+                "[proxy]\nexplicit_listen = \"0.0.0.0:{}\"\ntransparent_listen = \"0.0.0.0:{}\"\n\
+                 admin_listen = \"127.0.0.1:{}\"\nmetrics_listen = \"0.0.0.0:{}\"\nstate_dir = \"state\"\n\
+                 [policy]\nbundle = \"bundle\"\n[tls]\nupstream_extra_roots = [\"upstream-ca.pem\"]\n\
+                 [upstream.connect_to]\n\"allowed.test:443\" = \"{upstream}\"\n\
+                 [dns]\nlisten = \"0.0.0.0:{}\"\n\
+                 [sandbox]\nname_prefix = \"{prefix}\"\ninterface_prefix = \"{interface_prefix}\"\n\
+                 address_pool = \"{pool}\"\nagent_port = {agent_port}\nagent = \"{agent}\"\n\
+                 memory_mb = 512\n{extra}\n",
+                ports.explicit,
+                ports.transparent,
+                ports.admin,
+                ports.metrics,
+                ports.dns,
+                agent = binary("cordon-sandbox-agent").display()
+            ),
+        )
+        .unwrap();
+        let mut world = World {
+            dir,
+            proxy: None,
+            prefix,
+            interface_prefix,
+            sessions: Vec::new(),
+            ports,
+            agent_port,
+        };
+        world.start_proxy();
+        world
+    }
+
+    pub fn start_proxy(&mut self) {
+        let proxy = Command::new(binary("cordon-proxy"))
+            .arg("--config")
+            .arg(self.config())
+            .env("CORDON_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.path().join("proxy.log")).unwrap())
+            .spawn()
+            .unwrap();
+        self.proxy = Some(proxy);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.ports.admin)).is_err() {
+            assert!(Instant::now() < deadline, "the proxy did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stop_proxy(&mut self) {
+        if let Some(mut proxy) = self.proxy.take() {
+            let _ = proxy.kill();
+            let _ = proxy.wait();
+        }
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("cordon.toml")
+    }
+
+    /// `cordon-controller <args> --config <this world's cordon.toml>`.
+    pub fn controller(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_cordon-controller"))
+            .args(args)
+            .arg("--config")
+            .arg(self.config())
+            .output()
+            .unwrap()
+    }
+
+    /// Starts a sandbox (remembered for cleanup); its address, or the failed output.
+    pub fn start(&mut self, session: &str) -> Result<String, Output> {
+        self.sessions.push(session.to_string());
+        let out = self.controller(&["sandbox", "start", "--session", session]);
+        if !out.status.success() {
+            return Err(out);
+        }
+        Ok(text(&out.stdout)
+            .split_whitespace()
+            .skip_while(|w| *w != "at")
+            .nth(1)
+            .unwrap()
+            .to_string())
+    }
+
+    pub fn exec(&self, session: &str, command: &[&str]) -> Output {
+        self.exec_with_timeout(session, 60_000, command)
+    }
+
+    pub fn exec_with_timeout(&self, session: &str, timeout_ms: u64, command: &[&str]) -> Output {
+        let config = self.config();
+        let timeout = timeout_ms.to_string();
+        let mut args = vec![
+            "sandbox",
+            "exec",
+            "--session",
+            session,
+            "--timeout-ms",
+            &timeout,
+            "--config",
+            config.to_str().unwrap(),
+            "--",
+        ];
+        args.extend_from_slice(command);
+        Command::new(env!("CARGO_BIN_EXE_cordon-controller"))
+            .args(&args)
+            .output()
+            .unwrap()
+    }
+
+    pub fn workspace(&self, session: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("state/controller/workspaces")
+            .join(session)
+    }
+
+    pub fn netns_exists(&self, session: &str) -> bool {
+        Path::new("/var/run/netns")
+            .join(format!("{}-{session}", self.prefix))
+            .exists()
+    }
+
+    /// Host interfaces with this world's prefix.
+    pub fn host_interfaces(&self) -> Vec<String> {
+        std::fs::read_dir("/sys/class/net")
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&self.interface_prefix))
+            .collect()
+    }
+
+    /// runsc containers under this world's runsc root.
+    pub fn containers(&self) -> Vec<String> {
+        let root = format!(
+            "--root={}",
+            self.dir.path().join("state/controller/runsc").display()
+        );
+        let out = Command::new("runsc")
+            .args([root.as_str(), "list", "-quiet"])
+            .output()
+            .unwrap();
+        text(&out.stdout).lines().map(str::to_string).collect()
+    }
+
+    /// The proxy's session registrations.
+    pub fn registrations(&self) -> String {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                &format!("http://127.0.0.1:{}/sessions", self.ports.admin),
+            ])
+            .output()
+            .unwrap();
+        text(&out.stdout)
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for session in &self.sessions {
+            let _ = self.controller(&["sandbox", "stop", "--session", session]);
+        }
+        // Whatever a failed stop left: runsc containers, namespaces, interfaces, the table.
+        let root = format!(
+            "--root={}",
+            self.dir.path().join("state/controller/runsc").display()
+        );
+        for id in self.containers() {
+            let _ = Command::new("runsc")
+                .args([root.as_str(), "delete", "--force", &id])
+                .status();
+        }
+        if let Ok(entries) = std::fs::read_dir("/var/run/netns") {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&format!("{}-", self.prefix)) {
+                    let _ = Command::new("ip").args(["netns", "delete", &name]).status();
+                }
+            }
+        }
+        for name in self.host_interfaces() {
+            let _ = Command::new("ip").args(["link", "delete", &name]).status();
+        }
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &self.prefix])
+            .stderr(Stdio::null())
+            .status();
+        self.stop_proxy();
+    }
+}
