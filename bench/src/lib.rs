@@ -1,4 +1,5 @@
-//! Load generation and side-by-side comparison of Cordon with its peers.
-//!
-//! Not built yet: this crate is a skeleton so the workspace layout is in place. Its open issue in
-//! the tracker describes what it will do; nothing here pretends to do it.
+//! Measurements of Cordon. Built so far: sandbox start and stop latency, memory per idle
+//! sandbox, and concurrent sandboxes ([`sandboxes`]). Proxy load generation against the peers
+//! is the benchmarks issue's.
+
+pub mod sandboxes;

@@ -2,7 +2,8 @@
 
 use std::net::SocketAddr;
 
-use cordon_sandbox_agent::{ExecEvent, ExecRequest};
+use cordon_sandbox_agent::ExecEvent;
+pub use cordon_sandbox_agent::ExecRequest;
 use http_body_util::BodyExt;
 
 use crate::http::{HttpClient, HttpError};

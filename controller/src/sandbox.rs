@@ -329,23 +329,36 @@ impl Runtime {
                 own_network_namespace: support.network == runsc::NetworkMode::Sandbox,
             },
         )?;
-        self.runsc.run_detached(
+        let log = dir.join("sandbox.log");
+        let mut child = self.runsc.spawn(
             &names.netns_path(),
             &bundle_dir,
             &names.container,
             support,
-            &dir.join("sandbox.log"),
+            &log,
         )?;
-        self.wait_for_agent(names).await?;
+        self.wait_for_agent(names, &mut child, &log).await?;
         Ok(support)
     }
 
-    async fn wait_for_agent(&self, names: &SessionNames) -> Result<(), SandboxError> {
+    async fn wait_for_agent(
+        &self,
+        names: &SessionNames,
+        runsc: &mut std::process::Child,
+        log: &std::path::Path,
+    ) -> Result<(), SandboxError> {
         let address = SocketAddr::from((names.sandbox_addr, self.config.agent_port));
         let url = format!("http://{address}/healthz");
         let deadline = Instant::now() + self.config.start_timeout;
         let mut last = String::from("no answer yet");
         while Instant::now() < deadline {
+            if let Ok(Some(status)) = runsc.try_wait() {
+                let output = std::fs::read_to_string(log).unwrap_or_default();
+                return Err(SandboxError::Runsc(format!(
+                    "runsc exited ({status}) before the sandbox agent answered: {}",
+                    output.trim()
+                )));
+            }
             match tokio::time::timeout(
                 Duration::from_millis(500),
                 self.http.call(http::Method::GET, &url, None, None),
@@ -392,7 +405,10 @@ impl Runtime {
         names: &SessionNames,
     ) -> Result<(), SandboxError> {
         let mut problems = Vec::new();
-        if let Err(e) = self.runsc.remove(&names.container) {
+        if let Err(e) = self
+            .runsc
+            .remove(&names.container, Some(&names.netns_path()))
+        {
             problems.push(e.to_string());
         }
         if let Err(e) = network::delete(names) {
@@ -478,7 +494,7 @@ impl Runtime {
         let prefix = format!("{}-", self.config.name_prefix);
         for (container, _) in self.runsc.list() {
             if container.starts_with(&prefix) && !live.iter().any(|n| n.container == container) {
-                self.runsc.remove(&container)?;
+                self.runsc.remove(&container, None)?;
                 report.removed.push(format!("container {container}"));
             }
         }

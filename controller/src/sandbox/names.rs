@@ -27,7 +27,8 @@ pub fn slot_count(pool: Ipv4Net) -> u32 {
 pub struct SessionNames {
     /// `<prefix>-<id>`, under /var/run/netns.
     pub netns: String,
-    /// runsc container id: the same as the netns name.
+    /// runsc container id: `<prefix>-<slot, five digits>`. runsc resolves ids by prefix and
+    /// refuses an ambiguous one (`s1` would match `s11`), so live ids all have one length.
     pub container: String,
     /// The host end of the veth pair: `<interface_prefix><slot>`.
     pub host_if: String,
@@ -44,7 +45,7 @@ impl SessionNames {
         let base = u32::from(config.address_pool.network()) + slot * 4;
         Self {
             netns: format!("{}-{id}", config.name_prefix),
-            container: format!("{}-{id}", config.name_prefix),
+            container: format!("{}-{slot:05}", config.name_prefix),
             host_if: format!("{}{slot}", config.interface_prefix),
             sandbox_if: "eth0",
             host_addr: Ipv4Addr::from(base + 1),

@@ -72,17 +72,19 @@ impl Runsc {
             .to_string())
     }
 
-    /// Starts the bundle at `bundle` as container `id`, detached, inside the netns at `netns`.
-    /// runsc's output, and the container's (the agent's log), go to `log`: a detached sandbox
-    /// keeps its standard streams open, so they cannot be pipes this process waits on.
-    pub fn run_detached(
+    /// Starts the bundle at `bundle` as container `id` inside the netns at `netns`, as a
+    /// background `runsc run` in its own process group that outlives this process. Not
+    /// `--detach`: the foreground `runsc run` is the sandbox's parent and reaps it the moment it
+    /// exits, so a stop never waits on whatever reaps orphans on this host (seconds, on some).
+    /// runsc's output and the container's (the agent's log) go to `log`.
+    pub fn spawn(
         &self,
         netns: &Path,
         bundle: &Path,
         id: &str,
         support: HostSupport,
         log: &Path,
-    ) -> Result<(), CommandError> {
+    ) -> Result<std::process::Child, CommandError> {
         let mut args = vec![
             format!("--net={}", netns.display()),
             self.binary.display().to_string(),
@@ -90,7 +92,6 @@ impl Runsc {
         args.extend(self.global_args(support));
         args.extend([
             "run".into(),
-            "--detach".into(),
             format!("--bundle={}", bundle.display()),
             id.into(),
         ]);
@@ -104,19 +105,15 @@ impl Runsc {
         let err = file
             .try_clone()
             .map_err(|e| problem(format!("cannot share its log: {e}")))?;
-        let status = std::process::Command::new("nsenter")
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new("nsenter")
             .args(&args)
             .stdin(std::process::Stdio::null())
             .stdout(file)
             .stderr(err)
-            .status()
-            .map_err(|e| problem(format!("cannot be started: {e}")))?;
-        if status.success() {
-            Ok(())
-        } else {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            Err(problem(format!("exited with {status}: {}", text.trim())))
-        }
+            .process_group(0)
+            .spawn()
+            .map_err(|e| problem(format!("cannot be started: {e}")))
     }
 
     /// Runs the bundle at `bundle` to completion (probes).
@@ -138,22 +135,56 @@ impl Runsc {
             id.into(),
         ]);
         let result = run("nsenter", args).map(|_| ());
-        let _ = self.remove(id);
+        let _ = self.remove(id, Some(netns));
         result
     }
 
-    /// Kills and deletes container `id`; one that does not exist is not an error.
-    pub fn remove(&self, id: &str) -> Result<(), CommandError> {
-        let root = format!("--root={}", self.root.display());
+    /// Kills and deletes container `id`; one that does not exist is not an error. `netns` is
+    /// the namespace it runs in, if it still exists: runsc reaches a sandbox's control socket
+    /// (an abstract socket, so per network namespace) only from there.
+    pub fn remove(&self, id: &str, netns: Option<&Path>) -> Result<(), CommandError> {
         if !self.exists(id) {
             return Ok(());
         }
-        let _ = run(&self.binary, [root.as_str(), "kill", id, "KILL"]);
-        run(&self.binary, [root.as_str(), "delete", "--force", id]).map(|_| ())
+        let runsc = |args: &[&str]| {
+            let mut full: Vec<String> = Vec::new();
+            let program = match netns.filter(|n| n.exists()) {
+                Some(netns) => {
+                    full.push(format!("--net={}", netns.display()));
+                    full.push(self.binary.display().to_string());
+                    PathBuf::from("nsenter")
+                }
+                None => self.binary.clone(),
+            };
+            full.push(format!("--root={}", self.root.display()));
+            full.extend(args.iter().map(|a| a.to_string()));
+            run(program, full)
+        };
+        // The kill ends the container; its `runsc run` then removes it. Give that a moment
+        // before forcing the delete, which is slow when the sandbox is not reaped at once.
+        let _ = runsc(&["kill", id, "KILL"]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while self.exists(id) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        if self.exists(id) {
+            runsc(&["delete", "--force", id])?;
+        }
+        Ok(())
     }
 
+    /// Whether runsc has state for container `id` (its state file, which `runsc run` removes
+    /// when the container ends; reading the directory is much cheaper than `runsc list`).
     pub fn exists(&self, id: &str) -> bool {
-        self.list().iter().any(|(name, _)| name == id)
+        std::fs::read_dir(&self.root)
+            .map(|entries| {
+                entries.flatten().any(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.starts_with(&format!("{id}_sandbox:")))
+                })
+            })
+            .unwrap_or(false)
     }
 
     /// Containers under this root: (id, status).
