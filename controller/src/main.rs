@@ -129,6 +129,18 @@ async fn run(action: SandboxAction) -> Result<ExitCode, ExitCode> {
     match action {
         SandboxAction::Start { common, session } => {
             let mut runtime = Runtime::open(load(&common)?).map_err(|e| fail(&e))?;
+            // With the lock held no other start is in flight: anything half-made is a crash's.
+            match runtime.reconcile().await {
+                Ok(report) => {
+                    for removed in report.removed {
+                        eprintln!("cordon-controller: reconcile removed {removed}");
+                    }
+                    for failed in report.failed {
+                        eprintln!("cordon-controller: reconcile marked {failed} failed");
+                    }
+                }
+                Err(e) => eprintln!("cordon-controller: reconcile before start: {e}"),
+            }
             let started = runtime.start(&session).await.map_err(|e| fail(&e))?;
             println!(
                 "session {} running at {} (agent {}, network {}, limits {}) in {} ms",

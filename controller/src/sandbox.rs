@@ -472,13 +472,10 @@ impl Runtime {
     /// and marks failed (and cleans up) live sessions whose sandbox is gone.
     pub async fn reconcile(&mut self) -> Result<Reconciled, SandboxError> {
         let mut report = Reconciled::default();
-        let containers = self.runsc.list();
         for record in self.store.live()? {
             let names = self.names(&record);
-            let running = containers
-                .iter()
-                .any(|(id, status)| *id == names.container && status == "running");
-            if record.state == SessionState::Starting || !running || !names.netns_path().exists() {
+            let running = self.runsc.running(&names.container, &names.netns_path());
+            if record.state == SessionState::Starting || !running {
                 let why = if record.state == SessionState::Starting {
                     "the controller stopped while the sandbox was starting"
                 } else {

@@ -113,13 +113,10 @@ fn refusals_say_why_and_leave_nothing_half_created() {
         "--root={}",
         world.dir.path().join("state/controller/runsc").display()
     );
+    let containers = world.containers();
+    assert_eq!(containers.len(), 1, "x's container: {containers:?}");
     std::process::Command::new("runsc")
-        .args([
-            root.as_str(),
-            "delete",
-            "--force",
-            &format!("{}-x", world.prefix),
-        ])
+        .args([root.as_str(), "delete", "--force", &containers[0]])
         .status()
         .unwrap();
     let out = world.controller(&["sandbox", "reconcile"]);

@@ -187,7 +187,29 @@ impl Runsc {
             .unwrap_or(false)
     }
 
-    /// Containers under this root: (id, status).
+    /// Whether container `id` is running, asked from inside its netns (from anywhere else
+    /// runsc cannot reach the sandbox's control socket and calls every container stopped).
+    pub fn running(&self, id: &str, netns: &Path) -> bool {
+        if !netns.exists() || !self.exists(id) {
+            return false;
+        }
+        let out = run(
+            "nsenter",
+            [
+                format!("--net={}", netns.display()),
+                self.binary.display().to_string(),
+                format!("--root={}", self.root.display()),
+                "state".into(),
+                id.into(),
+            ],
+        );
+        out.ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .is_some_and(|state| state["status"] == "running")
+    }
+
+    /// Containers under this root: (id, status as runsc sees it from here, which says
+    /// `stopped` for containers in other network namespaces: use only the ids).
     pub fn list(&self) -> Vec<(String, String)> {
         let root = format!("--root={}", self.root.display());
         let Ok(out) = run(&self.binary, [root.as_str(), "list", "--format=json"]) else {
