@@ -39,6 +39,7 @@ struct SandboxSection {
     cpus: f64,
     runsc: PathBuf,
     start_timeout_ms: u64,
+    statx_compat: bool,
 }
 
 impl Default for SandboxSection {
@@ -57,6 +58,7 @@ impl Default for SandboxSection {
             cpus: 1.0,
             runsc: "runsc".into(),
             start_timeout_ms: 10_000,
+            statx_compat: true,
         }
     }
 }
@@ -83,6 +85,8 @@ pub struct SandboxConfig {
     pub cpus: f64,
     pub runsc: PathBuf,
     pub start_timeout: Duration,
+    /// Preload the statx compatibility library into sandbox processes (controller/compat).
+    pub statx_compat: bool,
     /// The controller's own state (SQLite, bundles, runsc root): `<proxy state_dir>/controller`.
     pub state_dir: PathBuf,
     /// The proxy's admin API.
@@ -219,6 +223,7 @@ impl SandboxConfig {
             cpus: raw.cpus,
             runsc: raw.runsc,
             start_timeout: Duration::from_millis(raw.start_timeout_ms),
+            statx_compat: raw.statx_compat,
             state_dir,
             admin: proxy.listen.admin,
             transparent_port,

@@ -34,6 +34,12 @@ fn a_sandbox_runs_commands_and_leaves_nothing_behind() {
         std::fs::read_to_string(world.workspace("s1").join("f")).unwrap(),
         "hi\n"
     );
+    // coreutils work (runsc 20221219 needs the statx compatibility library for them).
+    let out = world.exec(
+        "s1",
+        &["sh", "-c", "ls /workspace && stat -c %s /workspace/f"],
+    );
+    assert_eq!(text(&out.stdout), "f\n3\n", "{out:?}");
     // A timeout kills the command (124); a missing program is 127.
     let out = world.exec_with_timeout("s1", 300, &["sleep", "30"]);
     assert_eq!(out.status.code(), Some(124), "{out:?}");

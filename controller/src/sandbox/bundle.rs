@@ -18,6 +18,10 @@ pub const TOKEN_PATH: &str = "/run/cordon/agent-token";
 pub const CA_BUNDLE_PATH: &str = "/etc/ssl/certs/ca-certificates.crt";
 pub const CORDON_CA_PATH: &str = "/usr/local/share/ca-certificates/cordon.crt";
 pub const WORKSPACE: &str = "/workspace";
+pub const STATX_COMPAT_PATH: &str = "/usr/local/lib/cordon/statx-compat.so";
+
+/// The statx compatibility library (controller/compat/statx.c), built by build.rs.
+const STATX_COMPAT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/statx-compat.so"));
 
 /// The host's system trust bundle, to which the Cordon CA is added.
 const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
@@ -97,6 +101,10 @@ pub fn write(dir: &Path, input: &BundleInput<'_>) -> Result<(), BundleError> {
         0o444,
     )?;
     write_private(&files.join("cordon-ca.crt"), &ca, 0o444)?;
+    if input.config.statx_compat {
+        let path = files.join("statx-compat.so");
+        std::fs::write(&path, STATX_COMPAT).map_err(io(&path))?;
+    }
     let spec = spec(&files, input)?;
     let path = dir.join("config.json");
     spec.save(&path)?;
@@ -203,6 +211,9 @@ fn spec(files: &Path, input: &BundleInput<'_>) -> Result<Spec, BundleError> {
         };
         env.push(format!("{var}={value}"));
     }
+    if config.statx_compat {
+        env.push(format!("LD_PRELOAD={STATX_COMPAT_PATH}"));
+    }
     let process = ProcessBuilder::default()
         .terminal(false)
         .args(vec![
@@ -239,6 +250,13 @@ fn spec(files: &Path, input: &BundleInput<'_>) -> Result<Spec, BundleError> {
             .options(vec!["nosuid".into(), "nodev".into(), "mode=1777".into()])
             .build()?,
     ]);
+    if config.statx_compat {
+        mounts.push(bind(
+            &files.join("statx-compat.so"),
+            STATX_COMPAT_PATH,
+            false,
+        )?);
+    }
     let mut namespaces = vec![
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Ipc,
