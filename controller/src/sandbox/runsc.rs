@@ -63,6 +63,21 @@ impl Runsc {
         args
     }
 
+    /// `nsenter`'s arguments for `runsc run` of `bundle` as `id` inside `netns`.
+    fn run_args(&self, netns: &Path, bundle: &Path, id: &str, support: HostSupport) -> Vec<String> {
+        let mut args = vec![
+            format!("--net={}", netns.display()),
+            self.binary.display().to_string(),
+        ];
+        args.extend(self.global_args(support));
+        args.extend([
+            "run".into(),
+            format!("--bundle={}", bundle.display()),
+            id.into(),
+        ]);
+        args
+    }
+
     /// `runsc --version`'s first line.
     pub fn version(&self) -> Result<String, CommandError> {
         Ok(run(&self.binary, ["--version"])?
@@ -85,16 +100,7 @@ impl Runsc {
         support: HostSupport,
         log: &Path,
     ) -> Result<std::process::Child, CommandError> {
-        let mut args = vec![
-            format!("--net={}", netns.display()),
-            self.binary.display().to_string(),
-        ];
-        args.extend(self.global_args(support));
-        args.extend([
-            "run".into(),
-            format!("--bundle={}", bundle.display()),
-            id.into(),
-        ]);
+        let args = self.run_args(netns, bundle, id, support);
         let command = format!("nsenter {}", args.join(" "));
         let problem = |problem: String| CommandError {
             command: command.clone(),
@@ -124,16 +130,7 @@ impl Runsc {
         id: &str,
         support: HostSupport,
     ) -> Result<(), CommandError> {
-        let mut args = vec![
-            format!("--net={}", netns.display()),
-            self.binary.display().to_string(),
-        ];
-        args.extend(self.global_args(support));
-        args.extend([
-            "run".into(),
-            format!("--bundle={}", bundle.display()),
-            id.into(),
-        ]);
+        let args = self.run_args(netns, bundle, id, support);
         let result = run("nsenter", args).map(|_| ());
         let _ = self.remove(id, Some(netns));
         result
