@@ -152,6 +152,42 @@ fn nothing_leaves_a_sandbox_but_allowed_requests_through_the_proxy() {
             text(&out.stdout).trim(), listener_log.lines().count()),
     }));
 
+    // Below gVisor: as if a sandbox got past it, the host kernel in sandbox a's namespace sends
+    // with b's source address. The nftables source guard must drop it (its counter shows it).
+    let netns_a = format!("--net=/var/run/netns/{}-a", world.prefix);
+    // A DNS query from b's address (raw, so nothing checks the source before the guard):
+    // without the guard it would be redirected to the stub and answered to b.
+    let spoof = format!(
+        "import socket, struct\n\
+         src, dst = '{b_addr}', '{host_addr}'\n\
+         payload = b'\\x42\\x42\\x01\\x00\\x00\\x01' + bytes(6) + b'\\x07example\\x00\\x00\\x01\\x00\\x01'\n\
+         udp = struct.pack('>HHHH', 40000, 53, 8 + len(payload), 0) + payload\n\
+         ip = struct.pack('>BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, socket.inet_aton(src), socket.inet_aton(dst))\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)\n\
+         s.sendto(ip + udp, (dst, 0)); print('sent')"
+    );
+    let out = std::process::Command::new("nsenter")
+        .args([netns_a.as_str(), "python3", "-c", &spoof])
+        .output()
+        .unwrap();
+    let chain = std::process::Command::new("nft")
+        .args(["list", "chain", "inet", &world.prefix, "sandbox_guard"])
+        .output()
+        .unwrap();
+    let dropped: u64 = text(&chain.stdout)
+        .lines()
+        .find(|l| l.contains("@sources"))
+        .and_then(|l| l.split("packets ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let seen = text(&out.stdout).trim().to_string();
+    rows.push(serde_json::json!({
+        "attempt": "(below gVisor) a packet from sandbox a's namespace with b's source address",
+        "escaped": dropped == 0,
+        "observed": format!("{seen}; the source guard dropped {dropped} packet(s)"),
+    }));
+
     // What the host saw.
     rows.push(serde_json::json!({
         "attempt": "(host side) the TCP service received connections",

@@ -53,8 +53,8 @@ impl Firewall {
              \tset sources {{\n\t\ttype ifname . ipv4_addr\n{elements}\t}}\n\
              \tchain sandbox_guard {{\n\
              \t\ttype filter hook prerouting priority raw; policy accept;\n\
-             \t\tiifname \"{ifp}*\" meta nfproto ipv6 drop\n\
-             \t\tiifname \"{ifp}*\" iifname . ip saddr != @sources drop\n\
+             \t\tiifname \"{ifp}*\" meta nfproto ipv6 counter drop\n\
+             \t\tiifname \"{ifp}*\" iifname . ip saddr != @sources counter drop\n\
              \t}}\n\
              \tchain sandbox_redirect {{\n\
              \t\ttype nat hook prerouting priority dstnat; policy accept;\n\
@@ -108,7 +108,7 @@ mod tests {
             rules.contains("elements = { \"cdn0\" . 10.200.0.2 }"),
             "{rules}"
         );
-        assert!(rules.contains("iifname . ip saddr != @sources drop"));
+        assert!(rules.contains("iifname . ip saddr != @sources counter drop"));
         assert!(rules.contains("redirect to :3129") && rules.contains("redirect to :5353"));
         assert!(rules.starts_with("table inet cordon\ndelete table inet cordon\n"));
         assert!(!fw.ruleset(&[]).contains("elements"));
