@@ -5,12 +5,11 @@
 //! |---|---|---|
 //! | GET | /healthz | `{"status":"ok"}` (no token needed: the controller polls it while the sandbox starts) |
 //! | POST | /exec | run `{"argv": [...], "cwd"?, "env"?, "timeout_ms"?, "stdin"?}`; the answer streams [`ExecEvent`]s as JSON lines |
-//!
-//! The CMA toolset (bash, read, write, edit, glob, grep, ...) builds on `/exec`'s machinery and
-//! arrives with the CMA integration.
+//! | POST | /tool | one CMA tool call `{"name", "input"}` ([`tools`]); answers `{"is_error", "text"}` |
 
 pub mod exec;
 pub mod server;
+pub mod tools;
 
 pub use exec::{ExecEvent, ExecRequest};
 pub use server::{AgentState, router};

@@ -17,11 +17,16 @@ use crate::exec::{self, ExecEvent, ExecRequest};
 pub struct AgentState {
     token: String,
     default_cwd: String,
+    tools: crate::tools::Toolset,
 }
 
 impl AgentState {
     pub fn new(token: String, default_cwd: String) -> Self {
-        Self { token, default_cwd }
+        Self {
+            tools: crate::tools::Toolset::new(default_cwd.clone().into()),
+            token,
+            default_cwd,
+        }
     }
 
     /// Whether `headers` carry `authorization: Bearer <token>`. Compared in constant time
@@ -51,6 +56,7 @@ pub fn router(state: Arc<AgentState>) -> Router {
             get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
         )
         .route("/exec", post(exec_handler))
+        .route("/tool", post(tool_handler))
         .with_state(state)
 }
 
@@ -60,6 +66,29 @@ fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
         axum::Json(serde_json::json!({"error": message.into()})),
     )
         .into_response()
+}
+
+async fn tool_handler(
+    State(state): State<Arc<AgentState>>,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> Response {
+    if !state.authorized(&headers) {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong agent token (authorization: Bearer <token>)",
+        );
+    }
+    let call: crate::tools::ToolCall = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"name\": tool, \"input\": {{...}}}}: {e}"),
+            );
+        }
+    };
+    axum::Json(state.tools.call(&call).await).into_response()
 }
 
 async fn exec_handler(
