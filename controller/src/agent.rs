@@ -41,6 +41,22 @@ pub enum AgentError {
     Truncated(SocketAddr),
 }
 
+/// Makes one CMA tool call in the sandbox whose agent is at `agent`.
+pub async fn tool(
+    http: &HttpClient,
+    agent: SocketAddr,
+    token: &str,
+    call: &cordon_sandbox_agent::tools::ToolCall,
+) -> Result<cordon_sandbox_agent::tools::ToolResult, AgentError> {
+    let url = format!("http://{agent}/tool");
+    let body =
+        serde_json::to_string(call).map_err(|e| AgentError::Protocol(agent, e.to_string()))?;
+    let text = http
+        .call(http::Method::POST, &url, Some(token), Some(body))
+        .await?;
+    serde_json::from_str(&text).map_err(|e| AgentError::Protocol(agent, e.to_string()))
+}
+
 /// Runs `request` in the sandbox whose agent is at `agent`, calling `on_output` with each
 /// piece of output (`true` for standard error) as it arrives.
 pub async fn exec(

@@ -72,6 +72,20 @@ enum SandboxAction {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Makes one CMA tool call (bash, read, write, edit, glob, grep) in a session's sandbox;
+    /// prints the result's text, exits 1 when it is an error result.
+    Tool {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        session: String,
+        /// The tool's name.
+        #[arg(long)]
+        name: String,
+        /// The tool's input, as JSON (`{"command": "ls"}`).
+        #[arg(long, default_value = "{}")]
+        input: String,
+    },
     /// Stops a session's sandbox and removes everything it had.
     Stop {
         #[command(flatten)]
@@ -200,6 +214,33 @@ async fn run(action: SandboxAction) -> Result<ExitCode, ExitCode> {
                 eprintln!("cordon-controller: the command timed out and was killed");
             }
             Ok(ExitCode::from(outcome.exit_status().clamp(0, 255) as u8))
+        }
+        SandboxAction::Tool {
+            common,
+            session,
+            name,
+            input,
+        } => {
+            let config = load(&common)?;
+            let input: serde_json::Value = serde_json::from_str(&input).map_err(|e| {
+                eprintln!("cordon-controller: --input is not JSON: {e}");
+                ExitCode::from(64)
+            })?;
+            let (agent, token) = agent_endpoint(&config, &session).map_err(|e| fail(&e))?;
+            let call = cordon_sandbox_agent::tools::ToolCall { name, input };
+            let result =
+                cordon_controller::agent::tool(&HttpClient::default(), agent, &token, &call)
+                    .await
+                    .map_err(|e| {
+                        eprintln!("cordon-controller: {e}");
+                        ExitCode::from(70)
+                    })?;
+            println!("{}", result.text);
+            Ok(if result.is_error {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         SandboxAction::Stop { common, session } => {
             let mut runtime = Runtime::open(load(&common)?).map_err(|e| fail(&e))?;

@@ -40,6 +40,67 @@ fn a_sandbox_runs_commands_and_leaves_nothing_behind() {
         &["sh", "-c", "ls /workspace && stat -c %s /workspace/f"],
     );
     assert_eq!(text(&out.stdout), "f\n3\n", "{out:?}");
+    // The CMA toolset, inside gVisor.
+    let tool = |name: &str, input: &str| {
+        world.controller(&[
+            "sandbox",
+            "tool",
+            "--session",
+            "s1",
+            "--name",
+            name,
+            "--input",
+            input,
+        ])
+    };
+    let out = tool(
+        "write",
+        r#"{"file_path": "notes/a.txt", "content": "alpha\nbeta\n"}"#,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let out = tool(
+        "edit",
+        r#"{"file_path": "notes/a.txt", "old_string": "beta", "new_string": "gamma"}"#,
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        text(&tool("read", r#"{"file_path": "/workspace/notes/a.txt"}"#).stdout),
+        "alpha
+gamma
+
+"
+    );
+    assert!(
+        text(&tool("glob", r#"{"pattern": "**/*.txt"}"#).stdout).contains("/workspace/notes/a.txt")
+    );
+    assert!(text(&tool("grep", r#"{"pattern": "gam+a"}"#).stdout).contains("a.txt:2:gamma"));
+    let out = tool("bash", r#"{"command": "cd notes && ls && export K=v"}"#);
+    assert_eq!(
+        text(&out.stdout),
+        "a.txt
+
+",
+        "{out:?}"
+    );
+    let out = tool(
+        "bash",
+        r#"{"command": "pwd; echo $K; env | grep -c ANTHROPIC; exit_code=$?; true"}"#,
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "/workspace/notes
+v
+0
+
+",
+        "{out:?}"
+    );
+    let out = tool("read", r#"{"file_path": "/etc/passwd"}"#);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains("outside the working directory"));
+    let out = tool("fetch", "{}");
+    assert!(text(&out.stdout).contains("this sandbox serves bash, read, write, edit, glob, grep"));
+
     // A timeout kills the command (124); a missing program is 127.
     let out = world.exec_with_timeout("s1", 300, &["sleep", "30"]);
     assert_eq!(out.status.code(), Some(124), "{out:?}");
