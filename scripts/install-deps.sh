@@ -6,22 +6,30 @@
 #   iproute2, nftables: network namespaces and redirect rules (transparent mode, sandboxes)
 #   prometheus: the real scraper the metrics test reads back through
 #   runsc: gVisor, the sandbox runtime; python3: the escape suite's probes inside a sandbox
+#   python3-venv: a virtualenv ($CORDON_VENV, default ~/.cache/cordon/venv) with the reference
+#   CMA libraries from PyPI (standardwebhooks, anthropic) the controller's tests check against
 set -euo pipefail
 
-packages=(build-essential cmake pkg-config curl git ca-certificates iproute2 nftables prometheus runsc python3 util-linux)
+packages=(build-essential cmake pkg-config curl git ca-certificates iproute2 nftables prometheus runsc python3 python3-venv util-linux)
 
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if ((${#missing[@]} == 0)); then
-    exit 0
+if ((${#missing[@]} > 0)); then
+    echo "installing: ${missing[*]}"
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "install-deps: need root to apt-get install ${missing[*]}" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-echo "installing: ${missing[*]}"
-if [[ $(id -u) -ne 0 ]]; then
-    echo "install-deps: need root to apt-get install ${missing[*]}" >&2
-    exit 1
+
+venv="${CORDON_VENV:-$HOME/.cache/cordon/venv}"
+if ! "$venv/bin/python" -c 'import standardwebhooks, anthropic' 2>/dev/null; then
+    echo "creating $venv (standardwebhooks, anthropic from PyPI)"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check 'standardwebhooks>=1.0' 'anthropic>=2.10'
 fi
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -232,3 +232,102 @@ impl SandboxConfig {
         })
     }
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ControllerSection {
+    listen: String,
+    webhook_secret_env: String,
+    webhook_secret_file: Option<PathBuf>,
+    max_body_bytes: usize,
+}
+
+impl Default for ControllerSection {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8088".into(),
+            webhook_secret_env: "CORDON_WEBHOOK_SECRET".into(),
+            webhook_secret_file: None,
+            max_body_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// `cordon-controller serve`: the `[controller]` section.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Where `/webhooks` is served (put TLS in front of it to expose it to CMA).
+    pub listen: SocketAddr,
+    pub webhook_secret: crate::cma::webhooks::WebhookSecret,
+    pub max_body_bytes: usize,
+    /// The controller's state directory (its SQLite).
+    pub state_dir: PathBuf,
+}
+
+impl ServiceConfig {
+    /// Reads `[controller]` of `cordon.toml`; the webhook secret comes from the environment
+    /// variable or the file (mode 0600) it names, never from the config file itself.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let proxy = ProxyConfig::load(path)?;
+        let raw: ControllerSection = toml::Value::Table(proxy.controller.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                path: path.into(),
+                message: e.to_string(),
+            })?;
+        let invalid = |errors: Vec<String>| ConfigError::Invalid {
+            path: path.into(),
+            errors,
+        };
+        let mut errors = Vec::new();
+        let listen = raw.listen.parse::<SocketAddr>().map_err(|_| {
+            format!(
+                "controller.listen = {:?} is not an address:port",
+                raw.listen
+            )
+        });
+        let secret_text = match &raw.webhook_secret_file {
+            Some(file) => {
+                let file = if file.is_absolute() {
+                    file.clone()
+                } else {
+                    path.parent().unwrap_or(Path::new(".")).join(file)
+                };
+                use std::os::unix::fs::PermissionsExt;
+                match std::fs::metadata(&file) {
+                    Ok(m) if m.permissions().mode() & 0o077 != 0 => Err(format!(
+                        "controller.webhook_secret_file {} is readable by group or others; run `chmod 600` on it",
+                        file.display()
+                    )),
+                    Ok(_) => std::fs::read_to_string(&file)
+                        .map_err(|e| format!("cannot read {}: {e}", file.display())),
+                    Err(e) => Err(format!("cannot read {}: {e}", file.display())),
+                }
+            }
+            None => std::env::var(&raw.webhook_secret_env).map_err(|_| {
+                format!(
+                    "the webhook secret is not set: export {} (whsec_...), or set controller.webhook_secret_file",
+                    raw.webhook_secret_env
+                )
+            }),
+        };
+        let secret = secret_text.and_then(|t| crate::cma::webhooks::WebhookSecret::parse(&t));
+        if raw.max_body_bytes < 1024 {
+            errors.push("controller.max_body_bytes must be at least 1024".into());
+        }
+        let (listen, secret) = match (listen, secret) {
+            (Ok(l), Ok(s)) if errors.is_empty() => (l, s),
+            (l, s) => {
+                errors.extend(l.err());
+                errors.extend(s.err());
+                return Err(invalid(errors));
+            }
+        };
+        Ok(Self {
+            listen,
+            webhook_secret: secret,
+            max_body_bytes: raw.max_body_bytes,
+            state_dir: proxy.state_dir.join("controller"),
+        })
+    }
+}

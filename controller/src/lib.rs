@@ -2,6 +2,7 @@
 //! only route out is the proxy) and its CLI. CMA webhooks and the work queue come next.
 
 pub mod agent;
+pub mod cma;
 pub mod command;
 pub mod config;
 pub mod http;

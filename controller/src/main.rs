@@ -6,6 +6,7 @@
 //! cordon-controller sandbox stop  --config cordon.toml --session ID
 //! cordon-controller sandbox list  --config cordon.toml [--json]
 //! cordon-controller sandbox reconcile --config cordon.toml
+//! cordon-controller serve --config cordon.toml      # POST /webhooks (CMA)
 //! ```
 //!
 //! Exit codes: 0 success (exec: the command's own status), 64 bad configuration or arguments,
@@ -37,6 +38,12 @@ enum Command {
     Sandbox {
         #[command(subcommand)]
         action: SandboxAction,
+    },
+    /// Serves CMA webhooks (`POST /webhooks`, `[controller]` in cordon.toml): verified,
+    /// deduplicated and recorded. The work queue and session runner are not built yet.
+    Serve {
+        #[command(flatten)]
+        common: Common,
     },
 }
 
@@ -133,10 +140,45 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let Command::Sandbox { action } = Cli::parse().command;
-    match run(action).await {
+    let result = match Cli::parse().command {
+        Command::Sandbox { action } => run(action).await,
+        Command::Serve { common } => serve(common).await,
+    };
+    match result {
         Ok(code) | Err(code) => code,
     }
+}
+
+async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
+    let config = cordon_controller::config::ServiceConfig::load(&common.config).map_err(|e| {
+        eprintln!("cordon-controller: {e}");
+        ExitCode::from(64)
+    })?;
+    let store =
+        cordon_controller::store::Store::open(&config.state_dir.join("state.db")).map_err(|e| {
+            eprintln!("cordon-controller: {e}");
+            ExitCode::from(69)
+        })?;
+    let receiver = std::sync::Arc::new(cordon_controller::cma::receiver::Receiver::new(
+        config.webhook_secret.clone(),
+        store,
+    ));
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| {
+            eprintln!("cordon-controller: cannot listen on {}: {e}", config.listen);
+            ExitCode::from(69)
+        })?;
+    eprintln!(
+        "cordon-controller: serving POST /webhooks on {}",
+        config.listen
+    );
+    let app = cordon_controller::cma::receiver::router(receiver, config.max_body_bytes);
+    axum::serve(listener, app).await.map_err(|e| {
+        eprintln!("cordon-controller: {e}");
+        ExitCode::from(70)
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn run(action: SandboxAction) -> Result<ExitCode, ExitCode> {

@@ -40,6 +40,15 @@ impl SessionState {
     }
 }
 
+/// One recorded webhook delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookRecord {
+    pub id: String,
+    pub kind: String,
+    pub session_id: Option<String>,
+    pub received_at: String,
+}
+
 /// One recorded session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {
@@ -94,6 +103,13 @@ CREATE TABLE IF NOT EXISTS sessions (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS live_slot ON sessions(slot)
     WHERE state IN ('starting', 'running');
+CREATE TABLE IF NOT EXISTS webhook_events (
+    id          TEXT PRIMARY KEY,
+    type        TEXT NOT NULL,
+    session_id  TEXT,
+    created_at  TEXT,
+    received_at TEXT NOT NULL
+);
 ";
 
 fn now() -> String {
@@ -120,6 +136,8 @@ impl Store {
             },
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // WAL: the webhook receiver writes while CLI commands read.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.execute_batch(SCHEMA)?;
         Ok(Self { conn })
     }
@@ -161,6 +179,42 @@ impl Store {
         tx.commit()?;
         self.get(id)?
             .ok_or(StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows))
+    }
+
+    /// Records a webhook delivery; `false` when its event id was recorded before (a
+    /// duplicate delivery, which CMA's retries make common).
+    pub fn record_webhook(
+        &self,
+        id: &str,
+        kind: &str,
+        session_id: Option<&str>,
+        created_at: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let inserted = self.conn.execute(
+            "INSERT OR IGNORE INTO webhook_events (id, type, session_id, created_at, received_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, kind, session_id, created_at, now()],
+        )?;
+        Ok(inserted == 1)
+    }
+
+    /// Recorded webhook deliveries, newest first.
+    pub fn webhooks(&self, limit: u32) -> Result<Vec<WebhookRecord>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, type, session_id, received_at FROM webhook_events
+             ORDER BY received_at DESC LIMIT ?1",
+        )?;
+        let rows = stmt
+            .query_map([limit], |r| {
+                Ok(WebhookRecord {
+                    id: r.get(0)?,
+                    kind: r.get(1)?,
+                    session_id: r.get(2)?,
+                    received_at: r.get(3)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
     }
 
     pub fn set_state(

@@ -64,6 +64,8 @@ pub struct ProxyConfig {
     pub dns: DnsConfig,
     /// The `[sandbox]` table, for the controller; the proxy does not read it.
     pub sandbox: toml::Table,
+    /// The `[controller]` table, for `cordon-controller serve`; the proxy does not read it.
+    pub controller: toml::Table,
 }
 
 /// The sandboxes' DNS stub.
@@ -378,6 +380,7 @@ fn validate(raw: file::ConfigFile, base: &Path, errors: &mut Vec<String>) -> Opt
             ttl_secs: raw.dns.ttl_secs,
         },
         sandbox: raw.sandbox.unwrap_or_default(),
+        controller: raw.controller.unwrap_or_default(),
     })
 }
 

@@ -25,6 +25,9 @@ pub(super) struct ConfigFile {
     /// The controller's section (`cordon-controller` validates it); the proxy only carries it.
     #[serde(default)]
     pub(super) sandbox: Option<toml::Table>,
+    /// The controller service's section (`cordon-controller serve`); carried, not read.
+    #[serde(default)]
+    pub(super) controller: Option<toml::Table>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,0 +1,118 @@
+//! `POST /webhooks`: verify, dedupe, persist, answer in milliseconds (axum).
+//!
+//! | answer | when |
+//! |---|---|
+//! | 200 `{"status":"accepted"}` | verified and recorded |
+//! | 200 `{"status":"duplicate"}` | verified, its event id was recorded before |
+//! | 400 `{"error"}` | not a JSON event, or over the size limit (413) |
+//! | 401 `{"error"}` | a Standard Webhooks header is missing, the timestamp is off, no signature matches |
+//! | 500 `{"error"}` | it could not be recorded (CMA retries) |
+
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use super::webhooks::{Delivery, Headers, WebhookSecret, verify};
+use crate::store::Store;
+
+/// What the receiver needs.
+#[derive(Debug)]
+pub struct Receiver {
+    pub secret: WebhookSecret,
+    pub store: Mutex<Store>,
+    /// Unix seconds now; a field so tests can move time.
+    pub clock: fn() -> i64,
+}
+
+fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+impl Receiver {
+    pub fn new(secret: WebhookSecret, store: Store) -> Self {
+        Self {
+            secret,
+            store: Mutex::new(store),
+            clock: unix_now,
+        }
+    }
+}
+
+fn answer(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+/// The routes: `POST /webhooks`, `GET /healthz`.
+pub fn router(receiver: Arc<Receiver>, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/webhooks", post(webhook))
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(receiver)
+}
+
+async fn webhook(
+    State(receiver): State<Arc<Receiver>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let signed = Headers {
+        id: header("webhook-id"),
+        timestamp: header("webhook-timestamp"),
+        signature: header("webhook-signature"),
+    };
+    if let Err(e) = verify(&receiver.secret, signed, &body, (receiver.clock)()) {
+        tracing::warn!(error = %e, "webhook refused");
+        return answer(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({"error": e.to_string()}),
+        );
+    }
+    let delivery: Delivery = match serde_json::from_slice(&body) {
+        Ok(d) => d,
+        Err(e) => {
+            return answer(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": format!("the body is not a CMA event: {e}")}),
+            );
+        }
+    };
+    if delivery.kind != "event" || Some(delivery.id.as_str()) != signed.id {
+        return answer(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": "expected {\"type\":\"event\"} whose id equals webhook-id"}),
+        );
+    }
+    let recorded = {
+        let store = receiver.store.lock().unwrap_or_else(|e| e.into_inner());
+        store.record_webhook(
+            &delivery.id,
+            &delivery.data.kind,
+            delivery.data.id.as_deref(),
+            delivery.created_at.as_deref(),
+        )
+    };
+    match recorded {
+        Ok(true) => {
+            tracing::info!(event = %delivery.id, kind = %delivery.data.kind, session = ?delivery.data.id, "webhook accepted");
+            answer(StatusCode::OK, serde_json::json!({"status": "accepted"}))
+        }
+        Ok(false) => answer(StatusCode::OK, serde_json::json!({"status": "duplicate"})),
+        Err(e) => {
+            tracing::error!(error = %e, "webhook not recorded");
+            answer(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                serde_json::json!({"error": "the delivery could not be recorded; retry"}),
+            )
+        }
+    }
+}
