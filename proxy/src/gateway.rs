@@ -180,18 +180,28 @@ impl Gateway {
         if let Some(d) = &decision
             && !d.is_allowed()
         {
-            self.audit_connection(
-                &connection,
-                &session.id,
-                "deny",
-                if d.failure.is_some() {
-                    "policy_failure"
-                } else {
-                    "policy"
-                },
-                &d.reason,
-                started,
-            );
+            let class = if d.failure.is_some() {
+                "policy_failure"
+            } else {
+                "policy"
+            };
+            let id =
+                self.audit_connection(&connection, &session.id, "deny", class, &d.reason, started);
+            // A plaintext HTTP client can be told why, like a refused request; a TLS client
+            // cannot without a handshake the policy just refused.
+            if connection.transport == Transport::Http {
+                let refusal = crate::respond::Refusal::new(
+                    d.deny_status(),
+                    if d.failure.is_some() {
+                        crate::respond::RefusalClass::PolicyFailure
+                    } else {
+                        crate::respond::RefusalClass::Policy
+                    },
+                    d.reason.clone(),
+                );
+                let _ = stream.write_all(&refusal.http1_bytes(&id)).await;
+                let _ = stream.shutdown().await;
+            }
             return "denied";
         }
         let passthrough = decision
@@ -576,6 +586,7 @@ impl Gateway {
         "spliced"
     }
 
+    /// Writes a connection record; returns its decision id.
     fn audit_connection(
         &self,
         connection: &ConnectionInput,
@@ -584,7 +595,8 @@ impl Gateway {
         class: &'static str,
         reason: &str,
         started: Instant,
-    ) {
+    ) -> String {
+        let id = self.state.next_decision_id();
         let destination = cordon_policy::PolicyInput {
             stage: cordon_policy::Stage::Connect,
             connection: connection.clone(),
@@ -595,7 +607,7 @@ impl Gateway {
         self.state.audit.write(&AuditRecord {
             time: now_rfc3339(),
             kind: "connection",
-            decision_id: self.state.next_decision_id(),
+            decision_id: id.clone(),
             session: session.to_string(),
             source: connection.source.to_string(),
             original_destination: connection.original_destination.map(|a| a.to_string()),
@@ -610,6 +622,7 @@ impl Gateway {
             duration_ms: started.elapsed().as_millis() as u64,
             ..AuditRecord::default()
         });
+        id
     }
 }
 

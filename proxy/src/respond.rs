@@ -109,16 +109,47 @@ impl Refusal {
         }
     }
 
+    /// The JSON body every refusal carries (unless the decision gave its own).
+    fn json_body(&self, decision_id: &str) -> String {
+        serde_json::json!({
+            "error": self.class.error_text(),
+            "reason": self.reason,
+            "decision_id": decision_id,
+        })
+        .to_string()
+    }
+
+    /// The refusal as raw HTTP/1.1 bytes, for a connection refused before the HTTP layer
+    /// (`connection: close`; the proxy closes it after).
+    pub fn http1_bytes(&self, decision_id: &str) -> Vec<u8> {
+        let body = self
+            .body
+            .clone()
+            .unwrap_or_else(|| self.json_body(decision_id));
+        let content_type = if self.body.is_some() {
+            "text/plain; charset=utf-8"
+        } else {
+            "application/json"
+        };
+        let reason = http::StatusCode::from_u16(self.status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Refused");
+        format!(
+            "HTTP/1.1 {} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\
+             cordon-error: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n{body}",
+            self.status,
+            body.len(),
+            self.class.as_str()
+        )
+        .into_bytes()
+    }
+
     /// Writes the refusal. Errors mean the client is gone; there is nobody left to tell.
     pub async fn write(&self, session: &mut Session, decision_id: &str) {
         let body = match &self.body {
             Some(body) => body.clone(),
-            None => serde_json::json!({
-                "error": self.class.error_text(),
-                "reason": self.reason,
-                "decision_id": decision_id,
-            })
-            .to_string(),
+            None => self.json_body(decision_id),
         };
         let Ok(mut header) = ResponseHeader::build(self.status, Some(4 + self.headers.len()))
         else {

@@ -358,3 +358,36 @@ fn a_busy_listen_address_fails_at_once_with_exit_69() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("proxy.explicit_listen"), "{stderr}");
 }
+
+#[test]
+fn a_plain_http_connection_denied_at_connect_is_told_why() {
+    let pki = test_pki(&["allowed.test"]);
+    let upstream = spawn_upstream(&pki);
+    let proxy = Proxy::start(
+        r#"package cordon.egress
+import rego.v1
+
+default decision := {"allowed": false, "reason": "nothing is allowed here"}
+"#,
+        upstream,
+        &pki.ca_pem,
+        &["allowed.test"],
+        "",
+    );
+    let body = text(&proxy.curl(&["http://denied.test/page"]));
+    assert!(body.starts_with("HTTP/1.1 403 Forbidden"), "{body}");
+    assert!(body.contains("cordon-error: policy"), "{body}");
+    assert!(body.contains("nothing is allowed here"), "{body}");
+    let audit = std::fs::read_to_string(proxy.path("state/audit.log")).unwrap();
+    let id = body
+        .split("\"decision_id\":\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    assert!(
+        audit.contains(&format!("\"decision_id\":\"{id}\"")),
+        "{audit}"
+    );
+}
