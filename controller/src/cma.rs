@@ -1,6 +1,7 @@
 //! Claude Managed Agents: what the controller speaks to CMA (../shared/CMA.md). Built so far:
-//! webhook verification and the webhook receiver. The work-queue client and the session
-//! runner come next.
+//! webhook verification and the receiver, and the work-queue client. The session runner and
+//! the simulator come next.
 
+pub mod client;
 pub mod receiver;
 pub mod webhooks;

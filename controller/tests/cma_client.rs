@@ -1,0 +1,202 @@
+//! The work-queue client against a local fake of CMA's endpoints: headers, credentials per
+//! call, the heartbeat protocol, and how errors are classified.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use cordon_controller::cma::client::{CmaClient, Key};
+
+/// One request as the fake saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    what: String,
+    authorization: String,
+    worker: Option<String>,
+    beta: Option<String>,
+    version: Option<String>,
+}
+
+#[derive(Default)]
+struct Fake {
+    seen: Vec<Seen>,
+    polls: usize,
+    last_heartbeat: Option<String>,
+}
+
+type Shared = Arc<Mutex<Fake>>;
+
+fn note(fake: &Shared, what: String, headers: &HeaderMap) {
+    let h = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    fake.lock().unwrap().seen.push(Seen {
+        what,
+        authorization: h("authorization").unwrap_or_default(),
+        worker: h("anthropic-worker-id"),
+        beta: h("anthropic-beta"),
+        version: h("anthropic-version"),
+    });
+    assert!(headers.get("x-api-key").is_none(), "never two credentials");
+}
+
+fn error(status: StatusCode, kind: &str, code: &str) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({"type": "error", "error": {"type": kind, "message": "nope", "details": {"error_code": code}}, "request_id": "req_1"})),
+    )
+        .into_response()
+}
+
+async fn spawn_fake(fake: Shared) -> String {
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(br#"{"sessions_token":"sess-token-1"}"#);
+    let app = Router::new()
+        .route(
+            "/v1/environments/{env}/work/poll",
+            get(move |State(f): State<Shared>, Path(env): Path<String>, Query(q): Query<std::collections::HashMap<String, String>>, headers: HeaderMap| {
+                let secret = secret.clone();
+                async move {
+                    note(&f, format!("poll {env} block_ms={}", q.get("block_ms").cloned().unwrap_or_default()), &headers);
+                    let n = { let mut g = f.lock().unwrap(); g.polls += 1; g.polls };
+                    match n {
+                        1 => axum::Json(serde_json::Value::Null).into_response(),
+                        2 => axum::Json(serde_json::json!({"type": "work", "id": "work_1", "environment_id": env, "data": {"type": "session", "id": "sesn_1"}, "state": "queued", "secret": secret})).into_response(),
+                        _ => error(StatusCode::SERVICE_UNAVAILABLE, "overloaded_error", "busy"),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/v1/environments/{env}/work/{id}/ack",
+            post(|State(f): State<Shared>, Path((_, id)): Path<(String, String)>, headers: HeaderMap| async move {
+                note(&f, format!("ack {id}"), &headers);
+                axum::Json(serde_json::json!({}))
+            }),
+        )
+        .route(
+            "/v1/environments/{env}/work/{id}/heartbeat",
+            post(|State(f): State<Shared>, Query(q): Query<std::collections::HashMap<String, String>>, headers: HeaderMap| async move {
+                let expected = q.get("expected_last_heartbeat").cloned().unwrap_or_default();
+                note(&f, format!("heartbeat expected={expected} ttl={}", q.get("desired_ttl_seconds").cloned().unwrap_or_default()), &headers);
+                let mut g = f.lock().unwrap();
+                let ok = match &g.last_heartbeat {
+                    None => expected == "NO_HEARTBEAT",
+                    Some(last) => *last == expected,
+                };
+                if !ok {
+                    return error(StatusCode::PRECONDITION_FAILED, "invalid_request_error", "heartbeat_precondition_failed");
+                }
+                let next = format!("hb-{}", g.seen.len());
+                g.last_heartbeat = Some(next.clone());
+                axum::Json(serde_json::json!({"type": "work_heartbeat", "last_heartbeat": next, "lease_extended": true, "state": "active", "ttl_seconds": 40})).into_response()
+            }),
+        )
+        .route(
+            "/v1/environments/{env}/work/{id}/stop",
+            post(|State(f): State<Shared>, headers: HeaderMap, body: String| async move {
+                note(&f, format!("stop {body}"), &headers);
+                error(StatusCode::CONFLICT, "invalid_request_error", "already_stopped")
+            }),
+        )
+        .with_state(fake);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{address}")
+}
+
+#[tokio::test]
+async fn speaks_the_work_queue_protocol() {
+    let fake = Shared::default();
+    let base = spawn_fake(fake.clone()).await;
+    let client = CmaClient::new(
+        &base,
+        "env_1",
+        Key::new("sk-ant-oat01-envkey".into()),
+        "host-abc",
+    )
+    .unwrap();
+
+    assert_eq!(
+        client.poll(5000).await.unwrap(),
+        None,
+        "an empty queue is null"
+    );
+    let work = client.poll(500).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            work.id.as_str(),
+            work.data.kind.as_str(),
+            work.data.id.as_str()
+        ),
+        ("work_1", "session", "sesn_1")
+    );
+    client.ack(&work).await.unwrap();
+    let first = client.heartbeat(&work, None, 60).await.unwrap();
+    assert!(first.keep_serving());
+    assert_eq!(first.next_in(), std::time::Duration::from_secs(20));
+    let second = client
+        .heartbeat(&work, Some(&first.last_heartbeat), 60)
+        .await
+        .unwrap();
+    // Echoing a stale heartbeat is a lost lease.
+    let lost = client
+        .heartbeat(&work, Some(&first.last_heartbeat), 60)
+        .await
+        .unwrap_err();
+    assert!(lost.is_lease_lost(), "{lost}");
+    assert!(
+        lost.to_string().contains("heartbeat_precondition_failed"),
+        "{lost}"
+    );
+    assert_ne!(second.last_heartbeat, first.last_heartbeat);
+    client.stop(&work, true).await.unwrap();
+    let busy = client.poll(500).await.unwrap_err();
+    assert!(busy.is_retryable(), "{busy}");
+
+    let seen = fake.lock().unwrap().seen.clone();
+    let calls: Vec<_> = seen.iter().map(|s| s.what.as_str()).collect();
+    assert_eq!(
+        calls,
+        [
+            "poll env_1 block_ms=999",
+            "poll env_1 block_ms=500",
+            "ack work_1",
+            "heartbeat expected=NO_HEARTBEAT ttl=60",
+            &format!("heartbeat expected={} ttl=60", first.last_heartbeat),
+            &format!("heartbeat expected={} ttl=60", first.last_heartbeat),
+            "stop {\"force\":true}",
+            "poll env_1 block_ms=500",
+        ]
+    );
+    for Seen {
+        what,
+        authorization: auth,
+        worker,
+        beta,
+        version,
+    } in &seen
+    {
+        assert_eq!(beta.as_deref(), Some("managed-agents-2026-04-01"), "{what}");
+        assert_eq!(version.as_deref(), Some("2026-10-21"), "{what}");
+        // Poll and ack: the environment key; heartbeat and stop: the work item's own token.
+        let want = if what.starts_with("poll") || what.starts_with("ack") {
+            "Bearer sk-ant-oat01-envkey"
+        } else {
+            "Bearer sess-token-1"
+        };
+        assert_eq!(auth, want, "{what}");
+        assert_eq!(worker.is_some(), what.starts_with("poll"), "{what}");
+    }
+    assert!(!format!("{client:?}").contains("envkey"));
+}
