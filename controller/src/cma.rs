@@ -3,5 +3,6 @@
 //! the simulator come next.
 
 pub mod client;
+pub mod events;
 pub mod receiver;
 pub mod webhooks;

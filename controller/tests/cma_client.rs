@@ -108,6 +108,22 @@ async fn spawn_fake(fake: Shared) -> String {
                 error(StatusCode::CONFLICT, "invalid_request_error", "already_stopped")
             }),
         )
+        .route(
+            "/v1/sessions/{id}/events",
+            get(|State(f): State<Shared>, Query(q): Query<std::collections::HashMap<String, String>>, headers: HeaderMap| async move {
+                note(&f, format!("events page={}", q.get("page").cloned().unwrap_or_default()), &headers);
+                let (data, next) = match q.get("page").map(String::as_str) {
+                    None => (serde_json::json!([{"type": "user.message", "id": "ev_1"}]), serde_json::json!("p2")),
+                    Some("p2") => (serde_json::json!([{"type": "agent.tool_use", "id": "tu_1", "name": "bash", "input": {"command": "ls"}}]), serde_json::Value::Null),
+                    Some(_) => (serde_json::json!([]), serde_json::Value::Null),
+                };
+                axum::Json(serde_json::json!({"data": data, "next_page": next}))
+            })
+            .post(|State(f): State<Shared>, headers: HeaderMap, body: String| async move {
+                note(&f, format!("send {body}"), &headers);
+                axum::Json(serde_json::json!({"data": []}))
+            }),
+        )
         .with_state(fake);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
@@ -160,6 +176,15 @@ async fn speaks_the_work_queue_protocol() {
         "{lost}"
     );
     assert_ne!(second.last_heartbeat, first.last_heartbeat);
+    // Reconcile: every page, in order; then a result.
+    let events = client.all_events(&work, "sesn_1").await.unwrap();
+    assert_eq!(events.len(), 2);
+    let call = cordon_controller::cma::events::tool_use(&events[1]).unwrap();
+    let result = cordon_controller::cma::events::tool_result(&call, false, "a.txt");
+    client
+        .send_events(&work, "sesn_1", vec![result])
+        .await
+        .unwrap();
     client.stop(&work, true).await.unwrap();
     let busy = client.poll(500).await.unwrap_err();
     assert!(busy.is_retryable(), "{busy}");
@@ -175,6 +200,9 @@ async fn speaks_the_work_queue_protocol() {
             "heartbeat expected=NO_HEARTBEAT ttl=60",
             &format!("heartbeat expected={} ttl=60", first.last_heartbeat),
             &format!("heartbeat expected={} ttl=60", first.last_heartbeat),
+            "events page=",
+            "events page=p2",
+            r#"send {"events":[{"content":[{"text":"a.txt","type":"text"}],"is_error":false,"tool_use_id":"tu_1","type":"user.tool_result"}]}"#,
             "stop {\"force\":true}",
             "poll env_1 block_ms=500",
         ]

@@ -316,4 +316,70 @@ impl CmaClient {
             Err(e) => Err(e),
         }
     }
+
+    /// One page of a session's events (oldest first) and the cursor of the next, if any.
+    pub async fn list_events(
+        &self,
+        work: &Work,
+        session: &str,
+        page: Option<&str>,
+    ) -> Result<(Vec<serde_json::Value>, Option<String>), CmaError> {
+        #[derive(Deserialize)]
+        struct Page {
+            data: Vec<serde_json::Value>,
+            #[serde(default)]
+            next_page: Option<String>,
+        }
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        query.append_pair("limit", "1000");
+        if let Some(page) = page {
+            query.append_pair("page", page);
+        }
+        let path = format!("/v1/sessions/{session}/events?{}", query.finish());
+        let (_, bytes) = self
+            .call(http::Method::GET, &path, &self.key_for(work), None, false)
+            .await?;
+        let page: Page = serde_json::from_slice(&bytes).map_err(|e| CmaError::Protocol {
+            url: path,
+            message: e.to_string(),
+        })?;
+        Ok((page.data, page.next_page))
+    }
+
+    /// Every event of a session so far, following `next_page` (the reconcile on each
+    /// (re)connect, so a tool call is answered exactly once).
+    pub async fn all_events(
+        &self,
+        work: &Work,
+        session: &str,
+    ) -> Result<Vec<serde_json::Value>, CmaError> {
+        let mut events = Vec::new();
+        let mut page: Option<String> = None;
+        loop {
+            let (mut data, next) = self.list_events(work, session, page.as_deref()).await?;
+            events.append(&mut data);
+            match next {
+                Some(next) if Some(&next) != page.as_ref() => page = Some(next),
+                _ => return Ok(events),
+            }
+        }
+    }
+
+    /// Posts events (tool results) to a session.
+    pub async fn send_events(
+        &self,
+        work: &Work,
+        session: &str,
+        events: Vec<serde_json::Value>,
+    ) -> Result<(), CmaError> {
+        self.call(
+            http::Method::POST,
+            &format!("/v1/sessions/{session}/events"),
+            &self.key_for(work),
+            Some(serde_json::json!({ "events": events })),
+            false,
+        )
+        .await
+        .map(|_| ())
+    }
 }
