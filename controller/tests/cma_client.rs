@@ -124,6 +124,16 @@ async fn spawn_fake(fake: Shared) -> String {
                 axum::Json(serde_json::json!({"data": []}))
             }),
         )
+        .route(
+            "/v1/sessions/{id}/events/stream",
+            get(|State(f): State<Shared>, headers: HeaderMap| async move {
+                note(&f, "stream".into(), &headers);
+                (
+                    [("content-type", "text/event-stream")],
+                    "event: ping\ndata: {}\n\nevent: agent.tool_use\ndata: {\"type\":\"agent.tool_use\",\"id\":\"tu_2\",\"name\":\"read\",\"input\":{}}\n\nevent: session.status_idle\ndata: {\"type\":\"session.status_idle\"}\n\n",
+                )
+            }),
+        )
         .with_state(fake);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
@@ -185,6 +195,22 @@ async fn speaks_the_work_queue_protocol() {
         .send_events(&work, "sesn_1", vec![result])
         .await
         .unwrap();
+    let mut streamed = Vec::new();
+    client
+        .stream_events(&work, "sesn_1", |item| {
+            streamed.push(item);
+            true
+        })
+        .await
+        .unwrap();
+    assert_eq!(streamed.len(), 2, "ping skipped: {streamed:?}");
+    let cordon_controller::cma::events::StreamItem::Event(event) = &streamed[0] else {
+        panic!("{streamed:?}");
+    };
+    assert_eq!(
+        cordon_controller::cma::events::tool_use(event).unwrap().id,
+        "tu_2"
+    );
     client.stop(&work, true).await.unwrap();
     let busy = client.poll(500).await.unwrap_err();
     assert!(busy.is_retryable(), "{busy}");
@@ -203,6 +229,7 @@ async fn speaks_the_work_queue_protocol() {
             "events page=",
             "events page=p2",
             r#"send {"events":[{"content":[{"text":"a.txt","type":"text"}],"is_error":false,"tool_use_id":"tu_1","type":"user.tool_result"}]}"#,
+            "stream",
             "stop {\"force\":true}",
             "poll env_1 block_ms=500",
         ]

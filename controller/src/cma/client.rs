@@ -382,4 +382,60 @@ impl CmaClient {
         .await
         .map(|_| ())
     }
+
+    /// Opens a session's event stream and calls `on_item` for each event or error frame until
+    /// the stream ends or `on_item` returns `false`. Reconnecting (with backoff, after a
+    /// reconcile through [`CmaClient::all_events`]) is the caller's.
+    pub async fn stream_events(
+        &self,
+        work: &Work,
+        session: &str,
+        mut on_item: impl FnMut(super::events::StreamItem) -> bool,
+    ) -> Result<(), CmaError> {
+        let url = format!("{}/v1/sessions/{session}/events/stream", self.base);
+        let transport = |message: String| CmaError::Transport {
+            url: url.clone(),
+            message,
+        };
+        let request = http::Request::builder()
+            .method(http::Method::GET)
+            .uri(&url)
+            .header("authorization", format!("Bearer {}", self.key_for(work).0))
+            .header("anthropic-version", API_VERSION)
+            .header("anthropic-beta", BETA)
+            .header("accept", "text/event-stream")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| transport(e.to_string()))?;
+        let response = self
+            .http
+            .request(request)
+            .await
+            .map_err(|e| transport(e.to_string()))?;
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            return Err(CmaError::Status {
+                url,
+                status,
+                kind: "stream".into(),
+                message: "the event stream was refused".into(),
+                code: None,
+            });
+        }
+        let mut body = response.into_body();
+        let mut parser = super::events::SseParser::default();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| transport(e.to_string()))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            for frame in parser.push(&data) {
+                if let Some(item) = super::events::interpret(&frame)
+                    && !on_item(item)
+                {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
 }
