@@ -327,6 +327,9 @@ impl Authorizer {
                     };
                     patterns.extend(patterns_for(secret, &placeholder));
                 }
+                if registered {
+                    self.state.forget_placeholders_if_gone(session);
+                }
                 ScrubTable::new(patterns)
             },
         )?;
@@ -344,22 +347,25 @@ impl Authorizer {
         ctx: &mut RequestContext,
     ) -> Result<()> {
         let status = response.status.as_u16();
-        if status == 101 {
-            ctx.scrubber = None;
-            return Ok(());
-        }
-        if let Some(encoding) = response
+        let no_body = session.req_header().method == http::Method::HEAD
+            || matches!(status, 101 | 204 | 304)
+            || response.status.is_informational();
+        // Every content-encoding value, comma-separated lists included.
+        let encoded = response
             .headers
-            .get(http::header::CONTENT_ENCODING)
-            .filter(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
-        {
+            .get_all(http::header::CONTENT_ENCODING)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .any(|e| !e.is_empty() && !e.eq_ignore_ascii_case(b"identity"));
+        if encoded && !no_body {
             let host = ctx.host.clone().unwrap_or_default();
             ctx.late_refusal = Some(Refusal::new(
                 502,
                 RefusalClass::Upstream,
                 format!(
-                    "{host} sent a {}-encoded response although asked for identity; it cannot                      be checked for echoed secrets, so it is not passed on",
-                    String::from_utf8_lossy(encoding.as_bytes())
+                    "{host} sent a compressed response although asked for identity; it cannot be \
+                     checked for echoed secrets, so it is not passed on"
                 ),
             ));
             return Err(Error::explain(
@@ -395,9 +401,11 @@ impl Authorizer {
                 response.append_header(name.clone(), value)?;
             }
         }
-        let no_body = session.req_header().method == http::Method::HEAD
-            || matches!(status, 204 | 304)
-            || response.status.is_informational();
+        if status == 101 {
+            // An upgraded stream's framing cannot survive length changes: headers only.
+            ctx.scrubber = None;
+            return Ok(());
+        }
         if !no_body && response.headers.contains_key(http::header::CONTENT_LENGTH) {
             response.remove_header(&http::header::CONTENT_LENGTH);
             if !session.is_http2() {
@@ -596,18 +604,23 @@ impl ProxyHttp for Authorizer {
         for (name, values) in &ctx.swaps.headers {
             upstream_request.remove_header(name);
             for value in values {
-                let value = http::HeaderValue::from_bytes(value).map_err(|_| {
+                let mut value = http::HeaderValue::from_bytes(value).map_err(|_| {
                     Error::explain(
                         ErrorType::InvalidHTTPHeader,
                         "a swapped credential is not a valid header value",
                     )
                 })?;
+                // Debug logs (pingora's own included) print it as `Sensitive`.
+                value.set_sensitive(true);
                 upstream_request.append_header(name.clone(), value)?;
             }
         }
-        // A compressed response could carry an echoed secret past the scrubber.
+        // A compressed response could carry an echoed secret past the scrubber, and a range
+        // request could fetch an echoed value in pieces too small to recognise.
         if ctx.scrubber.is_some() {
             upstream_request.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
+            upstream_request.remove_header(&http::header::RANGE);
+            upstream_request.remove_header(&http::header::IF_RANGE);
         }
         let Some(decision) = &ctx.decision else {
             return Ok(());
@@ -629,7 +642,15 @@ impl ProxyHttp for Authorizer {
         // can stand in their header's place.
         for injection in &ctx.injections {
             upstream_request.remove_header(injection.header.as_str());
-            upstream_request.insert_header(injection.header.clone(), injection.value.expose())?;
+            let mut value =
+                http::HeaderValue::from_str(injection.value.expose()).map_err(|_| {
+                    Error::explain(
+                        ErrorType::InvalidHTTPHeader,
+                        "an injected credential is not a valid header value",
+                    )
+                })?;
+            value.set_sensitive(true);
+            upstream_request.insert_header(injection.header.clone(), value)?;
         }
         Ok(())
     }

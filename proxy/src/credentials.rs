@@ -147,6 +147,15 @@ pub enum InjectError {
     Plaintext { secret: String },
     #[error("{method} echoes request headers back; no credential is injected into it")]
     EchoingMethod { method: String },
+    #[error(
+        "a placeholder for secret {secret:?} inside Basic credentials is swapped only in \
+         `authorization`, for a `basic` secret, as exactly `<basic_user>:<placeholder>`"
+    )]
+    BasicShape { secret: String },
+    #[error(
+        "secret {secret:?} is bound to path prefixes; this path has dot segments or encoded separators"
+    )]
+    UnclearPath { secret: String },
 }
 
 /// The secrets loaded now.
@@ -209,6 +218,13 @@ impl SecretSet {
                 method,
             });
         }
+        // A prefix is compared with the path as sent; one the upstream would read differently
+        // (`/repos/acme/../../other`, `%2e%2e`, `%2f`, `//`) cannot be judged by it.
+        if !binding.path_prefixes.is_empty() && !plain_path(destination.path) {
+            return Err(InjectError::UnclearPath {
+                secret: name.to_string(),
+            });
+        }
         if !binding.path_prefixes.is_empty()
             && !binding
                 .path_prefixes
@@ -226,6 +242,24 @@ impl SecretSet {
         }
         Ok(secret)
     }
+}
+
+/// Whether `path` means what it says: no `.` or `..` segment, no empty segment, and no
+/// percent-encoded dot, slash or backslash.
+fn plain_path(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    !lower.contains("%2e")
+        && !lower.contains("%2f")
+        && !lower.contains("%5c")
+        && !path.contains('\\')
+        && {
+            let segments: Vec<&str> = path.split('/').skip(1).collect();
+            let last = segments.len().saturating_sub(1);
+            segments
+                .iter()
+                .enumerate()
+                .all(|(i, s)| *s != "." && *s != ".." && (!s.is_empty() || i == last))
+        }
 }
 
 /// The store: the current set, reloadable from its file. A reload that fails keeps the last
@@ -287,7 +321,15 @@ impl SecretStore {
         match result {
             Ok(loaded) => {
                 let count = loaded.set.len();
-                *seen = fingerprint(&loaded.sources);
+                // Files known before the read keep their pre-read fingerprint: one rewritten
+                // while it was read differs from it, and is read again on the next check.
+                *seen = fingerprint(&loaded.sources)
+                    .into_iter()
+                    .map(|(path, now)| {
+                        let earlier = before.iter().find(|(p, _)| *p == path).map(|(_, f)| *f);
+                        (path, earlier.unwrap_or(now))
+                    })
+                    .collect();
                 self.current.store(Arc::new(loaded.set));
                 Ok(count)
             }

@@ -35,7 +35,8 @@ pub struct SyntheticNames {
 #[derive(Debug, Default)]
 struct Table {
     by_name: HashMap<String, Ipv4Addr>,
-    by_address: HashMap<Ipv4Addr, String>,
+    /// The name an address stands for, and when it was handed out.
+    by_address: HashMap<Ipv4Addr, (String, std::time::Instant)>,
     /// Offset of the next address to hand out; wraps, evicting the oldest name.
     next: u32,
 }
@@ -59,22 +60,30 @@ impl SyntheticNames {
     }
 
     /// The address standing for `name` (lower-case, no trailing dot), handing one out if the
-    /// name has none. When the range is used up, the oldest name loses its address.
-    pub fn address_for(&self, name: &str) -> Ipv4Addr {
+    /// name has none. When the range is used up, the oldest name loses its address, but only
+    /// once its answer's TTL (`min_age`) has passed, so no cached answer is remapped; `None`
+    /// when every address is younger than that.
+    pub fn address_for(&self, name: &str, min_age: std::time::Duration) -> Option<Ipv4Addr> {
         let mut table = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(address) = table.by_name.get(name) {
-            return *address;
+            return Some(*address);
         }
-        // Skip the network and broadcast addresses of the range.
-        let usable = (self.range.hosts().count() as u32).max(1);
+        // Skip the network and broadcast addresses of the range (a /24 or wider).
+        let usable = (1u32 << (32 - u32::from(self.range.prefix_len()))) - 2;
         let offset = 1 + table.next % usable;
-        table.next = table.next.wrapping_add(1);
         let address = Ipv4Addr::from(u32::from(self.range.network()) + offset);
-        if let Some(old) = table.by_address.insert(address, name.to_string()) {
+        if let Some((_, at)) = table.by_address.get(&address)
+            && at.elapsed() < min_age
+        {
+            return None;
+        }
+        table.next = table.next.wrapping_add(1);
+        let now = std::time::Instant::now();
+        if let Some((old, _)) = table.by_address.insert(address, (name.to_string(), now)) {
             table.by_name.remove(&old);
         }
         table.by_name.insert(name.to_string(), address);
-        address
+        Some(address)
     }
 
     /// The name `ip` stands for, if the stub handed it out.
@@ -84,7 +93,7 @@ impl SyntheticNames {
             IpAddr::V6(v6) => v6.to_ipv4_mapped()?,
         };
         let table = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        table.by_address.get(&v4).cloned()
+        table.by_address.get(&v4).map(|(name, _)| name.clone())
     }
 }
 
@@ -131,13 +140,22 @@ pub fn answer(state: &GatewayState, source: SocketAddr, packet: &[u8]) -> Option
     } else if name.is_empty() || name.len() > MAX_NAME {
         (ResponseCode::NXDomain, None)
     } else if query.query_type() == RecordType::A {
-        let address = state.names.address_for(&name);
-        response.add_answer(Record::from_rdata(
-            query.name().clone(),
-            state.config.dns.ttl_secs,
-            RData::A(A(address)),
-        ));
-        (ResponseCode::NoError, Some(address.to_string()))
+        let ttl = state.config.dns.ttl_secs;
+        match state
+            .names
+            .address_for(&name, std::time::Duration::from_secs(u64::from(ttl)))
+        {
+            Some(address) => {
+                response.add_answer(Record::from_rdata(
+                    query.name().clone(),
+                    ttl,
+                    RData::A(A(address)),
+                ));
+                (ResponseCode::NoError, Some(address.to_string()))
+            }
+            // Every synthetic address is still in some sandbox's cache.
+            None => (ResponseCode::ServFail, None),
+        }
     } else {
         // AAAA and everything else: the name exists, with no data of that type.
         (ResponseCode::NoError, None)
@@ -156,6 +174,7 @@ pub fn answer(state: &GatewayState, source: SocketAddr, packet: &[u8]) -> Option
             ResponseCode::NXDomain => "NXDOMAIN",
             ResponseCode::Refused => "REFUSED",
             ResponseCode::NotImp => "NOTIMP",
+            ResponseCode::ServFail => "SERVFAIL",
             _ => "FORMERR",
         },
         answer,
@@ -195,33 +214,41 @@ pub async fn serve(state: Arc<GatewayState>, socket: tokio::net::UdpSocket) {
 mod tests {
     use super::*;
 
+    const NOW: std::time::Duration = std::time::Duration::ZERO;
+
     #[test]
     fn names_get_stable_addresses_that_map_back() {
         let names = SyntheticNames::new("198.18.0.0/24".parse().unwrap());
-        let a = names.address_for("pypi.org");
-        assert_eq!(names.address_for("pypi.org"), a);
+        let a = names.address_for("pypi.org", NOW).unwrap();
+        assert_eq!(names.address_for("pypi.org", NOW), Some(a));
         assert!(names.contains(IpAddr::V4(a)));
         assert_eq!(names.name_of(IpAddr::V4(a)).as_deref(), Some("pypi.org"));
-        let b = names.address_for("crates.io");
+        let b = names.address_for("crates.io", NOW).unwrap();
         assert_ne!(a, b);
         assert_eq!(names.name_of("198.18.0.200".parse().unwrap()), None);
         assert!(!names.contains("10.0.0.1".parse().unwrap()));
     }
 
     #[test]
-    fn a_full_range_evicts_the_oldest_name() {
-        let names = SyntheticNames::new("198.18.0.0/30".parse().unwrap());
-        let first = names.address_for("one.test");
-        names.address_for("two.test");
-        let third = names.address_for("three.test");
+    fn a_full_range_evicts_the_oldest_name_once_its_ttl_has_passed() {
+        // A /24 has 254 usable addresses.
+        let names = SyntheticNames::new("198.18.0.0/24".parse().unwrap());
+        let first = names.address_for("name0.test", NOW).unwrap();
+        for i in 1..254 {
+            names.address_for(&format!("name{i}.test"), NOW).unwrap();
+        }
+        let ttl = std::time::Duration::from_secs(60);
         assert_eq!(
-            third, first,
-            "two usable addresses; the third name reuses the first"
+            names.address_for("late.test", ttl),
+            None,
+            "no address is old enough"
         );
+        let reused = names.address_for("late.test", NOW).unwrap();
+        assert_eq!(reused, first);
         assert_eq!(
             names.name_of(IpAddr::V4(first)).as_deref(),
-            Some("three.test")
+            Some("late.test")
         );
-        assert_ne!(names.address_for("one.test"), first);
+        assert_ne!(names.address_for("name0.test", NOW), Some(first));
     }
 }

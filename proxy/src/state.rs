@@ -116,19 +116,34 @@ impl GatewayState {
                 .ok_or_else(|| MintError::UnknownSecret(name.clone()))?;
             prefixes.push((name, secret.placeholder_prefix.as_str()));
         }
-        Ok(prefixes
+        let minted = prefixes
             .into_iter()
             .map(|(name, prefix)| {
                 let placeholder = self.placeholders.get_or_mint(session, name, prefix);
                 (name.clone(), placeholder)
             })
-            .collect())
+            .collect();
+        if self.forget_placeholders_if_gone(session) {
+            return Err(MintError::UnknownSession(session.to_string()));
+        }
+        Ok(minted)
     }
 
     /// Ends a session: its registration and its placeholders.
     pub fn remove_session(&self, id: &str) -> Option<crate::sessions::SessionRecord> {
+        // Registration first: a mint racing this sees the session gone (and undoes itself).
+        let removed = self.sessions.remove(id);
         self.placeholders.remove_session(id);
-        self.sessions.remove(id)
+        removed
+    }
+
+    /// After minting for `session`: if it was removed meanwhile, the mint is undone.
+    pub fn forget_placeholders_if_gone(&self, session: &str) -> bool {
+        if self.sessions.contains(session) {
+            return false;
+        }
+        self.placeholders.remove_session(session);
+        true
     }
 
     /// Reloads the secret store (rotation); a failure keeps the last good set.

@@ -147,11 +147,16 @@ impl ScrubTable {
 
     /// Every match in `bytes` replaced: the output up to the end of the last match, where that
     /// end is in `bytes`, and how many there were.
-    fn replace_all(&self, bytes: &[u8]) -> (Vec<u8>, usize, u64) {
+    fn replace_all(&self, bytes: &[u8], cut: usize) -> (Vec<u8>, usize, u64) {
         let mut out = Vec::with_capacity(bytes.len());
         let mut last = 0;
         let mut count = 0;
         for m in self.matcher.find_iter(bytes) {
+            // A match that starts in the held-back tail may be the short end of a longer value
+            // the next chunk completes: it is looked at again then.
+            if m.start() >= cut {
+                break;
+            }
             out.extend_from_slice(&bytes[last..m.start()]);
             out.extend_from_slice(&self.patterns[m.pattern().as_usize()].replacement);
             last = m.end();
@@ -202,22 +207,25 @@ impl Scrubber {
             joined.extend_from_slice(chunk);
             std::borrow::Cow::Owned(joined)
         };
-        let (mut out, last, count) = self.table.replace_all(&buf);
-        self.replaced += count;
-        let rest = &buf[last..];
+        // What may be the start of a value is decided on the whole buffer first, so a shorter
+        // value inside a longer one that straddles the chunk end cannot win.
         let hold = if end {
             0
         } else {
-            self.table.partial_suffix(rest)
+            self.table.partial_suffix(&buf)
         };
-        out.extend_from_slice(&rest[..rest.len() - hold]);
-        self.carry = rest[rest.len() - hold..].to_vec();
+        let cut = buf.len() - hold;
+        let (mut out, last, count) = self.table.replace_all(&buf, cut);
+        self.replaced += count;
+        let keep_from = last.max(cut);
+        out.extend_from_slice(&buf[last..keep_from]);
+        self.carry = buf[keep_from..].to_vec();
         Bytes::from(out)
     }
 
     /// `bytes` with every value replaced (a header value: no chunks); `None` when unchanged.
     pub fn scrub_all(&mut self, bytes: &[u8]) -> Option<Vec<u8>> {
-        let (mut out, last, count) = self.table.replace_all(bytes);
+        let (mut out, last, count) = self.table.replace_all(bytes, bytes.len());
         if count == 0 {
             return None;
         }
@@ -270,6 +278,34 @@ mod tests {
             }
             assert_eq!(out, expected, "size {size}");
             assert_eq!(s.replaced(), 3);
+        }
+    }
+
+    #[test]
+    fn a_longer_value_wins_over_one_inside_it_across_chunks() {
+        let table = Arc::new(
+            ScrubTable::new(vec![
+                ScrubPattern {
+                    needle: b"abcdef".to_vec(),
+                    replacement: b"[A]".to_vec(),
+                },
+                ScrubPattern {
+                    needle: b"bcd".to_vec(),
+                    replacement: b"[B]".to_vec(),
+                },
+            ])
+            .unwrap(),
+        );
+        let text = b"xabcdefy bcd abcdef";
+        for size in 1..=text.len() {
+            let mut s = Scrubber::new(table.clone());
+            let chunks: Vec<_> = text.chunks(size).collect();
+            let out: Vec<u8> = chunks
+                .iter()
+                .enumerate()
+                .flat_map(|(i, c)| s.push(c, i + 1 == chunks.len()).to_vec())
+                .collect();
+            assert_eq!(out, b"x[A]y [B] [A]", "size {size}");
         }
     }
 

@@ -10,7 +10,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
 use super::placeholders::{Found, Owner, PlaceholderIndex};
-use super::{Destination, InjectError, Secret, SecretSet};
+use super::{Destination, InjectError, Presentation, Secret, SecretSet};
 
 /// Headers the proxy itself consumes; never forwarded, so never swapped.
 const NOT_FORWARDED: [&str; 2] = ["proxy-authorization", "proxy-connection"];
@@ -98,14 +98,34 @@ pub fn plan_swaps(
                 secrets_used.push(secret.name.clone());
                 Ok(secret.value.expose().as_bytes())
             })?;
-            if let Some(decoded) = basic_credentials(new.as_deref().unwrap_or(bytes))
-                && let Some(swapped) = replace(index, &decoded, |owner| {
-                    let secret = admit(owner, "headers")?;
+            // Inside Basic only as git sends it: `authorization`, a `basic` secret, exactly
+            // `basic_user:placeholder`. Anything else could carry the value back in an
+            // encoding the scrubber does not know (base64 under another user name), so it is
+            // refused.
+            if let Some(decoded) = basic_credentials(new.as_deref().unwrap_or(bytes)) {
+                let found: Vec<_> = index.find(&decoded).collect();
+                if let Some(first) = found.first() {
+                    let secret = admit(first.owner, "headers")?;
+                    let expected = match &secret.presentation {
+                        Presentation::Basic { user } => Some(format!("{user}:")),
+                        _ => None,
+                    };
+                    let exact = found.len() == 1
+                        && name == http::header::AUTHORIZATION
+                        && expected.as_deref().is_some_and(|prefix| {
+                            decoded.len() == first.end
+                                && decoded[..first.start] == *prefix.as_bytes()
+                        });
+                    if !exact {
+                        return Err(SwapError::Binding(InjectError::BasicShape {
+                            secret: secret.name.clone(),
+                        }));
+                    }
+                    let user = expected.unwrap_or_default();
+                    let pair = format!("{user}{}", secret.value.expose());
                     secrets_used.push(secret.name.clone());
-                    Ok(secret.value.expose().as_bytes())
-                })?
-            {
-                new = Some(format!("Basic {}", STANDARD.encode(swapped)).into_bytes());
+                    new = Some(format!("Basic {}", STANDARD.encode(pair)).into_bytes());
+                }
             }
             for secret in secrets_used {
                 plan.swapped.push(format!("{secret}->{name}"));
@@ -165,7 +185,9 @@ mod tests {
                 path_prefixes: vec![],
                 allow_plaintext: false,
             },
-            presentation: Presentation::Raw,
+            presentation: Presentation::Basic {
+                user: "x-access-token".into(),
+            },
             placeholder_prefix: "ghp_".into(),
         }])
     }
@@ -217,6 +239,37 @@ mod tests {
         let token = &plan.headers.iter().find(|h| h.0 == "x-token").unwrap().1[0];
         assert_eq!(token, b"token real-token");
         assert_eq!(plan.swapped.len(), 2);
+    }
+
+    #[test]
+    fn basic_is_swapped_only_in_the_shape_git_sends() {
+        let placeholders = Placeholders::default();
+        let ph = placeholders.get_or_mint("s1", "git", "ghp_");
+        let index = placeholders.index();
+        for (name, pair) in [
+            // Another header: a bound host that echoes it would return the value in a form
+            // the scrubber does not know.
+            ("x-echo", format!("x-access-token:{ph}")),
+            // Another user name, or anything around the placeholder.
+            ("authorization", format!("zz{ph}")),
+            ("authorization", format!("someone:{ph}")),
+            ("authorization", format!("x-access-token:{ph}x")),
+        ] {
+            let value = format!("Basic {}", STANDARD.encode(&pair));
+            let err = plan_swaps(
+                &index,
+                &secrets(),
+                "s1",
+                to("github.com"),
+                &headers(&[(name, &value)]),
+                "/",
+            )
+            .unwrap_err();
+            assert!(
+                matches!(err, SwapError::Binding(InjectError::BasicShape { .. })),
+                "{name}: {pair}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -262,3 +262,29 @@ fn a_rewritten_value_file_is_a_change() {
     let set = store.current();
     assert_eq!(set.get("a").unwrap().value.expose(), "second-value");
 }
+
+#[test]
+fn path_prefixes_judge_only_plain_paths() {
+    assert!(plain_path("/repos/acme/app/issues"));
+    assert!(plain_path("/repos/acme/"));
+    assert!(plain_path("/"));
+    for unclear in [
+        "/repos/acme/../../evil/x",
+        "/repos/acme/./x",
+        "/repos/acme/%2e%2e/x",
+        "/repos/acme%2F..%2Fevil",
+        "/repos//acme/x",
+        "/repos/acme\\..\\x",
+    ] {
+        assert!(!plain_path(unclear), "{unclear}");
+    }
+    let store = store(STORE).unwrap();
+    let set = store.current();
+    let err = set
+        .resolve(
+            "github",
+            to("api.github.com", "GET", "/repos/acme/../../user/keys", true),
+        )
+        .unwrap_err();
+    assert!(matches!(err, InjectError::UnclearPath { .. }), "{err}");
+}
