@@ -271,11 +271,19 @@ impl Runtime {
                 })
             }
             Err(e) => {
-                let message = e.to_string();
-                self.store
-                    .set_state(id, SessionState::Failed, Some(&message))?;
+                // Clean up whatever happens to the record: a database error must not leave a
+                // half-made sandbox behind.
                 if let Err(teardown) = self.tear_down(&record, &names).await {
                     tracing::error!(session = id, error = %teardown, "cleanup after a failed start");
+                }
+                if let Err(store) = self
+                    .store
+                    .set_state(id, SessionState::Failed, Some(&e.to_string()))
+                {
+                    tracing::error!(session = id, error = %store, "recording a failed start");
+                }
+                if let Err(firewall) = self.apply_firewall() {
+                    tracing::error!(session = id, error = %firewall, "firewall after a failed start");
                 }
                 Err(e)
             }
@@ -385,6 +393,11 @@ impl Runtime {
             .get(id)?
             .ok_or_else(|| SandboxError::NotFound(id.to_string()))?;
         let names = self.names(&record);
+        if !record.state.is_live() {
+            // Its slot may belong to a live session now: the container and host interface are
+            // named by slot, so only what is named by this session's id is looked at.
+            return self.tear_down_by_id(&record, &names).await;
+        }
         let result = self.tear_down(&record, &names).await;
         match &result {
             Ok(()) => self.store.set_state(id, SessionState::Stopped, None)?,
@@ -395,6 +408,31 @@ impl Runtime {
         // Rules for what is left live, whatever happened above.
         self.apply_firewall()?;
         result
+    }
+
+    /// Stopping a session that is already stopped or failed: removes only what carries its id
+    /// (a namespace, the proxy registration, the workspace, its files), never what is named by
+    /// the slot it once held.
+    async fn tear_down_by_id(
+        &self,
+        record: &SessionRecord,
+        names: &SessionNames,
+    ) -> Result<(), SandboxError> {
+        let mut problems = Vec::new();
+        if names.netns_path().exists()
+            && let Err(e) = crate::command::run("ip", ["netns", "delete", &names.netns])
+        {
+            problems.push(e.to_string());
+        }
+        self.remove_registration_and_files(record, &mut problems).await;
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(SandboxError::Teardown {
+                id: record.id.clone(),
+                problems,
+            })
+        }
     }
 
     /// Removes a session's resources, in an order that never leaves it a way out; keeps going
@@ -414,6 +452,22 @@ impl Runtime {
         if let Err(e) = network::delete(names) {
             problems.push(e.to_string());
         }
+        self.remove_registration_and_files(record, &mut problems).await;
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(SandboxError::Teardown {
+                id: record.id.clone(),
+                problems,
+            })
+        }
+    }
+
+    async fn remove_registration_and_files(
+        &self,
+        record: &SessionRecord,
+        problems: &mut Vec<String>,
+    ) {
         match self
             .http
             .call(
@@ -440,14 +494,6 @@ impl Runtime {
             && let Err(e) = std::fs::remove_dir_all(&dir)
         {
             problems.push(format!("{}: {e}", dir.display()));
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(SandboxError::Teardown {
-                id: record.id.clone(),
-                problems,
-            })
         }
     }
 

@@ -133,6 +133,13 @@ v
         text(&out.stderr).contains("is stopped, not running"),
         "{out:?}"
     );
+
+    // A second stop of s1 must not touch s2, which now holds the same slot.
+    world.start("s2").unwrap_or_else(|out| panic!("{out:?}"));
+    let out = world.controller(&["sandbox", "stop", "--session", "s1"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = world.exec("s2", &["true"]);
+    assert!(out.status.success(), "s2 survived s1's second stop: {out:?}");
 }
 
 #[test]
