@@ -139,18 +139,34 @@ impl SandboxConfig {
                 raw.name_prefix
             ));
         }
-        if !name_ok(&raw.interface_prefix) || raw.interface_prefix.len() > 8 {
+        // Reconcile deletes every `<interface_prefix><digits>` interface no live session owns,
+        // and the firewall drops everything arriving on `<interface_prefix>*`: the prefix must
+        // not reach the host's own interfaces, or another controller's.
+        const HOST_INTERFACES: [&str; 14] = [
+            "eth", "en", "wl", "ww", "lo", "docker", "br", "veth", "virbr", "tun", "tap", "bond",
+            "vlan", "cni",
+        ];
+        let ifp = raw.interface_prefix.as_str();
+        if !name_ok(ifp)
+            || ifp.len() > 8
+            || ifp.ends_with(|c: char| c.is_ascii_digit())
+            || HOST_INTERFACES
+                .iter()
+                .any(|h| ifp.starts_with(h) || h.starts_with(ifp))
+        {
             errors.push(format!(
-                "sandbox.interface_prefix = {:?}: use 1-8 letters, digits, '-' or '_' \
-                 (interface names end with a slot number and may not exceed 15 characters)",
-                raw.interface_prefix
+                "sandbox.interface_prefix = {ifp:?}: use 1-8 letters, digits, '-' or '_', not \
+                 ending in a digit (a slot number follows) and not overlapping the host's own \
+                 interface names (eth, en*, wl*, docker, br, veth, ...)"
             ));
         }
         let pool = match raw.address_pool.parse::<Ipv4Net>() {
-            Ok(net) if net.prefix_len() <= 29 => Some(net.trunc()),
+            // At most 2^16 slots, so slot numbers stay five digits (container ids share one
+            // length, which runsc's prefix matching needs).
+            Ok(net) if (14..=29).contains(&net.prefix_len()) => Some(net.trunc()),
             _ => {
                 errors.push(format!(
-                    "sandbox.address_pool = {:?}: an IPv4 network of at least two /30s, such as \
+                    "sandbox.address_pool = {:?}: an IPv4 network from /14 to /29, such as \
                      \"10.200.0.0/16\"",
                     raw.address_pool
                 ));

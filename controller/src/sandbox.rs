@@ -276,9 +276,9 @@ impl Runtime {
                 if let Err(teardown) = self.tear_down(&record, &names).await {
                     tracing::error!(session = id, error = %teardown, "cleanup after a failed start");
                 }
-                if let Err(store) = self
-                    .store
-                    .set_state(id, SessionState::Failed, Some(&e.to_string()))
+                if let Err(store) =
+                    self.store
+                        .set_state(id, SessionState::Failed, Some(&e.to_string()))
                 {
                     tracing::error!(session = id, error = %store, "recording a failed start");
                 }
@@ -424,7 +424,8 @@ impl Runtime {
         {
             problems.push(e.to_string());
         }
-        self.remove_registration_and_files(record, &mut problems).await;
+        self.remove_registration_and_files(record, &mut problems)
+            .await;
         if problems.is_empty() {
             Ok(())
         } else {
@@ -452,7 +453,8 @@ impl Runtime {
         if let Err(e) = network::delete(names) {
             problems.push(e.to_string());
         }
-        self.remove_registration_and_files(record, &mut problems).await;
+        self.remove_registration_and_files(record, &mut problems)
+            .await;
         if problems.is_empty() {
             Ok(())
         } else {

@@ -139,7 +139,10 @@ v
     let out = world.controller(&["sandbox", "stop", "--session", "s1"]);
     assert!(out.status.success(), "{out:?}");
     let out = world.exec("s2", &["true"]);
-    assert!(out.status.success(), "s2 survived s1's second stop: {out:?}");
+    assert!(
+        out.status.success(),
+        "s2 survived s1's second stop: {out:?}"
+    );
 }
 
 #[test]
@@ -215,6 +218,19 @@ fn refusals_say_why_and_leave_nothing_half_created() {
     let out = world.controller(&["sandbox", "list"]);
     assert_eq!(out.status.code(), Some(64));
     assert!(text(&out.stderr).contains("memroy_mb"), "{out:?}");
+    // An interface prefix that would reach the host's own interfaces is refused.
+    let host_like = config.replace(
+        &format!("interface_prefix = \"{}\"", world.interface_prefix),
+        "interface_prefix = \"eth\"",
+    );
+    assert_ne!(host_like, config);
+    std::fs::write(world.config(), host_like).unwrap();
+    let out = world.controller(&["sandbox", "list"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        text(&out.stderr).contains("not overlapping the host"),
+        "{out:?}"
+    );
     std::fs::write(
         world.config(),
         config.replace("[sandbox]\n", "[sandbox]\nrunsc = \"/nonexistent/runsc\"\n"),

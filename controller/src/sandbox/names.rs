@@ -7,13 +7,15 @@ use ipnet::Ipv4Net;
 
 use crate::config::SandboxConfig;
 
-/// Session ids become parts of host resource names.
+/// Session ids become parts of host resource names. No `-`: a namespace is this
+/// controller's when it is `<prefix>-<id>` with no `-` after the prefix, so a controller whose
+/// prefix is `cordon` never takes `cordon-test-1-a` (another prefix's) for its own.
 pub fn valid_session_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
         && id
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.'))
         && !id.starts_with('.')
 }
 
@@ -65,8 +67,8 @@ mod tests {
 
     #[test]
     fn ids_are_checked_and_slots_counted() {
-        assert!(valid_session_id("sesn_01HZX-a.b"));
-        for bad in ["", "a/b", "a b", ".hidden", &"x".repeat(65)] {
+        assert!(valid_session_id("sesn_01HZX_a.b"));
+        for bad in ["", "a/b", "a b", ".hidden", "a-b", &"x".repeat(65)] {
             assert!(!valid_session_id(bad), "{bad:?}");
         }
         assert_eq!(slot_count("10.200.0.0/16".parse().unwrap()), 16384);

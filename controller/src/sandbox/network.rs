@@ -75,7 +75,8 @@ pub fn delete(names: &SessionNames) -> Result<(), CommandError> {
     Ok(())
 }
 
-/// Namespaces whose name starts with `<prefix>-`.
+/// This controller's namespaces: `<prefix>-<id>`, where ids have no `-` (so another
+/// controller's `<prefix>-more-<id>` is not taken for one of ours).
 pub fn list(prefix: &str) -> Vec<String> {
     let wanted = format!("{prefix}-");
     std::fs::read_dir("/var/run/netns")
@@ -83,7 +84,10 @@ pub fn list(prefix: &str) -> Vec<String> {
             entries
                 .filter_map(|e| e.ok())
                 .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|n| n.starts_with(&wanted))
+                .filter(|n| {
+                    n.strip_prefix(&wanted)
+                        .is_some_and(|id| !id.is_empty() && !id.contains('-'))
+                })
                 .collect()
         })
         .unwrap_or_default()

@@ -62,7 +62,7 @@ impl World {
     pub fn new(second_octet: u8, pool_len: u8, extra: &str) -> World {
         let pid = std::process::id();
         let prefix = format!("cordon-test-{pid}");
-        let interface_prefix = format!("ct{}", pid % 100_000);
+        let interface_prefix = format!("ct{}x", pid % 100_000);
         let pool = format!("10.{second_octet}.{}.0/{pool_len}", pid % 250);
         let pki = test_pki(&["allowed.test"]);
         let upstream = spawn_upstream(&pki);
