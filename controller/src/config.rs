@@ -96,6 +96,58 @@ pub struct SandboxConfig {
     pub dns_port: u16,
     /// The interception CA certificate, trusted inside every sandbox.
     pub ca_cert: PathBuf,
+    /// Host directories hidden (an empty tmpfs over each) when the sandbox's root is the host's
+    /// own: the gateway's state (CA key, audit log, this controller's database, every
+    /// session's workspace and token), its configuration and secret store, and home and SSH
+    /// directories.
+    pub masked_dirs: Vec<PathBuf>,
+}
+
+/// Host files hidden (an empty file over each) when the root is the host's.
+pub const MASKED_FILES: [&str; 3] = ["/etc/shadow", "/etc/gshadow", "/etc/sudoers"];
+
+/// Directories a mask must never cover: the sandbox needs them to run at all.
+const SYSTEM_DIRS: [&str; 10] = [
+    "/", "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/var", "/tmp", "/proc",
+];
+
+fn masked_dirs(proxy: &ProxyConfig, base: &Path, workspace_root: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = vec![proxy.state_dir.clone(), workspace_root.to_path_buf()];
+    dirs.push(base.to_path_buf());
+    for key in [&proxy.tls.ca_cert, &proxy.tls.ca_key] {
+        if let Some(parent) = key.parent() {
+            dirs.push(parent.to_path_buf());
+        }
+    }
+    if let Some(store) = &proxy.credentials_store {
+        dirs.push(if store.is_dir() {
+            store.clone()
+        } else {
+            store.parent().map(Path::to_path_buf).unwrap_or_default()
+        });
+    }
+    for fixed in [
+        "/root",
+        "/home",
+        "/etc/cordon",
+        "/etc/ssh",
+        "/var/lib/cordon",
+    ] {
+        dirs.push(PathBuf::from(fixed));
+    }
+    let mut out: Vec<PathBuf> = Vec::new();
+    for dir in dirs {
+        let Ok(dir) = dir.canonicalize() else {
+            continue;
+        };
+        if SYSTEM_DIRS.iter().any(|s| dir == Path::new(s)) || !dir.is_dir() {
+            continue;
+        }
+        if !out.contains(&dir) {
+            out.push(dir);
+        }
+    }
+    out
 }
 
 impl SandboxConfig {
@@ -216,6 +268,10 @@ impl SandboxConfig {
                 .unwrap_or_else(|| PathBuf::from("cordon-sandbox-agent")),
         };
         let state_dir = proxy.state_dir.join("controller");
+        let workspace_root = raw
+            .workspace_root
+            .as_ref()
+            .map_or_else(|| state_dir.join("workspaces"), |p| resolve(p));
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -230,9 +286,8 @@ impl SandboxConfig {
             agent_port: raw.agent_port,
             agent,
             rootfs: raw.rootfs.map(|p| resolve(&p)),
-            workspace_root: raw
-                .workspace_root
-                .map_or_else(|| state_dir.join("workspaces"), |p| resolve(&p)),
+            masked_dirs: masked_dirs(proxy, base, &workspace_root),
+            workspace_root,
             keep_workspace: raw.keep_workspace,
             memory_bytes: (raw.memory_mb * 1024 * 1024) as i64,
             pids: raw.pids,

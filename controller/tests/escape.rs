@@ -105,6 +105,7 @@ fn nothing_leaves_a_sandbox_but_allowed_requests_through_the_proxy() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    std::fs::write(world.workspace("b").join("notes.txt"), "b's work").unwrap();
     let probe_config = serde_json::json!({
         "host_addr": host_addr,
         "other_sandbox": b_addr,
@@ -114,6 +115,9 @@ fn nothing_leaves_a_sandbox_but_allowed_requests_through_the_proxy() {
         "explicit_port": ports.explicit,
         "agent_port": world.agent_port,
         "fake_resolver_port": resolver_port,
+        "ca_key": world.dir.path().join("state/ca-key.pem"),
+        "controller_db": world.dir.path().join("state/controller/state.db"),
+        "other_workspace": world.workspace("b"),
     })
     .to_string();
     let out = world.exec(

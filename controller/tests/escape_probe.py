@@ -20,6 +20,9 @@ def report(attempt, escaped, observed):
 
 
 def err(e):
+    # No file names: the table in docs/SECURITY.md stays the same from run to run.
+    if isinstance(e, OSError) and e.strerror:
+        return f"{type(e).__name__}: {e.strerror}"
     return f"{type(e).__name__}: {e}"
 
 
@@ -174,7 +177,28 @@ try:
 except Exception as e:  # noqa: BLE001
     report("writing /usr/cordon-escape-probe (seen from the host?)", False, err(e))
 
-# 15. The one allowed request.
+# 15. The gateway's secrets on the shared host root: all hidden.
+for label, path in [
+    ("the interception CA key", cfg["ca_key"]),
+    ("the controller's database (agent tokens)", cfg["controller_db"]),
+    ("another sandbox's workspace", cfg["other_workspace"]),
+    ("/etc/shadow", "/etc/shadow"),
+    ("/root", "/root/.bashrc"),
+]:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        report("reading %s" % label, len(data) > 0, "read %d bytes" % len(data))
+    except Exception as e:  # noqa: BLE001
+        report("reading %s" % label, False, err(e))
+try:
+    import os
+    listed = os.listdir(cfg["other_workspace"])
+    report("listing another sandbox's workspace", len(listed) > 0, "%d entries" % len(listed))
+except Exception as e:  # noqa: BLE001
+    report("listing another sandbox's workspace", False, err(e))
+
+# 16. The one allowed request.
 out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "10",
                       "https://allowed.test/"], capture_output=True, text=True)
 print(json.dumps({"attempt": "allowed: HTTPS GET https://allowed.test/", "allowed": True,

@@ -101,6 +101,7 @@ pub fn write(dir: &Path, input: &BundleInput<'_>) -> Result<(), BundleError> {
         0o444,
     )?;
     write_private(&files.join("cordon-ca.crt"), &ca, 0o444)?;
+    write_private(&files.join("empty"), "", 0o444)?;
     if input.config.statx_compat {
         let path = files.join("statx-compat.so");
         std::fs::write(&path, STATX_COMPAT).map_err(io(&path))?;
@@ -257,6 +258,34 @@ fn spec(files: &Path, input: &BundleInput<'_>) -> Result<Spec, BundleError> {
             false,
         )?);
     }
+    // The host's own root is shared read-only: hide what no sandbox may read. The masks go
+    // right after the system mounts, before the bindings, so no binding lands under one.
+    let mut masks = Vec::new();
+    if config.rootfs.is_none() {
+        for dir in &config.masked_dirs {
+            masks.push(
+                MountBuilder::default()
+                    .destination(dir)
+                    .typ("tmpfs")
+                    .source("tmpfs")
+                    .options(vec![
+                        "nosuid".into(),
+                        "nodev".into(),
+                        "noexec".into(),
+                        "mode=0755".into(),
+                        "size=1m".into(),
+                    ])
+                    .build()?,
+            );
+        }
+        for file in crate::config::MASKED_FILES {
+            if Path::new(file).exists() {
+                masks.push(bind(&files.join("empty"), file, false)?);
+            }
+        }
+    }
+    let system = oci_spec::runtime::get_default_mounts().len();
+    mounts.splice(system..system, masks);
     let mut namespaces = vec![
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Ipc,

@@ -66,7 +66,12 @@ impl World {
         let pool = format!("10.{second_octet}.{}.0/{pool_len}", pid % 250);
         let pki = test_pki(&["allowed.test"]);
         let upstream = spawn_upstream(&pki);
-        let dir = tempfile::tempdir().unwrap();
+        // On the host's disk (not /tmp, which every sandbox covers with its own tmpfs), so the
+        // escape suite proves the gateway's state is hidden from sandboxes by the masks.
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("cordon-test-{pid}-"))
+            .tempdir_in("/var/tmp")
+            .unwrap();
         std::fs::create_dir_all(dir.path().join("bundle")).unwrap();
         std::fs::write(dir.path().join("bundle/policy.rego"), POLICY).unwrap();
         std::fs::write(dir.path().join("upstream-ca.pem"), &pki.ca_pem).unwrap();
