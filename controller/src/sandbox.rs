@@ -567,8 +567,18 @@ impl Runtime {
                 problems.push(e.to_string());
             }
         }
-        if let Err(e) = self.firewall.remove() {
-            problems.push(e.to_string());
+        // The table goes only when nothing it guards is left: a sandbox interface that
+        // survived a failed stop stays behind its drop rules.
+        let leftovers = network::list_host_interfaces(&self.config.interface_prefix);
+        if leftovers.is_empty() {
+            if let Err(e) = self.firewall.remove() {
+                problems.push(e.to_string());
+            }
+        } else {
+            problems.push(format!(
+                "the firewall table stays: interfaces {} remain",
+                leftovers.join(", ")
+            ));
         }
         if problems.is_empty() {
             Ok(())

@@ -254,4 +254,15 @@ async fn speaks_the_work_queue_protocol() {
         assert_eq!(worker.is_some(), what.starts_with("poll"), "{what}");
     }
     assert!(!format!("{client:?}").contains("envkey"));
+    assert!(
+        !format!("{work:?}").contains(&work_secret_fragment()),
+        "{work:?}"
+    );
+}
+
+/// A piece of the work item's encoded secret, to check it never prints.
+fn work_secret_fragment() -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"sessions_token":"sess-token-1"}"#)
+        [..12]
+        .to_string()
 }

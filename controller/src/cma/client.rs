@@ -39,8 +39,8 @@ impl std::fmt::Debug for Key {
     }
 }
 
-/// A work item.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+/// A work item. Its `Debug` leaves out `secret` (it carries the sessions token).
+#[derive(Clone, Deserialize, PartialEq, Eq)]
 pub struct Work {
     pub id: String,
     pub data: WorkData,
@@ -56,6 +56,17 @@ pub struct WorkData {
     #[serde(rename = "type")]
     pub kind: String,
     pub id: String,
+}
+
+impl std::fmt::Debug for Work {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Work")
+            .field("id", &self.id)
+            .field("data", &self.data)
+            .field("state", &self.state)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Work {

@@ -78,8 +78,10 @@ pub fn verify(
         .trim()
         .parse()
         .map_err(|_| VerifyError::BadTimestamp)?;
-    if (now - at).abs() > TOLERANCE_SECS {
-        return Err(VerifyError::Stale(now - at));
+    // Checked: the timestamp is the sender's, read before anything is authenticated.
+    let skew = now.checked_sub(at).ok_or(VerifyError::BadTimestamp)?;
+    if skew.checked_abs().is_none_or(|s| s > TOLERANCE_SECS) {
+        return Err(VerifyError::Stale(skew));
     }
     let mac = || {
         let mut mac = Hmac::<Sha256>::new_from_slice(&secret.0).ok()?;
@@ -171,6 +173,15 @@ mod tests {
             Err(VerifyError::MissingHeader("webhook-id"))
         );
         assert!(WebhookSecret::parse("whsec_!!!").is_err());
+        let extreme = Headers {
+            id: Some("evt_1"),
+            timestamp: Some("-9223372036854775808"),
+            signature: Some(good),
+        };
+        assert!(
+            verify(&secret, extreme, body, 1000).is_err(),
+            "no overflow panic"
+        );
         assert!(!format!("{secret:?}").contains("MDEy"));
         let delivery: Delivery = serde_json::from_slice(body).unwrap();
         assert_eq!(delivery.data.id.as_deref(), Some("sesn_1"));

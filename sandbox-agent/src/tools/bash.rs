@@ -143,7 +143,14 @@ impl BashSession {
         let Some(shell) = self.shell.as_mut() else {
             return ToolResult::error("bash is not running");
         };
-        let script = std::env::temp_dir().join(format!("cordon-bash-{}.sh", shell.nonce));
+        // Named apart from the sentinel's nonce: a command can read its own script's name
+        // ($BASH_SOURCE), and must not learn the sentinel from it.
+        let name: String = rand::rng()
+            .sample_iter(Alphanumeric)
+            .take(16)
+            .map(char::from)
+            .collect();
+        let script = std::env::temp_dir().join(format!("cordon-bash-{name}.sh"));
         if let Err(e) = std::fs::write(&script, command) {
             return ToolResult::error(format!("cannot stage the command: {e}"));
         }
