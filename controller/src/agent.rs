@@ -31,8 +31,13 @@ impl ExecOutcome {
     }
 }
 
+/// How long a tool call may take, end to end.
+pub const TOOL_CALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(660);
+
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    #[error("the agent at {0} did not answer a tool call within {1:?}")]
+    Timeout(SocketAddr, std::time::Duration),
     #[error(transparent)]
     Http(#[from] HttpError),
     #[error("the agent at {0} sent an answer that is not an event stream: {1}")]
@@ -51,9 +56,13 @@ pub async fn tool(
     let url = format!("http://{agent}/tool");
     let body =
         serde_json::to_string(call).map_err(|e| AgentError::Protocol(agent, e.to_string()))?;
-    let text = http
-        .call(http::Method::POST, &url, Some(token), Some(body))
-        .await?;
+    // Past the longest bash timeout the agent accepts, plus its own clean-up.
+    let text = tokio::time::timeout(
+        TOOL_CALL_LIMIT,
+        http.call(http::Method::POST, &url, Some(token), Some(body)),
+    )
+    .await
+    .map_err(|_| AgentError::Timeout(agent, TOOL_CALL_LIMIT))??;
     serde_json::from_str(&text).map_err(|e| AgentError::Protocol(agent, e.to_string()))
 }
 

@@ -129,7 +129,8 @@ pub async fn run(
             .map(|s| tokio::spawn(pump(s, Stream::Stderr, events.clone()))),
     ];
     let pgid = child.id();
-    let (status, timed_out) = match tokio::time::timeout(timeout, child.wait()).await {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let (status, mut timed_out) = match tokio::time::timeout_at(deadline, child.wait()).await {
         Ok(status) => (status.ok(), false),
         Err(_) => {
             if let Some(pgid) = pgid {
@@ -138,8 +139,19 @@ pub async fn run(
             (child.wait().await.ok(), true)
         }
     };
-    for reader in readers.into_iter().flatten() {
-        let _ = reader.await;
+    // The output ends when every writer is gone, background children included (`cmd &`): the
+    // same deadline covers them, and past it the whole group is killed.
+    for mut reader in readers.into_iter().flatten() {
+        if tokio::time::timeout_at(deadline, &mut reader)
+            .await
+            .is_err()
+        {
+            if let Some(pgid) = pgid {
+                kill_group(pgid);
+            }
+            timed_out = true;
+            let _ = reader.await;
+        }
     }
     use std::os::unix::process::ExitStatusExt;
     let _ = events
@@ -274,6 +286,28 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(!output(&events, Stream::Stdout).contains("never"));
+    }
+
+    #[tokio::test]
+    async fn background_children_holding_the_output_are_bounded_by_the_timeout() {
+        let mut r = request(&["sh", "-c", "echo started; sleep 600 &"]);
+        r.timeout_ms = Some(500);
+        let started = std::time::Instant::now();
+        let events = collect(r).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(output(&events, Stream::Stdout), "started\n");
+        assert!(matches!(
+            events.last().unwrap(),
+            ExecEvent::Exit {
+                exit_code: Some(0),
+                timed_out: true,
+                ..
+            }
+        ));
     }
 
     #[tokio::test]

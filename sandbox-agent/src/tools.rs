@@ -75,55 +75,67 @@ impl Toolset {
         }
     }
 
-    /// Runs one call.
+    /// Runs one call. File tools run on the blocking pool: they do blocking I/O.
     pub async fn call(&self, call: &ToolCall) -> ToolResult {
-        let input = &call.input;
-        let result = match call.name.as_str() {
-            "bash" => {
-                let restart = input.get("restart").and_then(Value::as_bool) == Some(true);
-                let timeout = input.get("timeout_ms").and_then(Value::as_u64);
-                let mut bash = self.bash.lock().await;
-                if restart {
-                    Ok(bash.restart().await)
-                } else {
-                    match string(input, "command") {
-                        Ok(command) => Ok(bash.run(command, timeout).await),
-                        Err(e) => Err(e),
-                    }
-                }
-            }
-            "read" => string(input, "file_path").map(|path| {
-                let range = input.get("view_range").and_then(Value::as_array).map(|r| {
-                    (
-                        r.first().and_then(Value::as_i64),
-                        r.get(1).and_then(Value::as_i64),
-                    )
-                });
-                files::read(&self.workdir, path, range)
-            }),
-            "write" => string(input, "file_path").and_then(|path| {
-                let content = string(input, "content")?;
-                Ok(files::write(&self.workdir, path, content))
-            }),
-            "edit" => string(input, "file_path").and_then(|path| {
-                let old = string(input, "old_string")?;
-                let new = string(input, "new_string")?;
-                let all = input.get("replace_all").and_then(Value::as_bool) == Some(true);
-                Ok(files::edit(&self.workdir, path, old, new, all))
-            }),
-            "glob" => string(input, "pattern").map(|pattern| {
-                let path = input.get("path").and_then(Value::as_str);
-                search::glob(&self.workdir, pattern, path)
-            }),
-            "grep" => string(input, "pattern").map(|pattern| {
-                let path = input.get("path").and_then(Value::as_str);
-                search::grep(&self.workdir, pattern, path)
-            }),
-            other => Err(ToolResult::error(format!(
-                "unknown tool {other:?}; this sandbox serves {}",
-                TOOLS.join(", ")
-            ))),
-        };
-        result.unwrap_or_else(|e| e)
+        if call.name == "bash" {
+            return self.bash(&call.input).await;
+        }
+        let workdir = self.workdir.clone();
+        let call = call.clone();
+        tokio::task::spawn_blocking(move || file_tool(&workdir, &call))
+            .await
+            .unwrap_or_else(|e| ToolResult::error(format!("the tool failed: {e}")))
     }
+
+    async fn bash(&self, input: &Value) -> ToolResult {
+        let restart = input.get("restart").and_then(Value::as_bool) == Some(true);
+        let timeout = input.get("timeout_ms").and_then(Value::as_u64);
+        let mut bash = self.bash.lock().await;
+        if restart {
+            return bash.restart().await;
+        }
+        match string(input, "command") {
+            Ok(command) => bash.run(command, timeout).await,
+            Err(e) => e,
+        }
+    }
+}
+
+/// `read`, `write`, `edit`, `glob`, `grep`, and the answer to any other name.
+fn file_tool(workdir: &std::path::Path, call: &ToolCall) -> ToolResult {
+    let input = &call.input;
+    let result = match call.name.as_str() {
+        "read" => string(input, "file_path").map(|path| {
+            let range = input.get("view_range").and_then(Value::as_array).map(|r| {
+                (
+                    r.first().and_then(Value::as_i64),
+                    r.get(1).and_then(Value::as_i64),
+                )
+            });
+            files::read(workdir, path, range)
+        }),
+        "write" => string(input, "file_path").and_then(|path| {
+            let content = string(input, "content")?;
+            Ok(files::write(workdir, path, content))
+        }),
+        "edit" => string(input, "file_path").and_then(|path| {
+            let old = string(input, "old_string")?;
+            let new = string(input, "new_string")?;
+            let all = input.get("replace_all").and_then(Value::as_bool) == Some(true);
+            Ok(files::edit(workdir, path, old, new, all))
+        }),
+        "glob" => string(input, "pattern").map(|pattern| {
+            let path = input.get("path").and_then(Value::as_str);
+            search::glob(workdir, pattern, path)
+        }),
+        "grep" => string(input, "pattern").map(|pattern| {
+            let path = input.get("path").and_then(Value::as_str);
+            search::grep(workdir, pattern, path)
+        }),
+        other => Err(ToolResult::error(format!(
+            "unknown tool {other:?}; this sandbox serves {}",
+            TOOLS.join(", ")
+        ))),
+    };
+    result.unwrap_or_else(|e| e)
 }

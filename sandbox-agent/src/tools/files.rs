@@ -8,7 +8,22 @@ use super::paths::confine;
 /// Largest file `read` returns whole, and largest answer it gives.
 pub const READ_CAP: usize = 256 * 1024;
 
+/// Only regular files: a FIFO or device would block or never end.
+fn regular(path: &Path, shown: &str) -> Result<(), ToolResult> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(m) if m.is_dir() => Err(ToolResult::error(format!(
+            "{shown} is a directory; use glob to list it"
+        ))),
+        Ok(_) => Err(ToolResult::error(format!(
+            "{shown} is not a regular file (a pipe, socket or device)"
+        ))),
+        Err(e) => Err(ToolResult::error(format!("{shown}: {e}"))),
+    }
+}
+
 fn text_of(path: &Path, shown: &str) -> Result<String, ToolResult> {
+    regular(path, shown)?;
     let bytes = std::fs::read(path).map_err(|e| ToolResult::error(format!("{shown}: {e}")))?;
     if bytes.contains(&0) {
         return Err(ToolResult::error(format!(
@@ -29,43 +44,73 @@ pub fn read(
         Ok(p) => p,
         Err(e) => return ToolResult::error(e),
     };
-    if path.is_dir() {
-        return ToolResult::error(format!("{file_path} is a directory; use glob to list it"));
+    if let Err(e) = regular(&path, file_path) {
+        return e;
     }
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    if range.is_none() && size as usize > READ_CAP {
-        return ToolResult::error(format!(
-            "{file_path} is {size} bytes, over the {} KiB limit: read part of it with view_range [start, end]",
-            READ_CAP / 1024
-        ));
-    }
-    let text = match text_of(&path, file_path) {
-        Ok(t) => t,
-        Err(e) => return e,
-    };
     let Some((start, end)) = range else {
-        return ToolResult::ok(text);
+        if size as usize > READ_CAP {
+            return ToolResult::error(format!(
+                "{file_path} is {size} bytes, over the {} KiB limit: read part of it with view_range [start, end]",
+                READ_CAP / 1024
+            ));
+        }
+        return match text_of(&path, file_path) {
+            Ok(t) => ToolResult::ok(t),
+            Err(e) => e,
+        };
     };
-    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    // A range is read line by line: a file of any size costs only the lines returned.
     let start = start.unwrap_or(1);
     let end = match end {
-        None | Some(-1) => lines.len() as i64,
+        None | Some(-1) => i64::MAX,
         Some(e) => e,
     };
-    if start < 1 || end < start || start as usize > lines.len().max(1) {
+    if start < 1 || end < start {
         return ToolResult::error(format!(
-            "view_range [{start}, {end}] is not within the file's {} line(s) (lines count from 1; end -1 means the last)",
-            lines.len()
+            "view_range [{start}, {end}] is not a range of lines (they count from 1; end -1 means the last)"
         ));
     }
-    let end = (end as usize).min(lines.len());
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) => return ToolResult::error(format!("{file_path}: {e}")),
+    };
+    let mut reader = std::io::BufReader::new(file);
     let mut out = String::new();
-    for line in &lines[start as usize - 1..end] {
-        if out.len() + line.len() > READ_CAP {
-            out.push_str(&format!("\n[output truncated at {} KiB]", READ_CAP / 1024));
+    let mut line = Vec::new();
+    let mut number: i64 = 0;
+    loop {
+        line.clear();
+        match std::io::BufRead::read_until(&mut reader, b'\n', &mut line) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => return ToolResult::error(format!("{file_path}: {e}")),
+        }
+        number += 1;
+        if number < start {
+            continue;
+        }
+        if number > end {
             break;
         }
-        out.push_str(line);
+        if line.contains(&0) {
+            return ToolResult::error(format!(
+                "{file_path} is a binary file; read handles UTF-8 text"
+            ));
+        }
+        let Ok(text) = std::str::from_utf8(&line) else {
+            return ToolResult::error(format!("{file_path} is not UTF-8 text"));
+        };
+        if out.len() + text.len() > READ_CAP {
+            out.push_str(&format!("\n[output truncated at {} KiB]", READ_CAP / 1024));
+            return ToolResult::ok(out);
+        }
+        out.push_str(text);
+    }
+    if number < start {
+        return ToolResult::error(format!(
+            "view_range starts at line {start}, but {file_path} has {number} line(s)"
+        ));
     }
     ToolResult::ok(out)
 }
@@ -76,6 +121,11 @@ pub fn write(workdir: &Path, file_path: &str, content: &str) -> ToolResult {
         Ok(p) => p,
         Err(e) => return ToolResult::error(e),
     };
+    if path.exists()
+        && let Err(e) = regular(&path, file_path)
+    {
+        return e;
+    }
     if let Some(parent) = path.parent()
         && let Err(e) = std::fs::create_dir_all(parent)
     {
@@ -177,6 +227,18 @@ mod tests {
         assert!(r.is_error && r.text.contains("view_range"), "{r:?}");
         let r = read(work, "big", Some((Some(1), Some(-1))));
         assert!(r.text.ends_with("[output truncated at 256 KiB]"));
+        // A pipe would block the reader forever: refused before it is opened.
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(work.join("pipe"))
+                .status()
+                .unwrap()
+                .success()
+        );
+        let r = read(work, "pipe", None);
+        assert!(r.is_error && r.text.contains("not a regular file"), "{r:?}");
+        assert!(read(work, "pipe", Some((Some(1), Some(2)))).is_error);
+        assert!(write(work, "pipe", "x").is_error);
         assert!(write(work, "../escape.txt", "x").is_error);
         assert!(!dir.path().parent().unwrap().join("escape.txt").exists());
         assert!(edit(work, "/etc/hostname", "a", "b", false).is_error);
