@@ -194,6 +194,9 @@ async fn run(action: SandboxAction) -> Result<ExitCode, ExitCode> {
                     for failed in report.failed {
                         eprintln!("cordon-controller: reconcile marked {failed} failed");
                     }
+                    for problem in report.problems {
+                        eprintln!("cordon-controller: reconcile could not remove {problem}");
+                    }
                 }
                 Err(e) => eprintln!("cordon-controller: reconcile before start: {e}"),
             }
@@ -326,7 +329,14 @@ async fn run(action: SandboxAction) -> Result<ExitCode, ExitCode> {
             for failed in &report.failed {
                 println!("marked failed: {failed}");
             }
-            Ok(ExitCode::SUCCESS)
+            for problem in &report.problems {
+                eprintln!("cordon-controller: reconcile could not remove {problem}");
+            }
+            Ok(if report.problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(70)
+            })
         }
     }
 }

@@ -89,6 +89,8 @@ pub struct Reconciled {
     pub removed: Vec<String>,
     /// Recorded live sessions whose resources had vanished: marked failed.
     pub failed: Vec<String>,
+    /// Removals that failed (the rest went ahead).
+    pub problems: Vec<String>,
 }
 
 /// One row of `list`.
@@ -522,7 +524,13 @@ impl Runtime {
         let mut report = Reconciled::default();
         for record in self.store.live()? {
             let names = self.names(&record);
-            let running = self.runsc.running(&names.container, &names.netns_path());
+            // One failed `runsc state` is not a vanished sandbox: ask again before tearing a
+            // session down.
+            let mut running = self.runsc.running(&names.container, &names.netns_path());
+            if !running && names.netns_path().exists() && self.runsc.exists(&names.container) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                running = self.runsc.running(&names.container, &names.netns_path());
+            }
             if record.state == SessionState::Starting || !running {
                 let why = if record.state == SessionState::Starting {
                     "the controller stopped while the sandbox was starting"
@@ -535,27 +543,77 @@ impl Runtime {
                 report.failed.push(record.id);
             }
         }
-        let live: Vec<SessionNames> = self.store.live()?.iter().map(|r| self.names(r)).collect();
+        let live_records = self.store.live()?;
+        let live: Vec<SessionNames> = live_records.iter().map(|r| self.names(r)).collect();
         let prefix = format!("{}-", self.config.name_prefix);
+        // Every removal is tried; one that fails is reported, and the rest still happen.
+        let mut note = |what: String, result: Result<(), CommandError>| match result {
+            Ok(()) => report.removed.push(what),
+            Err(e) => report.problems.push(format!("{what}: {e}")),
+        };
         for (container, _) in self.runsc.list() {
             if container.starts_with(&prefix) && !live.iter().any(|n| n.container == container) {
-                self.runsc.remove(&container, None)?;
-                report.removed.push(format!("container {container}"));
+                note(
+                    format!("container {container}"),
+                    self.runsc.remove(&container, None),
+                );
             }
         }
         for netns in network::list(&self.config.name_prefix) {
             if !live.iter().any(|n| n.netns == netns) {
-                crate::command::run("ip", ["netns", "delete", &netns])?;
-                report.removed.push(format!("netns {netns}"));
+                note(
+                    format!("netns {netns}"),
+                    crate::command::run("ip", ["netns", "delete", &netns]).map(|_| ()),
+                );
             }
         }
         for iface in network::list_host_interfaces(&self.config.interface_prefix) {
             if !live.iter().any(|n| n.host_if == iface) {
-                crate::command::run("ip", ["link", "delete", &iface])?;
-                report.removed.push(format!("interface {iface}"));
+                note(
+                    format!("interface {iface}"),
+                    crate::command::run("ip", ["link", "delete", &iface]).map(|_| ()),
+                );
             }
         }
         self.apply_firewall()?;
+        // Proxy registrations of addresses in this pool that no live session holds (a stop
+        // whose DELETE failed): the proxy would refuse that address to the next session.
+        if let Ok(text) = self
+            .http
+            .call(http::Method::GET, &self.admin_url("/sessions"), None, None)
+            .await
+            && let Ok(listing) = serde_json::from_str::<serde_json::Value>(&text)
+        {
+            let registered = listing["sessions"].as_array().cloned().unwrap_or_default();
+            for session in registered {
+                let (Some(id), Some(source)) = (
+                    session["id"].as_str(),
+                    session["source"]
+                        .as_str()
+                        .and_then(|s| s.parse::<Ipv4Addr>().ok()),
+                ) else {
+                    continue;
+                };
+                let ours = self.config.address_pool.contains(&source);
+                if ours && !live_records.iter().any(|r| r.id == id) {
+                    match self
+                        .http
+                        .call(
+                            http::Method::DELETE,
+                            &self.admin_url(&format!("/sessions/{id}")),
+                            None,
+                            None,
+                        )
+                        .await
+                    {
+                        Ok(_) => report.removed.push(format!("proxy registration {id}")),
+                        Err(e) => report
+                            .problems
+                            .push(format!("proxy registration {id}: {e}")),
+                    }
+                }
+            }
+        }
         Ok(report)
     }
 

@@ -196,6 +196,25 @@ fn refusals_say_why_and_leave_nothing_half_created() {
         .args([root.as_str(), "delete", "--force", &containers[0]])
         .status()
         .unwrap();
+    // A registration of a pool address that no live session holds (a stop whose DELETE
+    // failed) would make the proxy refuse that address to the next session.
+    // Slot 1's sandbox address (y was stopped; the proxy was restarted and has no record).
+    let stray_source = format!("10.235.{}.6", std::process::id() % 250);
+    let put = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-X",
+            "PUT",
+            "-d",
+            &format!("{{\"source\": \"{stray_source}\"}}"),
+        ])
+        .arg(format!(
+            "http://127.0.0.1:{}/sessions/stray",
+            world.ports.admin
+        ))
+        .output()
+        .unwrap();
+    assert!(text(&put.stdout).contains("stray"), "{put:?}");
     let out = world.controller(&["sandbox", "reconcile"]);
     let report = text(&out.stdout);
     assert!(
@@ -203,6 +222,10 @@ fn refusals_say_why_and_leave_nothing_half_created() {
         "{report}"
     );
     assert!(report.contains("marked failed: x"), "{report}");
+    assert!(
+        report.contains("removed proxy registration stray"),
+        "{report}"
+    );
     assert!(!world.netns_exists("x"));
 
     // Bad ids, a bad [sandbox] key, and a missing runsc are refused with what to do.
