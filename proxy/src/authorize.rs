@@ -406,6 +406,15 @@ impl Authorizer {
             ctx.scrubber = None;
             return Ok(());
         }
+        // gRPC ends in trailers, after which held-back bytes could not be sent: no hold-back
+        // (a value split across two messages is then not recognised; trailers are scrubbed).
+        let grpc = response
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        if grpc && let Some(scrubber) = ctx.scrubber.as_mut() {
+            scrubber.disable_holdback();
+        }
         if !no_body && response.headers.contains_key(http::header::CONTENT_LENGTH) {
             response.remove_header(&http::header::CONTENT_LENGTH);
             if !session.is_http2() {
@@ -671,6 +680,34 @@ impl ProxyHttp for Authorizer {
             }
         }
         Ok(())
+    }
+
+    /// HTTP/2 trailers (gRPC's `grpc-message`, say) are scrubbed like headers.
+    async fn response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut Self::CTX,
+    ) -> Result<Option<Bytes>> {
+        let Some(scrubber) = ctx.scrubber.as_mut() else {
+            return Ok(None);
+        };
+        let mut rewrites = Vec::new();
+        for (name, value) in trailers.iter() {
+            if let Some(clean) = scrubber.scrub_all(value.as_bytes()) {
+                rewrites.push((name.clone(), clean));
+            }
+        }
+        for (name, clean) in rewrites {
+            let value = http::HeaderValue::from_bytes(&clean).map_err(|_| {
+                Error::explain(
+                    ErrorType::InvalidHTTPHeader,
+                    "a scrubbed trailer is invalid",
+                )
+            })?;
+            trailers.insert(name, value);
+        }
+        Ok(None)
     }
 
     async fn request_body_filter(

@@ -116,6 +116,9 @@ pub struct Scrubber {
     table: Arc<ScrubTable>,
     carry: Vec<u8>,
     replaced: u64,
+    /// Never hold bytes back (a stream that may end in trailers, after which held bytes could
+    /// not be sent): values split across chunks are then not recognised.
+    no_holdback: bool,
 }
 
 impl ScrubTable {
@@ -190,7 +193,14 @@ impl Scrubber {
             table,
             carry: Vec::new(),
             replaced: 0,
+            no_holdback: false,
         }
+    }
+
+    /// Stops holding bytes back (see the field); whatever is held now goes out with the next
+    /// chunk.
+    pub fn disable_holdback(&mut self) {
+        self.no_holdback = true;
     }
 
     /// How many values were replaced so far.
@@ -209,7 +219,7 @@ impl Scrubber {
         };
         // What may be the start of a value is decided on the whole buffer first, so a shorter
         // value inside a longer one that straddles the chunk end cannot win.
-        let hold = if end {
+        let hold = if end || self.no_holdback {
             0
         } else {
             self.table.partial_suffix(&buf)
@@ -318,6 +328,17 @@ mod tests {
         // The end of the stream flushes whatever was held.
         assert_eq!(&s.push(b"tail ghp_", false)[..], b"tail ");
         assert_eq!(&s.push(b"", true)[..], b"ghp_");
+    }
+
+    #[test]
+    fn without_holdback_every_byte_goes_out_at_once() {
+        let mut s = scrubber();
+        s.disable_holdback();
+        assert_eq!(&s.push(b"data: ghp_RE", false)[..], b"data: ghp_RE");
+        assert_eq!(
+            &s.push(b"ghp_REALSECRET!", false)[..],
+            b"ghp_placeholder00!"
+        );
     }
 
     #[test]
