@@ -126,3 +126,31 @@ pub async fn exec(
     }
     Err(AgentError::Truncated(agent))
 }
+
+/// The session runner's tools: the sandbox agent of one session.
+#[derive(Debug, Clone)]
+pub struct AgentTools {
+    pub http: HttpClient,
+    pub agent: SocketAddr,
+    pub token: String,
+}
+
+#[async_trait::async_trait]
+impl crate::cma::runner::ToolExecutor for AgentTools {
+    async fn call(
+        &self,
+        call: &cordon_sandbox_agent::tools::ToolCall,
+    ) -> cordon_sandbox_agent::tools::ToolResult {
+        match tool(&self.http, self.agent, &self.token, call).await {
+            Ok(result) => result,
+            // The model gets an error result it can act on; the detail goes to the log.
+            Err(e) => {
+                tracing::error!(error = %e, tool = %call.name, "tool call failed");
+                cordon_sandbox_agent::tools::ToolResult::error(format!(
+                    "the sandbox could not run {}: {e}",
+                    call.name
+                ))
+            }
+        }
+    }
+}

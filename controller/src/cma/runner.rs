@@ -1,0 +1,299 @@
+//! The session runner: answers a CMA session's tool calls through its sandbox, each exactly
+//! once (../shared/CMA.md, "Serving a session").
+//!
+//! On every (re)connect the runner opens the event stream first, then reconciles with the
+//! whole event history, so a call that arrived before or between connections is answered and
+//! one already answered (a `user.tool_result` for its id is in the history) is not. A call with
+//! `evaluated_permission: ask` waits for its `user.tool_confirmation`: `allow` runs it, `deny`
+//! never does. The runner ends when the session terminates, or `max_idle` after the session
+//! went idle with any stop reason but `requires_action`.
+//!
+//! A tool that ran but whose result post was lost (the controller died in between) runs again
+//! on the next reconcile: CMA's history is the only record of what was answered.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::client::{CmaClient, CmaError, Work};
+use super::events::{StreamItem, ToolUse, tool_result, tool_use};
+use cordon_sandbox_agent::tools::{ToolCall, ToolResult};
+
+/// Runs a tool call somewhere (the session's sandbox agent; a fake in tests).
+#[async_trait]
+pub trait ToolExecutor: Send + Sync {
+    async fn call(&self, call: &ToolCall) -> ToolResult;
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunEnd {
+    /// `session.status_terminated`.
+    Terminated,
+    /// Idle (turn ended) for `max_idle` with nothing outstanding.
+    Idle,
+}
+
+/// The runner's knobs.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    pub max_idle: Duration,
+    /// Reconnect backoff: starts at `backoff_start`, doubles, at most `backoff_max`.
+    pub backoff_start: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            max_idle: Duration::from_secs(60),
+            backoff_start: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the runner knows about the session.
+#[derive(Debug, Default)]
+struct State {
+    answered: HashSet<String>,
+    /// `allow` / `deny` verdicts by tool-use id.
+    verdicts: HashMap<String, bool>,
+    /// Calls held for a verdict.
+    held: HashMap<String, ToolUse>,
+    /// Whether the last (non-neutral) event ended the turn.
+    turn_ended: bool,
+    terminated: bool,
+    /// Tool calls run (for reports and tests).
+    calls_run: u64,
+}
+
+/// Events that say nothing about whether the turn ended.
+const NEUTRAL: [&str; 2] = ["user.tool_confirmation", "session.thread_status_terminated"];
+
+fn ends_turn(event: &Value) -> bool {
+    event["type"] == "session.status_idle" && event["stop_reason"]["type"] != "requires_action"
+}
+
+impl State {
+    /// Takes one event into account; returns a call to run now, if it is one.
+    fn observe(&mut self, event: &Value) -> Option<ToolUse> {
+        let kind = event["type"].as_str().unwrap_or("");
+        if !NEUTRAL.contains(&kind) {
+            self.turn_ended = ends_turn(event);
+        }
+        match kind {
+            "user.tool_result" => {
+                if let Some(id) = event["tool_use_id"].as_str() {
+                    self.answered.insert(id.to_string());
+                    self.held.remove(id);
+                }
+            }
+            "user.custom_tool_result" => {
+                if let Some(id) = event["custom_tool_use_id"].as_str() {
+                    self.answered.insert(id.to_string());
+                    self.held.remove(id);
+                }
+            }
+            "user.tool_confirmation" => {
+                if let Some(id) = event["tool_use_id"].as_str() {
+                    let allow = event["result"] == "allow";
+                    self.verdicts.insert(id.to_string(), allow);
+                    if let Some(call) = self.held.remove(id) {
+                        return allow.then_some(call);
+                    }
+                }
+            }
+            "session.status_terminated" => self.terminated = true,
+            _ => {
+                let call = tool_use(event)?;
+                if self.answered.contains(&call.id) {
+                    return None;
+                }
+                if call.needs_confirmation {
+                    match self.verdicts.get(&call.id) {
+                        Some(true) => return Some(call),
+                        Some(false) => return None,
+                        None => {
+                            self.held.insert(call.id.clone(), call);
+                            return None;
+                        }
+                    }
+                }
+                return Some(call);
+            }
+        }
+        None
+    }
+
+    fn outstanding(&self) -> bool {
+        !self.held.is_empty()
+    }
+}
+
+/// Serves session `session` of `work` until it terminates or idles out.
+pub async fn run_session(
+    client: &CmaClient,
+    work: &Work,
+    session: &str,
+    tools: &dyn ToolExecutor,
+    config: &RunnerConfig,
+) -> Result<(RunEnd, u64), CmaError> {
+    let mut state = State::default();
+    let mut backoff = config.backoff_start;
+    loop {
+        // The stream first, so nothing emitted during the reconcile is lost.
+        let (tx, mut rx) = mpsc::channel::<StreamItem>(256);
+        let stream_client = client.clone();
+        let stream_work = work.clone();
+        let stream_session = session.to_string();
+        let stream = tokio::spawn(async move {
+            stream_client
+                .stream_events(&stream_work, &stream_session, |item| {
+                    tx.try_send(item).is_ok()
+                })
+                .await
+        });
+        let history = match client.all_events(work, session).await {
+            Ok(h) => h,
+            Err(e) if e.is_retryable() => {
+                stream.abort();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(config.backoff_max);
+                continue;
+            }
+            Err(e) => {
+                stream.abort();
+                return Err(e);
+            }
+        };
+        let mut due = Vec::new();
+        for event in &history {
+            if let Some(call) = state.observe(event) {
+                due.push(call);
+            }
+        }
+        // Calls answered later in the same history are not due.
+        due.retain(|c| !state.answered.contains(&c.id));
+        for call in due {
+            answer(client, work, session, tools, &mut state, &call).await?;
+        }
+        if state.terminated {
+            stream.abort();
+            return Ok((RunEnd::Terminated, state.calls_run));
+        }
+        // Live events until the stream ends (then reconnect) or the session is done.
+        loop {
+            let idle = state.turn_ended && !state.outstanding();
+            let next = if idle {
+                match tokio::time::timeout(config.max_idle, rx.recv()).await {
+                    Ok(item) => item,
+                    Err(_) => {
+                        stream.abort();
+                        return Ok((RunEnd::Idle, state.calls_run));
+                    }
+                }
+            } else {
+                rx.recv().await
+            };
+            match next {
+                Some(StreamItem::Event(event)) => {
+                    backoff = config.backoff_start;
+                    if let Some(call) = state.observe(&event) {
+                        answer(client, work, session, tools, &mut state, &call).await?;
+                    }
+                    if state.terminated {
+                        stream.abort();
+                        return Ok((RunEnd::Terminated, state.calls_run));
+                    }
+                }
+                Some(StreamItem::Error(message)) => {
+                    tracing::warn!(session, %message, "event stream error; reconnecting");
+                    break;
+                }
+                None => break,
+            }
+        }
+        stream.abort();
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(config.backoff_max);
+    }
+}
+
+/// Runs `call` and posts its result, retrying the post (CMA: 3 tries; a 4xx other than 408 or
+/// 429 is final).
+async fn answer(
+    client: &CmaClient,
+    work: &Work,
+    session: &str,
+    tools: &dyn ToolExecutor,
+    state: &mut State,
+    call: &ToolUse,
+) -> Result<(), CmaError> {
+    let result = tools
+        .call(&ToolCall {
+            name: call.name.clone(),
+            input: call.input.clone(),
+        })
+        .await;
+    state.calls_run += 1;
+    let event = tool_result(call, result.is_error, &result.text);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match client.send_events(work, session, vec![event.clone()]).await {
+            Ok(()) => {
+                state.answered.insert(call.id.clone());
+                return Ok(());
+            }
+            Err(e) if e.is_retryable() && attempt < 3 => {
+                tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(id: &str, ask: bool) -> Value {
+        let mut e = serde_json::json!({"type": "agent.tool_use", "id": id, "name": "bash", "input": {"command": "ls"}});
+        if ask {
+            e["evaluated_permission"] = "ask".into();
+        }
+        e
+    }
+
+    #[test]
+    fn history_decides_what_is_due() {
+        let mut s = State::default();
+        assert!(s.observe(&call("a", false)).is_some());
+        s.observe(&serde_json::json!({"type": "user.tool_result", "tool_use_id": "a"}));
+        assert!(s.observe(&call("a", false)).is_none(), "answered once");
+        // Ask-gated: held, released by allow, dropped by deny.
+        assert!(s.observe(&call("b", true)).is_none());
+        assert!(s.outstanding());
+        let released = s.observe(&serde_json::json!({"type": "user.tool_confirmation", "tool_use_id": "b", "result": "allow"}));
+        assert_eq!(released.unwrap().id, "b");
+        assert!(s.observe(&call("c", true)).is_none());
+        assert!(s.observe(&serde_json::json!({"type": "user.tool_confirmation", "tool_use_id": "c", "result": "deny"})).is_none());
+        assert!(!s.outstanding());
+        // A verdict seen before its call.
+        s.observe(&serde_json::json!({"type": "user.tool_confirmation", "tool_use_id": "d", "result": "allow"}));
+        assert!(s.observe(&call("d", true)).is_some());
+        // Idle: any stop reason but requires_action ends the turn; confirmations are neutral.
+        s.observe(&serde_json::json!({"type": "session.status_idle", "stop_reason": {"type": "end_turn"}}));
+        assert!(s.turn_ended);
+        s.observe(&serde_json::json!({"type": "user.tool_confirmation", "tool_use_id": "z", "result": "deny"}));
+        assert!(s.turn_ended);
+        s.observe(&serde_json::json!({"type": "session.status_idle", "stop_reason": {"type": "requires_action"}}));
+        assert!(!s.turn_ended);
+        s.observe(&serde_json::json!({"type": "session.status_terminated"}));
+        assert!(s.terminated);
+    }
+}
