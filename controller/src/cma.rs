@@ -6,4 +6,5 @@ pub mod client;
 pub mod events;
 pub mod receiver;
 pub mod runner;
+pub mod service;
 pub mod webhooks;

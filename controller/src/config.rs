@@ -311,6 +311,12 @@ struct ControllerSection {
     webhook_secret_env: String,
     webhook_secret_file: Option<PathBuf>,
     max_body_bytes: usize,
+    environment_id: Option<String>,
+    environment_key_env: String,
+    base_url: String,
+    drain_interval_ms: u64,
+    max_idle_ms: u64,
+    lease_ttl_secs: u32,
 }
 
 impl Default for ControllerSection {
@@ -320,6 +326,12 @@ impl Default for ControllerSection {
             webhook_secret_env: "CORDON_WEBHOOK_SECRET".into(),
             webhook_secret_file: None,
             max_body_bytes: 256 * 1024,
+            environment_id: None,
+            environment_key_env: "ANTHROPIC_ENVIRONMENT_KEY".into(),
+            base_url: "https://api.anthropic.com".into(),
+            drain_interval_ms: 30_000,
+            max_idle_ms: 60_000,
+            lease_ttl_secs: 60,
         }
     }
 }
@@ -333,6 +345,19 @@ pub struct ServiceConfig {
     pub max_body_bytes: usize,
     /// The controller's state directory (its SQLite).
     pub state_dir: PathBuf,
+    /// Serving CMA work: `None` when `environment_id` is unset (webhooks are only recorded).
+    pub work: Option<WorkConfig>,
+}
+
+/// The self-hosted environment whose work queue `serve` drains.
+#[derive(Debug, Clone)]
+pub struct WorkConfig {
+    pub environment_id: String,
+    pub environment_key: crate::cma::client::Key,
+    pub base_url: String,
+    pub drain_interval: Duration,
+    pub max_idle: Duration,
+    pub lease_ttl_secs: u32,
 }
 
 impl ServiceConfig {
@@ -394,11 +419,31 @@ impl ServiceConfig {
                 return Err(invalid(errors));
             }
         };
+        let work = match &raw.environment_id {
+            None => None,
+            Some(environment_id) => {
+                let key = std::env::var(&raw.environment_key_env).map_err(|_| {
+                    invalid(vec![format!(
+                        "controller.environment_id is set, but the environment key is not: export {}",
+                        raw.environment_key_env
+                    )])
+                })?;
+                Some(WorkConfig {
+                    environment_id: environment_id.clone(),
+                    environment_key: crate::cma::client::Key::new(key),
+                    base_url: raw.base_url.clone(),
+                    drain_interval: Duration::from_millis(raw.drain_interval_ms.max(1000)),
+                    max_idle: Duration::from_millis(raw.max_idle_ms),
+                    lease_ttl_secs: raw.lease_ttl_secs.max(10),
+                })
+            }
+        };
         Ok(Self {
             listen,
             webhook_secret: secret,
             max_body_bytes: raw.max_body_bytes,
             state_dir: proxy.state_dir.join("controller"),
+            work,
         })
     }
 }

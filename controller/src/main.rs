@@ -173,6 +173,39 @@ async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
         "cordon-controller: serving POST /webhooks on {}",
         config.listen
     );
+    if let Some(work) = &config.work {
+        let sandbox = SandboxConfig::load(&common.config).map_err(|e| {
+            eprintln!("cordon-controller: {e}");
+            ExitCode::from(64)
+        })?;
+        let runtime = Runtime::open(sandbox).map_err(|e| fail(&e))?;
+        let worker = format!("cordon-{}", std::process::id());
+        let client = cordon_controller::cma::client::CmaClient::new(
+            &work.base_url,
+            &work.environment_id,
+            work.environment_key.clone(),
+            &worker,
+        )
+        .map_err(|e| {
+            eprintln!("cordon-controller: {e}");
+            ExitCode::from(69)
+        })?;
+        let service = std::sync::Arc::new(cordon_controller::cma::service::Service {
+            client,
+            runtime: tokio::sync::Mutex::new(runtime),
+            runner: cordon_controller::cma::runner::RunnerConfig {
+                max_idle: work.max_idle,
+                ..Default::default()
+            },
+            lease_ttl_secs: work.lease_ttl_secs,
+            wake: receiver.wake.clone(),
+        });
+        eprintln!(
+            "cordon-controller: serving work of environment {} at {}",
+            work.environment_id, work.base_url
+        );
+        tokio::spawn(service.run(work.drain_interval));
+    }
     let app = cordon_controller::cma::receiver::router(receiver, config.max_body_bytes);
     axum::serve(listener, app).await.map_err(|e| {
         eprintln!("cordon-controller: {e}");

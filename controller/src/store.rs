@@ -87,7 +87,9 @@ pub enum StoreError {
 /// The database.
 #[derive(Debug)]
 pub struct Store {
-    conn: Connection,
+    /// Behind a mutex so a `&Store` may be held across awaits on any thread (rusqlite's
+    /// connection is `Send` but not `Sync`).
+    conn: std::sync::Mutex<Connection>,
 }
 
 const SCHEMA: &str = "
@@ -119,6 +121,10 @@ fn now() -> String {
 }
 
 impl Store {
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Opens (creating) the database at `path`; the file is made readable by its owner only.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent() {
@@ -139,7 +145,9 @@ impl Store {
         // WAL: the webhook receiver writes while CLI commands read.
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.execute_batch(SCHEMA)?;
-        Ok(Self { conn })
+        Ok(Self {
+            conn: std::sync::Mutex::new(conn),
+        })
     }
 
     /// Records `id` as starting on the lowest free slot of `slots`; a stopped or failed record
@@ -150,7 +158,8 @@ impl Store {
         slots: u32,
         token: &str,
     ) -> Result<SessionRecord, StoreError> {
-        let tx = self.conn.transaction()?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
         let existing: Option<String> = tx
             .query_row("SELECT state FROM sessions WHERE id = ?1", [id], |r| {
                 r.get(0)
@@ -177,6 +186,7 @@ impl Store {
             params![id, slot, token, at],
         )?;
         tx.commit()?;
+        drop(conn);
         self.get(id)?
             .ok_or(StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows))
     }
@@ -190,7 +200,7 @@ impl Store {
         session_id: Option<&str>,
         created_at: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let inserted = self.conn.execute(
+        let inserted = self.conn().execute(
             "INSERT OR IGNORE INTO webhook_events (id, type, session_id, created_at, received_at)
              VALUES (?1, ?2, ?3, ?4, ?5)",
             params![id, kind, session_id, created_at, now()],
@@ -200,7 +210,8 @@ impl Store {
 
     /// Recorded webhook deliveries, newest first.
     pub fn webhooks(&self, limit: u32) -> Result<Vec<WebhookRecord>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
             "SELECT id, type, session_id, received_at FROM webhook_events
              ORDER BY received_at DESC LIMIT ?1",
         )?;
@@ -223,7 +234,7 @@ impl Store {
         state: SessionState,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.conn().execute(
             "UPDATE sessions SET state = ?2, error = ?3, updated_at = ?4 WHERE id = ?1",
             params![id, state.as_str(), error, now()],
         )?;
@@ -231,7 +242,7 @@ impl Store {
     }
 
     pub fn set_running(&self, id: &str, network_mode: &str) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.conn().execute(
             "UPDATE sessions SET state = 'running', network_mode = ?2, error = NULL,
              updated_at = ?3 WHERE id = ?1",
             params![id, network_mode, now()],
@@ -241,7 +252,7 @@ impl Store {
 
     pub fn get(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
         Ok(self
-            .conn
+            .conn()
             .query_row(
                 "SELECT id, slot, state, token, network_mode, created_at, updated_at, error
                  FROM sessions WHERE id = ?1",
@@ -253,7 +264,8 @@ impl Store {
 
     /// Every record, live first, then by id.
     pub fn all(&self) -> Result<Vec<SessionRecord>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
             "SELECT id, slot, state, token, network_mode, created_at, updated_at, error
              FROM sessions
              ORDER BY state NOT IN ('starting', 'running'), id",

@@ -341,12 +341,15 @@ impl CmaClient {
             #[serde(default)]
             next_page: Option<String>,
         }
-        let mut query = form_urlencoded::Serializer::new(String::new());
-        query.append_pair("limit", "1000");
-        if let Some(page) = page {
-            query.append_pair("page", page);
-        }
-        let path = format!("/v1/sessions/{session}/events?{}", query.finish());
+        let query = {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            query.append_pair("limit", "1000");
+            if let Some(page) = page {
+                query.append_pair("page", page);
+            }
+            query.finish()
+        };
+        let path = format!("/v1/sessions/{session}/events?{query}");
         let (_, bytes) = self
             .call(http::Method::GET, &path, &self.key_for(work), None, false)
             .await?;

@@ -27,6 +27,8 @@ pub struct Receiver {
     pub store: Mutex<Store>,
     /// Unix seconds now; a field so tests can move time.
     pub clock: fn() -> i64,
+    /// Woken on `session.status_run_started`: the work queue has something.
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 fn unix_now() -> i64 {
@@ -39,6 +41,7 @@ impl Receiver {
             secret,
             store: Mutex::new(store),
             clock: unix_now,
+            wake: Arc::new(tokio::sync::Notify::new()),
         }
     }
 }
@@ -104,6 +107,9 @@ async fn webhook(
     match recorded {
         Ok(true) => {
             tracing::info!(event = %delivery.id, kind = %delivery.data.kind, session = ?delivery.data.id, "webhook accepted");
+            if delivery.data.kind == "session.status_run_started" {
+                receiver.wake.notify_one();
+            }
             answer(StatusCode::OK, serde_json::json!({"status": "accepted"}))
         }
         Ok(false) => answer(StatusCode::OK, serde_json::json!({"status": "duplicate"})),
