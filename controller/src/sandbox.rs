@@ -428,14 +428,7 @@ impl Runtime {
         }
         self.remove_registration_and_files(record, &mut problems)
             .await;
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(SandboxError::Teardown {
-                id: record.id.clone(),
-                problems,
-            })
-        }
+        teardown_result(&record.id, problems)
     }
 
     /// Removes a session's resources, in an order that never leaves it a way out; keeps going
@@ -457,14 +450,7 @@ impl Runtime {
         }
         self.remove_registration_and_files(record, &mut problems)
             .await;
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(SandboxError::Teardown {
-                id: record.id.clone(),
-                problems,
-            })
-        }
+        teardown_result(&record.id, problems)
     }
 
     async fn remove_registration_and_files(
@@ -646,6 +632,18 @@ impl Runtime {
                 problems,
             })
         }
+    }
+}
+
+/// `Ok` when nothing went wrong, else every problem at once.
+fn teardown_result(id: &str, problems: Vec<String>) -> Result<(), SandboxError> {
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(SandboxError::Teardown {
+            id: id.to_string(),
+            problems,
+        })
     }
 }
 

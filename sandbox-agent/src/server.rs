@@ -68,16 +68,23 @@ fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
         .into_response()
 }
 
+/// The 401 for a request without the agent's token.
+fn unauthorized(state: &AgentState, headers: &HeaderMap) -> Option<Response> {
+    (!state.authorized(headers)).then(|| {
+        refuse(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong agent token (authorization: Bearer <token>)",
+        )
+    })
+}
+
 async fn tool_handler(
     State(state): State<Arc<AgentState>>,
     headers: HeaderMap,
     body: bytes::Bytes,
 ) -> Response {
-    if !state.authorized(&headers) {
-        return refuse(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong agent token (authorization: Bearer <token>)",
-        );
+    if let Some(refusal) = unauthorized(&state, &headers) {
+        return refusal;
     }
     let call: crate::tools::ToolCall = match serde_json::from_slice(&body) {
         Ok(c) => c,
@@ -96,11 +103,8 @@ async fn exec_handler(
     headers: HeaderMap,
     body: bytes::Bytes,
 ) -> Response {
-    if !state.authorized(&headers) {
-        return refuse(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong agent token (authorization: Bearer <token>)",
-        );
+    if let Some(refusal) = unauthorized(&state, &headers) {
+        return refusal;
     }
     let request: ExecRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -138,3 +142,51 @@ async fn exec_handler(
 }
 
 use futures_util::StreamExt as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn ask(address: std::net::SocketAddr, request: String) -> String {
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer
+    }
+
+    fn post(path: &str, token: Option<&str>, body: &str) -> String {
+        let auth = token
+            .map(|t| format!("authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        format!(
+            "POST {path} HTTP/1.1\r\nhost: agent\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    #[tokio::test]
+    async fn only_the_token_runs_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = Arc::new(AgentState::new(
+            "right-token".into(),
+            dir.path().display().to_string(),
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router(state)).await });
+        let call = r#"{"name":"bash","input":{"command":"echo ran"}}"#;
+        for token in [None, Some("wrong-token"), Some("right-toke")] {
+            let answer = ask(address, post("/tool", token, call)).await;
+            assert!(answer.starts_with("HTTP/1.1 401"), "{token:?}: {answer}");
+            let answer = ask(address, post("/exec", token, r#"{"argv":["true"]}"#)).await;
+            assert!(answer.starts_with("HTTP/1.1 401"), "{token:?}: {answer}");
+        }
+        let answer = ask(address, post("/tool", Some("right-token"), call)).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains(r#""text":"ran\n""#), "{answer}");
+        let answer = ask(address, post("/tool", Some("right-token"), "not json")).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    }
+}
