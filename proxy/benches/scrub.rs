@@ -3,6 +3,8 @@
 //!
 //! `cargo bench -p cordon-proxy --bench scrub`
 
+#![allow(clippy::expect_used)]
+
 use std::hint::black_box;
 use std::sync::Arc;
 
