@@ -83,3 +83,21 @@ fn requires_a_bundle_and_a_listener() {
         "{message}"
     );
 }
+
+#[test]
+fn the_example_config_loads_with_its_commented_sections_enabled_too() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/cordon.toml");
+    let config = ProxyConfig::load(&path).unwrap();
+    assert!(config.listen.explicit.is_some());
+    assert!(config.dns.listen.is_none());
+    // The commented [dns] and [sandbox] blocks are valid as written.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let enabled = text
+        .replace("# [dns]", "[dns]")
+        .replace("# listen = \"0.0.0.0:5300\"", "listen = \"0.0.0.0:5300\"")
+        .replace("# [sandbox]", "[sandbox]")
+        .replace("# address_pool", "address_pool");
+    let config = ProxyConfig::parse(&enabled, &path).unwrap();
+    assert_eq!(config.dns.listen.map(|a| a.port()), Some(5300));
+    assert!(config.sandbox.contains_key("address_pool"));
+}
