@@ -178,7 +178,20 @@ async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
             eprintln!("cordon-controller: {e}");
             ExitCode::from(64)
         })?;
-        let runtime = Runtime::open(sandbox).map_err(|e| fail(&e))?;
+        let mut runtime = Runtime::open(sandbox).map_err(|e| fail(&e))?;
+        // After a crash: sandboxes still running are kept for their sessions to resume; what
+        // vanished or was half-made is cleaned up.
+        match runtime.reconcile().await {
+            Ok(report) => {
+                for removed in report.removed {
+                    eprintln!("cordon-controller: reconcile removed {removed}");
+                }
+                for failed in report.failed {
+                    eprintln!("cordon-controller: reconcile marked {failed} failed");
+                }
+            }
+            Err(e) => eprintln!("cordon-controller: reconcile at start: {e}"),
+        }
         let worker = format!("cordon-{}", std::process::id());
         let client = cordon_controller::cma::client::CmaClient::new(
             &work.base_url,

@@ -104,7 +104,23 @@ async fn spawn_cma(cma: Shared) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cma_session_runs_in_a_sandbox_and_is_torn_down() {
-    let world = World::new(237, 24, "");
+    serve_one(false).await;
+}
+
+/// A controller restarted mid-session finds the session's sandbox still running: it serves
+/// the session in it rather than failing to start a second one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_sandbox_survived_a_restart_is_resumed() {
+    serve_one(true).await;
+}
+
+async fn serve_one(already_running: bool) {
+    let mut world = World::new(if already_running { 238 } else { 237 }, 24, "");
+    if already_running {
+        world
+            .start("sesn_e2e")
+            .unwrap_or_else(|out| panic!("{out:?}"));
+    }
     let cma = Shared::default();
     let base = spawn_cma(cma.clone()).await;
     let config = SandboxConfig::load(&world.config()).unwrap();

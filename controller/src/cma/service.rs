@@ -82,7 +82,14 @@ impl Service {
         let session = work.data.id.clone();
         let started = {
             let mut runtime = self.runtime.lock().await;
-            runtime.start(&session).await
+            // A sandbox that outlived a controller restart serves on: the runner reconciles
+            // with the session's history, so nothing is answered twice.
+            if agent_endpoint(runtime.config(), &session).is_ok() {
+                tracing::info!(session = %session, "resuming a session whose sandbox is running");
+                Ok(())
+            } else {
+                runtime.start(&session).await.map(|_| ())
+            }
         };
         if let Err(e) = started {
             tracing::error!(session = %session, error = %e, "sandbox did not start");
