@@ -181,17 +181,7 @@ async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
         let mut runtime = Runtime::open(sandbox).map_err(|e| fail(&e))?;
         // After a crash: sandboxes still running are kept for their sessions to resume; what
         // vanished or was half-made is cleaned up.
-        match runtime.reconcile().await {
-            Ok(report) => {
-                for removed in report.removed {
-                    eprintln!("cordon-controller: reconcile removed {removed}");
-                }
-                for failed in report.failed {
-                    eprintln!("cordon-controller: reconcile marked {failed} failed");
-                }
-            }
-            Err(e) => eprintln!("cordon-controller: reconcile at start: {e}"),
-        }
+        report_reconcile(runtime.reconcile().await);
         let worker = format!("cordon-{}", std::process::id());
         let client = cordon_controller::cma::client::CmaClient::new(
             &work.base_url,
@@ -227,25 +217,30 @@ async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Says on stderr what a reconcile did (before a start or a serve), and what it could not.
+fn report_reconcile(result: Result<cordon_controller::sandbox::Reconciled, SandboxError>) {
+    match result {
+        Ok(report) => {
+            for removed in report.removed {
+                eprintln!("cordon-controller: reconcile removed {removed}");
+            }
+            for failed in report.failed {
+                eprintln!("cordon-controller: reconcile marked {failed} failed");
+            }
+            for problem in report.problems {
+                eprintln!("cordon-controller: reconcile could not remove {problem}");
+            }
+        }
+        Err(e) => eprintln!("cordon-controller: reconcile: {e}"),
+    }
+}
+
 async fn run(action: SandboxAction) -> Result<ExitCode, ExitCode> {
     match action {
         SandboxAction::Start { common, session } => {
             let mut runtime = Runtime::open(load(&common)?).map_err(|e| fail(&e))?;
             // With the lock held no other start is in flight: anything half-made is a crash's.
-            match runtime.reconcile().await {
-                Ok(report) => {
-                    for removed in report.removed {
-                        eprintln!("cordon-controller: reconcile removed {removed}");
-                    }
-                    for failed in report.failed {
-                        eprintln!("cordon-controller: reconcile marked {failed} failed");
-                    }
-                    for problem in report.problems {
-                        eprintln!("cordon-controller: reconcile could not remove {problem}");
-                    }
-                }
-                Err(e) => eprintln!("cordon-controller: reconcile before start: {e}"),
-            }
+            report_reconcile(runtime.reconcile().await);
             let started = runtime.start(&session).await.map_err(|e| fail(&e))?;
             println!(
                 "session {} running at {} (agent {}, network {}, limits {}) in {} ms",

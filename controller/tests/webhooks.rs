@@ -31,8 +31,22 @@ fn signed(id: &str, body: &str, age: i64) -> Vec<String> {
          ts = datetime.datetime.now(tz=datetime.timezone.utc) - datetime.timedelta(seconds={age})\n\
          print(Webhook('{SECRET}').sign('{id}', ts, sys.stdin.read()))\nprint(int(ts.timestamp()))"
     );
-    let mut child = Command::new(python())
-        .args(["-c", &script])
+    let mut cmd = Command::new(python());
+    cmd.args(["-c", &script]);
+    let text = stdout_with_input(cmd, body);
+    let mut lines = text.lines();
+    let signature = lines.next().unwrap().to_string();
+    let timestamp = lines.next().unwrap().to_string();
+    vec![
+        format!("webhook-id: {id}"),
+        format!("webhook-timestamp: {timestamp}"),
+        format!("webhook-signature: {signature}"),
+    ]
+}
+
+/// Runs `cmd` with `input` on its standard input; its standard output.
+fn stdout_with_input(mut cmd: Command, input: &str) -> String {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -42,18 +56,9 @@ fn signed(id: &str, body: &str, age: i64) -> Vec<String> {
         .stdin
         .take()
         .unwrap()
-        .write_all(body.as_bytes())
+        .write_all(input.as_bytes())
         .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    let mut lines = text.lines();
-    let signature = lines.next().unwrap().to_string();
-    let timestamp = lines.next().unwrap().to_string();
-    vec![
-        format!("webhook-id: {id}"),
-        format!("webhook-timestamp: {timestamp}"),
-        format!("webhook-signature: {signature}"),
-    ]
+    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
 }
 
 struct Server(Child, u16, tempfile::TempDir);
@@ -114,19 +119,7 @@ fn post(server: &Server, headers: &[String], body: &str) -> (u16, String) {
     for h in headers {
         cmd.args(["-H", h]);
     }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap();
+    let out = stdout_with_input(cmd, body);
     let (text, code) = out.rsplit_once('\n').unwrap();
     (code.parse().unwrap(), text.to_string())
 }
