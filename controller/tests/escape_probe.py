@@ -151,7 +151,7 @@ except Exception as e:  # noqa: BLE001
     report("TCP with another sandbox's source address", False, err(e))
 
 # 12. SNI and Host disagree.
-out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "10",
+out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "30",
                       "-H", "Host: other.test", "https://allowed.test/"],
                      capture_output=True, text=True)
 report("HTTPS with SNI allowed.test and Host other.test", out.stdout == "200",
@@ -199,9 +199,14 @@ except Exception as e:  # noqa: BLE001
     report("listing another sandbox's workspace", False, err(e))
 
 # 16. The one allowed request.
-out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "10",
-                      "https://allowed.test/"], capture_output=True, text=True)
+# Generous time, and one retry: on a loaded 2-core machine (the whole suite in parallel) a
+# gVisor curl through the proxy can be slow; what this checks is that the request is allowed.
+for _ in range(2):
+    out = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-m", "30",
+                          "https://allowed.test/"], capture_output=True, text=True)
+    if out.stdout == "200":
+        break
 print(json.dumps({"attempt": "allowed: HTTPS GET https://allowed.test/", "allowed": True,
                   "ok": out.stdout == "200",
-                  "observed": "HTTP %s" % (out.stdout or "none: " + out.stderr.strip())}),
+                  "observed": "HTTP %s%s" % (out.stdout, "" if out.stdout == "200" else " (" + out.stderr.strip() + ")")}),
       flush=True)

@@ -170,7 +170,7 @@ impl World {
     }
 
     pub fn exec(&self, session: &str, command: &[&str]) -> Output {
-        self.exec_with_timeout(session, 60_000, command)
+        self.exec_with_timeout(session, 180_000, command)
     }
 
     pub fn exec_with_timeout(&self, session: &str, timeout_ms: u64, command: &[&str]) -> Output {
