@@ -37,8 +37,8 @@ pub struct Sim {
 }
 
 impl Sim {
-    /// Serves `scenario` on `listen` (port 0 picks one); sessions open at once, and their
-    /// webhooks go to `webhooks` when given.
+    /// Serves `scenario` on `listen` (port 0 picks one); its sessions open with
+    /// [`Sim::open_sessions`], and their webhooks go to `webhooks` when given.
     pub async fn start(
         scenario: &Scenario,
         config: WorldConfig,
@@ -64,6 +64,11 @@ impl Sim {
         })
     }
 
+    /// Opens the scenario's sessions: work items are queued, webhooks sent.
+    pub fn open_sessions(&self) {
+        self.world.open_sessions();
+    }
+
     /// The base URL a worker should use (`ANTHROPIC_BASE_URL`).
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
@@ -80,7 +85,7 @@ impl Sim {
                 .webhooks_pending
                 .load(std::sync::atomic::Ordering::SeqCst)
                 > 0;
-            if self.world.settled(pending) {
+            if self.world.opened() && self.world.settled(pending) {
                 return self.world.report();
             }
             // Leases run out on their own; look again at least every second.

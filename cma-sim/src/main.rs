@@ -70,12 +70,39 @@ struct RunArgs {
     /// The longest lease granted, in seconds.
     #[arg(long, default_value_t = 60)]
     max_ttl_secs: u64,
+    /// Open the sessions only once this URL answers (the controller's /healthz), waiting at
+    /// most 60 s; by default they open at once.
+    #[arg(long)]
+    start_after: Option<String>,
     /// Give up (and fail) after this long.
     #[arg(long, default_value_t = 600)]
     timeout_secs: u64,
     /// Also write the JSON report here.
     #[arg(long)]
     report: Option<PathBuf>,
+}
+
+/// Waits until `url` answers with any HTTP status.
+async fn wait_for(url: &str, patience: Duration) -> Result<(), String> {
+    use hyper_util::client::legacy::Client;
+    let client: Client<_, http_body_util::Empty<bytes::Bytes>> =
+        Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("--start-after {url:?} is not a URL: {e}"))?;
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        if client.get(uri.clone()).await.is_ok() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "{url} did not answer within {} s",
+                patience.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
@@ -153,6 +180,12 @@ async fn run(args: RunArgs) -> ExitCode {
         sim.base_url()
     );
     let _ = std::io::stdout().flush();
+    if let Some(url) = &args.start_after
+        && let Err(e) = wait_for(url, Duration::from_secs(60)).await
+    {
+        return fail(1, e);
+    }
+    sim.open_sessions();
     let report = sim.wait(Duration::from_secs(args.timeout_secs)).await;
     print!("{}", report.summary());
     if let Some(path) = &args.report {

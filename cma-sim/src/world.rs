@@ -188,6 +188,8 @@ pub struct World {
     pub webhooks_pending: std::sync::atomic::AtomicUsize,
     /// A handle on itself, for tasks the world spawns (delayed confirmations).
     me: Weak<World>,
+    scripts: Vec<SessionScript>,
+    opened: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) fn now() -> String {
@@ -213,7 +215,7 @@ impl World {
         config: WorldConfig,
         webhooks: mpsc::UnboundedSender<Outgoing>,
     ) -> Arc<Self> {
-        let world = Arc::new_cyclic(|me| Self {
+        Arc::new_cyclic(|me| Self {
             environment_id: scenario.environment_id.clone(),
             config,
             inner: Mutex::new(Inner {
@@ -225,11 +227,24 @@ impl World {
             webhooks,
             webhooks_pending: Default::default(),
             me: me.clone(),
-        });
-        for script in &scenario.sessions {
-            world.start_session(script.clone());
+            opened: Default::default(),
+            scripts: scenario.sessions.clone(),
+        })
+    }
+
+    /// Whether the sessions were opened.
+    pub fn opened(&self) -> bool {
+        self.opened.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Opens the scenario's sessions (once; later calls do nothing).
+    pub fn open_sessions(&self) {
+        if self.opened.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
         }
-        world
+        for script in &self.scripts {
+            self.start_session(script.clone());
+        }
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

@@ -48,6 +48,7 @@ async fn play(
     let sim = Sim::start(&scenario, config, None, "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
+    sim.open_sessions();
     let work = tempfile::tempdir().unwrap();
     let workdir = work.path().join("workspace");
     std::fs::create_dir(&workdir).unwrap();

@@ -308,6 +308,7 @@ impl SandboxConfig {
 #[serde(deny_unknown_fields, default)]
 struct ControllerSection {
     listen: String,
+    admin_listen: String,
     webhook_secret_env: String,
     webhook_secret_file: Option<PathBuf>,
     max_body_bytes: usize,
@@ -323,6 +324,7 @@ impl Default for ControllerSection {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8088".into(),
+            admin_listen: "127.0.0.1:8089".into(),
             webhook_secret_env: "CORDON_WEBHOOK_SECRET".into(),
             webhook_secret_file: None,
             max_body_bytes: 256 * 1024,
@@ -341,6 +343,8 @@ impl Default for ControllerSection {
 pub struct ServiceConfig {
     /// Where `/webhooks` is served (put TLS in front of it to expose it to CMA).
     pub listen: SocketAddr,
+    /// The admin API (sessions, metrics); loopback only.
+    pub admin_listen: SocketAddr,
     pub webhook_secret: crate::cma::webhooks::WebhookSecret,
     pub max_body_bytes: usize,
     /// The controller's state directory (its SQLite).
@@ -361,6 +365,27 @@ pub struct WorkConfig {
 }
 
 impl ServiceConfig {
+    /// Only `[controller] admin_listen`, for CLI commands that talk to a running `serve`
+    /// (they need no webhook secret).
+    pub fn admin_address(path: &Path) -> Result<SocketAddr, ConfigError> {
+        let proxy = ProxyConfig::load(path)?;
+        let raw: ControllerSection = toml::Value::Table(proxy.controller.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                path: path.into(),
+                message: e.to_string(),
+            })?;
+        raw.admin_listen
+            .parse::<SocketAddr>()
+            .map_err(|_| ConfigError::Invalid {
+                path: path.into(),
+                errors: vec![format!(
+                    "controller.admin_listen = {:?} is not an address:port",
+                    raw.admin_listen
+                )],
+            })
+    }
+
     /// Reads `[controller]` of `cordon.toml`; the webhook secret comes from the environment
     /// variable or the file (mode 0600) it names, never from the config file itself.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -382,6 +407,17 @@ impl ServiceConfig {
                 raw.listen
             )
         });
+        match raw.admin_listen.parse::<SocketAddr>() {
+            Ok(a) if a.ip().is_loopback() => {}
+            Ok(a) => errors.push(format!(
+                "controller.admin_listen = {a} is not a loopback address; the admin API stops \
+                 sessions and has no authentication, so it listens on 127.0.0.1 or ::1 only"
+            )),
+            Err(_) => errors.push(format!(
+                "controller.admin_listen = {:?} is not an address:port",
+                raw.admin_listen
+            )),
+        }
         let secret_text = match &raw.webhook_secret_file {
             Some(file) => {
                 let file = if file.is_absolute() {
@@ -438,8 +474,14 @@ impl ServiceConfig {
                 })
             }
         };
+        let admin_listen = raw.admin_listen.parse::<SocketAddr>().map_err(|_| {
+            invalid(vec![
+                "controller.admin_listen is not an address:port".into(),
+            ])
+        })?;
         Ok(Self {
             listen,
+            admin_listen,
             webhook_secret: secret,
             max_body_bytes: raw.max_body_bytes,
             state_dir: proxy.state_dir.join("controller"),

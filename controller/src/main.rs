@@ -6,7 +6,8 @@
 //! cordon-controller sandbox stop  --config cordon.toml --session ID
 //! cordon-controller sandbox list  --config cordon.toml [--json]
 //! cordon-controller sandbox reconcile --config cordon.toml
-//! cordon-controller serve --config cordon.toml      # POST /webhooks (CMA)
+//! cordon-controller serve --config cordon.toml      # CMA: webhooks, work queue, admin API
+//! cordon-controller sessions --config cordon.toml [--json] [--stop ID]
 //! ```
 //!
 //! Exit codes: 0 success (exec: the command's own status), 64 bad configuration or arguments,
@@ -39,11 +40,23 @@ enum Command {
         #[command(subcommand)]
         action: SandboxAction,
     },
-    /// Serves CMA webhooks (`POST /webhooks`, `[controller]` in cordon.toml): verified,
-    /// deduplicated and recorded. The work queue and session runner are not built yet.
+    /// Serves CMA: `POST /webhooks` (verified, deduplicated, recorded) and, with
+    /// `[controller] environment_id`, the work queue: each session in its own sandbox.
+    /// The admin API (`/sessions`, `/metrics`) listens on `[controller] admin_listen`.
     Serve {
         #[command(flatten)]
         common: Common,
+    },
+    /// Lists the sessions of the running controller (`serve`): sandbox state, work item,
+    /// tool calls, egress decisions. `--stop ID` stops serving one.
+    Sessions {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        json: bool,
+        /// Stop serving this session: its sandbox is torn down, its work item stopped.
+        #[arg(long, value_name = "SESSION")]
+        stop: Option<String>,
     },
 }
 
@@ -143,6 +156,7 @@ async fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Sandbox { action } => run(action).await,
         Command::Serve { common } => serve(common).await,
+        Command::Sessions { common, json, stop } => sessions(common, json, stop).await,
     };
     match result {
         Ok(code) | Err(code) => code,
@@ -150,34 +164,41 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
+    use std::sync::Arc;
     let config = cordon_controller::config::ServiceConfig::load(&common.config).map_err(|e| {
         eprintln!("cordon-controller: {e}");
         ExitCode::from(64)
     })?;
-    let store =
+    let open_store = || {
         cordon_controller::store::Store::open(&config.state_dir.join("state.db")).map_err(|e| {
             eprintln!("cordon-controller: {e}");
             ExitCode::from(69)
-        })?;
-    let receiver = std::sync::Arc::new(cordon_controller::cma::receiver::Receiver::new(
+        })
+    };
+    let metrics = cordon_controller::metrics::ControllerMetrics::new().map_err(|e| {
+        eprintln!("cordon-controller: metrics: {e}");
+        ExitCode::from(70)
+    })?;
+    let receiver = Arc::new(cordon_controller::cma::receiver::Receiver::new(
         config.webhook_secret.clone(),
-        store,
+        open_store()?,
+        metrics.clone(),
     ));
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| {
-            eprintln!("cordon-controller: cannot listen on {}: {e}", config.listen);
+    let bind = |address: std::net::SocketAddr| async move {
+        tokio::net::TcpListener::bind(address).await.map_err(|e| {
+            eprintln!("cordon-controller: cannot listen on {address}: {e}");
             ExitCode::from(69)
-        })?;
-    eprintln!(
-        "cordon-controller: serving POST /webhooks on {}",
-        config.listen
-    );
+        })
+    };
+    let listener = bind(config.listen).await?;
+    let admin_listener = bind(config.admin_listen).await?;
+    let mut sandbox_config = None;
     if let Some(work) = &config.work {
         let sandbox = SandboxConfig::load(&common.config).map_err(|e| {
             eprintln!("cordon-controller: {e}");
             ExitCode::from(64)
         })?;
+        sandbox_config = Some(sandbox.clone());
         let mut runtime = Runtime::open(sandbox).map_err(|e| fail(&e))?;
         // After a crash: sandboxes still running are kept for their sessions to resume; what
         // vanished or was half-made is cleaned up.
@@ -193,15 +214,18 @@ async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
             eprintln!("cordon-controller: {e}");
             ExitCode::from(69)
         })?;
-        let service = std::sync::Arc::new(cordon_controller::cma::service::Service {
+        let service = Arc::new(cordon_controller::cma::service::Service {
             client,
             runtime: tokio::sync::Mutex::new(runtime),
+            store: open_store()?,
+            metrics: metrics.clone(),
             runner: cordon_controller::cma::runner::RunnerConfig {
                 max_idle: work.max_idle,
                 ..Default::default()
             },
             lease_ttl_secs: work.lease_ttl_secs,
             wake: receiver.wake.clone(),
+            stops: receiver.stops.clone(),
         });
         eprintln!(
             "cordon-controller: serving work of environment {} at {}",
@@ -209,11 +233,84 @@ async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
         );
         tokio::spawn(service.run(work.drain_interval));
     }
+    let admin = Arc::new(cordon_controller::admin::Admin {
+        store: open_store()?,
+        metrics,
+        stops: receiver.stops.clone(),
+        proxy_admin: sandbox_config.as_ref().map(|c| c.admin),
+        sandbox: sandbox_config,
+        http: HttpClient::default(),
+    });
+    eprintln!(
+        "cordon-controller: serving POST /webhooks on {}, the admin API (/sessions, /metrics) on {}",
+        config.listen, config.admin_listen
+    );
+    let admin_app = cordon_controller::admin::router(admin);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(admin_listener, admin_app).await {
+            eprintln!("cordon-controller: admin API: {e}");
+        }
+    });
     let app = cordon_controller::cma::receiver::router(receiver, config.max_body_bytes);
     axum::serve(listener, app).await.map_err(|e| {
         eprintln!("cordon-controller: {e}");
         ExitCode::from(70)
     })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cordon-controller sessions`: the running controller's sessions, or a stop.
+async fn sessions(common: Common, json: bool, stop: Option<String>) -> Result<ExitCode, ExitCode> {
+    let admin =
+        cordon_controller::config::ServiceConfig::admin_address(&common.config).map_err(|e| {
+            eprintln!("cordon-controller: {e}");
+            ExitCode::from(64)
+        })?;
+    let http = HttpClient::default();
+    let unreachable = |e: cordon_controller::http::HttpError| {
+        eprintln!(
+            "cordon-controller: {e}\n(is `cordon-controller serve` running with this config?)"
+        );
+        ExitCode::from(69)
+    };
+    if let Some(id) = stop {
+        let url = format!("http://{admin}/sessions/{id}/stop");
+        return match http.call(http::Method::POST, &url, None, None).await {
+            Ok(_) => {
+                println!(
+                    "session {id}: stopping (its sandbox is torn down and its work item stopped)"
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(cordon_controller::http::HttpError::Status { status: 404, .. }) => {
+                eprintln!("cordon-controller: session {id} is not being served");
+                Ok(ExitCode::from(66))
+            }
+            Err(e) => Err(unreachable(e)),
+        };
+    }
+    let text = http
+        .call(
+            http::Method::GET,
+            &format!("http://{admin}/sessions"),
+            None,
+            None,
+        )
+        .await
+        .map_err(unreachable)?;
+    if json {
+        println!("{text}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    #[derive(serde::Deserialize)]
+    struct Listing {
+        sessions: Vec<cordon_controller::admin::SessionRow>,
+    }
+    let listing: Listing = serde_json::from_str(&text).map_err(|e| {
+        eprintln!("cordon-controller: the admin API answered something unexpected: {e}");
+        ExitCode::from(70)
+    })?;
+    print!("{}", cordon_controller::admin::table(&listing.sessions));
     Ok(ExitCode::SUCCESS)
 }
 

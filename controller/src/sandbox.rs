@@ -101,6 +101,7 @@ pub struct SessionView {
     pub address: Ipv4Addr,
     pub network_mode: Option<String>,
     pub created_at: String,
+    pub updated_at: String,
     pub error: Option<String>,
 }
 
@@ -489,19 +490,7 @@ impl Runtime {
 
     /// Every recorded session.
     pub fn list(&self) -> Result<Vec<SessionView>, SandboxError> {
-        Ok(self
-            .store
-            .all()?
-            .into_iter()
-            .map(|r| SessionView {
-                address: self.names(&r).sandbox_addr,
-                id: r.id,
-                state: r.state.as_str(),
-                network_mode: r.network_mode,
-                created_at: r.created_at,
-                error: r.error,
-            })
-            .collect())
+        list_sessions(&self.config, &self.store)
     }
 
     /// Makes the host match the records: removes prefixed resources no live session owns,
@@ -645,6 +634,26 @@ fn teardown_result(id: &str, problems: Vec<String>) -> Result<(), SandboxError> 
             problems,
         })
     }
+}
+
+/// Every recorded session, live first; reads the records without the controller lock.
+pub fn list_sessions(
+    config: &SandboxConfig,
+    store: &Store,
+) -> Result<Vec<SessionView>, SandboxError> {
+    Ok(store
+        .all()?
+        .into_iter()
+        .map(|r| SessionView {
+            address: SessionNames::new(config, &r.id, r.slot).sandbox_addr,
+            id: r.id,
+            state: r.state.as_str(),
+            network_mode: r.network_mode,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            error: r.error,
+        })
+        .collect())
 }
 
 /// Where session `id`'s agent listens, and its token. Reads the records without the controller

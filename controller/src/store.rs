@@ -5,7 +5,11 @@
 
 use std::path::Path;
 
+mod work;
+
 use rusqlite::{Connection, OptionalExtension, params};
+
+pub use work::{OpenWork, WorkSummary};
 
 /// Where a session is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +149,7 @@ impl Store {
         // WAL: the webhook receiver writes while CLI commands read.
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(work::SCHEMA)?;
         Ok(Self {
             conn: std::sync::Mutex::new(conn),
         })

@@ -169,7 +169,7 @@ impl ServeHttp for AdminApi {
             }
             (Method::GET, "/sessions") => json(
                 StatusCode::OK,
-                serde_json::json!({"sessions": state.sessions.list()}),
+                serde_json::json!({"sessions": state.sessions.listing()}),
             ),
             (method, path) if path.starts_with("/sessions/") && path.ends_with("/placeholders") => {
                 let id = &path["/sessions/".len()..path.len() - "/placeholders".len()];

@@ -491,6 +491,11 @@ impl Authorizer {
         let status = ctx
             .status
             .or_else(|| session.response_written().map(|r| r.status.as_u16()));
+        if let Some(c) = conn {
+            self.state
+                .sessions
+                .count_decision(&c.session.id, decision == "allow");
+        }
         self.state.audit.write(&AuditRecord {
             time: now_rfc3339(),
             kind: "request",

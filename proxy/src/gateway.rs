@@ -604,6 +604,10 @@ impl Gateway {
             request: None,
         }
         .destination();
+        // An allowed connection's requests are counted one by one; a refused one counts here.
+        if decision != "allow" {
+            self.state.sessions.count_decision(session, false);
+        }
         self.state.audit.write(&AuditRecord {
             time: now_rfc3339(),
             kind: "connection",

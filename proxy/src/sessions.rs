@@ -6,7 +6,8 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use cordon_policy::SessionInput;
 
@@ -44,6 +45,29 @@ pub struct SessionRegistry {
 struct Registry {
     by_source: HashMap<IpAddr, SessionRecord>,
     by_id: HashMap<String, IpAddr>,
+    /// Egress decisions per registered session, for the controller's sessions view.
+    egress: HashMap<String, Arc<EgressCounts>>,
+}
+
+/// Egress decisions made for one registered session since it was registered.
+#[derive(Debug, Default)]
+pub struct EgressCounts {
+    pub allowed: AtomicU64,
+    pub denied: AtomicU64,
+}
+
+/// A registration with its counts, as `GET /sessions` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SessionListing {
+    #[serde(flatten)]
+    pub record: SessionRecord,
+    pub egress: EgressTotals,
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct EgressTotals {
+    pub allowed: u64,
+    pub denied: u64,
 }
 
 impl SessionRegistry {
@@ -68,6 +92,7 @@ impl SessionRegistry {
         {
             inner.by_source.remove(&old_source);
         }
+        inner.egress.entry(record.id.clone()).or_default();
         inner.by_source.insert(record.source, record);
         Ok(())
     }
@@ -76,6 +101,7 @@ impl SessionRegistry {
     pub fn remove(&self, id: &str) -> Option<SessionRecord> {
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
         let source = inner.by_id.remove(id)?;
+        inner.egress.remove(id);
         inner.by_source.remove(&source)
     }
 
@@ -102,6 +128,42 @@ impl SessionRegistry {
         let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
         let mut all: Vec<_> = inner.by_source.values().cloned().collect();
         all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+
+    /// Counts one egress decision (a request, or a refused connection) for session `id`;
+    /// unregistered sessions are not counted.
+    pub fn count_decision(&self, id: &str, allowed: bool) {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(counts) = inner.egress.get(id) {
+            let counter = if allowed {
+                &counts.allowed
+            } else {
+                &counts.denied
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Every registration with its egress counts, by id.
+    pub fn listing(&self) -> Vec<SessionListing> {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<SessionListing> = inner
+            .by_source
+            .values()
+            .map(|record| {
+                let counts = inner.egress.get(&record.id);
+                let load = |c: Option<&AtomicU64>| c.map_or(0, |c| c.load(Ordering::Relaxed));
+                SessionListing {
+                    record: record.clone(),
+                    egress: EgressTotals {
+                        allowed: load(counts.map(|c| &c.allowed)),
+                        denied: load(counts.map(|c| &c.denied)),
+                    },
+                }
+            })
+            .collect();
+        all.sort_by(|a, b| a.record.id.cmp(&b.record.id));
         all
     }
 

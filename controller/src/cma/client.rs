@@ -70,6 +70,23 @@ impl std::fmt::Debug for Work {
 }
 
 impl Work {
+    /// The item as the controller stores it to resume after a restart, secret included (the
+    /// state database is readable by root only).
+    pub fn to_stored(&self) -> String {
+        serde_json::json!({
+            "id": self.id,
+            "data": {"type": self.data.kind, "id": self.data.id},
+            "state": self.state,
+            "secret": self.secret,
+        })
+        .to_string()
+    }
+
+    /// An item stored by [`Work::to_stored`].
+    pub fn from_stored(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
     /// The per-work sessions token, if the item carries one.
     fn sessions_token(&self) -> Option<Key> {
         #[derive(Deserialize)]
@@ -136,6 +153,39 @@ impl CmaError {
     /// A 412 on heartbeat: someone else holds the lease; stop serving, never stop the item.
     pub fn is_lease_lost(&self) -> bool {
         matches!(self, CmaError::Status { status: 412, .. })
+    }
+}
+
+/// Attempts of a call that [`retrying`] makes before it gives up.
+pub const ATTEMPTS: u32 = 4;
+
+/// Runs `call` until it succeeds, fails for good, or has been tried [`ATTEMPTS`] times;
+/// waits 0.5 s, 1 s, 2 s (each jittered by up to half) between tries. Retried: transport
+/// errors, 408, 429 and 5xx. Not 409: for ack and stop it means the item moved on.
+pub async fn retrying<T, F, Fut>(what: &str, mut call: F) -> Result<T, CmaError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, CmaError>>,
+{
+    let mut wait = Duration::from_millis(500);
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(e)
+                if attempt < ATTEMPTS
+                    && e.is_retryable()
+                    && !matches!(e, CmaError::Status { status: 409, .. }) =>
+            {
+                use rand::Rng as _;
+                let jitter = rand::rng().random_range(0..=wait.as_millis() as u64 / 2);
+                let pause = wait + Duration::from_millis(jitter);
+                tracing::warn!(error = %e, attempt, retry_in_ms = pause.as_millis() as u64, "{what} failed; retrying");
+                tokio::time::sleep(pause).await;
+                wait *= 2;
+                attempt += 1;
+            }
+            result => return result,
+        }
     }
 }
 

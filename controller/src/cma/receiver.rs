@@ -17,7 +17,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
+use super::service::SessionStops;
 use super::webhooks::{Delivery, Headers, WebhookSecret, verify};
+use crate::metrics::ControllerMetrics;
 use crate::store::Store;
 
 /// What the receiver needs.
@@ -29,6 +31,9 @@ pub struct Receiver {
     pub clock: fn() -> i64,
     /// Woken on `session.status_run_started`: the work queue has something.
     pub wake: Arc<tokio::sync::Notify>,
+    /// Sessions being served; `session.status_terminated` stops its session's.
+    pub stops: Arc<SessionStops>,
+    pub metrics: ControllerMetrics,
 }
 
 fn unix_now() -> i64 {
@@ -36,13 +41,22 @@ fn unix_now() -> i64 {
 }
 
 impl Receiver {
-    pub fn new(secret: WebhookSecret, store: Store) -> Self {
+    pub fn new(secret: WebhookSecret, store: Store, metrics: ControllerMetrics) -> Self {
         Self {
             secret,
             store: Mutex::new(store),
             clock: unix_now,
             wake: Arc::new(tokio::sync::Notify::new()),
+            stops: Arc::default(),
+            metrics,
         }
+    }
+
+    fn count(&self, outcome: &str) {
+        self.metrics
+            .webhook_deliveries
+            .with_label_values(&[outcome])
+            .inc();
     }
 }
 
@@ -75,6 +89,7 @@ async fn webhook(
     };
     if let Err(e) = verify(&receiver.secret, signed, &body, (receiver.clock)()) {
         tracing::warn!(error = %e, "webhook refused");
+        receiver.count("unauthorized");
         return answer(
             StatusCode::UNAUTHORIZED,
             serde_json::json!({"error": e.to_string()}),
@@ -83,6 +98,7 @@ async fn webhook(
     let delivery: Delivery = match serde_json::from_slice(&body) {
         Ok(d) => d,
         Err(e) => {
+            receiver.count("bad_request");
             return answer(
                 StatusCode::BAD_REQUEST,
                 serde_json::json!({"error": format!("the body is not a CMA event: {e}")}),
@@ -90,6 +106,7 @@ async fn webhook(
         }
     };
     if delivery.kind != "event" || Some(delivery.id.as_str()) != signed.id {
+        receiver.count("bad_request");
         return answer(
             StatusCode::BAD_REQUEST,
             serde_json::json!({"error": "expected {\"type\":\"event\"} whose id equals webhook-id"}),
@@ -107,13 +124,22 @@ async fn webhook(
     match recorded {
         Ok(true) => {
             tracing::info!(event = %delivery.id, kind = %delivery.data.kind, session = ?delivery.data.id, "webhook accepted");
-            if delivery.data.kind == "session.status_run_started" {
-                receiver.wake.notify_one();
+            receiver.count("accepted");
+            match (delivery.data.kind.as_str(), delivery.data.id.as_deref()) {
+                ("session.status_run_started", _) => receiver.wake.notify_one(),
+                ("session.status_terminated", Some(session)) if receiver.stops.stop(session) => {
+                    tracing::info!(session = %session, "session terminated; stopping its sandbox");
+                }
+                _ => {}
             }
             answer(StatusCode::OK, serde_json::json!({"status": "accepted"}))
         }
-        Ok(false) => answer(StatusCode::OK, serde_json::json!({"status": "duplicate"})),
+        Ok(false) => {
+            receiver.count("duplicate");
+            answer(StatusCode::OK, serde_json::json!({"status": "duplicate"}))
+        }
         Err(e) => {
+            receiver.count("error");
             tracing::error!(error = %e, "webhook not recorded");
             answer(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -233,12 +233,22 @@ async fn answer(
     state: &mut State,
     call: &ToolUse,
 ) -> Result<(), CmaError> {
-    let result = tools
-        .call(&ToolCall {
-            name: call.name.clone(),
-            input: call.input.clone(),
-        })
-        .await;
+    // A custom tool is the client's own, not the toolset's: never run it in the sandbox,
+    // even when its name is one of the toolset's.
+    let result = if call.custom {
+        ToolResult::error(format!(
+            "{:?} is a custom tool; this environment serves only the CMA toolset ({})",
+            call.name,
+            cordon_sandbox_agent::tools::TOOLS.join(", ")
+        ))
+    } else {
+        tools
+            .call(&ToolCall {
+                name: call.name.clone(),
+                input: call.input.clone(),
+            })
+            .await
+    };
     state.calls_run += 1;
     let event = tool_result(call, result.is_error, &result.text);
     let mut attempt = 0;

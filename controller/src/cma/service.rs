@@ -1,21 +1,31 @@
-//! Serving CMA work: drain the work queue, and for each session work item start its sandbox,
-//! hold the lease, run the session's tool calls, then tear everything down.
+//! Serving CMA work: drain the work queue, and for each session work item hold the lease,
+//! start its sandbox, run the session's tool calls, then tear everything down.
 //!
 //! A webhook (`session.status_run_started`) wakes a drain; a timer drains anyway, because
-//! deliveries can be lost. Per work item: ack -> sandbox -> heartbeat alongside the session
-//! runner -> sandbox stopped -> work item force-stopped, unless the lease was lost (then the
-//! item belongs to whoever holds it now and is left alone).
+//! deliveries can be lost. Per work item: ack -> recorded in the store -> first heartbeat
+//! (claims the lease) -> sandbox -> heartbeats alongside the session runner -> sandbox
+//! stopped -> work item force-stopped, unless the lease was lost (then the item belongs to
+//! whoever holds it now and is left alone).
+//!
+//! Restart safety: the item and the heartbeat that holds its lease are in the store, so a
+//! restarted controller ([`Service::resume`]) heartbeats on with the same lease, keeps the
+//! sandbox if it survived, and the runner's reconcile with the session history answers only
+//! what is unanswered. If the lease was lost meanwhile, the sandbox is torn down.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Mutex, Notify};
 
-use super::client::{CmaClient, Work};
-use super::runner::{RunEnd, RunnerConfig, run_session};
+use super::client::{CmaClient, Heartbeat, MAX_BLOCK_MS, Work, retrying};
+use super::runner::{RunEnd, RunnerConfig, ToolExecutor, run_session};
 use crate::agent::AgentTools;
 use crate::http::HttpClient;
+use crate::metrics::{ControllerMetrics, tool_label};
 use crate::sandbox::{Runtime, agent_endpoint};
+use crate::store::Store;
+use cordon_sandbox_agent::tools::{ToolCall, ToolResult};
 
 /// How a work item ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,9 +33,69 @@ pub enum WorkEnd {
     Done(RunEnd),
     /// The heartbeat said stop (state stopping/stopped, or the lease was not extended).
     StopRequested,
-    /// Someone else holds the lease (412).
+    /// Someone else holds the lease (412), or no heartbeat succeeded for a whole TTL.
     LeaseLost,
+    /// `POST /sessions/{id}/stop` on the admin API, or a `session.status_terminated` webhook.
+    StoppedByOperator,
     Failed(String),
+}
+
+impl WorkEnd {
+    /// The metric label and stored end reason.
+    pub fn label(&self) -> &'static str {
+        match self {
+            WorkEnd::Done(RunEnd::Terminated) => "terminated",
+            WorkEnd::Done(RunEnd::Idle) => "idle",
+            WorkEnd::StopRequested => "stop_requested",
+            WorkEnd::LeaseLost => "lease_lost",
+            WorkEnd::StoppedByOperator => "stopped_by_operator",
+            WorkEnd::Failed(_) => "failed",
+        }
+    }
+}
+
+/// The sessions being served, each with the signal that stops it.
+#[derive(Debug, Default)]
+pub struct SessionStops {
+    inner: std::sync::Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+impl SessionStops {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Notify>>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers `session` as served; `None` if it already is.
+    fn register(&self, session: &str) -> Option<Arc<Notify>> {
+        let mut inner = self.lock();
+        if inner.contains_key(session) {
+            return None;
+        }
+        let stop = Arc::new(Notify::new());
+        inner.insert(session.to_string(), stop.clone());
+        Some(stop)
+    }
+
+    fn remove(&self, session: &str) {
+        self.lock().remove(session);
+    }
+
+    /// Asks the session's server to stop; `false` when the session is not being served.
+    pub fn stop(&self, session: &str) -> bool {
+        match self.lock().get(session) {
+            Some(stop) => {
+                // notify_one keeps a permit, so a stop asked before the server waits counts.
+                stop.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether `session` is being served.
+    pub fn serving(&self, session: &str) -> bool {
+        self.lock().contains_key(session)
+    }
 }
 
 /// The service: one per controller.
@@ -33,10 +103,15 @@ pub enum WorkEnd {
 pub struct Service {
     pub client: CmaClient,
     pub runtime: Mutex<Runtime>,
+    /// The controller's records (its own connection to the state database).
+    pub store: Store,
+    pub metrics: ControllerMetrics,
     pub runner: RunnerConfig,
     pub lease_ttl_secs: u32,
     /// Signalled by the webhook receiver on `session.status_run_started`.
     pub wake: Arc<Notify>,
+    /// Shared with the webhook receiver and the admin API.
+    pub stops: Arc<SessionStops>,
 }
 
 impl Service {
@@ -45,7 +120,7 @@ impl Service {
     pub async fn drain(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<WorkEnd>> {
         let mut serving = Vec::new();
         loop {
-            let work = match self.client.poll(super::client::MAX_BLOCK_MS).await {
+            let work = match retrying("work poll", || self.client.poll(MAX_BLOCK_MS)).await {
                 Ok(Some(work)) => work,
                 Ok(None) => return serving,
                 Err(e) => {
@@ -57,17 +132,84 @@ impl Service {
                 tracing::info!(work = %work.id, kind = %work.data.kind, "skipping a work item that is not a session");
                 continue;
             }
-            if let Err(e) = self.client.ack(&work).await {
+            if let Err(e) = retrying("ack", || self.client.ack(&work)).await {
                 tracing::warn!(work = %work.id, error = %e, "ack failed");
                 continue;
             }
+            if let Err(e) = self
+                .store
+                .begin_work(&work.id, &work.data.id, &work.to_stored())
+            {
+                // Serving an item that a restart could not resume would break the promise
+                // that a restart loses nothing; give it back instead.
+                tracing::error!(work = %work.id, error = %e, "cannot record the work item; stopping it");
+                let _ = retrying("work stop", || self.client.stop(&work, true)).await;
+                continue;
+            }
             let service = self.clone();
-            serving.push(tokio::spawn(async move { service.serve(work).await }));
+            serving.push(tokio::spawn(async move { service.serve(work, None).await }));
         }
     }
 
-    /// Drains now, then whenever woken, and at least every `interval`.
+    /// Resumes the work items a previous controller was serving when it stopped.
+    pub async fn resume(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<WorkEnd>> {
+        let open = match self.store.open_work() {
+            Ok(open) => open,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the work items to resume");
+                return Vec::new();
+            }
+        };
+        let mut serving = Vec::new();
+        let resumed: std::collections::HashSet<String> =
+            open.iter().map(|w| w.session_id.clone()).collect();
+        // A sandbox no open work item owns would never be served or stopped: remove it.
+        self.stop_orphans(&resumed).await;
+        for stored in open {
+            match Work::from_stored(&stored.item) {
+                Ok(work) => {
+                    tracing::info!(work = %work.id, session = %work.data.id, "resuming a work item served before a restart");
+                    let service = self.clone();
+                    let heartbeat = stored.last_heartbeat.clone();
+                    serving.push(tokio::spawn(
+                        async move { service.serve(work, heartbeat).await },
+                    ));
+                }
+                Err(e) => {
+                    tracing::error!(work = %stored.id, error = %e, "a stored work item is unreadable; it is not resumed");
+                    let _ = self
+                        .store
+                        .end_work(&stored.id, "failed: unreadable after restart");
+                }
+            }
+        }
+        serving
+    }
+
+    async fn stop_orphans(&self, owned: &std::collections::HashSet<String>) {
+        let mut runtime = self.runtime.lock().await;
+        let live = match runtime.list() {
+            Ok(live) => live,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list sandboxes");
+                return;
+            }
+        };
+        for view in live {
+            let is_live = matches!(view.state, "starting" | "running");
+            if is_live && !owned.contains(&view.id) {
+                tracing::info!(session = %view.id, "removing a sandbox no work item owns");
+                if let Err(e) = runtime.stop(&view.id).await {
+                    tracing::error!(session = %view.id, error = %e, "sandbox stop");
+                }
+            }
+        }
+    }
+
+    /// Resumes what was being served, then drains now, whenever woken, and at least every
+    /// `interval`.
     pub async fn run(self: Arc<Self>, interval: Duration) {
+        let _ = self.resume().await;
         loop {
             let _ = self.drain().await;
             tokio::select! {
@@ -77,72 +219,145 @@ impl Service {
         }
     }
 
-    /// Serves one claimed session work item to its end.
-    pub async fn serve(self: Arc<Self>, work: Work) -> WorkEnd {
+    /// Serves one claimed session work item to its end. `heartbeat` is the lease a previous
+    /// controller held (resuming after a restart); `None` claims it afresh.
+    pub async fn serve(self: Arc<Self>, work: Work, heartbeat: Option<String>) -> WorkEnd {
         let session = work.data.id.clone();
-        let started = {
-            let mut runtime = self.runtime.lock().await;
-            // A sandbox that outlived a controller restart serves on: the runner reconciles
-            // with the session's history, so nothing is answered twice.
-            if agent_endpoint(runtime.config(), &session).is_ok() {
-                tracing::info!(session = %session, "resuming a session whose sandbox is running");
-                Ok(())
-            } else {
-                runtime.start(&session).await.map(|_| ())
-            }
+        let Some(stop) = self.stops.register(&session) else {
+            tracing::warn!(work = %work.id, session = %session, "the session is already being served; not serving it twice");
+            return WorkEnd::Failed("already being served".into());
         };
-        if let Err(e) = started {
-            tracing::error!(session = %session, error = %e, "sandbox did not start");
-            let _ = self.client.stop(&work, true).await;
-            return WorkEnd::Failed(e.to_string());
-        }
-        let end = self.serve_started(&work, &session).await;
+        let end = self
+            .serve_registered(&work, &session, heartbeat, &stop)
+            .await;
         {
             let mut runtime = self.runtime.lock().await;
+            // The proxy forgets a session's counts when its registration goes: keep them.
+            let counts =
+                crate::admin::egress_counts(&HttpClient::default(), runtime.config().admin).await;
+            if let Some(e) = counts.get(&session)
+                && let Err(err) = self.store.set_egress(&work.id, e.allowed, e.denied)
+            {
+                tracing::warn!(work = %work.id, error = %err, "cannot keep the egress counts");
+            }
             if let Err(e) = runtime.stop(&session).await {
                 tracing::error!(session = %session, error = %e, "sandbox stop");
             }
         }
+        self.stops.remove(&session);
         if end != WorkEnd::LeaseLost
-            && let Err(e) = self.client.stop(&work, true).await
+            && let Err(e) = retrying("work stop", || self.client.stop(&work, true)).await
         {
             tracing::warn!(work = %work.id, error = %e, "work stop failed");
+        }
+        let reason = match &end {
+            WorkEnd::Failed(why) => format!("failed: {why}"),
+            other => other.label().to_string(),
+        };
+        if let Err(e) = self.store.end_work(&work.id, &reason) {
+            tracing::error!(work = %work.id, error = %e, "cannot record how the work item ended");
+        }
+        self.metrics
+            .work_items
+            .with_label_values(&[end.label()])
+            .inc();
+        if end == WorkEnd::LeaseLost {
+            self.metrics.lease_losses.inc();
         }
         tracing::info!(session = %session, end = ?end, "session served");
         end
     }
 
-    async fn serve_started(&self, work: &Work, session: &str) -> WorkEnd {
+    async fn serve_registered(
+        &self,
+        work: &Work,
+        session: &str,
+        heartbeat: Option<String>,
+        stop: &Notify,
+    ) -> WorkEnd {
+        let claimed = Instant::now();
+        // The first heartbeat claims (or, after a restart, re-proves) the lease before any
+        // sandbox or tool runs: no two workers ever serve one item.
+        let first = match retrying("heartbeat", || {
+            self.client
+                .heartbeat(work, heartbeat.as_deref(), self.lease_ttl_secs)
+        })
+        .await
+        {
+            Ok(h) => h,
+            Err(e) if e.is_lease_lost() => return WorkEnd::LeaseLost,
+            Err(e) => return WorkEnd::Failed(e.to_string()),
+        };
+        self.note_heartbeat(work, &first);
+        if !first.keep_serving() {
+            return WorkEnd::StopRequested;
+        }
+        let started = {
+            let mut runtime = self.runtime.lock().await;
+            // A sandbox that outlived a controller restart serves on: the runner reconciles
+            // with the session's history, so nothing is answered twice.
+            if agent_endpoint(runtime.config(), session).is_ok() {
+                tracing::info!(session = %session, "resuming a session whose sandbox is running");
+                Ok(())
+            } else {
+                runtime.start(session).await.map(|_| ())
+            }
+        };
+        if let Err(e) = started {
+            tracing::error!(session = %session, error = %e, "sandbox did not start");
+            return WorkEnd::Failed(e.to_string());
+        }
+        self.metrics
+            .session_start
+            .observe(claimed.elapsed().as_secs_f64());
+        self.metrics.sessions_active.inc();
+        let end = self.serve_started(work, session, first, stop).await;
+        self.metrics.sessions_active.dec();
+        end
+    }
+
+    fn note_heartbeat(&self, work: &Work, heartbeat: &Heartbeat) {
+        if let Err(e) = self
+            .store
+            .set_heartbeat(&work.id, &heartbeat.last_heartbeat)
+        {
+            tracing::warn!(work = %work.id, error = %e, "cannot record the heartbeat; a restart would lose the lease");
+        }
+    }
+
+    async fn serve_started(
+        &self,
+        work: &Work,
+        session: &str,
+        first: Heartbeat,
+        stop: &Notify,
+    ) -> WorkEnd {
         let config = self.runtime.lock().await.config().clone();
         let (agent, token) = match agent_endpoint(&config, session) {
             Ok(endpoint) => endpoint,
             Err(e) => return WorkEnd::Failed(e.to_string()),
         };
-        let tools = AgentTools {
-            http: HttpClient::default(),
-            agent,
-            token,
+        let tools = Counted {
+            inner: AgentTools {
+                http: HttpClient::default(),
+                agent,
+                token,
+            },
+            service: self,
+            work_id: &work.id,
         };
-        // The first heartbeat claims the lease before any tool runs.
-        let first = match self.client.heartbeat(work, None, self.lease_ttl_secs).await {
-            Ok(h) => h,
-            Err(e) if e.is_lease_lost() => return WorkEnd::LeaseLost,
-            Err(e) => return WorkEnd::Failed(e.to_string()),
-        };
-        if !first.keep_serving() {
-            return WorkEnd::StopRequested;
-        }
         tokio::select! {
             result = run_session(&self.client, work, session, &tools, &self.runner) => match result {
                 Ok((end, _)) => WorkEnd::Done(end),
                 Err(e) => WorkEnd::Failed(e.to_string()),
             },
             end = self.heartbeat(work, first) => end,
+            () = stop.notified() => WorkEnd::StoppedByOperator,
         }
     }
 
     /// Keeps the lease until it is lost or the item should stop; never returns otherwise.
-    async fn heartbeat(&self, work: &Work, mut last: super::client::Heartbeat) -> WorkEnd {
+    async fn heartbeat(&self, work: &Work, mut last: Heartbeat) -> WorkEnd {
         let mut failing_since: Option<tokio::time::Instant> = None;
         loop {
             tokio::time::sleep(last.next_in()).await;
@@ -153,6 +368,7 @@ impl Service {
             {
                 Ok(h) if h.keep_serving() => {
                     failing_since = None;
+                    self.note_heartbeat(work, &h);
                     last = h;
                 }
                 Ok(_) => return WorkEnd::StopRequested,
@@ -167,5 +383,29 @@ impl Service {
                 }
             }
         }
+    }
+}
+
+/// The sandbox's tools, counted per work item (store) and per tool and outcome (metrics).
+struct Counted<'a> {
+    inner: AgentTools,
+    service: &'a Service,
+    work_id: &'a str,
+}
+
+#[async_trait::async_trait]
+impl ToolExecutor for Counted<'_> {
+    async fn call(&self, call: &ToolCall) -> ToolResult {
+        let result = self.inner.call(call).await;
+        let outcome = if result.is_error { "error" } else { "ok" };
+        self.service
+            .metrics
+            .tool_calls
+            .with_label_values(&[tool_label(&call.name), outcome])
+            .inc();
+        if let Err(e) = self.service.store.count_tool_call(self.work_id) {
+            tracing::warn!(work = %self.work_id, error = %e, "cannot count the tool call");
+        }
+        result
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use cordon_testkit::{free_port, spawn_upstream, test_pki};
+use cordon_testkit::{free_port, spawn_recording_upstream, test_pki};
 
 pub const POLICY: &str = r#"package cordon.egress
 import rego.v1
@@ -54,18 +54,60 @@ pub struct World {
     pub sessions: Vec<String>,
     pub ports: Ports,
     pub agent_port: u16,
+    /// Every request head the fake upstream received.
+    pub received: cordon_testkit::Received,
+}
+
+/// What [`World::build`] varies.
+pub struct Setup<'a> {
+    /// Upstream names besides `allowed.test` (all served by the one recording upstream).
+    pub hosts: &'a [&'a str],
+    pub policy: &'a str,
+    /// Appended to `[sandbox]`.
+    pub sandbox_extra: &'a str,
+    /// Appended after `[sandbox]`: whole sections (`[credentials]`, `[controller]`).
+    pub extra_toml: &'a str,
+    /// Files written next to cordon.toml, mode 0600.
+    pub files: &'a [(&'a str, &'a str)],
+}
+
+impl Default for Setup<'_> {
+    fn default() -> Self {
+        Self {
+            hosts: &[],
+            policy: POLICY,
+            sandbox_extra: "",
+            extra_toml: "",
+            files: &[],
+        }
+    }
 }
 
 impl World {
     /// A world whose sandboxes take /30s from `10.<second_octet>.<pid>.0/<pool_len>`, with
     /// `extra` added to `[sandbox]`; the proxy is started.
     pub fn new(second_octet: u8, pool_len: u8, extra: &str) -> World {
+        World::build(
+            second_octet,
+            pool_len,
+            Setup {
+                sandbox_extra: extra,
+                ..Setup::default()
+            },
+        )
+    }
+
+    /// [`World::new`] with another policy, more upstream host names, more of cordon.toml and
+    /// private files next to it.
+    pub fn build(second_octet: u8, pool_len: u8, setup: Setup<'_>) -> World {
         let pid = std::process::id();
         let prefix = format!("cordon-test-{pid}");
         let interface_prefix = format!("ct{}x", pid % 100_000);
         let pool = format!("10.{second_octet}.{}.0/{pool_len}", pid % 250);
-        let pki = test_pki(&["allowed.test"]);
-        let upstream = spawn_upstream(&pki);
+        let mut hosts = vec!["allowed.test"];
+        hosts.extend_from_slice(setup.hosts);
+        let pki = test_pki(&hosts);
+        let (upstream, received) = spawn_recording_upstream(&pki);
         // On the host's disk (not /tmp, which every sandbox covers with its own tmpfs), so the
         // escape suite proves the gateway's state is hidden from sandboxes by the masks.
         let dir = tempfile::Builder::new()
@@ -73,8 +115,23 @@ impl World {
             .tempdir_in("/var/tmp")
             .unwrap();
         std::fs::create_dir_all(dir.path().join("bundle")).unwrap();
-        std::fs::write(dir.path().join("bundle/policy.rego"), POLICY).unwrap();
+        std::fs::write(dir.path().join("bundle/policy.rego"), setup.policy).unwrap();
         std::fs::write(dir.path().join("upstream-ca.pem"), &pki.ca_pem).unwrap();
+        for (name, content) in setup.files {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .open(dir.path().join(name))
+                .unwrap();
+            std::io::Write::write_all(&mut file, content.as_bytes()).unwrap();
+        }
+        let connect_to: String = hosts
+            .iter()
+            .map(|h| format!("\"{h}:443\" = \"{upstream}\"\n"))
+            .collect();
         let ports = Ports {
             explicit: free_port(),
             transparent: free_port(),
@@ -89,16 +146,18 @@ impl World {
                 "[proxy]\nexplicit_listen = \"0.0.0.0:{}\"\ntransparent_listen = \"0.0.0.0:{}\"\n\
                  admin_listen = \"127.0.0.1:{}\"\nmetrics_listen = \"0.0.0.0:{}\"\nstate_dir = \"state\"\n\
                  [policy]\nbundle = \"bundle\"\n[tls]\nupstream_extra_roots = [\"upstream-ca.pem\"]\n\
-                 [upstream.connect_to]\n\"allowed.test:443\" = \"{upstream}\"\n\
+                 [upstream.connect_to]\n{connect_to}\
                  [dns]\nlisten = \"0.0.0.0:{}\"\n\
                  [sandbox]\nname_prefix = \"{prefix}\"\ninterface_prefix = \"{interface_prefix}\"\n\
                  address_pool = \"{pool}\"\nagent_port = {agent_port}\nagent = \"{agent}\"\n\
-                 memory_mb = 512\n{extra}\n",
+                 memory_mb = 512\n{}\n{}\n",
                 ports.explicit,
                 ports.transparent,
                 ports.admin,
                 ports.metrics,
                 ports.dns,
+                setup.sandbox_extra,
+                setup.extra_toml,
                 agent = binary("cordon-sandbox-agent").display()
             ),
         )
@@ -111,6 +170,7 @@ impl World {
             sessions: Vec::new(),
             ports,
             agent_port,
+            received,
         };
         world.start_proxy();
         world

@@ -1,0 +1,256 @@
+//! The controller's admin API (axum), on `[controller] admin_listen` (loopback only):
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET | /healthz | `{"status":"ok"}` |
+//! | GET | /metrics | Prometheus text (docs/METRICS.md, "Controller") |
+//! | GET | /sessions | every recorded session: state, sandbox, timestamps, its work item, tool calls, egress decisions |
+//! | POST | /sessions/{id}/stop | stop serving a session: sandbox torn down, work item force-stopped (202), 404 if not served |
+//!
+//! `cordon-controller sessions` prints the same table.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+
+use crate::cma::service::SessionStops;
+use crate::config::SandboxConfig;
+use crate::http::HttpClient;
+use crate::metrics::ControllerMetrics;
+use crate::sandbox::list_sessions;
+use crate::store::{Store, WorkSummary};
+
+/// What the admin API reads.
+#[derive(Debug)]
+pub struct Admin {
+    pub store: Store,
+    pub metrics: ControllerMetrics,
+    pub stops: Arc<SessionStops>,
+    /// `None` when `serve` runs without `[sandbox]` (webhooks only).
+    pub sandbox: Option<SandboxConfig>,
+    /// The proxy's admin API, for per-session egress counts.
+    pub proxy_admin: Option<SocketAddr>,
+    pub http: HttpClient,
+}
+
+/// Egress decisions the proxy made for a session while it was registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Egress {
+    pub allowed: u64,
+    pub denied: u64,
+}
+
+/// One row of `GET /sessions`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionRow {
+    pub id: String,
+    /// The sandbox's state: starting | running | stopped | failed.
+    pub state: String,
+    /// Whether a work item of this session is being served now.
+    pub serving: bool,
+    pub address: Option<String>,
+    pub network_mode: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub error: Option<String>,
+    pub work: Option<WorkSummary>,
+    /// `None` when the session is not registered at the proxy (its sandbox is gone) or the
+    /// proxy cannot be asked.
+    pub egress: Option<Egress>,
+}
+
+fn answer(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+/// The routes.
+pub fn router(admin: Arc<Admin>) -> Router {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route(
+            "/metrics",
+            get(|State(a): State<Arc<Admin>>| async move {
+                (
+                    [("content-type", "text/plain; version=0.0.4")],
+                    a.metrics.render(),
+                )
+            }),
+        )
+        .route("/sessions", get(sessions))
+        .route("/sessions/{id}/stop", post(stop))
+        .with_state(admin)
+}
+
+async fn sessions(State(admin): State<Arc<Admin>>) -> Response {
+    match rows(&admin).await {
+        Ok(rows) => answer(StatusCode::OK, serde_json::json!({ "sessions": rows })),
+        Err(e) => answer(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            serde_json::json!({ "error": e }),
+        ),
+    }
+}
+
+async fn stop(State(admin): State<Arc<Admin>>, Path(id): Path<String>) -> Response {
+    if admin.stops.stop(&id) {
+        tracing::info!(session = %id, "stop asked on the admin API");
+        answer(
+            StatusCode::ACCEPTED,
+            serde_json::json!({"status": "stopping", "session": id}),
+        )
+    } else {
+        answer(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": format!("session {id} is not being served; `cordon-controller sessions` lists those that are")}),
+        )
+    }
+}
+
+async fn rows(admin: &Admin) -> Result<Vec<SessionRow>, String> {
+    let work = admin.store.work_by_session().map_err(|e| e.to_string())?;
+    let egress = proxy_egress(admin).await;
+    let mut rows: Vec<SessionRow> = match &admin.sandbox {
+        Some(config) => list_sessions(config, &admin.store)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|v| SessionRow {
+                serving: admin.stops.serving(&v.id),
+                work: work.get(&v.id).cloned(),
+                egress: egress
+                    .get(&v.id)
+                    .copied()
+                    .or_else(|| stored_egress(work.get(&v.id))),
+                address: Some(v.address.to_string()),
+                state: v.state.to_string(),
+                network_mode: v.network_mode,
+                created_at: v.created_at,
+                updated_at: v.updated_at,
+                error: v.error,
+                id: v.id,
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    // Work items whose session never got a sandbox record (it failed before one).
+    for (session, summary) in work {
+        if !rows.iter().any(|r| r.id == session) {
+            rows.push(SessionRow {
+                serving: admin.stops.serving(&session),
+                state: "none".into(),
+                address: None,
+                network_mode: None,
+                created_at: summary.started_at.clone(),
+                updated_at: summary.updated_at.clone(),
+                error: None,
+                egress: egress
+                    .get(&session)
+                    .copied()
+                    .or_else(|| stored_egress(Some(&summary))),
+                work: Some(summary),
+                id: session,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// Per-session egress counts from the proxy's `GET /sessions`; empty when it cannot answer.
+async fn proxy_egress(admin: &Admin) -> std::collections::HashMap<String, Egress> {
+    match admin.proxy_admin {
+        Some(proxy) => egress_counts(&admin.http, proxy).await,
+        None => Default::default(),
+    }
+}
+
+/// The proxy's per-session egress counts (`GET /sessions` on its admin API); empty when it
+/// cannot answer.
+pub async fn egress_counts(
+    http: &HttpClient,
+    proxy: SocketAddr,
+) -> std::collections::HashMap<String, Egress> {
+    #[derive(Deserialize)]
+    struct Listing {
+        sessions: Vec<Registered>,
+    }
+    #[derive(Deserialize)]
+    struct Registered {
+        id: String,
+        egress: Egress,
+    }
+    let url = format!("http://{proxy}/sessions");
+    match http.call(http::Method::GET, &url, None, None).await {
+        Ok(text) => serde_json::from_str::<Listing>(&text)
+            .map(|l| l.sessions.into_iter().map(|s| (s.id, s.egress)).collect())
+            .unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read egress counts from the proxy");
+            Default::default()
+        }
+    }
+}
+
+fn stored_egress(work: Option<&WorkSummary>) -> Option<Egress> {
+    let work = work?;
+    Some(Egress {
+        allowed: work.egress_allowed?,
+        denied: work.egress_denied?,
+    })
+}
+
+/// Renders rows as the table `cordon-controller sessions` prints.
+pub fn table(rows: &[SessionRow]) -> String {
+    let mut out = format!(
+        "{:<28} {:<8} {:<7} {:<15} {:<22} {:>5} {:>7} {:>6} {:<20} {}\n",
+        "SESSION",
+        "SANDBOX",
+        "SERVING",
+        "ADDRESS",
+        "WORK",
+        "TOOLS",
+        "ALLOWED",
+        "DENIED",
+        "UPDATED",
+        "END"
+    );
+    for r in rows {
+        let (work_id, tools, end) = match &r.work {
+            Some(w) => (
+                w.work_id.as_str(),
+                w.tool_calls.to_string(),
+                w.end_reason.clone().unwrap_or_default(),
+            ),
+            None => ("-", "-".into(), String::new()),
+        };
+        let (allowed, denied) = match r.egress {
+            Some(e) => (e.allowed.to_string(), e.denied.to_string()),
+            None => ("-".into(), "-".into()),
+        };
+        out.push_str(&format!(
+            "{:<28} {:<8} {:<7} {:<15} {:<22} {:>5} {:>7} {:>6} {:<20} {}{}\n",
+            r.id,
+            r.state,
+            if r.serving { "yes" } else { "no" },
+            r.address.as_deref().unwrap_or("-"),
+            work_id,
+            tools,
+            allowed,
+            denied,
+            r.updated_at.get(..19).unwrap_or(&r.updated_at),
+            end,
+            r.error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        ));
+    }
+    out
+}

@@ -1,0 +1,323 @@
+//! CMA end to end, root tier: the simulator (`cordon-cma-sim`, in-process) sends a signed
+//! webhook to the real `cordon-controller serve`, which claims the work item, starts a gVisor
+//! sandbox behind the real proxy, runs the demo scenario's tool calls in it (an API call with
+//! a credential the proxy injects, a request the policy refuses, the file tools in
+//! /workspace), posts the results the scenario checks, and tears everything down when the
+//! session terminates. Also: a controller killed mid-session and started again resumes the
+//! session with the same lease, and no tool call is answered twice.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cordon_cma_sim::Sim;
+use cordon_cma_sim::report::Report;
+use cordon_cma_sim::scenario::Scenario;
+use cordon_cma_sim::webhook::{Delivery, SigningKey};
+use cordon_cma_sim::world::WorldConfig;
+use cordon_testkit::free_port;
+use support::{Setup, World};
+
+/// The demo's token: the upstream must see it, the sandbox never.
+const TOKEN: &str = "cordon-demo-token-4d1c2b";
+const WEBHOOK_SECRET: &str = "whsec_Y29yZG9uLWUyZS13ZWJob29rLXNpZ25pbmcta2V5";
+const ENVIRONMENT_KEY: &str = "sk-ant-oat01-cordon-e2e-environment-key";
+
+fn demo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/demo")
+        .join(path)
+}
+
+/// `cordon-controller serve`, killed (by its pid) when dropped.
+struct Controller {
+    child: Child,
+    admin: u16,
+}
+
+impl Controller {
+    fn start(world: &World, admin: u16, log: &str) -> Controller {
+        let child = Command::new(env!("CARGO_BIN_EXE_cordon-controller"))
+            .args(["serve", "--config"])
+            .arg(world.config())
+            .env("CORDON_TEST_ENV_KEY", ENVIRONMENT_KEY)
+            .env("CORDON_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(world.dir.path().join(log)).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", admin)).is_err() {
+            assert!(Instant::now() < deadline, "the controller did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Controller { child, admin }
+    }
+
+    fn admin(&self, path: &str) -> String {
+        let out = Command::new("curl")
+            .args(["-sS", &format!("http://127.0.0.1:{}{path}", self.admin)])
+            .output()
+            .unwrap();
+        support::text(&out.stdout)
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A world wired for CMA: the demo policy and secret store, `[controller]` pointing at the
+/// simulator.
+fn cma_world(second_octet: u8, sim: &Sim, environment: &str, listen: u16, admin: u16) -> World {
+    let policy = std::fs::read_to_string(demo("policy/policy.rego")).unwrap();
+    let secrets = std::fs::read_to_string(demo("secrets.toml")).unwrap();
+    let controller = format!(
+        "[credentials]\nstore = \"secrets.toml\"\n\
+         [controller]\nlisten = \"127.0.0.1:{listen}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
+         webhook_secret_file = \"webhook-secret\"\nenvironment_id = \"{environment}\"\n\
+         environment_key_env = \"CORDON_TEST_ENV_KEY\"\nbase_url = \"{}\"\n\
+         drain_interval_ms = 1000\nmax_idle_ms = 2000\nlease_ttl_secs = 30\n",
+        sim.base_url()
+    );
+    World::build(
+        second_octet,
+        24,
+        Setup {
+            hosts: &["api.example.test", "blocked.example.test"],
+            policy: &policy,
+            extra_toml: &controller,
+            files: &[
+                ("secrets.toml", &secrets),
+                ("example-api-token", TOKEN),
+                ("webhook-secret", WEBHOOK_SECRET),
+            ],
+            ..Setup::default()
+        },
+    )
+}
+
+async fn start_sim(scenario: &Scenario, webhook_port: u16) -> Sim {
+    Sim::start(
+        scenario,
+        WorldConfig {
+            environment_key: ENVIRONMENT_KEY.into(),
+            ..WorldConfig::default()
+        },
+        Some(Delivery {
+            url: format!("http://127.0.0.1:{webhook_port}/webhooks"),
+            key: SigningKey::parse(WEBHOOK_SECRET).unwrap(),
+            backoff: Duration::from_millis(300),
+        }),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
+fn logs(world: &World) -> String {
+    let mut out = String::new();
+    for name in ["controller.log", "controller-2.log", "proxy.log"] {
+        if let Ok(text) = std::fs::read_to_string(world.dir.path().join(name)) {
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            out.push_str(&format!("--- {name} (last lines) ---\n"));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+fn assert_passed(report: &Report, world: &World) {
+    assert!(report.passed, "{}\n{}", report.summary(), logs(world));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_starts_a_session_that_runs_in_a_sandbox_and_ends_cleanly() {
+    let scenario = Scenario::load(&demo("scenario.toml")).unwrap();
+    let (listen, admin) = (free_port(), free_port());
+    let sim = start_sim(&scenario, listen).await;
+    let mut world = cma_world(241, &sim, &scenario.environment_id, listen, admin);
+    world.sessions.push("sesn_demo".into());
+    let controller = Controller::start(&world, admin, "controller.log");
+    sim.open_sessions();
+    let report = sim.wait(Duration::from_secs(240)).await;
+    assert_passed(&report, &world);
+
+    // Webhooks: run_started and terminated, each delivered and accepted.
+    let kinds: Vec<&str> = report.webhooks.iter().map(|w| w.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["session.status_run_started", "session.status_terminated"]
+    );
+    // The work item was held with heartbeats and force-stopped after teardown.
+    assert_eq!(report.work[0].state, "stopped");
+    assert!(report.work[0].force_stopped && report.work[0].lease_conflicts == 0);
+
+    // The upstream saw the real token; the sandbox's results never did (the scenario checks
+    // `not_contains`), and nothing the controller logged holds it.
+    let received = world.received.lock().unwrap().clone();
+    let api: Vec<&String> = received
+        .iter()
+        .filter(|h| h.contains("GET /v1/user"))
+        .collect();
+    assert_eq!(api.len(), 1, "{received:?}");
+    assert!(
+        api[0]
+            .to_lowercase()
+            .contains(&format!("authorization: bearer {TOKEN}")),
+        "{}",
+        api[0]
+    );
+    assert!(
+        !received.iter().any(|h| h.contains("/upload")),
+        "the refused request never left: {received:?}"
+    );
+    let controller_log = std::fs::read_to_string(world.dir.path().join("controller.log")).unwrap();
+    assert!(!controller_log.contains(TOKEN) && !controller_log.contains(ENVIRONMENT_KEY));
+
+    // The audit log: the injected request and the refused one, both the session's.
+    let audit = std::fs::read_to_string(world.dir.path().join("state/audit.log")).unwrap();
+    let records: Vec<serde_json::Value> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|r: &serde_json::Value| r["session"] == "sesn_demo" && r["kind"] == "request")
+        .collect();
+    assert!(records.iter().any(|r| r["host"] == "api.example.test"
+        && r["decision"] == "allow"
+        && r["credentials"][0] == "example-api->authorization"));
+    assert!(
+        records
+            .iter()
+            .any(|r| r["host"] == "blocked.example.test" && r["decision"] == "deny")
+    );
+    assert!(!audit.contains(TOKEN));
+
+    // The sandbox is gone: no netns, no container, no proxy registration.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while world.netns_exists("sesn_demo") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!world.netns_exists("sesn_demo"));
+    assert!(world.containers().is_empty(), "{:?}", world.containers());
+    assert!(!world.registrations().contains("sesn_demo"));
+
+    // The controller's metrics and sessions view say what happened.
+    let metrics = controller.admin("/metrics");
+    for line in [
+        "cordon_controller_sessions_active 0",
+        "cordon_controller_tool_calls_total{outcome=\"ok\",tool=\"bash\"} 2",
+        "cordon_controller_tool_calls_total{outcome=\"ok\",tool=\"write\"} 1",
+        "cordon_controller_webhook_deliveries_total{outcome=\"accepted\"} 2",
+        "cordon_controller_work_items_total{end=\"terminated\"} 1",
+        "cordon_controller_lease_losses_total 0",
+        "cordon_controller_session_start_seconds_count 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+    let sessions: serde_json::Value = serde_json::from_str(&controller.admin("/sessions")).unwrap();
+    let row = &sessions["sessions"][0];
+    assert_eq!(row["id"], "sesn_demo");
+    assert_eq!(row["state"], "stopped");
+    assert_eq!(row["serving"], false);
+    assert_eq!(row["work"]["tool_calls"], 7);
+    assert_eq!(row["work"]["end_reason"], "terminated");
+    assert_eq!(row["egress"]["allowed"], 1, "{row}");
+    assert!(row["egress"]["denied"].as_u64().unwrap() >= 1, "{row}");
+    let table = world.controller(&["sessions"]);
+    let table = support::text(&table.stdout);
+    assert!(
+        table.contains("sesn_demo") && table.contains("terminated"),
+        "{table}"
+    );
+    drop(controller);
+}
+
+const RESTART: &str = r#"
+environment_id = "env_restart"
+
+[[sessions]]
+id = "sesn_restart"
+
+[[sessions.steps]]
+tool = "bash"
+input = { command = "echo before-restart > /workspace/mark; echo one" }
+expect = { is_error = false, contains = ["one"] }
+
+[[sessions.steps]]
+tool = "bash"
+input = { command = "sleep 4; echo two" }
+expect = { is_error = false, contains = ["two"] }
+
+[[sessions.steps]]
+tool = "read"
+input = { file_path = "/workspace/mark" }
+expect = { is_error = false, contains = ["before-restart"] }
+"#;
+
+/// The controller is killed (SIGKILL) while a tool call runs; started again, it resumes the
+/// work item with the lease it held (no 412), keeps the sandbox (the workspace file written
+/// before the kill is still there), answers every call exactly once, and leaks nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_killed_mid_session_resumes_it_and_answers_each_call_once() {
+    let scenario = Scenario::parse(RESTART).unwrap();
+    let (listen, admin) = (free_port(), free_port());
+    let sim = start_sim(&scenario, listen).await;
+    let mut world = cma_world(242, &sim, &scenario.environment_id, listen, admin);
+    world.sessions.push("sesn_restart".into());
+    let first = Controller::start(&world, admin, "controller.log");
+    sim.open_sessions();
+    // Wait for the first call's answer, then kill the controller during the second.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let report = sim.world.report();
+        if report.sessions[0].steps[0].outcome == "passed" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}\n{}",
+            report.summary(),
+            logs(&world)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    drop(first);
+    assert!(
+        world.netns_exists("sesn_restart"),
+        "the sandbox outlives its controller"
+    );
+    let second = Controller::start(&world, admin, "controller-2.log");
+    let report = sim.wait(Duration::from_secs(240)).await;
+    assert_passed(&report, &world);
+    assert_eq!(
+        report.work[0].lease_conflicts, 0,
+        "resumed with the lease it held"
+    );
+    assert_eq!(report.work[0].lease_expiries, 0);
+    assert!(report.violations.is_empty());
+    let log = std::fs::read_to_string(world.dir.path().join("controller-2.log")).unwrap();
+    assert!(log.contains("resuming a work item"), "{log}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while world.netns_exists("sesn_restart") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!world.netns_exists("sesn_restart"));
+    assert!(world.containers().is_empty(), "{:?}", world.containers());
+    assert!(
+        world.host_interfaces().is_empty(),
+        "{:?}",
+        world.host_interfaces()
+    );
+    drop(second);
+}
