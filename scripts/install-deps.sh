@@ -10,7 +10,7 @@
 #   CMA libraries from PyPI (standardwebhooks, anthropic) the controller's tests check against
 set -euo pipefail
 
-packages=(build-essential cmake pkg-config curl git ca-certificates iproute2 nftables prometheus runsc python3 python3-venv util-linux)
+packages=(build-essential cmake pkg-config curl git ca-certificates openssl iproute2 nftables prometheus runsc python3 python3-venv util-linux)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -19,7 +19,7 @@ use sha2::Sha256;
 use tokio::sync::mpsc;
 
 use crate::report::WebhookReport;
-use crate::world::{Outgoing, World, now};
+use crate::world::{Outgoing, World, now, random_token};
 
 /// Retries after the first attempt.
 pub const RETRIES: u32 = 3;
@@ -89,7 +89,8 @@ pub async fn deliver_all(
     let mut n = 0u64;
     while let Some((kind, session)) = queue.recv().await {
         n += 1;
-        let id = format!("wevt_sim_{n}");
+        // Unique across runs: a receiver deduplicates on this id.
+        let id = format!("{}_{n}", random_token("wevt_"));
         let Some(delivery) = &delivery else {
             settle(&world);
             continue;

@@ -167,6 +167,8 @@ pub(crate) struct Inner {
     pub(crate) webhooks: Vec<WebhookReport>,
     pub(crate) calls: BTreeMap<String, u64>,
     pub(crate) next_id: u64,
+    /// A random prefix that makes this run's event ids unique across runs.
+    pub(crate) run: String,
     pub(crate) faults: Faults,
 }
 
@@ -220,6 +222,7 @@ impl World {
             config,
             inner: Mutex::new(Inner {
                 faults: scenario.faults.clone(),
+                run: random_token(""),
                 ..Default::default()
             }),
             queue_changed: Notify::new(),
@@ -276,7 +279,7 @@ impl World {
         {
             let mut inner = self.lock();
             inner.next_id += 1;
-            let work_id = format!("work_sim_{}", inner.next_id);
+            let work_id = random_token("work_");
             let sessions_token = self
                 .config
                 .sessions_token
@@ -350,7 +353,7 @@ impl World {
             let index = session.step;
             match session.script.steps.get(index).cloned() {
                 Some(step) => {
-                    let call_id = format!("toolu_sim_{session_id}_{}", index + 1);
+                    let call_id = format!("{}_{}", random_token("toolu_"), index + 1);
                     let mut event = json!({
                         "type": if step.custom { "agent.custom_tool_use" } else { "agent.tool_use" },
                         "id": call_id,
@@ -458,7 +461,7 @@ impl World {
 pub(crate) fn push(inner: &mut Inner, session_id: &str, mut event: Value) -> Value {
     inner.next_id += 1;
     if !event["id"].is_string() {
-        event["id"] = Value::String(format!("sevt_sim_{}", inner.next_id));
+        event["id"] = Value::String(format!("sevt_{}{}", inner.run, inner.next_id));
     }
     event["processed_at"] = Value::String(now());
     if let Some(session) = inner.sessions.get_mut(session_id) {

@@ -9,6 +9,9 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
+/// How long a refusal waits for the rest of an HTTP/2 request body it refuses.
+const REFUSAL_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Why the proxy answered instead of the upstream. The names are metric and audit values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefusalClass {
@@ -147,6 +150,21 @@ impl Refusal {
 
     /// Writes the refusal. Errors mean the client is gone; there is nobody left to tell.
     pub async fn write(&self, session: &mut Session, decision_id: &str) {
+        // An HTTP/2 refusal sent while the client is still sending its body ends the stream
+        // with a reset that clients report as a framing error, not as our 403: take what the
+        // client is sending (for at most a moment) first, so the refusal is what it sees.
+        if session.is_http2() && !session.is_body_done() {
+            let drained = tokio::time::timeout(
+                REFUSAL_DRAIN_TIMEOUT,
+                session.downstream_session.drain_request_body(),
+            )
+            .await;
+            if !matches!(drained, Ok(Ok(()))) {
+                tracing::debug!(
+                    "the refused request's body was not drained; the stream may be reset"
+                );
+            }
+        }
         let body = match &self.body {
             Some(body) => body.clone(),
             None => self.json_body(decision_id),

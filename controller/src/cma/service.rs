@@ -132,6 +132,11 @@ impl Service {
                 tracing::info!(work = %work.id, kind = %work.data.kind, "skipping a work item that is not a session");
                 continue;
             }
+            if self.stops.serving(&work.data.id) {
+                // Left unacknowledged, it is offered again once the session is done here.
+                tracing::info!(work = %work.id, session = %work.data.id, "the session is being served; not claiming a second work item for it now");
+                continue;
+            }
             if let Err(e) = retrying("ack", || self.client.ack(&work)).await {
                 tracing::warn!(work = %work.id, error = %e, "ack failed");
                 continue;
