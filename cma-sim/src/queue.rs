@@ -295,3 +295,118 @@ pub(crate) fn work_json(item: &WorkItem, environment_id: &str) -> Value {
         "secret": secret,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::scenario::Scenario;
+    use crate::world::WorldConfig;
+
+    fn world(max_ttl: Duration) -> std::sync::Arc<World> {
+        let scenario = Scenario::parse(
+            "[[sessions]]\nid = \"s1\"\n[[sessions.steps]]\ntool = \"bash\"\ninput = { command = \"true\" }\n",
+        )
+        .unwrap();
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let world = World::new(
+            &scenario,
+            WorldConfig {
+                max_ttl,
+                ..WorldConfig::default()
+            },
+            tx,
+        );
+        world.open_sessions();
+        world
+    }
+
+    #[tokio::test]
+    async fn leases_are_exclusive_and_lapse_back_into_the_queue() {
+        let w = world(Duration::from_secs(1));
+        let item = w.poll(Duration::from_millis(1), None).await.unwrap();
+        let id = item["id"].as_str().unwrap().to_string();
+        assert_eq!(item["state"], "queued");
+        assert!(item["secret"].is_string(), "a sessions token by default");
+        // Handed out and not acked: invisible to the next poll.
+        assert!(
+            w.poll(Duration::from_millis(1), None)
+                .await
+                .unwrap()
+                .is_null()
+        );
+        // Heartbeat before ack: no lease to hold.
+        assert_eq!(w.heartbeat(&id, NO_HEARTBEAT, 60).unwrap_err().status, 412);
+        w.ack(&id).unwrap();
+        assert_eq!(w.ack(&id).unwrap_err().status, 409);
+        let first = w.heartbeat(&id, NO_HEARTBEAT, 60).unwrap();
+        assert_eq!(first["ttl_seconds"], 1, "capped at max_ttl");
+        let token = first["last_heartbeat"].as_str().unwrap().to_string();
+        // A second claimer, or a stale echo, is refused with CMA's error code.
+        let conflict = w.heartbeat(&id, NO_HEARTBEAT, 60).unwrap_err();
+        assert_eq!(
+            (conflict.status, conflict.code),
+            (412, Some("heartbeat_precondition_failed"))
+        );
+        let second = w.heartbeat(&id, &token, 60).unwrap();
+        assert_ne!(second["last_heartbeat"], token.as_str());
+        assert_eq!(w.heartbeat(&id, &token, 60).unwrap_err().status, 412);
+        // The lease lapses: the item is queued again and the old holder has lost it.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let again = w.poll(Duration::from_millis(1), None).await.unwrap();
+        assert_eq!(again["id"], id.as_str());
+        let old = second["last_heartbeat"].as_str().unwrap();
+        assert_eq!(w.heartbeat(&id, old, 60).unwrap_err().status, 412);
+        let report = w.report();
+        assert_eq!(report.work[0].lease_expiries, 1);
+        assert_eq!(report.work[0].lease_conflicts, 4);
+        // Stop: force ends it, a second stop is 409, a heartbeat says stop serving.
+        w.ack(&id).unwrap();
+        w.stop(&id, true).unwrap();
+        assert_eq!(w.stop(&id, true).unwrap_err().status, 409);
+        let after = w.heartbeat(&id, NO_HEARTBEAT, 60).unwrap();
+        assert_eq!(
+            (after["state"].as_str(), after["lease_extended"].as_bool()),
+            (Some("stopped"), Some(false))
+        );
+    }
+
+    #[test]
+    fn credentials_are_checked_per_call() {
+        let w = world(Duration::from_secs(60));
+        let key = w.config.environment_key.clone();
+        let bearer = format!("Bearer {key}");
+        let ok = |auth: Option<&str>, api_key: Option<&str>, scope| {
+            w.authorize(auth, api_key, Some(BETA), Some("2026-10-21"), scope)
+        };
+        assert!(ok(Some(&bearer), None, Scope::Environment).is_ok());
+        assert_eq!(
+            ok(Some(&bearer), Some(&key), Scope::Environment)
+                .unwrap_err()
+                .status,
+            401
+        );
+        assert_eq!(
+            ok(None, Some(&key), Scope::Environment).unwrap_err().status,
+            401
+        );
+        assert_eq!(
+            ok(Some("Bearer wrong"), None, Scope::Session("s1"))
+                .unwrap_err()
+                .status,
+            401
+        );
+        let missing_beta = w.authorize(Some(&bearer), None, None, Some("v"), Scope::Environment);
+        assert_eq!(missing_beta.unwrap_err().status, 400);
+        // The sessions token is good for its session, never for polling.
+        let token = w.lock().work[0].sessions_token.clone().unwrap();
+        let token = format!("Bearer {token}");
+        assert!(ok(Some(&token), None, Scope::Session("s1")).is_ok());
+        assert_eq!(
+            ok(Some(&token), None, Scope::Environment)
+                .unwrap_err()
+                .status,
+            401
+        );
+    }
+}

@@ -239,3 +239,76 @@ fn non_empty(text: String) -> Result<String, String> {
         Ok(text)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::scenario::Scenario;
+    use crate::world::WorldConfig;
+
+    #[tokio::test]
+    async fn results_are_checked_recorded_once_and_advance_the_script() {
+        let scenario = Scenario::parse(
+            "[[sessions]]\nid = \"s1\"\n\
+             [[sessions.steps]]\ntool = \"bash\"\ninput = { command = \"a\" }\nexpect = { contains = [\"ok\"] }\n\
+             [[sessions.steps]]\ntool = \"lookup\"\ncustom = true\n",
+        )
+        .unwrap();
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let w = World::new(&scenario, WorldConfig::default(), tx);
+        w.open_sessions();
+        let page = w.events_page("s1", Some(2), None, false).unwrap();
+        assert_eq!(page["data"].as_array().unwrap().len(), 2);
+        let rest = w
+            .events_page("s1", None, page["next_page"].as_str(), false)
+            .unwrap();
+        let call = rest["data"][0].clone();
+        assert_eq!(call["type"], "agent.tool_use");
+        let id = call["id"].as_str().unwrap();
+        let answer = |text: &str| json!({"events": [{"type": "user.tool_result", "tool_use_id": id, "content": [{"type": "text", "text": text}]}]});
+        assert_eq!(
+            w.post_events("s1", &answer("")).unwrap_err().status,
+            400,
+            "empty content"
+        );
+        let unknown = json!({"events": [{"type": "user.tool_result", "tool_use_id": "nope", "content": "x"}]});
+        assert_eq!(w.post_events("s1", &unknown).unwrap_err().status, 400);
+        w.post_events("s1", &answer("all ok")).unwrap();
+        assert_eq!(
+            w.post_events("s1", &answer("again")).unwrap_err().status,
+            409
+        );
+        let report = w.report();
+        assert_eq!(report.sessions[0].steps[0].outcome, "passed");
+        assert_eq!(
+            report.violations.len(),
+            1,
+            "answered twice: {:?}",
+            report.violations
+        );
+        // The next step, a custom tool, wants a custom result.
+        let all = w.events_page("s1", Some(1000), None, false).unwrap();
+        let custom = all["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|e| e["type"] == "agent.custom_tool_use")
+            .unwrap()
+            .clone();
+        let cid = custom["id"].as_str().unwrap();
+        let wrong =
+            json!({"events": [{"type": "user.tool_result", "tool_use_id": cid, "content": "x"}]});
+        assert_eq!(w.post_events("s1", &wrong).unwrap_err().status, 400);
+        let right = json!({"events": [{"type": "user.custom_tool_result", "custom_tool_use_id": cid, "is_error": true, "content": "no such tool"}]});
+        w.post_events("s1", &right).unwrap();
+        let report = w.report();
+        assert!(report.sessions[0].ended);
+        assert_eq!(report.sessions[0].status, "terminated");
+        assert!(
+            !report.passed,
+            "the work item was never stopped, and a call was answered twice"
+        );
+    }
+}
