@@ -150,16 +150,24 @@ fn masked_dirs(proxy: &ProxyConfig, base: &Path, workspace_root: &Path) -> Vec<P
     out
 }
 
+/// One of cordon.toml's tables the proxy passes through, as `T`.
+fn section<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    table: &toml::Table,
+) -> Result<T, ConfigError> {
+    toml::Value::Table(table.clone())
+        .try_into()
+        .map_err(|e: toml::de::Error| ConfigError::Syntax {
+            path: path.into(),
+            message: e.to_string(),
+        })
+}
+
 impl SandboxConfig {
     /// Reads `cordon.toml`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let proxy = ProxyConfig::load(path)?;
-        let section: SandboxSection = toml::Value::Table(proxy.sandbox.clone())
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Syntax {
-                path: path.into(),
-                message: e.to_string(),
-            })?;
+        let section: SandboxSection = section(path, &proxy.sandbox)?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::validate(&proxy, section, base).map_err(|errors| ConfigError::Invalid {
             path: path.into(),
@@ -369,12 +377,7 @@ impl ServiceConfig {
     /// (they need no webhook secret).
     pub fn admin_address(path: &Path) -> Result<SocketAddr, ConfigError> {
         let proxy = ProxyConfig::load(path)?;
-        let raw: ControllerSection = toml::Value::Table(proxy.controller.clone())
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Syntax {
-                path: path.into(),
-                message: e.to_string(),
-            })?;
+        let raw: ControllerSection = section(path, &proxy.controller)?;
         raw.admin_listen
             .parse::<SocketAddr>()
             .map_err(|_| ConfigError::Invalid {
@@ -390,12 +393,7 @@ impl ServiceConfig {
     /// variable or the file (mode 0600) it names, never from the config file itself.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let proxy = ProxyConfig::load(path)?;
-        let raw: ControllerSection = toml::Value::Table(proxy.controller.clone())
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Syntax {
-                path: path.into(),
-                message: e.to_string(),
-            })?;
+        let raw: ControllerSection = section(path, &proxy.controller)?;
         let invalid = |errors: Vec<String>| ConfigError::Invalid {
             path: path.into(),
             errors,

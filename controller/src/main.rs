@@ -432,8 +432,12 @@ async fn run(action: SandboxAction) -> Result<ExitCode, ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         SandboxAction::List { common, json } => {
-            let runtime = Runtime::open(load(&common)?).map_err(|e| fail(&e))?;
-            let sessions = runtime.list().map_err(|e| fail(&e))?;
+            // Without the controller lock: listing works while `serve` runs.
+            let config = load(&common)?;
+            let store = cordon_controller::store::Store::open(&config.state_dir.join("state.db"))
+                .map_err(|e| fail(&SandboxError::from(e)))?;
+            let sessions =
+                cordon_controller::sandbox::list_sessions(&config, &store).map_err(|e| fail(&e))?;
             if json {
                 println!(
                     "{}",
