@@ -321,3 +321,68 @@ async fn a_controller_killed_mid_session_resumes_it_and_answers_each_call_once()
     );
     drop(second);
 }
+
+const LONG: &str = r#"
+environment_id = "env_stop"
+
+[[sessions]]
+id = "sesn_stop"
+
+[[sessions.steps]]
+tool = "bash"
+input = { command = "sleep 120; echo too-late" }
+"#;
+
+/// `cordon-controller sessions --stop` ends a session mid-call: the sandbox is torn down, the
+/// work item force-stopped, the end recorded; stopping it again says it is not served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_stops_a_session_from_the_cli() {
+    let scenario = Scenario::parse(LONG).unwrap();
+    let (listen, admin) = (free_port(), free_port());
+    let sim = start_sim(&scenario, listen).await;
+    let mut world = cma_world(243, &sim, &scenario.environment_id, listen, admin);
+    world.sessions.push("sesn_stop".into());
+    let controller = Controller::start(&world, admin, "controller.log");
+    sim.open_sessions();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !controller.admin("/sessions").contains("\"serving\":true") {
+        assert!(Instant::now() < deadline, "never served\n{}", logs(&world));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = world.controller(&["sessions", "--stop", "sesn_stop"]);
+    assert!(out.status.success(), "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let report = sim.world.report();
+        if report.work[0].state == "stopped" {
+            assert!(report.work[0].force_stopped);
+            assert_eq!(
+                report.sessions[0].steps[0].outcome, "pending",
+                "the call was never answered"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}\n{}",
+            report.summary(),
+            logs(&world)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!world.netns_exists("sesn_stop"));
+    assert!(world.containers().is_empty(), "{:?}", world.containers());
+    let sessions: serde_json::Value = serde_json::from_str(&controller.admin("/sessions")).unwrap();
+    assert_eq!(
+        sessions["sessions"][0]["work"]["end_reason"],
+        "stopped_by_operator"
+    );
+    assert!(
+        controller
+            .admin("/metrics")
+            .contains("cordon_controller_work_items_total{end=\"stopped_by_operator\"} 1")
+    );
+    let again = world.controller(&["sessions", "--stop", "sesn_stop"]);
+    assert_eq!(again.status.code(), Some(66), "{again:?}");
+    assert!(support::text(&again.stderr).contains("not being served"));
+}
