@@ -185,6 +185,7 @@ fi
 
 echo "== the demo session: cordon-cma-sim -> signed webhook -> controller -> gVisor sandbox -> proxy"
 set +e
+started=$(date +%s%N)
 CORDON_SIM_ENVIRONMENT_KEY="$environment_key" "$bin/cordon-cma-sim" run \
     --scenario examples/demo/scenario.toml --listen 127.0.0.1:9300 \
     --webhook-url http://127.0.0.1:8088/webhooks --webhook-secret-file "$dir/webhook-secret" \
@@ -192,6 +193,7 @@ CORDON_SIM_ENVIRONMENT_KEY="$environment_key" "$bin/cordon-cma-sim" run \
     --timeout-secs 300 --report "$dir/report.json"
 verdict=$?
 set -e
+echo "(from the sessions opening to the work item stopped: $(( ($(date +%s%N) - started) / 1000000 )) ms)"
 
 echo
 echo "== sessions (cordon-controller sessions)"
@@ -225,7 +227,7 @@ PY
 echo
 echo "== metrics (non-zero)"
 curl -fsS http://127.0.0.1:8089/metrics \
-    | grep -E '^cordon_controller_(tool_calls_total|webhook_deliveries_total|work_items_total|sessions_active|lease_losses_total)' \
+    | grep -E '^cordon_controller_(tool_calls_total|webhook_deliveries_total|work_items_total|sessions_active|lease_losses_total|session_start_seconds_(sum|count))' \
     | grep -v ' 0$' | sed 's/^/  /' || true
 curl -fsS http://127.0.0.1:9902/metrics \
     | grep -E '^cordon_proxy_(requests_total|credentials_total)' | grep -v ' 0$' | sed 's/^/  /' || true
