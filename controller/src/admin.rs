@@ -209,7 +209,7 @@ fn stored_egress(work: Option<&WorkSummary>) -> Option<Egress> {
 /// Renders rows as the table `cordon-controller sessions` prints.
 pub fn table(rows: &[SessionRow]) -> String {
     let mut out = format!(
-        "{:<28} {:<8} {:<7} {:<15} {:<22} {:>5} {:>7} {:>6} {:<20} {}\n",
+        "{:<28} {:<8} {:<7} {:<15} {:<30} {:>5} {:>7} {:>6} {:<20} {}\n",
         "SESSION",
         "SANDBOX",
         "SERVING",
@@ -235,7 +235,7 @@ pub fn table(rows: &[SessionRow]) -> String {
             None => ("-".into(), "-".into()),
         };
         out.push_str(&format!(
-            "{:<28} {:<8} {:<7} {:<15} {:<22} {:>5} {:>7} {:>6} {:<20} {}{}\n",
+            "{:<28} {:<8} {:<7} {:<15} {:<30} {:>5} {:>7} {:>6} {:<20} {}{}\n",
             r.id,
             r.state,
             if r.serving { "yes" } else { "no" },
