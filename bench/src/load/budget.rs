@@ -30,8 +30,13 @@ impl Budget {
         }
     }
 
-    pub(crate) fn expired(&self) -> bool {
+    /// True once no request can be claimed any more: the deadline passed or the count is spent.
+    pub(crate) fn spent(&self) -> bool {
         Instant::now() >= self.deadline
+            || self
+                .remaining
+                .as_ref()
+                .is_some_and(|left| left.load(Ordering::Relaxed) == 0)
     }
 }
 
@@ -44,13 +49,15 @@ mod tests {
     #[test]
     fn a_request_count_is_spent_exactly() {
         let budget = Budget::new(Instant::now() + Duration::from_secs(3600), Some(3));
+        assert!(!budget.spent());
         assert_eq!((0..10).filter(|_| budget.take()).count(), 3);
+        assert!(budget.spent());
     }
 
     #[test]
     fn a_past_deadline_stops_everything() {
         let budget = Budget::new(Instant::now(), None);
         assert!(!budget.take());
-        assert!(budget.expired());
+        assert!(budget.spent());
     }
 }

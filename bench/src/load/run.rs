@@ -79,7 +79,7 @@ async fn per_request_worker(shared: Arc<Shared>) -> anyhow::Result<Tally> {
 
 async fn keep_alive_worker(shared: Arc<Shared>) -> anyhow::Result<Tally> {
     let mut tally = Tally::new()?;
-    while !shared.budget.expired() {
+    while !shared.budget.spent() {
         let host = shared.next_host();
         let sender = match Sender::connect(&shared.config, &host).await {
             Ok(sender) => sender,
