@@ -5,6 +5,7 @@
 mod machine;
 mod pki;
 mod process;
+mod profile;
 pub mod results;
 pub mod scenarios;
 pub mod systems;
@@ -37,6 +38,9 @@ pub struct CompareOptions {
     pub mitmdump_bin: PathBuf,
     /// Keep the work directory (configs, logs) instead of removing it.
     pub keep_work: bool,
+    /// Record a `perf` profile (DWARF call graphs) of each system under test during each
+    /// measured run, into this directory as `<system>-<scenario>.perf`.
+    pub perf_dir: Option<PathBuf>,
     pub commands: Vec<String>,
 }
 
@@ -113,6 +117,14 @@ pub async fn run(options: &CompareOptions) -> anyhow::Result<Results> {
                         scenario.number(),
                         system.name()
                     );
+                    let profile = match (&options.perf_dir, r.process.as_ref()) {
+                        (Some(dir), Some(p)) => Some(profile::start(
+                            p.pid(),
+                            &dir.join(format!("{}-{}.perf", system.name(), scenario.key())),
+                            options.settings.duration_s,
+                        )?),
+                        _ => None,
+                    };
                     let row = measure(
                         system,
                         scenario,
@@ -124,6 +136,9 @@ pub async fn run(options: &CompareOptions) -> anyhow::Result<Results> {
                         ticks,
                     )
                     .await;
+                    if let Some(profile) = profile {
+                        profile.finish()?;
+                    }
                     row.unwrap_or_else(|e| skipped(system, &format!("failed: {e:#}")))
                 };
                 results[index].rows.push(row);

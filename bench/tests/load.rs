@@ -21,7 +21,7 @@ fn config(route: Route, port: u16, ca_pem: &str, dir: &tempfile::TempDir) -> Loa
         reuse: ConnectionReuse::KeepAlive,
         connections: 2,
         streams: 1,
-        duration: Duration::from_secs(60),
+        duration: Duration::from_secs(30),
         requests: Some(20),
         tls: client_tls(&ca, Protocol::Http1).unwrap(),
     }

@@ -64,6 +64,9 @@ pub(crate) struct CompareArgs {
     /// Keep the work directory (generated configs and logs of every system).
     #[arg(long)]
     keep_work: bool,
+    /// Profile each proxy with `perf record` during each run, into this directory.
+    #[arg(long)]
+    perf_dir: Option<PathBuf>,
 }
 
 impl CompareArgs {
@@ -141,6 +144,7 @@ impl CompareArgs {
             squid_bin: self.squid_bin.clone(),
             mitmdump_bin: self.mitmdump_bin.clone(),
             keep_work: self.keep_work,
+            perf_dir: self.perf_dir.clone(),
             commands,
         })
     }

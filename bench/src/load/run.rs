@@ -84,6 +84,11 @@ async fn keep_alive_worker(shared: Arc<Shared>) -> anyhow::Result<Tally> {
         let sender = match Sender::connect(&shared.config, &host).await {
             Ok(sender) => sender,
             Err(e) => {
+                // A failed connection is charged as a failed request, so a run with a request
+                // count ends even when no connection can be made.
+                if !shared.budget.take() {
+                    break;
+                }
                 tally.record(Err(e), Instant::now());
                 tokio::time::sleep(RECONNECT_PAUSE).await;
                 continue;
