@@ -12,7 +12,8 @@ use anyhow::Context;
 
 use crate::compare::results::Results;
 
-/// Writes `doc` and one SVG per scenario into `plots` (linked from `doc` by `plots_link`).
+/// Writes `doc` and, per scenario, an SVG of the figures and one of the work per proxy
+/// CPU-second into `plots` (linked from `doc` by `plots_link`).
 /// `analysis`, if given, is a hand-written Markdown file included verbatim: the profile
 /// findings cannot be generated.
 pub fn write(
@@ -27,8 +28,13 @@ pub fn write(
     let mut images = Vec::new();
     for scenario in &results.scenarios {
         let file = format!("{}.svg", scenario.key);
-        plot::bars(scenario, &plots.join(&file))?;
-        images.push(format!("{plots_link}/{file}"));
+        plot::figures(scenario, &plots.join(&file))?;
+        let mut links = vec![format!("{plots_link}/{file}")];
+        let file = format!("{}-per-cpu.svg", scenario.key);
+        if plot::per_cpu(scenario, &plots.join(&file))? {
+            links.push(format!("{plots_link}/{file}"));
+        }
+        images.push(links);
     }
     let text = markdown::render(results, json_name, &images, analysis);
     std::fs::write(doc, text).with_context(|| format!("writing {}", doc.display()))

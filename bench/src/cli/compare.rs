@@ -121,7 +121,7 @@ impl CompareArgs {
         let cpus = |s: &str| (!s.is_empty()).then(|| s.to_owned());
         let mut commands = vec![std::env::args().collect::<Vec<_>>().join(" ")];
         if let Some(cpus) = cpus(&self.load_cpus) {
-            commands.insert(0, format!("(run under taskset -c {cpus})"));
+            commands[0] = format!("taskset -c {cpus} {}", commands[0]);
         }
         Ok(CompareOptions {
             systems,

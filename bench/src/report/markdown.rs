@@ -9,7 +9,7 @@ use crate::compare::results::{Results, Row, ScenarioResult};
 pub(crate) fn render(
     results: &Results,
     json_name: &str,
-    images: &[String],
+    images: &[Vec<String>],
     analysis: Option<&str>,
 ) -> String {
     let mut out = String::new();
@@ -96,7 +96,12 @@ pub(crate) fn render(
         s.proxy_cpus.as_deref().unwrap_or("any"),
         s.load_cpus.as_deref().unwrap_or("any"),
     );
-    out.push_str("## Commands\n\n```sh\n");
+    out.push_str(
+        "## Commands\n\n`make bench` runs `scripts/bench.sh`: it installs the peers\n\
+         (`scripts/bench-deps.sh`), builds the release binaries, then runs the command below and\n\
+         `cordon-bench report bench/results/<date>.json`. Settings can be changed with\n\
+         `BENCH_DURATION` and `BENCH_ARGS` (see `cordon-bench compare --help`).\n\n```sh\nmake bench\n",
+    );
     for c in &results.commands {
         let _ = writeln!(out, "{c}");
     }
@@ -104,7 +109,7 @@ pub(crate) fn render(
     out
 }
 
-fn scenario_table(out: &mut String, scenario: &ScenarioResult, image: &str) {
+fn scenario_table(out: &mut String, scenario: &ScenarioResult, images: &[String]) {
     let _ = writeln!(out, "### {}. {}\n", scenario.number, scenario.title);
     let direct = figure(scenario, "direct");
     let cordon = figure(scenario, "cordon");
@@ -135,7 +140,11 @@ fn scenario_table(out: &mut String, scenario: &ScenarioResult, image: &str) {
             notes(row),
         );
     }
-    let _ = writeln!(out, "\n![{}]({image})\n", scenario.title);
+    out.push('\n');
+    for image in images {
+        let _ = write!(out, "![{}]({image}) ", scenario.title);
+    }
+    out.push_str("\n\n");
 }
 
 fn figure(scenario: &ScenarioResult, system: &str) -> Option<f64> {

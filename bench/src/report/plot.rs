@@ -15,20 +15,44 @@ const COLOURS: [RGBColor; 5] = [
     RGBColor(44, 160, 44),
 ];
 
-pub(crate) fn bars(scenario: &ScenarioResult, path: &Path) -> anyhow::Result<()> {
+/// The scenario's figure per system.
+pub(crate) fn figures(scenario: &ScenarioResult, path: &Path) -> anyhow::Result<()> {
     let rows: Vec<(&str, f64)> = scenario
         .rows
         .iter()
         .filter_map(|r| Some((r.system.as_str(), r.figure?)))
         .collect();
-    let max = rows.iter().map(|(_, v)| *v).fold(0.0, f64::max).max(1.0);
-    let n = i32::try_from(rows.len()).map_err(|_| anyhow!("too many systems"))?;
-    let root = SVGBackend::new(path, (720, 380)).into_drawing_area();
-    root.fill(&WHITE)?;
     let caption = format!(
         "{}. {} ({})",
         scenario.number, scenario.title, scenario.unit
     );
+    bars(&caption, &scenario.unit, &rows, path)
+}
+
+/// The scenario's work per CPU-second of each proxy; false when no row has a CPU figure.
+pub(crate) fn per_cpu(scenario: &ScenarioResult, path: &Path) -> anyhow::Result<bool> {
+    let rows: Vec<(&str, f64)> = scenario
+        .rows
+        .iter()
+        .filter_map(|r| Some((r.system.as_str(), r.per_proxy_cpu_s?)))
+        .collect();
+    if rows.is_empty() {
+        return Ok(false);
+    }
+    let unit = format!(
+        "{} per proxy CPU-second",
+        scenario.unit.trim_end_matches("/s")
+    );
+    let caption = format!("{}. {}", scenario.number, unit);
+    bars(&caption, &unit, &rows, path)?;
+    Ok(true)
+}
+
+fn bars(caption: &str, unit: &str, rows: &[(&str, f64)], path: &Path) -> anyhow::Result<()> {
+    let max = rows.iter().map(|(_, v)| *v).fold(0.0, f64::max).max(1.0);
+    let n = i32::try_from(rows.len()).map_err(|_| anyhow!("too many systems"))?;
+    let root = SVGBackend::new(path, (720, 380)).into_drawing_area();
+    root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(caption, ("sans-serif", 16))
         .margin(12)
@@ -39,7 +63,7 @@ pub(crate) fn bars(scenario: &ScenarioResult, path: &Path) -> anyhow::Result<()>
     chart
         .configure_mesh()
         .disable_x_mesh()
-        .y_desc(scenario.unit.as_str())
+        .y_desc(unit)
         .x_label_formatter(&|v| match v {
             SegmentValue::CenterOf(i) => usize::try_from(*i)
                 .ok()
@@ -48,7 +72,7 @@ pub(crate) fn bars(scenario: &ScenarioResult, path: &Path) -> anyhow::Result<()>
             _ => String::new(),
         })
         .draw()?;
-    for (i, (system, value)) in rows.iter().enumerate() {
+    for (i, (_, value)) in rows.iter().enumerate() {
         let i = i32::try_from(i).map_err(|_| anyhow!("too many systems"))?;
         let colour = COLOURS[usize::try_from(i).unwrap_or(0) % COLOURS.len()];
         let mut bar = Rectangle::new(
@@ -65,7 +89,6 @@ pub(crate) fn bars(scenario: &ScenarioResult, path: &Path) -> anyhow::Result<()>
             (SegmentValue::CenterOf(i), value + max * 0.03),
             ("sans-serif", 13).into_font().color(&BLACK),
         )))?;
-        let _ = system;
     }
     root.present()?;
     Ok(())
