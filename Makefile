@@ -51,7 +51,8 @@ policy-tests:
 	done
 
 # Cordon side by side with direct, Squid ssl-bump and mitmdump (docs/BENCHMARKS.md); installs
-# the peers itself (scripts/bench-deps.sh). About 6 minutes on 2 cores once built.
+# the peers itself (scripts/bench-deps.sh). About 5 minutes on 2 cores once built; a cold
+# release build adds about 8.
 bench: deps
 	scripts/bench.sh
 

@@ -73,3 +73,97 @@ pub fn check(results: &Results) -> Vec<Target> {
     });
     targets
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::compare::results::{Machine, Settings};
+
+    fn row(system: &str, figure: f64, per_cpu: Option<f64>) -> Row {
+        Row {
+            system: system.into(),
+            figure: Some(figure),
+            proxy_cpu_s: per_cpu.map(|p| figure / p),
+            per_proxy_cpu_s: per_cpu,
+            load: None,
+            idle: None,
+            note: None,
+        }
+    }
+
+    fn scenario(key: &str, rows: Vec<Row>) -> ScenarioResult {
+        ScenarioResult {
+            number: 1,
+            key: key.into(),
+            title: key.into(),
+            unit: "req/s".into(),
+            higher_is_better: true,
+            rows,
+        }
+    }
+
+    fn results(scenarios: Vec<ScenarioResult>) -> Results {
+        Results {
+            started_at: "2026-11-27T00:00:00Z".into(),
+            machine: Machine {
+                cpu: "test".into(),
+                cores: 2,
+                memory_gib: 1.0,
+                kernel: "test".into(),
+                os: "test".into(),
+                versions: Default::default(),
+                load_average_at_start: "0 0 0".into(),
+            },
+            settings: Settings {
+                duration_s: 1.0,
+                connections: 8,
+                unique_hosts: 1,
+                idle_connections: 1,
+                h2_connections: 1,
+                h2_streams: 1,
+                proxy_cpus: None,
+                load_cpus: None,
+            },
+            commands: vec![],
+            scenarios,
+        }
+    }
+
+    #[test]
+    fn judges_each_target_against_its_own_baseline() {
+        let r = results(vec![
+            scenario(
+                "keepalive_small",
+                vec![
+                    row("direct", 100.0, None),
+                    row("cordon", 50.0, Some(40.0)),
+                    row("squid", 30.0, Some(20.0)),
+                ],
+            ),
+            scenario(
+                "new_connection",
+                vec![row("direct", 100.0, None), row("cordon", 89.0, Some(1.0))],
+            ),
+            scenario(
+                "large_download",
+                vec![row("direct", 100.0, None), row("cordon", 50.0, Some(1.0))],
+            ),
+        ]);
+        let met: Vec<Option<bool>> = check(&r).iter().map(|t| t.met).collect();
+        // 40 >= 2 x 20; 89% < 90%; 50% >= 50%; no latency figures in this input.
+        assert_eq!(met, vec![Some(true), Some(false), Some(true), None]);
+    }
+
+    #[test]
+    fn a_missing_system_leaves_the_target_unjudged() {
+        let r = results(vec![scenario(
+            "keepalive_small",
+            vec![row("cordon", 1.0, Some(1.0))],
+        )]);
+        assert_eq!(check(&r)[0].met, None);
+        assert!(
+            super::super::markdown::render(&r, "x.json", &[vec![]], None).contains("not measured")
+        );
+    }
+}
