@@ -32,7 +32,8 @@ pub(crate) fn render(
          **squid** (Squid with ssl-bump, Debian `squid-openssl`), **mitmproxy** (`mitmdump` from PyPI).\n\
          Each proxy intercepts TLS and applies an equivalent allow rule (configs in\n\
          [`bench/peers/`](../bench/peers/)). coder/httpjail is not included: it does not build\n\
-         offline here (its V8 dependency downloads a prebuilt library at build time).\n\n",
+         offline here (httpjail 0.6.2 depends on the `v8` crate 129, whose build script downloads a\n\
+         prebuilt V8 library from GitHub, which this machine cannot reach).\n\n",
     );
     out.push_str("## Targets\n\n| target | wanted | measured | met |\n|---|---|---|---|\n");
     for t in targets::check(results) {
