@@ -8,7 +8,7 @@ export CARGO_TARGET_DIR
 CARGO ?= cargo
 BIN := $(CARGO_TARGET_DIR)/release
 
-.PHONY: up test bench deps build fmt lint unit policy-tests clean
+.PHONY: up test bench bench-policy deps build fmt lint unit policy-tests clean
 
 deps:
 	@scripts/install-deps.sh
@@ -50,9 +50,15 @@ policy-tests:
 		$(CARGO_TARGET_DIR)/debug/cordon-policy test "$$b" || exit 1; \
 	done
 
+# Cordon side by side with direct, Squid ssl-bump and mitmdump (docs/BENCHMARKS.md); installs
+# the peers itself (scripts/bench-deps.sh). About 5 minutes on 2 cores once built; a cold
+# release build adds about 8.
 bench: deps
+	scripts/bench.sh
+
+# The policy engine's own micro-benchmark (criterion).
+bench-policy: deps
 	$(CARGO) bench -p cordon-policy --bench decision
-	scripts/bench-proxy.sh
 
 clean:
 	$(CARGO) clean

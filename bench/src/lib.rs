@@ -1,5 +1,8 @@
-//! Measurements of Cordon. Built so far: sandbox start and stop latency, memory per idle
-//! sandbox, and concurrent sandboxes ([`sandboxes`]). Proxy load generation against the peers
-//! is the benchmarks issue's.
+//! Measurements of Cordon: the HTTPS load generator ([`load`]), the side-by-side comparison
+//! with the peers that drives it ([`compare`]), the report and plots written from its results
+//! ([`report`]), and sandbox start/stop latency and memory ([`sandboxes`]).
 
+pub mod compare;
+pub mod load;
+pub mod report;
 pub mod sandboxes;

@@ -1,48 +1,25 @@
 //! `cordon-bench`: measurements (see the crate docs).
 //!
 //! ```text
+//! cordon-bench load --connect 127.0.0.1:8443 --ca ca.pem https://bench.test:8443/small
+//! cordon-bench compare [--duration 6] [--out bench/results]
+//! cordon-bench report bench/results/<date>.json [--doc docs/BENCHMARKS.md]
 //! cordon-bench sandboxes [--count 20] [--out bench/results]
 //! ```
 
-use std::path::PathBuf;
+mod cli;
+
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-
-#[derive(Debug, Parser)]
-#[command(version, about = "Cordon measurements")]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Starts COUNT sandboxes one after another behind a fresh proxy, keeps them all running,
-    /// then stops them: start and stop latency, memory per idle sandbox. Needs root and runsc.
-    Sandboxes {
-        #[arg(long, default_value_t = 20)]
-        count: usize,
-        /// Where to write the JSON result (a file named by the date).
-        #[arg(long, default_value = "bench/results")]
-        out: PathBuf,
-    },
-}
+use clap::Parser;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match Cli::parse().command {
-        Command::Sandboxes { count, out } => {
-            match cordon_bench::sandboxes::run(count, &out).await {
-                Ok(report) => {
-                    println!("{report}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("cordon-bench: {e}");
-                    ExitCode::from(70)
-                }
-            }
+    match cli::Cli::parse().run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cordon-bench: {e:#}");
+            ExitCode::from(70)
         }
     }
 }

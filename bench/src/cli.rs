@@ -1,0 +1,55 @@
+//! The command line: one subcommand per measurement.
+
+mod compare;
+mod load;
+mod report;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Cordon measurements")]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generates HTTPS load against one server or proxy and prints the result as JSON.
+    Load(load::LoadArgs),
+    /// Runs the scenarios against direct, Cordon, Squid and mitmdump side by side and writes
+    /// bench/results/<date>.json.
+    Compare(compare::CompareArgs),
+    /// Writes docs/BENCHMARKS.md and its plots from a `compare` result.
+    Report(report::ReportArgs),
+    /// Starts COUNT sandboxes one after another behind a fresh proxy, keeps them all running,
+    /// then stops them: start and stop latency, memory per idle sandbox. Needs root and runsc.
+    Sandboxes {
+        #[arg(long, default_value_t = 20)]
+        count: usize,
+        /// Where to write the JSON result (a file named by the date).
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+    },
+}
+
+impl Cli {
+    pub(crate) async fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Load(args) => args.run().await,
+            Command::Compare(args) => args.run().await,
+            Command::Report(args) => args.run(),
+            Command::Sandboxes { count, out } => {
+                let report = cordon_bench::sandboxes::run(count, &out)
+                    .await
+                    .map_err(anyhow::Error::msg)
+                    .context("sandboxes")?;
+                println!("{report}");
+                Ok(())
+            }
+        }
+    }
+}
