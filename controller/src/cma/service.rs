@@ -231,9 +231,10 @@ impl Service {
         let Some(stop) = self.stops.register(&session) else {
             tracing::warn!(work = %work.id, session = %session, "the session is already being served; not serving it twice");
             // Not resumed again after a restart; the item's lease (if any) is not ours to stop.
-            let _ = self
-                .store
-                .end_work(&work.id, "failed: the session was being served by another item");
+            let _ = self.store.end_work(
+                &work.id,
+                "failed: the session was being served by another item",
+            );
             return WorkEnd::Failed("already being served".into());
         };
         let end = self
