@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
-use crate::cma::service::SessionStops;
+use crate::cma::service::{SessionStops, StopReason};
 use crate::config::SandboxConfig;
 use crate::http::HttpClient;
 use crate::metrics::ControllerMetrics;
@@ -101,7 +101,7 @@ async fn sessions(State(admin): State<Arc<Admin>>) -> Response {
 }
 
 async fn stop(State(admin): State<Arc<Admin>>, Path(id): Path<String>) -> Response {
-    if admin.stops.stop(&id) {
+    if admin.stops.stop(&id, StopReason::Operator) {
         tracing::info!(session = %id, "stop asked on the admin API");
         answer(
             StatusCode::ACCEPTED,

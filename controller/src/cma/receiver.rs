@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use super::service::SessionStops;
+use super::service::{SessionStops, StopReason};
 use super::webhooks::{Delivery, Headers, WebhookSecret, verify};
 use crate::metrics::ControllerMetrics;
 use crate::store::Store;
@@ -127,7 +127,9 @@ async fn webhook(
             receiver.count("accepted");
             match (delivery.data.kind.as_str(), delivery.data.id.as_deref()) {
                 ("session.status_run_started", _) => receiver.wake.notify_one(),
-                ("session.status_terminated", Some(session)) if receiver.stops.stop(session) => {
+                ("session.status_terminated", Some(session))
+                    if receiver.stops.stop(session, StopReason::Terminated) =>
+                {
                     tracing::info!(session = %session, "session terminated; stopping its sandbox");
                 }
                 _ => {}

@@ -54,24 +54,49 @@ impl WorkEnd {
     }
 }
 
+/// Why serving a session is being stopped from outside the runner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// `POST /sessions/{id}/stop` or `cordon-controller sessions --stop`.
+    Operator,
+    /// A `session.status_terminated` webhook (the runner may see it in the stream first).
+    Terminated,
+}
+
+/// The signal that stops one session's server, and why.
+#[derive(Debug, Default)]
+struct StopSignal {
+    notify: Notify,
+    reason: std::sync::Mutex<Option<StopReason>>,
+}
+
+impl StopSignal {
+    fn reason(&self) -> StopReason {
+        self.reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or(StopReason::Operator)
+    }
+}
+
 /// The sessions being served, each with the signal that stops it.
 #[derive(Debug, Default)]
 pub struct SessionStops {
-    inner: std::sync::Mutex<HashMap<String, Arc<Notify>>>,
+    inner: std::sync::Mutex<HashMap<String, Arc<StopSignal>>>,
 }
 
 impl SessionStops {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Notify>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<StopSignal>>> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Registers `session` as served; `None` if it already is.
-    fn register(&self, session: &str) -> Option<Arc<Notify>> {
+    fn register(&self, session: &str) -> Option<Arc<StopSignal>> {
         let mut inner = self.lock();
         if inner.contains_key(session) {
             return None;
         }
-        let stop = Arc::new(Notify::new());
+        let stop = Arc::new(StopSignal::default());
         inner.insert(session.to_string(), stop.clone());
         Some(stop)
     }
@@ -81,11 +106,15 @@ impl SessionStops {
     }
 
     /// Asks the session's server to stop; `false` when the session is not being served.
-    pub fn stop(&self, session: &str) -> bool {
+    pub fn stop(&self, session: &str, reason: StopReason) -> bool {
         match self.lock().get(session) {
             Some(stop) => {
+                stop.reason
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert(reason);
                 // notify_one keeps a permit, so a stop asked before the server waits counts.
-                stop.notify_one();
+                stop.notify.notify_one();
                 true
             }
             None => false,
@@ -283,7 +312,7 @@ impl Service {
         work: &Work,
         session: &str,
         heartbeat: Option<String>,
-        stop: &Notify,
+        stop: &StopSignal,
     ) -> WorkEnd {
         let claimed = Instant::now();
         // The first heartbeat claims (or, after a restart, re-proves) the lease before any
@@ -340,7 +369,7 @@ impl Service {
         work: &Work,
         session: &str,
         first: Heartbeat,
-        stop: &Notify,
+        stop: &StopSignal,
     ) -> WorkEnd {
         let config = self.runtime.lock().await.config().clone();
         let (agent, token) = match agent_endpoint(&config, session) {
@@ -362,7 +391,10 @@ impl Service {
                 Err(e) => WorkEnd::Failed(e.to_string()),
             },
             end = self.heartbeat(work, first) => end,
-            () = stop.notified() => WorkEnd::StoppedByOperator,
+            () = stop.notify.notified() => match stop.reason() {
+                StopReason::Terminated => WorkEnd::Done(RunEnd::Terminated),
+                StopReason::Operator => WorkEnd::StoppedByOperator,
+            },
         }
     }
 
