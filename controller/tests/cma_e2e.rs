@@ -122,6 +122,33 @@ async fn start_sim(scenario: &Scenario, webhook_port: u16) -> Sim {
     .unwrap()
 }
 
+/// A simulator playing `scenario`, a world wired to it, and a controller serving it; the
+/// scenario's sessions are open.
+async fn start(scenario: &Scenario, second_octet: u8) -> (Sim, World, Controller) {
+    let (listen, admin) = (free_port(), free_port());
+    let sim = start_sim(scenario, listen).await;
+    let mut world = cma_world(second_octet, &sim, &scenario.environment_id, listen, admin);
+    world
+        .sessions
+        .extend(scenario.sessions.iter().map(|s| s.id().to_string()));
+    let controller = Controller::start(&world, admin, "controller.log");
+    sim.open_sessions();
+    (sim, world, controller)
+}
+
+/// Waits until the sandbox of `session` is gone (its netns removed), at most 20 s.
+fn wait_for_teardown(world: &World, session: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while world.netns_exists(session) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        !world.netns_exists(session),
+        "the sandbox of {session} is still there"
+    );
+    assert!(world.containers().is_empty(), "{:?}", world.containers());
+}
+
 fn logs(world: &World) -> String {
     let mut out = String::new();
     for name in ["controller.log", "controller-2.log", "proxy.log"] {
@@ -144,12 +171,7 @@ fn assert_passed(report: &Report, world: &World) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_starts_a_session_that_runs_in_a_sandbox_and_ends_cleanly() {
     let scenario = Scenario::load(&demo("scenario.toml")).unwrap();
-    let (listen, admin) = (free_port(), free_port());
-    let sim = start_sim(&scenario, listen).await;
-    let mut world = cma_world(241, &sim, &scenario.environment_id, listen, admin);
-    world.sessions.push("sesn_demo".into());
-    let controller = Controller::start(&world, admin, "controller.log");
-    sim.open_sessions();
+    let (sim, world, controller) = start(&scenario, 241).await;
     let report = sim.wait(Duration::from_secs(240)).await;
     assert_passed(&report, &world);
 
@@ -203,12 +225,7 @@ async fn a_webhook_starts_a_session_that_runs_in_a_sandbox_and_ends_cleanly() {
     assert!(!audit.contains(TOKEN));
 
     // The sandbox is gone: no netns, no container, no proxy registration.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while world.netns_exists("sesn_demo") && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert!(!world.netns_exists("sesn_demo"));
-    assert!(world.containers().is_empty(), "{:?}", world.containers());
+    wait_for_teardown(&world, "sesn_demo");
     assert!(!world.registrations().contains("sesn_demo"));
 
     // The controller's metrics and sessions view say what happened.
@@ -270,12 +287,8 @@ expect = { is_error = false, contains = ["before-restart"] }
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_controller_killed_mid_session_resumes_it_and_answers_each_call_once() {
     let scenario = Scenario::parse(RESTART).unwrap();
-    let (listen, admin) = (free_port(), free_port());
-    let sim = start_sim(&scenario, listen).await;
-    let mut world = cma_world(242, &sim, &scenario.environment_id, listen, admin);
-    world.sessions.push("sesn_restart".into());
-    let first = Controller::start(&world, admin, "controller.log");
-    sim.open_sessions();
+    let (sim, world, first) = start(&scenario, 242).await;
+    let admin = first.admin;
     // Wait for the first call's answer, then kill the controller during the second.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -308,12 +321,7 @@ async fn a_controller_killed_mid_session_resumes_it_and_answers_each_call_once()
     assert!(report.violations.is_empty());
     let log = std::fs::read_to_string(world.dir.path().join("controller-2.log")).unwrap();
     assert!(log.contains("resuming a work item"), "{log}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while world.netns_exists("sesn_restart") && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert!(!world.netns_exists("sesn_restart"));
-    assert!(world.containers().is_empty(), "{:?}", world.containers());
+    wait_for_teardown(&world, "sesn_restart");
     assert!(
         world.host_interfaces().is_empty(),
         "{:?}",
@@ -338,12 +346,7 @@ input = { command = "sleep 120; echo too-late" }
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_stops_a_session_from_the_cli() {
     let scenario = Scenario::parse(LONG).unwrap();
-    let (listen, admin) = (free_port(), free_port());
-    let sim = start_sim(&scenario, listen).await;
-    let mut world = cma_world(243, &sim, &scenario.environment_id, listen, admin);
-    world.sessions.push("sesn_stop".into());
-    let controller = Controller::start(&world, admin, "controller.log");
-    sim.open_sessions();
+    let (sim, world, controller) = start(&scenario, 243).await;
     let deadline = Instant::now() + Duration::from_secs(120);
     while !controller.admin("/sessions").contains("\"serving\":true") {
         assert!(Instant::now() < deadline, "never served\n{}", logs(&world));
@@ -370,8 +373,7 @@ async fn an_operator_stops_a_session_from_the_cli() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(!world.netns_exists("sesn_stop"));
-    assert!(world.containers().is_empty(), "{:?}", world.containers());
+    wait_for_teardown(&world, "sesn_stop");
     let sessions: serde_json::Value = serde_json::from_str(&controller.admin("/sessions")).unwrap();
     assert_eq!(
         sessions["sessions"][0]["work"]["end_reason"],
