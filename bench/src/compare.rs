@@ -169,13 +169,21 @@ pub async fn run(options: &CompareOptions) -> anyhow::Result<Results> {
 
 fn skipped(system: System, why: &str) -> Row {
     Row {
+        note: Some(why.into()),
+        ..empty_row(system)
+    }
+}
+
+/// A row with no figures yet.
+fn empty_row(system: System) -> Row {
+    Row {
         system: system.name().into(),
         figure: None,
         proxy_cpu_s: None,
         per_proxy_cpu_s: None,
         load: None,
         idle: None,
-        note: Some(why.into()),
+        note: None,
     }
 }
 
@@ -211,15 +219,7 @@ async fn measure(
     // reports, but its CPU time is not a proxy's and is not reported.
     let measured = running.process.as_ref();
     let cpu_before = measured.map(|p| p.cpu_seconds(ticks));
-    let mut row = Row {
-        system: system.name().into(),
-        figure: None,
-        proxy_cpu_s: None,
-        per_proxy_cpu_s: None,
-        load: None,
-        idle: None,
-        note: None,
-    };
+    let mut row = empty_row(system);
     if scenario == Scenario::Idle {
         let memory_of = measured.unwrap_or(upstream);
         let rss_before = memory_of.rss_bytes();

@@ -250,20 +250,8 @@ async fn start_squid(env: &Env) -> anyhow::Result<Running> {
         &text(&db),
         &text(&env.work.join("squid-cache.log")),
     ]))?;
-    let mut process = Process::spawn(
-        "squid",
-        env.proxy_cpus.as_deref(),
-        &env.squid_bin,
-        &["-N".into(), "-f".into(), text(&config_path)],
-        &[],
-        &env.work,
-    )?;
-    process.wait_listening(loopback(port), &env.work).await?;
-    Ok(Running {
-        process: Some(process),
-        route: Route::Connect(loopback(port)),
-        roots: env.pki.intercept_ca.clone(),
-    })
+    let args = ["-N".into(), "-f".into(), text(&config_path)];
+    start_peer(env, "squid", &env.squid_bin, &args, port).await
 }
 
 async fn start_mitmdump(env: &Env) -> anyhow::Result<Running> {
@@ -301,14 +289,19 @@ async fn start_mitmdump(env: &Env) -> anyhow::Result<Running> {
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
-    let mut process = Process::spawn(
-        "mitmdump",
-        env.proxy_cpus.as_deref(),
-        &env.mitmdump_bin,
-        &args,
-        &[],
-        &env.work,
-    )?;
+    start_peer(env, "mitmdump", &env.mitmdump_bin, &args, port).await
+}
+
+/// Starts a peer proxy pinned to the proxy CPUs, waits for its CONNECT listener on `port`;
+/// clients trust the run's interception CA.
+async fn start_peer(
+    env: &Env,
+    name: &str,
+    bin: &std::path::Path,
+    args: &[String],
+    port: u16,
+) -> anyhow::Result<Running> {
+    let mut process = Process::spawn(name, env.proxy_cpus.as_deref(), bin, args, &[], &env.work)?;
     process.wait_listening(loopback(port), &env.work).await?;
     Ok(Running {
         process: Some(process),
