@@ -405,17 +405,24 @@ impl ServiceConfig {
                 raw.listen
             )
         });
-        match raw.admin_listen.parse::<SocketAddr>() {
-            Ok(a) if a.ip().is_loopback() => {}
-            Ok(a) => errors.push(format!(
-                "controller.admin_listen = {a} is not a loopback address; the admin API stops \
-                 sessions and has no authentication, so it listens on 127.0.0.1 or ::1 only"
-            )),
-            Err(_) => errors.push(format!(
-                "controller.admin_listen = {:?} is not an address:port",
-                raw.admin_listen
-            )),
-        }
+        let admin_listen = match raw.admin_listen.parse::<SocketAddr>() {
+            Ok(a) if a.ip().is_loopback() => Some(a),
+            Ok(a) => {
+                errors.push(format!(
+                    "controller.admin_listen = {a} is not a loopback address; the admin API \
+                     stops sessions and has no authentication, so it listens on 127.0.0.1 or \
+                     ::1 only"
+                ));
+                None
+            }
+            Err(_) => {
+                errors.push(format!(
+                    "controller.admin_listen = {:?} is not an address:port",
+                    raw.admin_listen
+                ));
+                None
+            }
+        };
         let secret_text = match &raw.webhook_secret_file {
             Some(file) => {
                 let file = if file.is_absolute() {
@@ -472,11 +479,8 @@ impl ServiceConfig {
                 })
             }
         };
-        let admin_listen = raw.admin_listen.parse::<SocketAddr>().map_err(|_| {
-            invalid(vec![
-                "controller.admin_listen is not an address:port".into(),
-            ])
-        })?;
+        // Set whenever no error was collected, and errors returned above.
+        let admin_listen = admin_listen.ok_or_else(|| invalid(errors.clone()))?;
         Ok(Self {
             listen,
             admin_listen,
