@@ -53,6 +53,8 @@ pub struct RequestContext {
     port: Option<u16>,
     upstream: Option<SocketAddr>,
     upstream_started: Option<Instant>,
+    /// Offer `h2` first to a TLS upstream (see `upstream::protocols`).
+    upstream_h2: bool,
     method: Option<String>,
     path: Option<String>,
     protocol: Option<HttpProtocol>,
@@ -562,28 +564,56 @@ impl ProxyHttp for Authorizer {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
-        let (Some(address), Some(host), Some(conn)) =
-            (ctx.upstream, ctx.host.clone(), ctx.conn.as_ref())
+        let (Some(address), Some(host), Some(port), Some(conn)) =
+            (ctx.upstream, ctx.host.clone(), ctx.port, ctx.conn.as_ref())
         else {
             return Err(Error::explain(
                 ErrorType::InternalError,
                 "no upstream was chosen",
             ));
         };
+        // The upstream leg mirrors the client's (see `upstream::protocols`).
+        ctx.upstream_h2 = ctx.upstream_h2
+            || session.is_http2()
+            || (conn.tls && self.state.http2_only.contains(&host, port));
         // The SNI is the host name, never empty: an empty SNI makes pingora skip certificate
         // verification.
         let mut peer = HttpPeer::new(address, conn.tls, host);
         let options = &mut peer.options;
         options.verify_cert = true;
         options.verify_hostname = true;
-        options.alpn = if conn.tls { ALPN::H2H1 } else { ALPN::H1 };
+        options.alpn = if conn.tls && ctx.upstream_h2 {
+            ALPN::H2H1
+        } else {
+            ALPN::H1
+        };
         options.connection_timeout = Some(self.state.config.upstream.connect_timeout);
         options.read_timeout = Some(self.state.config.upstream.read_timeout);
         ctx.upstream_started = Some(Instant::now());
         Ok(Box::new(peer))
+    }
+
+    /// An upstream that speaks only HTTP/2 refuses an HTTP/1.1-only offer: retry once offering
+    /// `h2`, and remember the host.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Self::CTX,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if !ctx.upstream_h2
+            && crate::upstream::protocols::refused_alpn(&e)
+            && let (Some(host), Some(port)) = (ctx.host.as_deref(), ctx.port)
+        {
+            self.state.http2_only.remember(host, port);
+            ctx.upstream_h2 = true;
+            e.set_retry(true);
+        }
+        e
     }
 
     async fn upstream_request_filter(

@@ -38,6 +38,8 @@ pub struct GatewayState {
     pub sessions: SessionRegistry,
     pub connections: ConnectionRegistry,
     pub resolver: UpstreamResolver,
+    /// TLS upstreams that refused an HTTP/1.1-only ALPN offer.
+    pub http2_only: crate::upstream::protocols::Http2Only,
     pub metrics: ProxyMetrics,
     pub audit: AuditLog,
     pub secrets: SecretStore,
@@ -72,6 +74,7 @@ impl GatewayState {
         };
         Ok(Self {
             resolver: UpstreamResolver::new(config.upstream.clone()),
+            http2_only: Default::default(),
             policy,
             sessions: SessionRegistry::default(),
             connections: ConnectionRegistry::default(),

@@ -12,6 +12,8 @@ use ipnet::IpNet;
 
 use crate::config::UpstreamConfig;
 
+pub mod protocols;
+
 /// Where an address came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resolution {

@@ -271,11 +271,27 @@ fn speaks_http2_to_upstreams_that_offer_it() {
     let pki = test_pki(&["allowed.test"]);
     let upstream = spawn_h2_upstream(&pki);
     let proxy = Proxy::start(POLICY, upstream, &pki.ca_pem, &["allowed.test"], "");
-    // HTTP/1.1 from the sandbox, HTTP/2 to the upstream.
-    let out = proxy.curl(&["--http1.1", "https://allowed.test/via-h2"]);
-    let body = text(&out);
-    assert!(body.contains("HTTP/1.1 200"), "{body}");
-    assert!(body.ends_with("h2 GET /via-h2"), "{body}");
+    // HTTP/1.1 from the sandbox to an upstream that speaks only HTTP/2: the HTTP/1.1-only
+    // offer is refused, the request is retried offering h2, and the host is remembered, so
+    // the second request offers h2 from the start.
+    for attempt in ["first", "second"] {
+        let out = proxy.curl(&[
+            "--http1.1",
+            &format!("https://allowed.test/via-h2/{attempt}"),
+        ]);
+        let body = text(&out);
+        assert!(body.contains("HTTP/1.1 200"), "{body}");
+        assert!(
+            body.ends_with(&format!("h2 GET /via-h2/{attempt}")),
+            "{body}"
+        );
+    }
+    let log = std::fs::read_to_string(proxy.path("proxy.log")).unwrap();
+    assert_eq!(
+        log.matches("NoApplicationProtocol").count(),
+        1,
+        "one refused handshake, then h2 first: {log}"
+    );
     // HTTP/2 on both legs.
     let out = proxy.curl(&["--http2", "https://allowed.test/h2-both"]);
     let body = text(&out);
