@@ -25,6 +25,10 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// An upstream that sends nothing for this long is abandoned (504).
 pub const DEFAULT_UPSTREAM_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an audit record may wait to be written with others.
+pub const DEFAULT_AUDIT_FLUSH_INTERVAL: Duration = Duration::from_millis(20);
+/// The longest `audit.flush_interval_ms` accepted: what a SIGKILL could lose.
+pub const MAX_AUDIT_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What to do with a TLS client that sends no SNI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +61,8 @@ pub struct ProxyConfig {
     pub tls: TlsConfig,
     pub upstream: UpstreamConfig,
     pub audit_path: AuditTarget,
+    /// How long an audit record may wait to be written with others; `None` writes each at once.
+    pub audit_flush_interval: Option<Duration>,
     /// The secret store file or directory, if any.
     pub credentials_store: Option<PathBuf>,
     /// How often the store's files are checked for changes (rotation); `None`: never.
@@ -351,6 +357,13 @@ fn validate(raw: file::ConfigFile, base: &Path, errors: &mut Vec<String>) -> Opt
         connect_timeout: Duration::from_millis(raw.upstream.connect_timeout_ms),
         read_timeout: Duration::from_millis(raw.upstream.read_timeout_ms),
     };
+    if raw.audit.flush_interval_ms > MAX_AUDIT_FLUSH_INTERVAL.as_millis() as u64 {
+        errors.push(format!(
+            "audit.flush_interval_ms: {} is longer than the {} ms allowed (records a crash could lose); use 0 to write each record at once",
+            raw.audit.flush_interval_ms,
+            MAX_AUDIT_FLUSH_INTERVAL.as_millis()
+        ));
+    }
     let audit_path = match raw.audit.path.as_deref() {
         None => AuditTarget::File(state_dir.join("audit.log")),
         Some(p) if p == Path::new("-") => AuditTarget::Stdout,
@@ -371,6 +384,8 @@ fn validate(raw: file::ConfigFile, base: &Path, errors: &mut Vec<String>) -> Opt
         tls,
         upstream,
         audit_path,
+        audit_flush_interval: (raw.audit.flush_interval_ms > 0)
+            .then(|| Duration::from_millis(raw.audit.flush_interval_ms)),
         credentials_store: raw.credentials.store.as_ref().map(|p| resolve(p)),
         credentials_watch: (raw.credentials.watch_interval_ms > 0)
             .then(|| Duration::from_millis(raw.credentials.watch_interval_ms)),

@@ -90,8 +90,15 @@ fn main() -> ExitCode {
             };
             let generation = state.policy.generation();
             tracing::info!(generation = %generation.info().id, explicit = ?state.config.listen.explicit, transparent = ?state.config.listen.transparent, admin = %state.config.listen.admin, "cordon-proxy starting");
-            match cordon_proxy::server::build(state, None) {
-                Ok(server) => server.run_forever(),
+            match cordon_proxy::server::build(state.clone(), None) {
+                Ok(server) => {
+                    // `run` returns once the runtimes have stopped (SIGTERM after the grace
+                    // period, SIGINT at once); then the buffered audit records are written.
+                    server.run(pingora::server::RunArgs::default());
+                    state.audit.close();
+                    tracing::info!("cordon-proxy stopped");
+                    ExitCode::SUCCESS
+                }
                 Err(e) => {
                     eprintln!("cordon-proxy: cannot start: {e}");
                     ExitCode::from(69)

@@ -1,6 +1,6 @@
 //! Building the input document (as regorus values, no JSON round trip on the hot path).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::LazyLock;
 
@@ -11,8 +11,13 @@ use super::{
 };
 
 /// `input.version`, the same for every document.
-static VERSION: LazyLock<Value> =
-    LazyLock::new(|| object([("encoding", key("protojson")), ("ext_authz", key("v3"))]));
+static VERSION: LazyLock<Value> = LazyLock::new(|| {
+    let f = &*FIXED;
+    object([
+        (&f.encoding, f.protojson.clone()),
+        (&f.ext_authz, f.v3.clone()),
+    ])
+});
 
 pub(super) fn build(input: &PolicyInput) -> Value {
     let cached = ConnectionDocument::new(&input.connection, &input.session);
@@ -28,7 +33,7 @@ pub(super) fn build(input: &PolicyInput) -> Value {
 /// which roughly halves the cost of the input document.
 #[derive(Debug, Clone)]
 pub struct ConnectionDocument {
-    attributes: Vec<(&'static str, Value)>,
+    attributes: Vec<(&'static Value, Value)>,
     session: Value,
     connection_connect: Value,
     connection_request: Value,
@@ -37,18 +42,22 @@ pub struct ConnectionDocument {
 
 impl ConnectionDocument {
     pub fn new(conn: &ConnectionInput, session: &SessionInput) -> Self {
+        let f = &*FIXED;
         let mut attributes = Vec::with_capacity(4);
-        attributes.push(("source", address(conn.source)));
+        attributes.push((&f.source, address(conn.source)));
         if let Some(dst) = conn.original_destination {
-            attributes.push(("destination", address(dst)));
+            attributes.push((&f.destination, address(dst)));
         }
         if let Some(sni) = &conn.sni {
-            attributes.push(("tlsSession", object([("sni", Value::from(sni.as_str()))])));
+            attributes.push((
+                &f.tls_session,
+                object([(&f.sni, Value::from(sni.as_str()))]),
+            ));
         }
         let mut session_fields = vec![
-            ("id", Value::from(session.id.as_str())),
+            (&f.id, Value::from(session.id.as_str())),
             (
-                "labels",
+                &f.labels,
                 Value::from(
                     session
                         .labels
@@ -59,26 +68,26 @@ impl ConnectionDocument {
             ),
         ];
         if let Some(agent) = &session.agent_id {
-            session_fields.push(("agent_id", Value::from(agent.as_str())));
+            session_fields.push((&f.agent_id, Value::from(agent.as_str())));
         }
         let connection = |stage: Stage| {
             let mut fields = vec![
-                ("stage", key(stage.as_str())),
-                ("mode", key(conn.mode.as_str())),
-                ("transport", key(conn.transport.as_str())),
-                ("source", plain_address(conn.source)),
+                (&f.stage, text(stage.as_str())),
+                (&f.mode, text(conn.mode.as_str())),
+                (&f.transport, text(conn.transport.as_str())),
+                (&f.source, plain_address(conn.source)),
             ];
             if let Some(dst) = conn.original_destination {
-                fields.push(("original_destination", plain_address(dst)));
+                fields.push((&f.original_destination, plain_address(dst)));
             }
             if let Some(sni) = &conn.sni {
-                fields.push(("sni", Value::from(sni.as_str())));
+                fields.push((&f.sni, Value::from(sni.as_str())));
             }
             if let Some(target) = &conn.connect_target {
-                fields.push(("connect_target", Value::from(target.as_str())));
+                fields.push((&f.connect_target, Value::from(target.as_str())));
             }
             if let Some(name) = &conn.dns_name {
-                fields.push(("dns_name", Value::from(name.as_str())));
+                fields.push((&f.dns_name, Value::from(name.as_str())));
             }
             object(fields)
         };
@@ -115,31 +124,32 @@ impl ConnectionDocument {
         request: Option<&RequestInput>,
         destination: Option<super::Authority>,
     ) -> Value {
+        let f = &*FIXED;
         let mut attributes = self.attributes.clone();
         let mut root = Vec::with_capacity(8);
         if let Some(request) = request {
-            attributes.push(("request", object([("http", http(request))])));
-            root.push(("parsed_path", strings(parse_path(&request.path))));
+            attributes.push((&f.request, object([(&f.http, http(request))])));
+            root.push((&f.parsed_path, strings(parse_path(&request.path))));
             let query = parse_query(&request.path)
                 .into_iter()
                 .map(|(k, v)| (Value::from(k), strings(v)))
                 .collect::<BTreeMap<_, _>>();
-            root.push(("parsed_query", Value::from(query)));
+            root.push((&f.parsed_query, Value::from(query)));
         }
-        root.push(("attributes", object(attributes)));
-        root.push(("version", VERSION.clone()));
+        root.push((&f.attributes, object(attributes)));
+        root.push((&f.version, VERSION.clone()));
         if let Some(dst) = destination {
             root.push((
-                "destination",
+                &f.destination,
                 object([
-                    ("host", Value::from(dst.host)),
-                    ("port", Value::from(u32::from(dst.port))),
+                    (&f.host, Value::from(dst.host)),
+                    (&f.port, Value::from(u32::from(dst.port))),
                 ]),
             ));
         }
-        root.push(("session", self.session.clone()));
+        root.push((&f.session, self.session.clone()));
         root.push((
-            "connection",
+            &f.connection,
             match stage {
                 Stage::Connect => self.connection_connect.clone(),
                 Stage::Request => self.connection_request.clone(),
@@ -150,6 +160,7 @@ impl ConnectionDocument {
 }
 
 fn http(request: &RequestInput) -> Value {
+    let f = &*FIXED;
     let authority = request.authority.to_ascii_lowercase();
     let mut headers: BTreeMap<Value, Value> = BTreeMap::new();
     for (name, value) in &request.headers {
@@ -165,7 +176,7 @@ fn http(request: &RequestInput) -> Value {
             // Repeated fields are joined as Envoy joins them: with a comma, except cookies,
             // whose pairs are joined with "; " (RFC 9113 section 8.2.3).
             Some(existing) => {
-                let separator = if name == key("cookie") { "; " } else { "," };
+                let separator = if name == f.cookie { "; " } else { "," };
                 let joined = format!(
                     "{}{separator}{value}",
                     existing.as_string().map(|s| s.as_ref()).unwrap_or("")
@@ -177,34 +188,35 @@ fn http(request: &RequestInput) -> Value {
             }
         }
     }
-    headers.insert(key(":authority"), Value::from(authority.as_str()));
-    headers.insert(key(":method"), text(&request.method));
-    headers.insert(key(":path"), Value::from(request.path.as_str()));
-    headers.insert(key(":scheme"), text(&request.scheme));
+    headers.insert(f.pseudo_authority.clone(), Value::from(authority.as_str()));
+    headers.insert(f.pseudo_method.clone(), text(&request.method));
+    headers.insert(f.pseudo_path.clone(), Value::from(request.path.as_str()));
+    headers.insert(f.pseudo_scheme.clone(), text(&request.scheme));
 
     let mut fields = vec![
-        ("method", text(&request.method)),
-        ("host", Value::from(authority.as_str())),
-        ("path", Value::from(request.path.as_str())),
-        ("scheme", text(&request.scheme)),
-        ("protocol", key(request.protocol.as_str())),
-        ("headers", Value::from(headers)),
+        (&f.method, text(&request.method)),
+        (&f.host, Value::from(authority.as_str())),
+        (&f.path, Value::from(request.path.as_str())),
+        (&f.scheme, text(&request.scheme)),
+        (&f.protocol, text(request.protocol.as_str())),
+        (&f.headers, Value::from(headers)),
     ];
     if let Some(id) = &request.id {
-        fields.push(("id", Value::from(id.as_str())));
+        fields.push((&f.id, Value::from(id.as_str())));
     }
     object(fields)
 }
 
 /// Envoy's `address.socketAddress` shape.
 fn address(addr: SocketAddr) -> Value {
+    let f = &*FIXED;
     object([(
-        "address",
+        &f.address,
         object([(
-            "socketAddress",
+            &f.socket_address,
             object([
-                ("address", Value::from(addr.ip().to_string())),
-                ("portValue", Value::from(u32::from(addr.port()))),
+                (&f.address, Value::from(addr.ip().to_string())),
+                (&f.port_value, Value::from(u32::from(addr.port()))),
             ]),
         )]),
     )])
@@ -212,9 +224,10 @@ fn address(addr: SocketAddr) -> Value {
 
 /// Cordon's flat `{address, port}` shape.
 fn plain_address(addr: SocketAddr) -> Value {
+    let f = &*FIXED;
     object([
-        ("address", Value::from(addr.ip().to_string())),
-        ("port", Value::from(u32::from(addr.port()))),
+        (&f.address, Value::from(addr.ip().to_string())),
+        (&f.port, Value::from(u32::from(addr.port()))),
     ])
 }
 
@@ -222,89 +235,96 @@ fn strings(items: Vec<String>) -> Value {
     Value::from(items.into_iter().map(Value::from).collect::<Vec<_>>())
 }
 
-fn object<I: IntoIterator<Item = (&'static str, Value)>>(fields: I) -> Value {
+fn object<I: IntoIterator<Item = (&'static Value, Value)>>(fields: I) -> Value {
     Value::from(
         fields
             .into_iter()
-            .map(|(k, v)| (key(k), v))
+            .map(|(k, v)| (k.clone(), v))
             .collect::<BTreeMap<_, _>>(),
     )
 }
 
-/// The document's fixed key names, allocated once: a document has about fifty keys, and
-/// allocating each name per decision was a measurable share of building the input. Cloning a
+/// The document's fixed strings (key names and the closed sets of values), each allocated
+/// once: a document has about fifty keys, and allocating each name per decision, and later
+/// looking each up in a hash map, were measurable shares of building the input. Cloning a
 /// cached `Value` is a reference-count increment.
-static KEYS: LazyLock<HashMap<&'static str, Value>> = LazyLock::new(|| {
-    [
-        "address",
-        "agent_id",
-        "attributes",
-        "connect_target",
-        "connection",
-        "destination",
-        "dns_name",
-        "encoding",
-        "ext_authz",
-        "headers",
-        "host",
-        "http",
-        "id",
-        "labels",
-        "method",
-        "mode",
-        "original_destination",
-        "parsed_path",
-        "parsed_query",
-        "path",
-        "port",
-        "portValue",
-        "protocol",
-        "request",
-        "scheme",
-        "session",
-        "sni",
-        "socketAddress",
-        "source",
-        "stage",
-        "tlsSession",
-        "transport",
-        "version",
-        "cookie",
-        ":authority",
-        ":method",
-        ":path",
-        ":scheme",
-        "protojson",
-        "v3",
-        "connect",
-        "request",
-        "transparent",
-        "explicit",
-        "tls",
-        "tcp",
-        "https",
-        "GET",
-        "POST",
-        "HEAD",
-        "PUT",
-        "PATCH",
-        "DELETE",
-        "OPTIONS",
-        "HTTP/1.0",
-        "HTTP/1.1",
-        "HTTP/2",
-    ]
-    .into_iter()
-    .map(|k| (k, Value::from(k)))
-    .collect()
-});
+macro_rules! fixed_strings {
+    ($($field:ident = $text:literal,)*) => {
+        struct Fixed {
+            $($field: Value,)*
+        }
 
-/// A cached `Value` for a fixed string (key names and the closed sets of values).
-fn key(name: &'static str) -> Value {
-    KEYS.get(name).cloned().unwrap_or_else(|| Value::from(name))
+        static FIXED: LazyLock<Fixed> = LazyLock::new(|| Fixed {
+            $($field: Value::from($text),)*
+        });
+
+        /// A cached `Value` for a string that is often one of the fixed ones (methods,
+        /// schemes); a new one otherwise.
+        fn text(s: &str) -> Value {
+            let fixed = &*FIXED;
+            match s {
+                $($text => fixed.$field.clone(),)*
+                _ => Value::from(s),
+            }
+        }
+    };
 }
 
-/// A `Value` for a string that is often one of the fixed ones (methods, schemes).
-fn text(s: &str) -> Value {
-    KEYS.get(s).cloned().unwrap_or_else(|| Value::from(s))
+fixed_strings! {
+    address = "address",
+    agent_id = "agent_id",
+    attributes = "attributes",
+    connect_target = "connect_target",
+    connection = "connection",
+    destination = "destination",
+    dns_name = "dns_name",
+    encoding = "encoding",
+    ext_authz = "ext_authz",
+    headers = "headers",
+    host = "host",
+    http = "http",
+    id = "id",
+    labels = "labels",
+    method = "method",
+    mode = "mode",
+    original_destination = "original_destination",
+    parsed_path = "parsed_path",
+    parsed_query = "parsed_query",
+    path = "path",
+    port = "port",
+    port_value = "portValue",
+    protocol = "protocol",
+    request = "request",
+    scheme = "scheme",
+    session = "session",
+    sni = "sni",
+    socket_address = "socketAddress",
+    source = "source",
+    stage = "stage",
+    tls_session = "tlsSession",
+    transport = "transport",
+    version = "version",
+    cookie = "cookie",
+    pseudo_authority = ":authority",
+    pseudo_method = ":method",
+    pseudo_path = ":path",
+    pseudo_scheme = ":scheme",
+    protojson = "protojson",
+    v3 = "v3",
+    connect = "connect",
+    transparent = "transparent",
+    explicit = "explicit",
+    tls = "tls",
+    tcp = "tcp",
+    https = "https",
+    get = "GET",
+    post = "POST",
+    head = "HEAD",
+    put = "PUT",
+    patch = "PATCH",
+    delete = "DELETE",
+    options = "OPTIONS",
+    http10 = "HTTP/1.0",
+    http11 = "HTTP/1.1",
+    http2 = "HTTP/2",
 }

@@ -140,11 +140,22 @@ impl Default for UpstreamSection {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct AuditSection {
     /// A file, or "-" for standard output.
     pub(super) path: Option<PathBuf>,
+    /// How long a record may wait to be written with others; 0 writes each at once.
+    pub(super) flush_interval_ms: u64,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        Self {
+            path: None,
+            flush_interval_ms: super::DEFAULT_AUDIT_FLUSH_INTERVAL.as_millis() as u64,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

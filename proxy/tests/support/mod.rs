@@ -152,6 +152,13 @@ impl Proxy {
              [policy]\nbundle = \"{bundle}\"\n[tls]\nupstream_extra_roots = [\"upstream-ca.pem\"]\n\
              [upstream]\nconnect_timeout_ms = 2000\n[upstream.connect_to]\n{routes}{extra}"
         );
+        // Each audit record written at once, so a test reads every record of the requests it
+        // made, and the leak check sees them all; tests/audit_log.rs covers buffering.
+        let config = if extra.contains("[audit]") {
+            config
+        } else {
+            format!("{config}\n[audit]\nflush_interval_ms = 0\n")
+        };
         std::fs::write(dir.path().join("cordon.toml"), config).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_cordon-proxy"))
             .arg("--config")
@@ -178,6 +185,25 @@ impl Proxy {
             std::thread::sleep(Duration::from_millis(50));
         }
         proxy
+    }
+
+    /// The proxy's process id (for signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits up to `timeout` for the proxy to exit; its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn path(&self, p: &str) -> PathBuf {

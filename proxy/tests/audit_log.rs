@@ -1,0 +1,140 @@
+//! The audit log's buffering as a user configures it: records are batched for at most
+//! `[audit] flush_interval_ms`, and stopping the proxy (SIGINT, SIGTERM) writes what is still
+//! buffered before it exits.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::{Proxy, spawn_upstream, test_pki, text};
+
+const POLICY: &str = r#"package cordon.egress
+import rego.v1
+
+default decision := {"allowed": false, "reason": "default deny"}
+
+decision := {"allowed": true, "reason": "listed"} if input.destination.host == "allowed.test"
+"#;
+
+/// The audit records for `path`, in file order.
+fn records_for(proxy: &Proxy, path: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(proxy.path("state/audit.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["path"] == path)
+        .collect()
+}
+
+fn get(proxy: &Proxy, path: &str) {
+    let out = proxy.curl(&[&format!("https://allowed.test{path}")]);
+    assert!(text(&out).contains("HTTP/1.1 200"), "{}", text(&out));
+}
+
+#[test]
+fn records_are_written_within_the_default_interval() {
+    let pki = test_pki(&["allowed.test"]);
+    let upstream = spawn_upstream(&pki);
+    // An [audit] section without flush_interval_ms: the default (20 ms) applies.
+    let proxy = Proxy::start(
+        POLICY,
+        upstream,
+        &pki.ca_pem,
+        &["allowed.test"],
+        "[audit]\npath = \"state/audit.log\"\n",
+    );
+    for n in 0..5 {
+        get(&proxy, &format!("/batched/{n}"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let found: usize = (0..5)
+            .map(|n| records_for(&proxy, &format!("/batched/{n}")).len())
+            .sum();
+        if found == 5 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{found} of 5 records written");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Whole lines, in request order.
+    let audit = std::fs::read_to_string(proxy.path("state/audit.log")).unwrap();
+    let paths: Vec<String> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|r| r["path"].as_str().map(str::to_string))
+        .filter(|p| p.starts_with("/batched/"))
+        .collect();
+    assert_eq!(
+        paths,
+        (0..5).map(|n| format!("/batched/{n}")).collect::<Vec<_>>()
+    );
+}
+
+/// With a long interval the record is still buffered after the response; `signal` stops the
+/// proxy, and the record is in the file once it has exited.
+fn stop_writes_buffered_records(signal: &str) {
+    let pki = test_pki(&["allowed.test"]);
+    let upstream = spawn_upstream(&pki);
+    let mut proxy = Proxy::start(
+        POLICY,
+        upstream,
+        &pki.ca_pem,
+        &["allowed.test"],
+        "[audit]\nflush_interval_ms = 10000\n",
+    );
+    let path = format!("/stopped-by-{signal}");
+    get(&proxy, &path);
+    assert!(
+        records_for(&proxy, &path).is_empty(),
+        "the record waits for the interval"
+    );
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &proxy.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = proxy
+        .wait_exit(Duration::from_secs(20))
+        .expect("the proxy exits after the signal");
+    assert!(exit.success(), "{exit:?}");
+    let records = records_for(&proxy, &path);
+    assert_eq!(records.len(), 1, "written at shutdown");
+    assert_eq!(records[0]["decision"], "allow");
+}
+
+#[test]
+fn sigint_writes_buffered_records() {
+    stop_writes_buffered_records("INT");
+}
+
+#[test]
+fn sigterm_writes_buffered_records() {
+    stop_writes_buffered_records("TERM");
+}
+
+#[test]
+fn an_overlong_interval_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("bundle")).unwrap();
+    std::fs::write(dir.path().join("bundle/policy.rego"), POLICY).unwrap();
+    std::fs::write(
+        dir.path().join("cordon.toml"),
+        "[policy]\nbundle = \"bundle\"\n[audit]\nflush_interval_ms = 60000\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cordon-proxy"))
+        .arg("--config")
+        .arg(dir.path().join("cordon.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("audit.flush_interval_ms: 60000 is longer than the 10000 ms allowed"),
+        "{stderr}"
+    );
+}
