@@ -67,7 +67,8 @@ impl GatewayState {
             config.tls.cert_cache_size,
             metrics.leaf_cache(),
         ));
-        let audit = AuditLog::open(&config.audit_path, config.audit_flush_interval).map_err(StartError::Audit)?;
+        let audit = AuditLog::open(&config.audit_path, config.audit_flush_interval)
+            .map_err(StartError::Audit)?;
         let secrets = match &config.credentials_store {
             Some(path) => SecretStore::load(path)?,
             None => SecretStore::empty(),

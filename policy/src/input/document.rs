@@ -10,6 +10,9 @@ use super::{
     ConnectionInput, PolicyInput, RequestInput, SessionInput, Stage, parse_path, parse_query,
 };
 
+/// `{}`: `parsed_query` of a request without a query string.
+static EMPTY_OBJECT: LazyLock<Value> = LazyLock::new(|| Value::from(BTreeMap::new()));
+
 /// `input.version`, the same for every document.
 static VERSION: LazyLock<Value> = LazyLock::new(|| {
     let f = &*FIXED;
@@ -38,6 +41,9 @@ pub struct ConnectionDocument {
     connection_connect: Value,
     connection_request: Value,
     connect_destination: Option<super::Authority>,
+    /// `input.destination` for `connect_destination`: in a tunnel or on a TLS connection every
+    /// request names that host (anything else is refused as fronting before the policy runs).
+    connect_destination_value: Option<Value>,
 }
 
 impl ConnectionDocument {
@@ -97,12 +103,14 @@ impl ConnectionDocument {
             session: SessionInput::unknown(),
             request: None,
         };
+        let connect_destination = connect_input.destination();
         Self {
             attributes,
             session: object(session_fields),
             connection_connect: connection(Stage::Connect),
             connection_request: connection(Stage::Request),
-            connect_destination: connect_input.destination(),
+            connect_destination_value: connect_destination.as_ref().map(destination),
+            connect_destination,
         }
     }
 
@@ -130,22 +138,26 @@ impl ConnectionDocument {
         if let Some(request) = request {
             attributes.push((&f.request, object([(&f.http, http(request))])));
             root.push((&f.parsed_path, strings(parse_path(&request.path))));
-            let query = parse_query(&request.path)
-                .into_iter()
-                .map(|(k, v)| (Value::from(k), strings(v)))
-                .collect::<BTreeMap<_, _>>();
-            root.push((&f.parsed_query, Value::from(query)));
+            let query = if request.path.contains('?') {
+                Value::from(
+                    parse_query(&request.path)
+                        .into_iter()
+                        .map(|(k, v)| (Value::from(k), strings(v)))
+                        .collect::<BTreeMap<_, _>>(),
+                )
+            } else {
+                EMPTY_OBJECT.clone()
+            };
+            root.push((&f.parsed_query, query));
         }
         root.push((&f.attributes, object(attributes)));
         root.push((&f.version, VERSION.clone()));
         if let Some(dst) = destination {
-            root.push((
-                &f.destination,
-                object([
-                    (&f.host, Value::from(dst.host)),
-                    (&f.port, Value::from(u32::from(dst.port))),
-                ]),
-            ));
+            let value = match &self.connect_destination_value {
+                Some(value) if self.connect_destination.as_ref() == Some(&dst) => value.clone(),
+                _ => self::destination(&dst),
+            };
+            root.push((&f.destination, value));
         }
         root.push((&f.session, self.session.clone()));
         root.push((
@@ -205,6 +217,15 @@ fn http(request: &RequestInput) -> Value {
         fields.push((&f.id, Value::from(id.as_str())));
     }
     object(fields)
+}
+
+/// `input.destination`: `{host, port}`.
+fn destination(dst: &super::Authority) -> Value {
+    let f = &*FIXED;
+    object([
+        (&f.host, Value::from(dst.host.as_str())),
+        (&f.port, Value::from(u32::from(dst.port))),
+    ])
 }
 
 /// Envoy's `address.socketAddress` shape.
