@@ -8,7 +8,7 @@ export CARGO_TARGET_DIR
 CARGO ?= cargo
 BIN := $(CARGO_TARGET_DIR)/release
 
-.PHONY: up test bench bench-policy deps build fmt lint unit policy-tests clean
+.PHONY: up test bench bench-policy bench-instructions deps build fmt lint unit policy-tests clean
 
 deps:
 	@scripts/install-deps.sh
@@ -59,6 +59,11 @@ bench: deps
 # The policy engine's own micro-benchmark (criterion).
 bench-policy: deps
 	$(CARGO) bench -p cordon-policy --bench decision
+
+# User-space instructions per proxied request under callgrind: a noise-free A/B measure of a
+# hot-path change (CORDON_BIN=<binary> to measure another build).
+bench-instructions: deps
+	scripts/bench-instructions.sh
 
 clean:
 	$(CARGO) clean

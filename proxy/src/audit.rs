@@ -148,11 +148,11 @@ impl AuditLog {
         let full = SCRATCH.with(|scratch| {
             let Ok(mut line) = scratch.try_borrow_mut() else {
                 // Not re-entered through this crate; a fresh buffer if it ever is.
-                return self.shared.append(&encode(record, &mut Vec::new())?);
+                return Some(self.shared.append(encode(record, &mut Vec::new())?));
             };
             line.clear();
             encode(record, &mut line)?;
-            self.shared.append(&line)
+            Some(self.shared.append(&line))
         });
         if full.is_some_and(|full| full || self.shared.immediate.load(Ordering::Relaxed)) {
             self.shared.flush();
@@ -184,10 +184,10 @@ fn encode<'a, R: Serialize>(record: &R, line: &'a mut Vec<u8>) -> Option<&'a [u8
 
 impl Shared {
     /// Buffers one line; whether the buffer is now full.
-    fn append(&self, line: &[u8]) -> Option<bool> {
+    fn append(&self, line: &[u8]) -> bool {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         pending.extend_from_slice(line);
-        Some(pending.len() >= MAX_PENDING)
+        pending.len() >= MAX_PENDING
     }
 
     fn flush(&self) {
