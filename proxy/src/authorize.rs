@@ -504,7 +504,7 @@ impl Authorizer {
             decision_id: ctx.id.clone(),
             connection_id: conn.map(|c| c.id.clone()),
             session: conn.map_or_else(|| "unknown".into(), |c| c.session.id.clone()),
-            source: conn.map_or_else(String::new, |c| c.input.source.to_string()),
+            source: conn.map_or_else(String::new, |c| c.source.clone()),
             original_destination: conn
                 .and_then(|c| c.input.original_destination.map(|a| a.to_string())),
             mode: conn.map_or("explicit", |c| c.input.mode.as_str()),

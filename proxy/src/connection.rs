@@ -16,6 +16,8 @@ use cordon_policy::{ConnectionInput, SessionInput};
 #[derive(Debug)]
 pub struct ConnectionContext {
     pub id: String,
+    /// `input.source` as text, formatted once for every request's audit record.
+    pub source: String,
     pub input: ConnectionInput,
     pub session: SessionInput,
     /// The constant part of every request's input document, built once. Requests are decided

@@ -456,6 +456,7 @@ impl Gateway {
     ) {
         let context = Arc::new(ConnectionContext {
             id: self.state.next_decision_id(),
+            source: input.source.to_string(),
             input,
             session,
             document,

@@ -95,10 +95,9 @@ impl GatewayState {
 
     /// A new decision id (also the request id the policy sees).
     pub fn next_decision_id(&self) -> String {
-        format!(
-            "{}-{:x}",
-            self.id_prefix,
-            self.next_id.fetch_add(1, Ordering::Relaxed)
+        decision_id(
+            &self.id_prefix,
+            self.next_id.fetch_add(1, Ordering::Relaxed),
         )
     }
 
@@ -186,6 +185,29 @@ impl GatewayState {
                 tracing::error!(error = %e, "policy reload failed; the previous generation keeps serving");
                 Err(e)
             }
+        }
+    }
+}
+
+/// `<prefix>-<n in lower-case hex>`, built without `format!`: this runs for every request.
+fn decision_id(prefix: &str, n: u64) -> String {
+    let mut id = String::with_capacity(prefix.len() + 17);
+    id.push_str(prefix);
+    id.push('-');
+    let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
+    for shift in (0..digits).rev() {
+        let nibble = ((n >> (shift * 4)) & 0xf) as u32;
+        id.push(char::from_digit(nibble, 16).unwrap_or('0'));
+    }
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn decision_ids_are_the_prefix_and_the_counter_in_hex() {
+        for n in [0, 1, 9, 10, 15, 16, 255, 4096, 0xdead_beef, u64::MAX] {
+            assert_eq!(super::decision_id("0a1b2c3d", n), format!("0a1b2c3d-{n:x}"));
         }
     }
 }
