@@ -85,8 +85,15 @@ measure scenario-1 "$PWD/bench/peers/cordon/policy" "https://bench.test:$upstrea
 measure scenario-5 "$PWD/examples/policies/agent-egress" \
     "https://api.github.com:$upstream/repos/rust-lang/rust" -H 'accept: application/vnd.github+json'
 
+shopt -s nullglob
+profiles=("$scratch"/*.callgrind.*.*)
+if (( ${#profiles[@]} == 0 )); then
+    echo "bench-instructions: callgrind wrote no profile of $cordon (is it the proxy binary itself, not a wrapper script? valgrind's log follows)" >&2
+    cat "$scratch/valgrind.log" >&2
+    exit 1
+fi
 echo "instructions per request (callgrind, user space, $n requests, 8 keep-alive connections), $cordon:"
-for f in "$scratch"/*.callgrind.*.*; do
+for f in "${profiles[@]}"; do
     label=$(sed -n 's/^desc: Trigger: dump //p' "$f")
     total=$(sed -n 's/^summary: //p' "$f")
     [[ -n "$label" && -n "$total" ]] && printf '  %s: %d\n' "$label" $((total / n))
