@@ -540,14 +540,16 @@ impl Authorizer {
 
 #[async_trait]
 impl ProxyHttp for Authorizer {
-    type CTX = RequestContext;
+    /// Boxed: Pingora keeps the context inside each request's future, which it boxes and
+    /// moves per request, so a small context is a smaller copy.
+    type CTX = Box<RequestContext>;
 
     fn new_ctx(&self) -> Self::CTX {
-        RequestContext {
+        Box::new(RequestContext {
             id: self.state.next_decision_id(),
             started: Some(Instant::now()),
             ..RequestContext::default()
-        }
+        })
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
