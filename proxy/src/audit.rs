@@ -3,6 +3,7 @@
 //! Records name what was decided and why, never what was carried: no query strings, no header
 //! values, no credentials. docs/AUDIT.md is the schema.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::io::Write;
 use std::path::Path;
@@ -14,34 +15,35 @@ use serde::Serialize;
 
 use crate::config::AuditTarget;
 
-/// One audit record. Optional fields are omitted when unknown.
+/// One audit record. Optional fields are omitted when unknown. It borrows what the request or
+/// connection already holds: it is built, encoded and dropped once per request.
 #[derive(Debug, Clone, Serialize, Default)]
-pub struct AuditRecord {
+pub struct AuditRecord<'a> {
     /// RFC 3339 UTC.
     pub time: String,
     /// `request` or `connection`.
     pub kind: &'static str,
-    pub decision_id: String,
+    pub decision_id: &'a str,
     /// Request records: the id of the connection that carried the request, shared by every
     /// request on one keep-alive or HTTP/2 connection.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub connection_id: Option<String>,
-    pub session: String,
-    pub source: String,
+    pub connection_id: Option<&'a str>,
+    pub session: &'a str,
+    pub source: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub original_destination: Option<String>,
     pub mode: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub sni: Option<String>,
+    pub sni: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub method: Option<String>,
+    pub method: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub host: Option<String>,
+    pub host: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
     /// Path without the query string.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
+    pub path: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub protocol: Option<&'static str>,
     /// allow | deny | error
@@ -51,8 +53,8 @@ pub struct AuditRecord {
     /// policy_failure | bad_request | bad_client_hello | timeout | no_sni | raw_tcp |
     /// tls_handshake | ssrf | resolve | upstream | upstream_timeout | internal.
     pub reason_class: &'static str,
-    pub reason: String,
-    pub policy_generation: String,
+    pub reason: &'a str,
+    pub policy_generation: Cow<'a, str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -61,8 +63,8 @@ pub struct AuditRecord {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub credentials: Vec<String>,
     /// Placeholders swapped for real values, as `secret->header`.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub placeholders: Vec<String>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub placeholders: &'a [String],
     /// Real secret values found in the response and replaced by placeholders.
     #[serde(skip_serializing_if = "is_zero")]
     pub secrets_scrubbed: u64,

@@ -459,11 +459,11 @@ impl Authorizer {
                 refusal.class.as_str(),
                 refusal
                     .logged_reason
-                    .clone()
-                    .unwrap_or_else(|| refusal.reason.clone()),
+                    .as_deref()
+                    .unwrap_or(refusal.reason.as_str()),
             ),
-            (None, Some(d)) => ("allow", "policy", d.reason.clone()),
-            (None, None) => ("error", "internal", "no decision was made".to_string()),
+            (None, Some(d)) => ("allow", "policy", d.reason.as_str()),
+            (None, None) => ("error", "internal", "no decision was made"),
         };
         let protocol = ctx.protocol.map(|p| match p {
             HttpProtocol::Http2 => "http2",
@@ -501,25 +501,25 @@ impl Authorizer {
         self.state.audit.write(&AuditRecord {
             time: now_rfc3339(),
             kind: "request",
-            decision_id: ctx.id.clone(),
-            connection_id: conn.map(|c| c.id.clone()),
-            session: conn.map_or_else(|| "unknown".into(), |c| c.session.id.clone()),
-            source: conn.map_or_else(String::new, |c| c.source.clone()),
+            decision_id: &ctx.id,
+            connection_id: conn.map(|c| c.id.as_str()),
+            session: conn.map_or("unknown", |c| c.session.id.as_str()),
+            source: conn.map_or("", |c| c.source.as_str()),
             original_destination: conn
                 .and_then(|c| c.input.original_destination.map(|a| a.to_string())),
             mode: conn.map_or("explicit", |c| c.input.mode.as_str()),
-            sni: conn.and_then(|c| c.input.sni.clone()),
-            method: ctx.method.clone(),
-            host: ctx.host.clone(),
+            sni: conn.and_then(|c| c.input.sni.as_deref()),
+            method: ctx.method.as_deref(),
+            host: ctx.host.as_deref(),
             port: ctx.port,
-            path: ctx.path.clone(),
+            path: ctx.path.as_deref(),
             protocol,
             decision,
             reason_class: class,
             reason,
             policy_generation: ctx.decision.as_ref().map_or_else(
-                || self.state.policy.generation().info().id.to_string(),
-                |d| d.generation.to_string(),
+                || self.state.policy.generation().info().id.to_string().into(),
+                |d| (*d.generation).into(),
             ),
             status,
             upstream_address: ctx.upstream.map(|a| a.to_string()),
@@ -528,7 +528,7 @@ impl Authorizer {
                 .iter()
                 .map(|i| format!("{}->{}", i.secret, i.header))
                 .collect(),
-            placeholders: ctx.swaps.swapped.clone(),
+            placeholders: &ctx.swaps.swapped,
             secrets_scrubbed: scrubbed,
             bytes_up: ctx.bytes_up,
             bytes_down: ctx.bytes_down,
