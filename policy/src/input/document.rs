@@ -44,6 +44,11 @@ pub struct ConnectionDocument {
     /// `input.destination` for `connect_destination`: in a tunnel or on a TLS connection every
     /// request names that host (anything else is refused as fronting before the policy runs).
     connect_destination_value: Option<Value>,
+    /// Templates for the request stage (see [`fill`]): `attributes` with this connection's
+    /// fields and an empty `request`, and the root with this connection's `version`, `session`
+    /// and `connection` and empty per-request fields.
+    request_attributes: Value,
+    request_root: Value,
 }
 
 impl ConnectionDocument {
@@ -104,13 +109,28 @@ impl ConnectionDocument {
             request: None,
         };
         let connect_destination = connect_input.destination();
+        let session = object(session_fields);
+        let connection_request = connection(Stage::Request);
+        let mut request_attributes = attributes.clone();
+        request_attributes.push((&f.request, Value::Null));
+        let request_root = object([
+            (&f.parsed_path, Value::Null),
+            (&f.parsed_query, Value::Null),
+            (&f.attributes, Value::Null),
+            (&f.version, VERSION.clone()),
+            (&f.destination, Value::Null),
+            (&f.session, session.clone()),
+            (&f.connection, connection_request.clone()),
+        ]);
         Self {
             attributes,
-            session: object(session_fields),
+            session,
             connection_connect: connection(Stage::Connect),
-            connection_request: connection(Stage::Request),
+            connection_request,
             connect_destination_value: connect_destination.as_ref().map(destination),
             connect_destination,
+            request_attributes: object(request_attributes),
+            request_root,
         }
     }
 
@@ -133,31 +153,33 @@ impl ConnectionDocument {
         destination: Option<super::Authority>,
     ) -> Value {
         let f = &*FIXED;
+        if let (Stage::Request, Some(request), Some(dst)) = (stage, request, &destination) {
+            // Every field of the root and of `attributes` is known: fill the templates.
+            let request_object = object([(&f.http, http(request))]);
+            return fill(
+                &self.request_root,
+                [
+                    (&f.parsed_path, strings(parse_path(&request.path))),
+                    (&f.parsed_query, parsed_query(&request.path)),
+                    (
+                        &f.attributes,
+                        fill(&self.request_attributes, [(&f.request, request_object)]),
+                    ),
+                    (&f.destination, self.destination_value(dst)),
+                ],
+            );
+        }
         let mut attributes = self.attributes.clone();
         let mut root = Vec::with_capacity(8);
         if let Some(request) = request {
             attributes.push((&f.request, object([(&f.http, http(request))])));
             root.push((&f.parsed_path, strings(parse_path(&request.path))));
-            let query = if request.path.contains('?') {
-                Value::from(
-                    parse_query(&request.path)
-                        .into_iter()
-                        .map(|(k, v)| (Value::from(k), strings(v)))
-                        .collect::<BTreeMap<_, _>>(),
-                )
-            } else {
-                EMPTY_OBJECT.clone()
-            };
-            root.push((&f.parsed_query, query));
+            root.push((&f.parsed_query, parsed_query(&request.path)));
         }
         root.push((&f.attributes, object(attributes)));
         root.push((&f.version, VERSION.clone()));
         if let Some(dst) = destination {
-            let value = match &self.connect_destination_value {
-                Some(value) if self.connect_destination.as_ref() == Some(&dst) => value.clone(),
-                _ => self::destination(&dst),
-            };
-            root.push((&f.destination, value));
+            root.push((&f.destination, self.destination_value(&dst)));
         }
         root.push((&f.session, self.session.clone()));
         root.push((
@@ -169,6 +191,31 @@ impl ConnectionDocument {
         ));
         object(root)
     }
+}
+
+impl ConnectionDocument {
+    /// `input.destination` for `dst`: the connection's own value when it is the connection's
+    /// destination.
+    fn destination_value(&self, dst: &super::Authority) -> Value {
+        match &self.connect_destination_value {
+            Some(value) if self.connect_destination.as_ref() == Some(dst) => value.clone(),
+            _ => destination(dst),
+        }
+    }
+}
+
+/// `input.parsed_query`: each parameter's values in order; a shared empty object when there is
+/// no query string.
+fn parsed_query(path: &str) -> Value {
+    if !path.contains('?') {
+        return EMPTY_OBJECT.clone();
+    }
+    Value::from(
+        parse_query(path)
+            .into_iter()
+            .map(|(k, v)| (Value::from(k), strings(v)))
+            .collect::<BTreeMap<_, _>>(),
+    )
 }
 
 fn http(request: &RequestInput) -> Value {
@@ -205,7 +252,7 @@ fn http(request: &RequestInput) -> Value {
     headers.insert(f.pseudo_path.clone(), Value::from(request.path.as_str()));
     headers.insert(f.pseudo_scheme.clone(), text(&request.scheme));
 
-    let mut fields = vec![
+    let fields = [
         (&f.method, text(&request.method)),
         (&f.host, Value::from(authority.as_str())),
         (&f.path, Value::from(request.path.as_str())),
@@ -213,10 +260,47 @@ fn http(request: &RequestInput) -> Value {
         (&f.protocol, text(request.protocol.as_str())),
         (&f.headers, Value::from(headers)),
     ];
-    if let Some(id) = &request.id {
-        fields.push((&f.id, Value::from(id.as_str())));
+    match &request.id {
+        // The proxy always names the request.
+        Some(id) => {
+            let [a, b, c, d, e, g] = fields;
+            fill(
+                &HTTP_TEMPLATE,
+                [a, b, c, d, e, g, (&f.id, Value::from(id.as_str()))],
+            )
+        }
+        None => object(fields),
     }
-    object(fields)
+}
+
+/// `attributes.request.http` with every field, for [`fill`].
+static HTTP_TEMPLATE: LazyLock<Value> = LazyLock::new(|| {
+    let f = &*FIXED;
+    object([
+        (&f.method, Value::Null),
+        (&f.host, Value::Null),
+        (&f.path, Value::Null),
+        (&f.scheme, Value::Null),
+        (&f.protocol, Value::Null),
+        (&f.headers, Value::Null),
+        (&f.id, Value::Null),
+    ])
+});
+
+/// `template` (an object) with the values of `fields` put in: every key in `fields` must be
+/// one of the template's. regorus keeps an object in a compact sorted slice and replaces a
+/// value in place when its key exists, so this costs one copy of the template's slots and a
+/// binary search per field, where building the object costs a sort, a tree, and the copy.
+fn fill<const N: usize>(template: &Value, fields: [(&'static Value, Value); N]) -> Value {
+    let Ok(template) = template.as_object() else {
+        return object(fields);
+    };
+    let mut filled = template.clone();
+    for (key, value) in fields {
+        debug_assert!(filled.contains_key(key), "{key:?} is not in the template");
+        filled.insert(key.clone(), value);
+    }
+    filled.into_value()
 }
 
 /// `input.destination`: `{host, port}`.

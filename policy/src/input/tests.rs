@@ -246,3 +246,60 @@ fn request_from_url_fills_scheme_authority_and_path() {
     assert!(RequestInput::from_url("G T", "http://x/", vec![]).is_err());
     assert!(RequestInput::from_url("GET", "http://user@x/", vec![]).is_err());
 }
+
+/// The whole request-stage document, key for key: the per-connection templates it is filled
+/// from must add nothing, drop nothing and leave no placeholder behind.
+#[test]
+fn the_request_document_is_exactly_the_envoy_shape() {
+    let mut input = request("/repos/o/r?per_page=1", &[("Accept", "text/plain")]);
+    input.session.labels.insert("team".into(), "infra".into());
+    let expected = serde_json::json!({
+        "attributes": {
+            "destination": {"address": {"socketAddress": {"address": "192.0.2.10", "portValue": 443}}},
+            "request": {"http": {
+                "headers": {
+                    ":authority": "api.github.com",
+                    ":method": "GET",
+                    ":path": "/repos/o/r?per_page=1",
+                    ":scheme": "https",
+                    "accept": "text/plain",
+                },
+                "host": "api.github.com",
+                "id": "req-1",
+                "method": "GET",
+                "path": "/repos/o/r?per_page=1",
+                "protocol": "HTTP/2",
+                "scheme": "https",
+            }},
+            "source": {"address": {"socketAddress": {"address": "10.200.0.2", "portValue": 50000}}},
+            "tlsSession": {"sni": "api.github.com"},
+        },
+        "connection": {
+            "mode": "transparent",
+            "original_destination": {"address": "192.0.2.10", "port": 443},
+            "sni": "api.github.com",
+            "source": {"address": "10.200.0.2", "port": 50000},
+            "stage": "request",
+            "transport": "tls",
+        },
+        "destination": {"host": "api.github.com", "port": 443},
+        "parsed_path": ["repos", "o", "r"],
+        "parsed_query": {"per_page": ["1"]},
+        "session": {"id": "sesn_1", "labels": {"team": "infra"}},
+        "version": {"encoding": "protojson", "ext_authz": "v3"},
+    });
+    assert_eq!(json(&input), expected);
+    // A request on the same connection to another host (the proxy refuses that as fronting
+    // before asking, but the document must still say so) and one without an id.
+    let cached = ConnectionDocument::new(&input.connection, &input.session);
+    let mut other = input.request.clone().unwrap();
+    other.authority = "example.org".into();
+    other.id = None;
+    let doc = serde_json::to_value(cached.request(&other)).unwrap();
+    assert_eq!(
+        doc["destination"],
+        serde_json::json!({"host": "example.org", "port": 443})
+    );
+    assert!(doc["attributes"]["request"]["http"].get("id").is_none());
+    assert_eq!(doc["attributes"]["request"]["http"]["host"], "example.org");
+}
