@@ -86,8 +86,8 @@ const MAX_PENDING: usize = 256 * 1024;
 ///
 /// With a flush interval (`[audit] flush_interval_ms`, the default), records are encoded into
 /// a buffer and written by a background thread once per interval, in one `write`: one system
-/// call per interval instead of one per request, which was about a tenth of the proxy's CPU
-/// per small request. A record reaches the file at most one interval after its request ends;
+/// call per interval instead of one per request (a sixth of the proxy's system calls for small
+/// keep-alive requests). A record reaches the file at most one interval after its request ends;
 /// shutdown (SIGTERM or SIGINT) writes what is buffered, SIGKILL loses at most one interval.
 /// Without one, each record is written at once. Either way records are written whole, in
 /// order, never interleaved.

@@ -191,9 +191,7 @@ impl ConnectionDocument {
         ));
         object(root)
     }
-}
 
-impl ConnectionDocument {
     /// `input.destination` for `dst`: the connection's own value when it is the connection's
     /// destination.
     fn destination_value(&self, dst: &super::Authority) -> Value {
