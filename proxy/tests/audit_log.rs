@@ -21,10 +21,9 @@ decision := {"allowed": true, "reason": "listed"} if input.destination.host == "
 
 /// The audit records for `path`, in file order.
 fn records_for(proxy: &Proxy, path: &str) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(proxy.path("state/audit.log"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    proxy
+        .audit_records()
+        .into_iter()
         .filter(|r| r["path"] == path)
         .collect()
 }

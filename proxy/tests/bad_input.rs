@@ -42,18 +42,11 @@ fn read_to_close(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn audit(proxy: &Proxy) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(proxy.path("state/audit.log"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn wait_for_audit(proxy: &Proxy, class: &str) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Some(r) = audit(proxy)
+        if let Some(r) = proxy
+            .audit_records()
             .into_iter()
             .find(|r| r["reason_class"] == class)
         {

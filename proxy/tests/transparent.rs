@@ -209,17 +209,13 @@ fn evidence(proxy: &Proxy, out: &Output) -> String {
 fn audit_until(proxy: &Proxy, wanted: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let audit = std::fs::read_to_string(proxy.path("state/audit.log")).unwrap_or_default();
-        let records: Vec<serde_json::Value> = audit
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        if let Some(found) = records.into_iter().find(&wanted) {
-            return found;
+        let records = proxy.audit_records();
+        if let Some(found) = records.iter().find(|r| wanted(r)) {
+            return found.clone();
         }
         assert!(
             Instant::now() < deadline,
-            "no matching audit record:\n{audit}\nproxy log:\n{}",
+            "no matching audit record:\n{records:#?}\nproxy log:\n{}",
             std::fs::read_to_string(proxy.path("proxy.log")).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(50));

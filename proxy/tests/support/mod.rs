@@ -206,6 +206,15 @@ impl Proxy {
         }
     }
 
+    /// The audit log's records so far, in file order (a line still being written is skipped).
+    pub fn audit_records(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.path("state/audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
     pub fn path(&self, p: &str) -> PathBuf {
         self.dir.path().join(p)
     }
