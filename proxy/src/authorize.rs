@@ -5,14 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use bytes::Bytes;
 use cordon_policy::input::parse_authority;
 use cordon_policy::{Decision, HttpProtocol, RequestInput};
-use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::prelude::HttpPeer;
-use pingora::protocols::ALPN;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
 use crate::audit::{AuditRecord, now_rfc3339};
@@ -79,7 +75,39 @@ struct Injection {
     value: crate::credentials::SecretValue,
 }
 
+impl RequestContext {
+    /// Whether the upstream leg must offer HTTP/2 (the client's leg is HTTP/2, or the host
+    /// refuses HTTP/1.1; see `upstream::protocols`).
+    pub(crate) fn upstream_http2(&self) -> bool {
+        self.upstream_h2
+    }
+}
+
 impl Authorizer {
+    /// A new request's context; `conn` when the caller already knows the connection.
+    pub(crate) fn context(&self, conn: Option<Arc<ConnectionContext>>) -> Box<RequestContext> {
+        Box::new(RequestContext {
+            conn,
+            id: self.state.next_decision_id(),
+            started: Some(Instant::now()),
+            ..RequestContext::default()
+        })
+    }
+
+    /// Decides the request. A refused request has its refusal written and recorded in `ctx`;
+    /// returns whether it was refused.
+    pub(crate) async fn admit(&self, session: &mut Session, ctx: &mut RequestContext) -> bool {
+        match self.authorize(session, ctx).await {
+            Ok(()) => false,
+            Err(refusal) => {
+                refusal.write(session, &ctx.id).await;
+                ctx.status = Some(refusal.status);
+                ctx.refusal = Some(refusal);
+                true
+            }
+        }
+    }
+
     fn connection(&self, session: &Session) -> Option<Arc<ConnectionContext>> {
         let peer = session.client_addr()?.as_inet()?;
         let local = session.server_addr()?.as_inet()?;
@@ -88,13 +116,16 @@ impl Authorizer {
 
     /// Decides the request; `Err` is the refusal to send.
     async fn authorize(&self, session: &Session, ctx: &mut RequestContext) -> Result<(), Refusal> {
-        let conn = self.connection(session).ok_or_else(|| {
-            Refusal::new(
-                500,
-                RefusalClass::Internal,
-                "the proxy lost track of this connection",
-            )
-        })?;
+        let conn = match ctx.conn.clone() {
+            Some(conn) => conn,
+            None => self.connection(session).ok_or_else(|| {
+                Refusal::new(
+                    500,
+                    RefusalClass::Internal,
+                    "the proxy lost track of this connection",
+                )
+            })?,
+        };
         ctx.conn = Some(conn.clone());
         let header = session.req_header();
         let header_bytes: usize = header
@@ -449,7 +480,7 @@ impl Authorizer {
         }
     }
 
-    fn audit(&self, session: &Session, ctx: &RequestContext) {
+    pub(crate) fn audit(&self, session: &Session, ctx: &RequestContext) {
         let scrubbed = ctx.scrubber.as_ref().map_or(0, Scrubber::replaced);
         self.count_credentials(ctx, scrubbed);
         let conn = ctx.conn.as_ref();
@@ -538,302 +569,5 @@ impl Authorizer {
     }
 }
 
-#[async_trait]
-impl ProxyHttp for Authorizer {
-    /// Boxed: Pingora keeps the context inside each request's future, which it boxes and
-    /// moves per request, so a small context is a smaller copy.
-    type CTX = Box<RequestContext>;
-
-    fn new_ctx(&self) -> Self::CTX {
-        Box::new(RequestContext {
-            id: self.state.next_decision_id(),
-            started: Some(Instant::now()),
-            ..RequestContext::default()
-        })
-    }
-
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
-        match self.authorize(session, ctx).await {
-            Ok(()) => Ok(false),
-            Err(refusal) => {
-                refusal.write(session, &ctx.id).await;
-                ctx.status = Some(refusal.status);
-                ctx.refusal = Some(refusal);
-                Ok(true)
-            }
-        }
-    }
-
-    async fn upstream_peer(
-        &self,
-        session: &mut Session,
-        ctx: &mut Self::CTX,
-    ) -> Result<Box<HttpPeer>> {
-        let (Some(address), Some(host), Some(port), Some(conn)) =
-            (ctx.upstream, ctx.host.clone(), ctx.port, ctx.conn.as_ref())
-        else {
-            return Err(Error::explain(
-                ErrorType::InternalError,
-                "no upstream was chosen",
-            ));
-        };
-        // The upstream leg mirrors the client's (see `upstream::protocols`).
-        ctx.upstream_h2 = ctx.upstream_h2
-            || session.is_http2()
-            || (conn.tls && self.state.http2_only.contains(&host, port));
-        // The SNI is the host name, never empty: an empty SNI makes pingora skip certificate
-        // verification.
-        let mut peer = HttpPeer::new(address, conn.tls, host);
-        let options = &mut peer.options;
-        options.verify_cert = true;
-        options.verify_hostname = true;
-        options.alpn = if conn.tls && ctx.upstream_h2 {
-            ALPN::H2H1
-        } else {
-            ALPN::H1
-        };
-        options.connection_timeout = Some(self.state.config.upstream.connect_timeout);
-        options.read_timeout = Some(self.state.config.upstream.read_timeout);
-        ctx.upstream_started = Some(Instant::now());
-        Ok(Box::new(peer))
-    }
-
-    /// An upstream that speaks only HTTP/2 refuses an HTTP/1.1-only offer: retry once offering
-    /// `h2`, and remember the host.
-    fn fail_to_connect(
-        &self,
-        _session: &mut Session,
-        _peer: &HttpPeer,
-        ctx: &mut Self::CTX,
-        mut e: Box<Error>,
-    ) -> Box<Error> {
-        if !ctx.upstream_h2
-            && crate::upstream::protocols::refused_alpn(&e)
-            && let (Some(host), Some(port)) = (ctx.host.as_deref(), ctx.port)
-        {
-            self.state.http2_only.remember(host, port);
-            ctx.upstream_h2 = true;
-            e.set_retry(true);
-        }
-        e
-    }
-
-    async fn upstream_request_filter(
-        &self,
-        session: &mut Session,
-        upstream_request: &mut RequestHeader,
-        ctx: &mut Self::CTX,
-    ) -> Result<()> {
-        // HTTP/1 absolute-form (explicit plain HTTP) becomes origin-form with a Host header.
-        // An HTTP/2 request keeps its URI: its authority lives there (`:authority`), and
-        // pingora needs it to address an HTTP/2 upstream.
-        if !session.is_http2() && upstream_request.uri.scheme().is_some() {
-            if let Some(authority) = upstream_request
-                .uri
-                .authority()
-                .map(|a| a.as_str().to_string())
-                && upstream_request.headers.get(http::header::HOST).is_none()
-            {
-                upstream_request.insert_header(http::header::HOST, authority)?;
-            }
-            let origin: http::Uri = upstream_request
-                .uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .parse()
-                .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "bad request target"))?;
-            upstream_request.set_uri(origin);
-        }
-        for name in PROXY_HEADERS {
-            upstream_request.remove_header(name);
-        }
-        for (name, values) in &ctx.swaps.headers {
-            upstream_request.remove_header(name);
-            for value in values {
-                let mut value = http::HeaderValue::from_bytes(value).map_err(|_| {
-                    Error::explain(
-                        ErrorType::InvalidHTTPHeader,
-                        "a swapped credential is not a valid header value",
-                    )
-                })?;
-                // Debug logs (pingora's own included) print it as `Sensitive`.
-                value.set_sensitive(true);
-                upstream_request.append_header(name.clone(), value)?;
-            }
-        }
-        // A compressed response could carry an echoed secret past the scrubber, and a range
-        // request could fetch an echoed value in pieces too small to recognise.
-        if ctx.scrubber.is_some() {
-            upstream_request.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
-            upstream_request.remove_header(&http::header::RANGE);
-            upstream_request.remove_header(&http::header::IF_RANGE);
-        }
-        let Some(decision) = &ctx.decision else {
-            return Ok(());
-        };
-        for name in &decision.request_headers_to_remove {
-            upstream_request.remove_header(name.as_str());
-        }
-        // OPA-Envoy semantics: `headers` overwrite on allow; a repeated name adds values.
-        let mut set: Vec<&str> = Vec::new();
-        for (name, value) in &decision.headers {
-            if set.contains(&name.as_str()) {
-                upstream_request.append_header(name.clone(), value.as_str())?;
-            } else {
-                upstream_request.insert_header(name.clone(), value.as_str())?;
-                set.push(name);
-            }
-        }
-        // Credentials last, so nothing the client sent or the decision's header changes did
-        // can stand in their header's place.
-        for injection in &ctx.injections {
-            upstream_request.remove_header(injection.header.as_str());
-            let mut value =
-                http::HeaderValue::from_str(injection.value.expose()).map_err(|_| {
-                    Error::explain(
-                        ErrorType::InvalidHTTPHeader,
-                        "an injected credential is not a valid header value",
-                    )
-                })?;
-            value.set_sensitive(true);
-            upstream_request.insert_header(injection.header.clone(), value)?;
-        }
-        Ok(())
-    }
-
-    async fn response_filter(
-        &self,
-        session: &mut Session,
-        upstream_response: &mut ResponseHeader,
-        ctx: &mut Self::CTX,
-    ) -> Result<()> {
-        ctx.status = Some(upstream_response.status.as_u16());
-        if ctx.scrubber.is_some() {
-            self.prepare_scrubbing(session, upstream_response, ctx)?;
-        }
-        if let Some(decision) = &ctx.decision {
-            for (name, value) in &decision.response_headers_to_add {
-                upstream_response.append_header(name.clone(), value.as_str())?;
-            }
-        }
-        Ok(())
-    }
-
-    /// HTTP/2 trailers (gRPC's `grpc-message`, say) are scrubbed like headers.
-    async fn response_trailer_filter(
-        &self,
-        _session: &mut Session,
-        trailers: &mut http::HeaderMap,
-        ctx: &mut Self::CTX,
-    ) -> Result<Option<Bytes>> {
-        let Some(scrubber) = ctx.scrubber.as_mut() else {
-            return Ok(None);
-        };
-        let mut rewrites = Vec::new();
-        for (name, value) in trailers.iter() {
-            if let Some(clean) = scrubber.scrub_all(value.as_bytes()) {
-                rewrites.push((name.clone(), clean));
-            }
-        }
-        for (name, clean) in rewrites {
-            let value = http::HeaderValue::from_bytes(&clean).map_err(|_| {
-                Error::explain(
-                    ErrorType::InvalidHTTPHeader,
-                    "a scrubbed trailer is invalid",
-                )
-            })?;
-            trailers.insert(name, value);
-        }
-        Ok(None)
-    }
-
-    async fn request_body_filter(
-        &self,
-        _session: &mut Session,
-        body: &mut Option<Bytes>,
-        _end_of_stream: bool,
-        ctx: &mut Self::CTX,
-    ) -> Result<()> {
-        if let Some(body) = body {
-            ctx.bytes_up += body.len() as u64;
-        }
-        Ok(())
-    }
-
-    fn response_body_filter(
-        &self,
-        _session: &mut Session,
-        body: &mut Option<Bytes>,
-        end_of_stream: bool,
-        ctx: &mut Self::CTX,
-    ) -> Result<Option<Duration>> {
-        if let Some(scrubber) = &mut ctx.scrubber {
-            let chunk = body.take().unwrap_or_default();
-            let out = scrubber.push(&chunk, end_of_stream);
-            if !out.is_empty() {
-                *body = Some(out);
-            }
-        }
-        if let Some(body) = body {
-            ctx.bytes_down += body.len() as u64;
-        }
-        Ok(None)
-    }
-
-    async fn fail_to_proxy(
-        &self,
-        session: &mut Session,
-        e: &Error,
-        ctx: &mut Self::CTX,
-    ) -> FailToProxy {
-        let (status, class) = match e.etype() {
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
-                (504, RefusalClass::UpstreamTimeout)
-            }
-            ErrorType::HTTPStatus(code) => (*code, RefusalClass::BadRequest),
-            _ => match e.esource() {
-                pingora::ErrorSource::Downstream => (400, RefusalClass::BadRequest),
-                pingora::ErrorSource::Upstream => (502, RefusalClass::Upstream),
-                _ => (500, RefusalClass::Internal),
-            },
-        };
-        let host = ctx.host.clone().unwrap_or_default();
-        // The sandbox learns the class and the host; the full error goes to the audit log.
-        let (refusal, logged) = match ctx.late_refusal.take() {
-            Some(refusal) => (refusal.clone(), refusal),
-            None => {
-                let refusal =
-                    Refusal::new(status, class, format!("{host}: {}", e.etype().as_str()));
-                let mut logged = refusal.clone();
-                logged.logged_reason = Some(format!("{host}: {e}"));
-                (refusal, logged)
-            }
-        };
-        let status = refusal.status;
-        if session.response_written().is_none() {
-            refusal.write(session, &ctx.id).await;
-        }
-        ctx.status = Some(status);
-        ctx.refusal = Some(logged);
-        FailToProxy {
-            error_code: status,
-            can_reuse_downstream: false,
-        }
-    }
-
-    /// What pingora prints for a failed request: method, host and path, never the query string
-    /// (it may carry tokens) or headers.
-    fn request_summary(&self, session: &Session, ctx: &Self::CTX) -> String {
-        let method = session.req_header().method.as_str();
-        let path = ctx.path.as_deref().unwrap_or("/");
-        format!(
-            "{method} {}{path} (decision {})",
-            ctx.host.as_deref().unwrap_or("-"),
-            ctx.id
-        )
-    }
-
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
-        self.audit(session, ctx);
-    }
-}
+mod hooks;
+mod phases;

@@ -10,8 +10,8 @@ use cordon_policy::input::{ConnectionDocument, parse_authority};
 use cordon_policy::{ConnectionInput, Decision, ListenerMode, TlsHandling, Transport};
 use pingora::apps::ServerApp;
 use pingora::listeners::tls::Acceptor;
-use pingora::protocols::Stream;
 use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::{ALPN, Stream};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,6 +22,7 @@ use crate::config::{ConnectStage, NoSniAction};
 use crate::connection::ConnectionContext;
 use crate::intercept::client_hello::{FirstBytes, MAX_CLIENT_HELLO, classify};
 use crate::intercept::leaf_cache::{FixedResolver, SniResolver};
+use crate::relay::Relay;
 use crate::state::GatewayState;
 
 /// Where a transparent connection was going. A seam: production reads SO_ORIGINAL_DST from the
@@ -45,7 +46,10 @@ impl OriginalDestination for SocketOriginalDestination {
 pub struct Gateway {
     pub state: Arc<GatewayState>,
     pub mode: ListenerMode,
+    /// HTTP/2 client connections.
     pub http: Arc<HttpProxy<Authorizer>>,
+    /// HTTP/1.x client connections.
+    pub relay: Arc<Relay>,
     pub acceptor: Arc<Acceptor>,
     pub original_destination: Arc<dyn OriginalDestination>,
 }
@@ -464,11 +468,14 @@ impl Gateway {
             tunnel,
             scrub: Default::default(),
         });
-        let _registration = self.state.connections.register(peer, local, context);
-        let mut next = Some(stream);
-        // pingora hands a reusable HTTP/1.1 connection back for its next request.
-        while let Some(stream) = next.take() {
-            next = pingora::apps::ServerApp::process_new(&self.http, stream, shutdown).await;
+        let _registration = self
+            .state
+            .connections
+            .register(peer, local, context.clone());
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            pingora::apps::ServerApp::process_new(&self.http, stream, shutdown).await;
+        } else {
+            self.relay.serve(stream, &context, shutdown).await;
         }
     }
 

@@ -21,6 +21,7 @@ pub mod dns;
 pub mod gateway;
 pub mod intercept;
 pub mod metrics;
+pub mod relay;
 pub mod respond;
 pub mod server;
 pub mod sessions;

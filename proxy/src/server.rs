@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use cordon_policy::ListenerMode;
+use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
@@ -12,6 +13,7 @@ use pingora::services::listening::Service;
 use crate::admin::{AdminApi, MetricsEndpoint};
 use crate::authorize::Authorizer;
 use crate::gateway::{Gateway, OriginalDestination, SocketOriginalDestination, sni_acceptor};
+use crate::relay::Relay;
 use crate::state::GatewayState;
 
 /// Why the server could not be assembled.
@@ -52,6 +54,15 @@ pub fn build(
             state: state.clone(),
         },
     ));
+    let relay = Arc::new(Relay::new(
+        Authorizer {
+            state: state.clone(),
+        },
+        TransportConnector::new(Some(ConnectorOptions::from_server_conf(
+            &server.configuration,
+        ))),
+        http.clone(),
+    ));
     let acceptor = Arc::new(sni_acceptor(&state).map_err(ServeError::Tls)?);
     let original_destination =
         original_destination.unwrap_or_else(|| Arc::new(SocketOriginalDestination));
@@ -65,6 +76,7 @@ pub fn build(
             state: state.clone(),
             mode,
             http: http.clone(),
+            relay: relay.clone(),
             acceptor: acceptor.clone(),
             original_destination: original_destination.clone(),
         };

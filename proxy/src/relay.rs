@@ -1,0 +1,391 @@
+//! The HTTP/1.1 relay for intercepted and plaintext client connections.
+//!
+//! Pingora's proxy is general: per request it boxes a future of about 13 KiB, runs the two
+//! directions as separate futures joined by channels, returns the upstream connection to a
+//! shared pool (spawning a task to watch it while idle) and takes it back for the next request.
+//! For the common agent request (a small GET over a kept-alive connection) that machinery cost
+//! more CPU than the policy decision. The relay serves such requests itself with Pingora's own
+//! HTTP/1 codec and the same admission and filter phases (`crate::authorize`), and keeps each
+//! client connection's upstream connection to itself between requests.
+//!
+//! Which requests qualify is decided from the raw head before anything is consumed
+//! (`head.rs`): plain, bodyless GET and HEAD in origin form. Everything else, and a request the
+//! relay cannot finish the same way (an upstream that only speaks HTTP/2), is handed to
+//! Pingora's proxy together with the bytes already read, so the two paths never disagree on
+//! what a request means. HTTP/2 client connections go to Pingora directly (`gateway.rs`).
+
+mod head;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use pingora::apps::HttpServerApp;
+use pingora::connectors::TransportConnector;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::protocols::Stream;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::http::v1::client::HttpSession as UpstreamSession;
+use pingora::proxy::{HttpProxy, Session};
+use pingora::server::ShutdownWatch;
+use pingora::{Error, ErrorType, Result};
+use tokio::io::AsyncReadExt;
+
+use crate::authorize::{Authorizer, RequestContext};
+use crate::connection::ConnectionContext;
+use head::Head;
+
+/// How long a client connection may sit idle waiting for its next request (Pingora's default
+/// HTTP/1 keep-alive).
+const IDLE: Duration = Duration::from_secs(60);
+
+/// Bytes asked of the client stream per read while a head is incomplete.
+const READ_SIZE: usize = 4096;
+
+/// Serves HTTP/1.x client connections (see the module docs).
+pub struct Relay {
+    authorizer: Authorizer,
+    connector: TransportConnector,
+    proxy: Arc<HttpProxy<Authorizer>>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay").finish_non_exhaustive()
+    }
+}
+
+/// The upstream connection a client connection keeps between its requests.
+struct Held {
+    peer: Box<HttpPeer>,
+    stream: Stream,
+}
+
+impl Held {
+    /// Whether this connection reaches `peer` as `peer` asks: same address, TLS and name.
+    fn serves(&self, peer: &HttpPeer) -> bool {
+        self.peer._address == peer._address
+            && self.peer.scheme == peer.scheme
+            && self.peer.sni == peer.sni
+    }
+}
+
+/// How one relayed request left the client connection.
+enum Outcome {
+    /// Ready for the next request; the bytes already read of it.
+    Next(Stream, BytesMut),
+    /// Pingora's to serve after all, from these bytes.
+    HandOff(Stream, BytesMut),
+    Close,
+}
+
+impl Relay {
+    pub fn new(
+        authorizer: Authorizer,
+        connector: TransportConnector,
+        proxy: Arc<HttpProxy<Authorizer>>,
+    ) -> Self {
+        Self {
+            authorizer,
+            connector,
+            proxy,
+        }
+    }
+
+    /// Serves a client connection's requests until it closes.
+    pub async fn serve(
+        &self,
+        mut stream: Stream,
+        conn: &Arc<ConnectionContext>,
+        shutdown: &ShutdownWatch,
+    ) {
+        let mut held: Option<Held> = None;
+        let mut read = BytesMut::new();
+        loop {
+            let Some(head) = read_head(&mut stream, &mut read, shutdown).await else {
+                return;
+            };
+            let outcome = match head {
+                Head::Relay => {
+                    let closing = *shutdown.borrow();
+                    self.relay(stream, read, conn, &mut held, closing).await
+                }
+                _ => Outcome::HandOff(stream, read),
+            };
+            (stream, read) = match outcome {
+                Outcome::Next(stream, read) => (stream, read),
+                Outcome::HandOff(stream, read) => {
+                    match self.hand_off(stream, read, shutdown).await {
+                        Some(stream) => (stream, BytesMut::new()),
+                        None => return,
+                    }
+                }
+                Outcome::Close => return,
+            };
+        }
+    }
+
+    /// Lets Pingora's proxy serve the request that starts with `read`; returns the connection
+    /// if it stays open.
+    async fn hand_off(
+        &self,
+        stream: Stream,
+        read: BytesMut,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let mut session = ServerSession::new_http1(stream);
+        session.set_keepalive((!*shutdown.borrow()).then_some(IDLE.as_secs()));
+        if !read.is_empty() {
+            session.set_pipelined_prefix(read);
+        }
+        let reused = self.proxy.process_new_http(session, shutdown).await?;
+        // The settings carry a keep-alive already applied per request, and pipelined bytes
+        // only when pipelining is on, which Cordon leaves off.
+        let (stream, _settings) = reused.consume();
+        Some(stream)
+    }
+
+    /// Serves one request whose complete head is in `read`.
+    async fn relay(
+        &self,
+        stream: Stream,
+        read: BytesMut,
+        conn: &Arc<ConnectionContext>,
+        held: &mut Option<Held>,
+        closing: bool,
+    ) -> Outcome {
+        // Kept in case the request must go to Pingora after all.
+        let replay = read.clone();
+        let mut session = Session::new_h1(stream);
+        session.set_keepalive((!closing).then_some(IDLE.as_secs()));
+        session.downstream_session.set_pipelined_prefix(read);
+        if !matches!(session.read_request().await, Ok(true)) {
+            // Pingora's parser is stricter than the head check: its own path answers.
+            return hand_back(session, replay);
+        }
+        let mut ctx = self.authorizer.context(Some(conn.clone()));
+        if self.authorizer.admit(&mut session, &mut ctx).await {
+            self.authorizer.audit(&session, &ctx);
+            return finish(session).await;
+        }
+        let peer = match self.authorizer.peer(false, &mut ctx) {
+            Ok(peer) => peer,
+            Err(e) => return self.failed(session, ctx, e).await,
+        };
+        if ctx.upstream_http2() {
+            // A host known to speak only HTTP/2: Pingora's HTTP/2 client serves it.
+            return hand_back(session, replay);
+        }
+        let (mut upstream, reused) = match held.take().filter(|h| h.serves(&peer)) {
+            Some(held) => (upstream_session(held.stream, &peer), true),
+            None => match self.connect(&peer).await {
+                Ok(upstream) => (upstream, false),
+                Err(e) => {
+                    let e = self.authorizer.connect_failed(&mut ctx, e);
+                    if ctx.upstream_http2() {
+                        tracing::warn!(
+                            "{} refused HTTP/1.1 ({e}); offering h2 from now on",
+                            peer.sni
+                        );
+                        return hand_back(session, replay);
+                    }
+                    return self.failed(session, ctx, e).await;
+                }
+            },
+        };
+
+        let mut request = Box::new(session.req_header().clone());
+        // `head.rs` let through only `keep-alive` and `close` here: nothing else is hop-by-hop.
+        request.remove_header(&http::header::CONNECTION);
+        if let Err(e) = self.authorizer.rewrite_request(false, &mut request, &ctx) {
+            return self.failed(session, ctx, e).await;
+        }
+        let resend = reused.then(|| request.clone());
+        let mut sent = exchange(&mut upstream, request).await;
+        if let (Err(_), Some(request)) = (&sent, resend) {
+            // A kept-alive upstream connection may have closed while idle; GET and HEAD may be
+            // sent again, once, on a fresh one.
+            sent = match self.connect(&peer).await {
+                Ok(fresh) => {
+                    upstream = fresh;
+                    exchange(&mut upstream, request).await
+                }
+                Err(e) => Err(e),
+            };
+        }
+        if let Err(e) = sent {
+            return self.failed(session, ctx, e.into_up()).await;
+        }
+
+        if let Err(e) = self.respond(&mut session, &mut upstream, &mut ctx).await {
+            return self.failed(session, ctx, e).await;
+        }
+        upstream.respect_keepalive();
+        *held = upstream.reuse().await.map(|stream| Held { peer, stream });
+        self.authorizer.audit(&session, &ctx);
+        finish(session).await
+    }
+
+    /// Passes the upstream's response to the client through the response phases.
+    async fn respond(
+        &self,
+        session: &mut Session,
+        upstream: &mut UpstreamSession,
+        ctx: &mut RequestContext,
+    ) -> Result<()> {
+        let Some(header) = upstream.resp_header() else {
+            return Error::e_explain(ErrorType::InternalError, "no upstream response header");
+        };
+        let mut response = Box::new(header.clone());
+        let mut done = upstream.is_body_done();
+        frame_for_client(session, &mut response, done);
+        self.authorizer
+            .filter_response(session, &mut response, ctx)?;
+        session
+            .downstream_session
+            .write_response_header(response)
+            .await
+            .map_err(Error::into_down)?;
+        while !done {
+            let mut body = upstream.read_body_bytes().await.map_err(Error::into_up)?;
+            done = body.is_none() || upstream.is_body_done();
+            self.authorizer.filter_response_body(&mut body, done, ctx);
+            if let Some(body) = body {
+                session
+                    .downstream_session
+                    .write_response_body(body, false)
+                    .await
+                    .map_err(Error::into_down)?;
+            }
+        }
+        session
+            .downstream_session
+            .finish_body()
+            .await
+            .map_err(Error::into_down)
+    }
+
+    async fn connect(&self, peer: &HttpPeer) -> Result<UpstreamSession> {
+        let stream = self
+            .connector
+            .new_stream(peer)
+            .await
+            .map_err(Error::into_up)?;
+        Ok(upstream_session(stream, peer))
+    }
+
+    /// Ends a request that failed after admission as Pingora's path does: a refusal if no
+    /// response has started, an audit record, and the client connection closed.
+    async fn failed(
+        &self,
+        mut session: Session,
+        mut ctx: Box<RequestContext>,
+        e: Box<Error>,
+    ) -> Outcome {
+        let outcome = self.authorizer.fail(&mut session, &e, &mut ctx).await;
+        self.authorizer.audit(&session, &ctx);
+        if outcome.can_reuse_downstream {
+            finish(session).await
+        } else {
+            Outcome::Close
+        }
+    }
+}
+
+/// Reads until `read` holds a complete head, or something Pingora must judge; `None` when the
+/// client closed, fell idle, failed, or the proxy is shutting down.
+async fn read_head(
+    stream: &mut Stream,
+    read: &mut BytesMut,
+    shutdown: &ShutdownWatch,
+) -> Option<Head> {
+    if *shutdown.borrow() {
+        return None;
+    }
+    let mut watch = shutdown.clone();
+    loop {
+        if !read.is_empty() {
+            match head::classify(read) {
+                Head::Partial => {}
+                head => return Some(head),
+            }
+        }
+        read.reserve(READ_SIZE);
+        let n = tokio::select! {
+            biased;
+            n = pingora::time::timeout(IDLE, stream.read_buf(read)) => n,
+            _ = watch.changed() => return None,
+        };
+        match n {
+            Ok(Ok(n)) if n > 0 => {}
+            // Closed mid-head, failed, or idle too long: nothing to answer.
+            _ => return None,
+        }
+    }
+}
+
+fn upstream_session(stream: Stream, peer: &HttpPeer) -> UpstreamSession {
+    let mut session = UpstreamSession::new_with_options(stream, peer);
+    session.read_timeout = peer.options.read_timeout;
+    session.write_timeout = peer.options.write_timeout;
+    session
+}
+
+/// Sends a bodyless request and reads the response head. Interim (1xx) responses are not
+/// passed on: the request asked for none (`Expect` goes to Pingora), and a 101 without an
+/// `Upgrade` request is the upstream's error.
+async fn exchange(upstream: &mut UpstreamSession, request: Box<RequestHeader>) -> Result<()> {
+    upstream.write_request_header(request).await?;
+    upstream.finish_body().await?;
+    loop {
+        upstream.read_response().await?;
+        match upstream.resp_header().map(|h| h.status.as_u16()) {
+            Some(101) => {
+                return Error::e_explain(
+                    ErrorType::InvalidHTTPHeader,
+                    "101 Switching Protocols to a request that asked for no upgrade",
+                );
+            }
+            Some(100..=199) => continue,
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// Pingora's HTTP/1 rule: a body the upstream frames by closing its connection goes to the
+/// client chunked, so the client's connection survives it.
+fn frame_for_client(session: &Session, response: &mut ResponseHeader, done: bool) {
+    let no_body = session.req_header().method == http::Method::HEAD
+        || matches!(response.status.as_u16(), 204 | 304);
+    if !no_body
+        && !done
+        && !response
+            .headers
+            .contains_key(http::header::TRANSFER_ENCODING)
+        && !response.headers.contains_key(http::header::CONTENT_LENGTH)
+    {
+        response.set_version(http::Version::HTTP_11);
+        // Cannot fail: a static name and value.
+        let _ = response.insert_header(http::header::TRANSFER_ENCODING, "chunked");
+    }
+}
+
+/// The client connection back from a session nothing was written to, for Pingora's path.
+fn hand_back(session: Session, replay: BytesMut) -> Outcome {
+    match *session.downstream_session {
+        ServerSession::H1(h1) => Outcome::HandOff(h1.into_inner(), replay),
+        _ => Outcome::Close,
+    }
+}
+
+/// Flushes the response and keeps the connection if the request allows it.
+async fn finish(session: Session) -> Outcome {
+    match (*session.downstream_session).finish().await {
+        Ok(Some(reusable)) => {
+            let (stream, read) = reusable.into_parts();
+            Outcome::Next(stream, read.unwrap_or_default())
+        }
+        _ => Outcome::Close,
+    }
+}
