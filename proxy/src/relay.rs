@@ -227,7 +227,8 @@ impl Relay {
         finish(session).await
     }
 
-    /// Passes the upstream's response to the client through the response phases.
+    /// Passes the upstream's response to the client through the response phases, all but the
+    /// final flush.
     async fn respond(
         &self,
         session: &mut Session,
@@ -259,11 +260,9 @@ impl Relay {
                     .map_err(Error::into_down)?;
             }
         }
-        session
-            .downstream_session
-            .finish_body()
-            .await
-            .map_err(Error::into_down)
+        // The end of the body is flushed by `finish`, after the audit record is written: a
+        // client that has its whole response can rely on the record being there.
+        Ok(())
     }
 
     async fn connect(&self, peer: &HttpPeer) -> Result<UpstreamSession> {
@@ -379,7 +378,8 @@ fn hand_back(session: Session, replay: BytesMut) -> Outcome {
     }
 }
 
-/// Flushes the response and keeps the connection if the request allows it.
+/// Flushes the response (the last chunk of a chunked body included) and keeps the connection
+/// if the request allows it.
 async fn finish(session: Session) -> Outcome {
     match (*session.downstream_session).finish().await {
         Ok(Some(reusable)) => {

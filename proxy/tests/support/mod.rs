@@ -215,6 +215,23 @@ impl Proxy {
             .collect()
     }
 
+    /// The audit log's request records once there are `n` (the record of a request is written
+    /// just after its response), waiting at most five seconds.
+    pub fn request_records(&self, n: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let records: Vec<_> = self
+                .audit_records()
+                .into_iter()
+                .filter(|r| r["kind"] == "request")
+                .collect();
+            if records.len() >= n || Instant::now() > deadline {
+                return records;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn path(&self, p: &str) -> PathBuf {
         self.dir.path().join(p)
     }
