@@ -8,6 +8,10 @@
 //! HTTP/1 codec and the same admission and filter phases (`crate::authorize`), and keeps each
 //! client connection's upstream connection to itself between requests.
 //!
+//! An upstream connection the client connection stops using (it closes, idles for more than
+//! half a second, or asks for another destination) goes to a shared pool like Pingora's, so a
+//! client that opens a connection per request still reuses upstream connections.
+//!
 //! Which requests qualify is decided from the raw head before anything is consumed
 //! (`head.rs`): plain, bodyless GET and HEAD in origin form. Everything else, and a request the
 //! relay cannot finish the same way (an upstream that only speaks HTTP/2), is handed to
@@ -17,7 +21,7 @@
 mod head;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use pingora::apps::HttpServerApp;
@@ -29,6 +33,7 @@ use pingora::protocols::http::ServerSession;
 use pingora::protocols::http::v1::client::HttpSession as UpstreamSession;
 use pingora::proxy::{HttpProxy, Session};
 use pingora::server::ShutdownWatch;
+use pingora::upstreams::peer::Peer;
 use pingora::{Error, ErrorType, Result};
 use tokio::io::AsyncReadExt;
 
@@ -39,6 +44,11 @@ use head::Head;
 /// How long a client connection may sit idle waiting for its next request (Pingora's default
 /// HTTP/1 keep-alive).
 const IDLE: Duration = Duration::from_secs(60);
+
+/// How long an idle client connection keeps its upstream connection to itself. After that the
+/// upstream connection goes to the shared pool (bounded, least recently used first out), so
+/// many idle clients do not pin as many upstream connections.
+const HELD_IDLE: Duration = Duration::from_millis(500);
 
 /// Bytes asked of the client stream per read while a head is incomplete.
 const READ_SIZE: usize = 4096;
@@ -96,20 +106,33 @@ impl Relay {
     /// Serves a client connection's requests until it closes.
     pub async fn serve(
         &self,
-        mut stream: Stream,
+        stream: Stream,
         conn: &Arc<ConnectionContext>,
         shutdown: &ShutdownWatch,
     ) {
         let mut held: Option<Held> = None;
+        self.serve_requests(stream, conn, shutdown, &mut held).await;
+        if let Some(held) = held {
+            self.release(held);
+        }
+    }
+
+    async fn serve_requests(
+        &self,
+        mut stream: Stream,
+        conn: &Arc<ConnectionContext>,
+        shutdown: &ShutdownWatch,
+        held: &mut Option<Held>,
+    ) {
         let mut read = BytesMut::new();
         loop {
-            let Some(head) = read_head(&mut stream, &mut read, shutdown).await else {
+            let Some(head) = self.read_head(&mut stream, &mut read, shutdown, held).await else {
                 return;
             };
             let outcome = match head {
                 Head::Relay => {
                     let closing = *shutdown.borrow();
-                    self.relay(stream, read, conn, &mut held, closing).await
+                    self.relay(stream, read, conn, held, closing).await
                 }
                 _ => Outcome::HandOff(stream, read),
             };
@@ -177,11 +200,21 @@ impl Relay {
             // A host known to speak only HTTP/2: Pingora's HTTP/2 client serves it.
             return hand_back(session, replay);
         }
-        let (mut upstream, reused) = match held.take().filter(|h| h.serves(&peer)) {
-            Some(held) => (upstream_session(held.stream, &peer), true),
-            None => match self.connect(&peer).await {
-                Ok(upstream) => (upstream, false),
+        let kept = match held.take() {
+            Some(kept) if kept.serves(&peer) => Some(kept),
+            other => {
+                if let Some(other) = other {
+                    self.release(other);
+                }
+                None
+            }
+        };
+        let (mut upstream, reused) = match kept {
+            Some(kept) => (upstream_session(kept.stream, &peer), true),
+            None => match self.connector.get_stream(&*peer).await {
+                Ok((stream, reused)) => (upstream_session(stream, &peer), reused),
                 Err(e) => {
+                    let e = e.into_up();
                     let e = self.authorizer.connect_failed(&mut ctx, e);
                     if ctx.upstream_http2() {
                         tracing::warn!(
@@ -203,7 +236,9 @@ impl Relay {
         }
         let resend = reused.then(|| request.clone());
         let mut sent = exchange(&mut upstream, request).await;
-        if let (Err(_), Some(request)) = (&sent, resend) {
+        if let (Err(e), Some(request)) = (&sent, resend)
+            && stale(e)
+        {
             // A kept-alive upstream connection may have closed while idle; GET and HEAD may be
             // sent again, once, on a fresh one.
             sent = match self.connect(&peer).await {
@@ -265,6 +300,58 @@ impl Relay {
         Ok(())
     }
 
+    /// Puts an upstream connection in the shared pool (closed instead if it is not clean).
+    fn release(&self, held: Held) {
+        let key = held.peer.reuse_hash();
+        self.connector.release_stream(held.stream, key, None);
+    }
+
+    /// Reads until `read` holds a complete head, or something Pingora must judge; `None` when
+    /// the client closed, fell idle, failed, or the proxy is shutting down. A kept upstream
+    /// connection is released to the pool once the client has been idle for `HELD_IDLE`.
+    async fn read_head(
+        &self,
+        stream: &mut Stream,
+        read: &mut BytesMut,
+        shutdown: &ShutdownWatch,
+        held: &mut Option<Held>,
+    ) -> Option<Head> {
+        if *shutdown.borrow() {
+            return None;
+        }
+        let mut watch = shutdown.clone();
+        let started = Instant::now();
+        loop {
+            if !read.is_empty() {
+                match head::classify(read) {
+                    Head::Partial => {}
+                    head => return Some(head),
+                }
+            }
+            read.reserve(READ_SIZE);
+            let wait = if held.is_some() {
+                HELD_IDLE
+            } else {
+                IDLE.saturating_sub(started.elapsed())
+            };
+            let n = tokio::select! {
+                biased;
+                n = pingora::time::timeout(wait, stream.read_buf(read)) => n,
+                _ = watch.changed() => return None,
+            };
+            match n {
+                Ok(Ok(n)) if n > 0 => {}
+                Err(_) if held.is_some() => {
+                    if let Some(kept) = held.take() {
+                        self.release(kept);
+                    }
+                }
+                // Closed mid-head, failed, or idle too long: nothing to answer.
+                _ => return None,
+            }
+        }
+    }
+
     async fn connect(&self, peer: &HttpPeer) -> Result<UpstreamSession> {
         let stream = self
             .connector
@@ -292,36 +379,13 @@ impl Relay {
     }
 }
 
-/// Reads until `read` holds a complete head, or something Pingora must judge; `None` when the
-/// client closed, fell idle, failed, or the proxy is shutting down.
-async fn read_head(
-    stream: &mut Stream,
-    read: &mut BytesMut,
-    shutdown: &ShutdownWatch,
-) -> Option<Head> {
-    if *shutdown.borrow() {
-        return None;
-    }
-    let mut watch = shutdown.clone();
-    loop {
-        if !read.is_empty() {
-            match head::classify(read) {
-                Head::Partial => {}
-                head => return Some(head),
-            }
-        }
-        read.reserve(READ_SIZE);
-        let n = tokio::select! {
-            biased;
-            n = pingora::time::timeout(IDLE, stream.read_buf(read)) => n,
-            _ = watch.changed() => return None,
-        };
-        match n {
-            Ok(Ok(n)) if n > 0 => {}
-            // Closed mid-head, failed, or idle too long: nothing to answer.
-            _ => return None,
-        }
-    }
+/// Whether a failed exchange on a reused upstream connection looks like the upstream having
+/// closed it while idle (as opposed to a slow or broken upstream, which a resend would not fix).
+fn stale(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+    )
 }
 
 fn upstream_session(stream: Stream, peer: &HttpPeer) -> UpstreamSession {

@@ -1,6 +1,6 @@
 //! The HTTP/1.1 relay (`proxy/src/relay.rs`) as clients see it: one kept upstream connection
-//! per client connection, a kept connection the upstream closed replaced without the client
-//! noticing, the upstream's framing carried over faithfully, and requests the relay does not
+//! per client connection and pooled across them, a kept connection the upstream closed
+//! replaced without the client noticing, the upstream's framing carried over faithfully, and requests the relay does not
 //! take (bodies, refusals) served on the same client connection by Pingora's proxy.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -140,6 +140,20 @@ fn keeps_one_upstream_connection_per_client_connection() {
             .iter()
             .all(|r| r["decision"] == "allow" && r["status"] == 200)
     );
+}
+
+#[test]
+fn reuses_upstream_connections_across_client_connections() {
+    let pki = test_pki(&["allowed.test"]);
+    let (upstream, seen) = spawn_upstream(&pki);
+    let proxy = start(&pki, upstream);
+    // A client that opens a connection per request (curl run per command, as agents do): the
+    // upstream connection outlives each client connection in the shared pool.
+    for n in 0..3 {
+        let out = text(&proxy.curl(&["--http1.1", &format!("https://allowed.test/c{n}")]));
+        assert_eq!(statuses(&out), vec!["200"], "{out}");
+    }
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
 }
 
 #[test]
