@@ -15,8 +15,11 @@ use serde::Serialize;
 
 use crate::config::AuditTarget;
 
+mod json;
+
 /// One audit record. Optional fields are omitted when unknown. It borrows what the request or
-/// connection already holds: it is built, encoded and dropped once per request.
+/// connection already holds: it is built, encoded and dropped once per request. It is encoded
+/// by `json.rs`; the derived `Serialize` is that encoder's reference in tests.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct AuditRecord<'a> {
     /// RFC 3339 UTC.
@@ -145,16 +148,34 @@ impl AuditLog {
         Ok(Self { shared })
     }
 
-    /// Writes one record: an [`AuditRecord`], or another kind's record (DNS queries).
-    pub fn write<R: Serialize>(&self, record: &R) {
+    /// Writes a request or connection record.
+    pub fn write(&self, record: &AuditRecord<'_>) {
+        self.write_line(|line| {
+            json::record(record, line);
+            Some(())
+        });
+    }
+
+    /// Writes another kind's record (DNS queries).
+    pub fn write_other<R: Serialize>(&self, record: &R) {
+        self.write_line(|line| {
+            serde_json::to_writer(&mut *line, record)
+                .map_err(|e| tracing::error!(error = %e, "cannot encode an audit record"))
+                .ok()
+        });
+    }
+
+    /// Encodes one line with `encode` (which reports its own failure) and buffers or writes it.
+    fn write_line(&self, encode: impl Fn(&mut Vec<u8>) -> Option<()>) {
         let full = SCRATCH.with(|scratch| {
-            let Ok(mut line) = scratch.try_borrow_mut() else {
-                // Not re-entered through this crate; a fresh buffer if it ever is.
-                return Some(self.shared.append(encode(record, &mut Vec::new())?));
-            };
+            let mut fresh = Vec::new();
+            // Not re-entered through this crate; a fresh buffer if it ever is.
+            let mut borrowed = scratch.try_borrow_mut().ok();
+            let line = borrowed.as_deref_mut().unwrap_or(&mut fresh);
             line.clear();
-            encode(record, &mut line)?;
-            Some(self.shared.append(&line))
+            encode(line)?;
+            line.push(b'\n');
+            Some(self.shared.append(line))
         });
         if full.is_some_and(|full| full || self.shared.immediate.load(Ordering::Relaxed)) {
             self.shared.flush();
@@ -172,16 +193,6 @@ impl Drop for AuditLog {
     fn drop(&mut self) {
         self.close();
     }
-}
-
-/// One JSON line; `None` (logged) if the record cannot be encoded.
-fn encode<'a, R: Serialize>(record: &R, line: &'a mut Vec<u8>) -> Option<&'a [u8]> {
-    if let Err(e) = serde_json::to_writer(&mut *line, record) {
-        tracing::error!(error = %e, "cannot encode an audit record");
-        return None;
-    }
-    line.push(b'\n');
-    Some(line)
 }
 
 impl Shared {

@@ -500,21 +500,10 @@ impl Authorizer {
             HttpProtocol::Http2 => "http2",
             _ => "http1",
         });
-        self.state
-            .metrics
-            .requests
-            .with_label_values(&[decision, protocol.unwrap_or("http1")])
-            .inc();
-        self.state
-            .metrics
-            .bytes
-            .with_label_values(&["upstream"])
-            .inc_by(ctx.bytes_up);
-        self.state
-            .metrics
-            .bytes
-            .with_label_values(&["downstream"])
-            .inc_by(ctx.bytes_down);
+        let metrics = &self.state.metrics;
+        metrics.count_request(decision, protocol.unwrap_or("http1"));
+        metrics.bytes_upstream.inc_by(ctx.bytes_up);
+        metrics.bytes_downstream.inc_by(ctx.bytes_down);
         if let Some(started) = ctx.upstream_started {
             self.state
                 .metrics

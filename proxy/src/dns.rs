@@ -162,7 +162,7 @@ pub fn answer(state: &GatewayState, source: SocketAddr, packet: &[u8]) -> Option
     };
     response.set_response_code(rcode);
     let session = state.sessions.lookup(source.ip()).id;
-    state.audit.write(&DnsRecord {
+    state.audit.write_other(&DnsRecord {
         time: now_rfc3339(),
         kind: "dns",
         session,

@@ -573,16 +573,8 @@ impl Gateway {
         let (up, down) = tokio::io::copy_bidirectional(&mut stream, &mut upstream)
             .await
             .unwrap_or((0, 0));
-        self.state
-            .metrics
-            .bytes
-            .with_label_values(&["upstream"])
-            .inc_by(up);
-        self.state
-            .metrics
-            .bytes
-            .with_label_values(&["downstream"])
-            .inc_by(down);
+        self.state.metrics.bytes_upstream.inc_by(up);
+        self.state.metrics.bytes_downstream.inc_by(down);
         self.audit_connection(
             connection,
             session,

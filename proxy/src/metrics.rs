@@ -34,7 +34,16 @@ pub struct ProxyMetrics {
     pub credentials: IntCounterVec,
     /// `outcome` = answered | refused: queries to the sandboxes' DNS stub.
     pub dns_queries: IntCounterVec,
+    /// Children counted on every request, resolved once: `with_label_values` hashes its
+    /// labels and takes a lock on each call.
+    pub bytes_upstream: IntCounter,
+    pub bytes_downstream: IntCounter,
+    /// `requests` by decision (allow, deny, error) and protocol (http1, http2).
+    requests_by: [[IntCounter; 2]; 3],
 }
+
+const DECISIONS: [&str; 3] = ["allow", "deny", "error"];
+const PROTOCOLS: [&str; 2] = ["http1", "http2"];
 
 /// Decision-latency buckets: microseconds to milliseconds.
 const EVAL_BUCKETS: &[f64] = &[
@@ -150,7 +159,14 @@ impl ProxyMetrics {
         ] {
             registry.register(collector)?;
         }
+        let bytes_upstream = bytes.with_label_values(&["upstream"]);
+        let bytes_downstream = bytes.with_label_values(&["downstream"]);
+        let requests_by =
+            DECISIONS.map(|decision| PROTOCOLS.map(|p| requests.with_label_values(&[decision, p])));
         Ok(Self {
+            bytes_upstream,
+            bytes_downstream,
+            requests_by,
             registry,
             requests,
             connections,
@@ -166,6 +182,17 @@ impl ProxyMetrics {
             credentials,
             dns_queries,
         })
+    }
+
+    /// Counts a decided request.
+    pub fn count_request(&self, decision: &str, protocol: &str) {
+        match (
+            DECISIONS.iter().position(|d| *d == decision),
+            PROTOCOLS.iter().position(|p| *p == protocol),
+        ) {
+            (Some(d), Some(p)) => self.requests_by[d][p].inc(),
+            _ => self.requests.with_label_values(&[decision, protocol]).inc(),
+        }
     }
 
     pub fn leaf_cache(&self) -> LeafCacheMetrics {

@@ -247,7 +247,12 @@ fn prometheus_scrapes_request_counters() {
     let result = prometheus.wait_for(query, Duration::from_secs(30), |r| {
         sample(r, "decision", "allow") == Some(3.0) && sample(r, "decision", "deny") == Some(2.0)
     });
-    assert_eq!(sample(&result, "decision", "error"), None, "{result:?}");
+    // Every decision's series exists from the start (at zero), as Prometheus advises.
+    assert_eq!(
+        sample(&result, "decision", "error"),
+        Some(0.0),
+        "{result:?}"
+    );
 
     // The per-series labels survived scraping, and the target is still healthy.
     let by_protocol = prometheus
