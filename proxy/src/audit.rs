@@ -34,7 +34,7 @@ pub struct AuditRecord<'a> {
     pub session: &'a str,
     pub source: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub original_destination: Option<String>,
+    pub original_destination: Option<std::net::SocketAddr>,
     pub mode: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sni: Option<&'a str>,
@@ -61,7 +61,7 @@ pub struct AuditRecord<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub upstream_address: Option<String>,
+    pub upstream_address: Option<std::net::SocketAddr>,
     /// Credentials injected, as `secret->header` (names only, never values).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub credentials: Vec<String>,

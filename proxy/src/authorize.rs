@@ -525,8 +525,7 @@ impl Authorizer {
             connection_id: conn.map(|c| c.id.as_str()),
             session: conn.map_or("unknown", |c| c.session.id.as_str()),
             source: conn.map_or("", |c| c.source.as_str()),
-            original_destination: conn
-                .and_then(|c| c.input.original_destination.map(|a| a.to_string())),
+            original_destination: conn.and_then(|c| c.input.original_destination),
             mode: conn.map_or("explicit", |c| c.input.mode.as_str()),
             sni: conn.and_then(|c| c.input.sni.as_deref()),
             method: ctx.method.as_deref(),
@@ -542,7 +541,7 @@ impl Authorizer {
                 |d| (*d.generation).into(),
             ),
             status,
-            upstream_address: ctx.upstream.map(|a| a.to_string()),
+            upstream_address: ctx.upstream,
             credentials: ctx
                 .injections
                 .iter()

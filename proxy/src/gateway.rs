@@ -614,7 +614,7 @@ impl Gateway {
             decision_id: &id,
             session,
             source: &connection.source.to_string(),
-            original_destination: connection.original_destination.map(|a| a.to_string()),
+            original_destination: connection.original_destination,
             mode: connection.mode.as_str(),
             sni: connection.sni.as_deref(),
             host: destination.as_ref().map(|d| d.host.as_str()),
