@@ -1,5 +1,7 @@
-//! The per-request phases on Pingora: authorize each request (policy), pick and guard the
-//! upstream, apply the decision's header changes, and observe (audit, metrics).
+//! The per-request phases: admit each request (limits, host pinning, placeholders, policy,
+//! credentials, resolution and the SSRF guard) and observe it (audit, metrics) here; the phases
+//! after admission in `phases.rs`. Pingora's proxy calls them through its `ProxyHttp` hooks
+//! (`hooks.rs`), the HTTP/1.1 relay (`crate::relay`) directly.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -4,12 +4,11 @@
 //! `cordon-policy` for a decision on every connection and request, injects credentials the
 //! sandbox never holds, refuses internal destinations, and records every decision (audit log,
 //! Prometheus metrics). Modules follow the request: [`gateway`] (listeners, classification,
-//! connect-stage decision), [`intercept`] (CA, leaves, ClientHello), [`authorize`] (per-request
-//! phases), [`credentials`], [`upstream`] (resolution, SSRF guard), [`respond`] (refusals),
-//! [`audit`], [`metrics`], [`admin`]; [`server`] assembles them and `main.rs` is the binary.
-//!
-//! Not here yet: per-session credential placeholders and response scrubbing, and the DNS stub
-//! for sandboxes.
+//! connect-stage decision), [`intercept`] (CA, leaves, ClientHello), [`relay`] (plain HTTP/1.1
+//! requests; the rest go to Pingora's proxy), [`authorize`] (the per-request phases both
+//! share), [`credentials`], [`upstream`] (resolution, SSRF guard), [`respond`] (refusals),
+//! [`audit`], [`metrics`], [`dns`] (the sandboxes' DNS stub), [`admin`]; [`server`] assembles
+//! them and `main.rs` is the binary.
 
 pub mod admin;
 pub mod audit;
