@@ -20,6 +20,7 @@
 
 mod head;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,7 +35,7 @@ use pingora::protocols::http::v1::client::HttpSession as UpstreamSession;
 use pingora::proxy::{HttpProxy, Session};
 use pingora::server::ShutdownWatch;
 use pingora::upstreams::peer::Peer;
-use pingora::{Error, ErrorType, Result};
+use pingora::{Error, ErrorType, Result, RetryType};
 use tokio::io::AsyncReadExt;
 
 use crate::authorize::{Authorizer, RequestContext};
@@ -139,6 +140,11 @@ impl Relay {
             (stream, read) = match outcome {
                 Outcome::Next(stream, read) => (stream, read),
                 Outcome::HandOff(stream, read) => {
+                    // Pingora's request may take long (an upload, a stream of events): the
+                    // pool watches the upstream connection meanwhile.
+                    if let Some(kept) = held.take() {
+                        self.release(kept);
+                    }
                     match self.hand_off(stream, read, shutdown).await {
                         Some(stream) => (stream, BytesMut::new()),
                         None => return,
@@ -181,10 +187,24 @@ impl Relay {
         // Kept in case the request must go to Pingora after all.
         let replay = read.clone();
         let mut session = Session::new_h1(stream);
-        session.set_keepalive((!closing).then_some(IDLE.as_secs()));
+        session.set_keepalive(Some(IDLE.as_secs()));
         session.downstream_session.set_pipelined_prefix(read);
         if !matches!(session.read_request().await, Ok(true)) {
             // Pingora's parser is stricter than the head check: its own path answers.
+            return hand_back(session, replay);
+        }
+        if closing {
+            // After the read: it sets keep-alive from the request's own headers.
+            session.set_keepalive(None);
+        }
+        if conn.tls
+            && self
+                .authorizer
+                .state
+                .http2_only
+                .contains_authority(session.req_header())
+        {
+            // A host known to speak only HTTP/2: Pingora's HTTP/2 client serves it.
             return hand_back(session, replay);
         }
         let mut ctx = self.authorizer.context(Some(conn.clone()));
@@ -197,11 +217,11 @@ impl Relay {
             Err(e) => return self.failed(session, ctx, e).await,
         };
         if ctx.upstream_http2() {
-            // A host known to speak only HTTP/2: Pingora's HTTP/2 client serves it.
+            // Learned since the check above.
             return hand_back(session, replay);
         }
         let kept = match held.take() {
-            Some(kept) if kept.serves(&peer) => Some(kept),
+            Some(mut kept) if kept.serves(&peer) => still_clean(&mut kept.stream).then_some(kept),
             other => {
                 if let Some(other) = other {
                     self.release(other);
@@ -329,10 +349,18 @@ impl Relay {
                 }
             }
             read.reserve(READ_SIZE);
+            let left = IDLE.saturating_sub(started.elapsed());
+            // A kept upstream connection goes to the pool once the client idles, or once its
+            // next request arrives in pieces (a client that trickles a head holds nothing).
+            if !read.is_empty()
+                && let Some(kept) = held.take()
+            {
+                self.release(kept);
+            }
             let wait = if held.is_some() {
-                HELD_IDLE
+                HELD_IDLE.min(left)
             } else {
-                IDLE.saturating_sub(started.elapsed())
+                left
             };
             let n = tokio::select! {
                 biased;
@@ -380,12 +408,22 @@ impl Relay {
 }
 
 /// Whether a failed exchange on a reused upstream connection looks like the upstream having
-/// closed it while idle (as opposed to a slow or broken upstream, which a resend would not fix).
+/// closed it while idle (as opposed to a slow or broken upstream, which a resend would not
+/// fix): what Pingora's codec marks as safe to retry on a reused connection (closed before any
+/// response byte, or a socket error rather than a TLS one), and a failed write of the request.
 fn stale(e: &Error) -> bool {
-    matches!(
-        e.etype(),
-        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
-    )
+    matches!(e.retry, RetryType::ReusedOnly) || e.etype() == &ErrorType::WriteError
+}
+
+/// Whether a kept upstream connection is still fit for a request: nothing to read on it (no
+/// close, no bytes the upstream sent past its last response). One non-blocking read, as
+/// Pingora's pool does when it hands out a connection.
+fn still_clean(stream: &mut Stream) -> bool {
+    let mut byte = [0u8; 1];
+    // `unconstrained`: a task out of its scheduling budget would see a pending read.
+    let read = std::pin::pin!(tokio::task::unconstrained(stream.read(&mut byte)));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    read.poll(&mut cx).is_pending()
 }
 
 fn upstream_session(stream: Stream, peer: &HttpPeer) -> UpstreamSession {

@@ -39,6 +39,7 @@ struct Seen {
 /// - `/close-after`: answers, then closes the connection (as an idle timeout would);
 /// - `/until-close`: a body framed only by closing the connection;
 /// - `/empty`: 204 No Content;
+/// - `/stray`: answers, then 50 ms later sends a second, unasked-for response;
 /// - anything else: the request (head and body) echoed with a content-length.
 fn spawn_upstream(pki: &TestPki) -> (SocketAddr, Seen) {
     let seen = Seen::default();
@@ -62,6 +63,15 @@ fn spawn_upstream(pki: &TestPki) -> (SocketAddr, Seen) {
                 let request = String::from_utf8_lossy(&request).into_owned();
                 log.requests.lock().unwrap().push(request.clone());
                 let path = request.split(' ').nth(1).unwrap_or("/").to_string();
+                if path == "/stray" {
+                    if tls.write_all(ok(&request).as_bytes()).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    let stray = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstray";
+                    let _ = tls.write_all(stray.as_bytes()).await;
+                    continue;
+                }
                 let (response, close) = match path.as_str() {
                     "/close-after" => (ok(&request), true),
                     "/until-close" => (
@@ -168,6 +178,27 @@ fn replaces_a_kept_connection_the_upstream_closed() {
     ]));
     assert_eq!(statuses(&out), vec!["200", "200"], "{out}");
     assert!(out.contains("GET /after HTTP/1.1"), "{out}");
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn does_not_reuse_a_connection_the_upstream_sent_more_on() {
+    let pki = test_pki(&["allowed.test"]);
+    let (upstream, seen) = spawn_upstream(&pki);
+    let proxy = start(&pki, upstream);
+    // Bytes the upstream sends after a complete response must not become the next request's
+    // response: the kept connection is checked before reuse and replaced. `--rate` spaces the
+    // two requests (on one client connection) so the stray response arrives in between.
+    let out = text(&proxy.curl(&[
+        "--http1.1",
+        "--rate",
+        "4/s",
+        "https://allowed.test/stray",
+        "https://allowed.test/after",
+    ]));
+    assert_eq!(statuses(&out), vec!["200", "200"], "{out}");
+    assert!(out.contains("GET /after HTTP/1.1"), "{out}");
+    assert!(!out.contains("stray\n") && !out.ends_with("stray"), "{out}");
     assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
 }
 

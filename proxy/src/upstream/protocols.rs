@@ -30,6 +30,24 @@ impl Http2Only {
         !hosts.is_empty() && hosts.contains(&(host.to_string(), port))
     }
 
+    /// Whether the host a TLS request names in `Host` (port 443 unless given) is remembered.
+    pub fn contains_authority(&self, request: &pingora::http::RequestHeader) -> bool {
+        if self
+            .hosts
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+        {
+            return false;
+        }
+        request
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| cordon_policy::input::parse_authority(h, 443))
+            .is_some_and(|a| self.contains(&a.host, a.port))
+    }
+
     pub fn remember(&self, host: &str, port: u16) {
         let mut hosts = self.hosts.write().unwrap_or_else(|e| e.into_inner());
         if hosts.len() >= MAX_REMEMBERED {
