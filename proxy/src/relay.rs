@@ -248,25 +248,27 @@ impl Relay {
             },
         };
 
-        let mut request = Box::new(session.req_header().clone());
-        // `head.rs` let through only `keep-alive` and `close` here: nothing else is hop-by-hop.
-        request.remove_header(&http::header::CONNECTION);
-        if let Err(e) = self.authorizer.rewrite_request(false, &mut request, &ctx) {
-            return self.failed(session, ctx, e).await;
-        }
-        let resend = reused.then(|| request.clone());
+        let request = match self.upstream_request(&session, &ctx) {
+            Ok(request) => request,
+            Err(e) => return self.failed(session, ctx, e).await,
+        };
         let mut sent = exchange(&mut upstream, request).await;
-        if let (Err(e), Some(request)) = (&sent, resend)
+        if reused
+            && let Err(e) = &sent
             && stale(e)
         {
             // A kept-alive upstream connection may have closed while idle; GET and HEAD may be
-            // sent again, once, on a fresh one.
-            sent = match self.connect(&peer).await {
-                Ok(fresh) => {
+            // sent again, once, on a fresh one. (Built again rather than copied up front: the
+            // copy would cost every request.)
+            sent = match (
+                self.connect(&peer).await,
+                self.upstream_request(&session, &ctx),
+            ) {
+                (Ok(fresh), Ok(request)) => {
                     upstream = fresh;
                     exchange(&mut upstream, request).await
                 }
-                Err(e) => Err(e),
+                (Err(e), _) | (_, Err(e)) => Err(e),
             };
         }
         if let Err(e) = sent {
@@ -280,6 +282,19 @@ impl Relay {
         *held = upstream.reuse().await.map(|stream| Held { peer, stream });
         self.authorizer.audit(&session, &ctx);
         finish(session).await
+    }
+
+    /// The request for the upstream: the client's, less `Connection`, through the rewrite phase.
+    fn upstream_request(
+        &self,
+        session: &Session,
+        ctx: &RequestContext,
+    ) -> Result<Box<RequestHeader>> {
+        let mut request = Box::new(session.req_header().clone());
+        // `head.rs` let through only `keep-alive` and `close` here: nothing else is hop-by-hop.
+        request.remove_header(&http::header::CONNECTION);
+        self.authorizer.rewrite_request(false, &mut request, ctx)?;
+        Ok(request)
     }
 
     /// Passes the upstream's response to the client through the response phases, all but the
