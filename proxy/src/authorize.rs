@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use cordon_policy::input::parse_authority;
 use cordon_policy::{Decision, HttpProtocol, RequestInput};
 use pingora::http::ResponseHeader;
-use pingora::proxy::Session;
+use pingora::protocols::http::ServerSession as Session;
 use pingora::{Error, ErrorType, Result};
 
 use crate::audit::{AuditRecord, now_rfc3339};

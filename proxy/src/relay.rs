@@ -30,9 +30,9 @@ use pingora::connectors::TransportConnector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::protocols::Stream;
-use pingora::protocols::http::ServerSession;
+use pingora::protocols::http::ServerSession as Session;
 use pingora::protocols::http::v1::client::HttpSession as UpstreamSession;
-use pingora::proxy::{HttpProxy, Session};
+use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use pingora::upstreams::peer::Peer;
 use pingora::{Error, ErrorType, Result, RetryType};
@@ -163,7 +163,7 @@ impl Relay {
         read: BytesMut,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let mut session = ServerSession::new_http1(stream);
+        let mut session = Session::new_http1(stream);
         session.set_keepalive((!*shutdown.borrow()).then_some(IDLE.as_secs()));
         if !read.is_empty() {
             session.set_pipelined_prefix(read);
@@ -186,9 +186,9 @@ impl Relay {
     ) -> Outcome {
         // Kept in case the request must go to Pingora after all.
         let replay = read.clone();
-        let mut session = Session::new_h1(stream);
+        let mut session = Session::new_http1(stream);
         session.set_keepalive(Some(IDLE.as_secs()));
-        session.downstream_session.set_pipelined_prefix(read);
+        session.set_pipelined_prefix(read);
         if !matches!(session.read_request().await, Ok(true)) {
             // Pingora's parser is stricter than the head check: its own path answers.
             return hand_back(session, replay);
@@ -314,7 +314,6 @@ impl Relay {
         self.authorizer
             .filter_response(session, &mut response, ctx)?;
         session
-            .downstream_session
             .write_response_header(response)
             .await
             .map_err(Error::into_down)?;
@@ -324,7 +323,6 @@ impl Relay {
             self.authorizer.filter_response_body(&mut body, done, ctx);
             if let Some(body) = body {
                 session
-                    .downstream_session
                     .write_response_body(body, false)
                     .await
                     .map_err(Error::into_down)?;
@@ -489,8 +487,8 @@ fn frame_for_client(session: &Session, response: &mut ResponseHeader, done: bool
 
 /// The client connection back from a session nothing was written to, for Pingora's path.
 fn hand_back(session: Session, replay: BytesMut) -> Outcome {
-    match *session.downstream_session {
-        ServerSession::H1(h1) => Outcome::HandOff(h1.into_inner(), replay),
+    match session {
+        Session::H1(h1) => Outcome::HandOff(h1.into_inner(), replay),
         _ => Outcome::Close,
     }
 }
@@ -498,7 +496,7 @@ fn hand_back(session: Session, replay: BytesMut) -> Outcome {
 /// Flushes the response (the last chunk of a chunked body included) and keeps the connection
 /// if the request allows it.
 async fn finish(session: Session) -> Outcome {
-    match (*session.downstream_session).finish().await {
+    match session.finish().await {
         Ok(Some(reusable)) => {
             let (stream, read) = reusable.into_parts();
             Outcome::Next(stream, read.unwrap_or_default())

@@ -7,7 +7,7 @@
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
-use pingora::proxy::Session;
+use pingora::protocols::http::ServerSession as Session;
 
 /// How long a refusal waits for the rest of an HTTP/2 request body it refuses.
 const REFUSAL_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -154,11 +154,8 @@ impl Refusal {
         // with a reset that clients report as a framing error, not as our 403: take what the
         // client is sending (for at most a moment) first, so the refusal is what it sees.
         if session.is_http2() && !session.is_body_done() {
-            let drained = tokio::time::timeout(
-                REFUSAL_DRAIN_TIMEOUT,
-                session.downstream_session.drain_request_body(),
-            )
-            .await;
+            let drained =
+                tokio::time::timeout(REFUSAL_DRAIN_TIMEOUT, session.drain_request_body()).await;
             if !matches!(drained, Ok(Ok(()))) {
                 tracing::debug!(
                     "the refused request's body was not drained; the stream may be reset"
@@ -193,13 +190,11 @@ impl Refusal {
             tracing::warn!("a refusal header was invalid; sending a bare refusal");
         }
         if session
-            .write_response_header(Box::new(header), false)
+            .write_response_header(Box::new(header))
             .await
             .is_ok()
         {
-            let _ = session
-                .write_response_body(Some(Bytes::from(body)), true)
-                .await;
+            let _ = session.write_response_body(Bytes::from(body), true).await;
         }
     }
 }

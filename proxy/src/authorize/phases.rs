@@ -8,7 +8,8 @@ use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::protocols::ALPN;
-use pingora::proxy::{FailToProxy, Session};
+use pingora::protocols::http::ServerSession as Session;
+use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorType, Result};
 
 use super::{Authorizer, PROXY_HEADERS, RequestContext};
