@@ -102,8 +102,12 @@ fn ok(body: &str) -> String {
     )
 }
 
-fn start(pki: &TestPki, upstream: SocketAddr) -> Proxy {
-    Proxy::start(POLICY, upstream, &pki.ca_pem, &["allowed.test"], "")
+/// The proxy on `POLICY` in front of a fresh [`spawn_upstream`] for `allowed.test`.
+fn started() -> (Proxy, Seen) {
+    let pki = test_pki(&["allowed.test"]);
+    let (upstream, seen) = spawn_upstream(&pki);
+    let proxy = Proxy::start(POLICY, upstream, &pki.ca_pem, &["allowed.test"], "");
+    (proxy, seen)
 }
 
 /// The status of each response in `out` (a body without a trailing newline runs into the
@@ -120,9 +124,7 @@ fn statuses(out: &str) -> Vec<String> {
 
 #[test]
 fn keeps_one_upstream_connection_per_client_connection() {
-    let pki = test_pki(&["allowed.test"]);
-    let (upstream, seen) = spawn_upstream(&pki);
-    let proxy = start(&pki, upstream);
+    let (proxy, seen) = started();
     let urls: Vec<String> = (0..5)
         .map(|n| format!("https://allowed.test/r{n}"))
         .collect();
@@ -154,9 +156,7 @@ fn keeps_one_upstream_connection_per_client_connection() {
 
 #[test]
 fn reuses_upstream_connections_across_client_connections() {
-    let pki = test_pki(&["allowed.test"]);
-    let (upstream, seen) = spawn_upstream(&pki);
-    let proxy = start(&pki, upstream);
+    let (proxy, seen) = started();
     // A client that opens a connection per request (curl run per command, as agents do): the
     // upstream connection outlives each client connection in the shared pool.
     for n in 0..3 {
@@ -168,9 +168,7 @@ fn reuses_upstream_connections_across_client_connections() {
 
 #[test]
 fn replaces_a_kept_connection_the_upstream_closed() {
-    let pki = test_pki(&["allowed.test"]);
-    let (upstream, seen) = spawn_upstream(&pki);
-    let proxy = start(&pki, upstream);
+    let (proxy, seen) = started();
     let out = text(&proxy.curl(&[
         "--http1.1",
         "https://allowed.test/close-after",
@@ -183,9 +181,7 @@ fn replaces_a_kept_connection_the_upstream_closed() {
 
 #[test]
 fn does_not_reuse_a_connection_the_upstream_sent_more_on() {
-    let pki = test_pki(&["allowed.test"]);
-    let (upstream, seen) = spawn_upstream(&pki);
-    let proxy = start(&pki, upstream);
+    let (proxy, seen) = started();
     // Bytes the upstream sends after a complete response must not become the next request's
     // response: the kept connection is checked before reuse and replaced. `--rate` spaces the
     // two requests (on one client connection) so the stray response arrives in between.
@@ -204,9 +200,7 @@ fn does_not_reuse_a_connection_the_upstream_sent_more_on() {
 
 #[test]
 fn carries_the_upstreams_framing_over() {
-    let pki = test_pki(&["allowed.test"]);
-    let (upstream, _seen) = spawn_upstream(&pki);
-    let proxy = start(&pki, upstream);
+    let (proxy, _seen) = started();
     // A body framed by the upstream's close reaches the client whole, chunked, and the client
     // connection survives it; a 204 and a HEAD carry no body.
     let out = text(&proxy.curl(&[
@@ -229,9 +223,7 @@ fn carries_the_upstreams_framing_over() {
 
 #[test]
 fn serves_what_it_does_not_relay_on_the_same_connection() {
-    let pki = test_pki(&["allowed.test"]);
-    let (upstream, seen) = spawn_upstream(&pki);
-    let proxy = start(&pki, upstream);
+    let (proxy, seen) = started();
     // A refusal, a POST with a body (Pingora's proxy), then a plain GET again (the relay), all
     // on one client connection. `--next` resets curl's options, so each transfer names the
     // proxy and CA again.
