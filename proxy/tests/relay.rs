@@ -167,6 +167,23 @@ fn reuses_upstream_connections_across_client_connections() {
 }
 
 #[test]
+fn an_idle_client_hands_its_upstream_connection_to_the_pool_and_gets_it_back() {
+    let (proxy, seen) = started();
+    // A second apart on one client connection: the kept upstream connection goes to the pool
+    // after half a second idle, and the next request takes it from there.
+    let out = text(&proxy.curl(&[
+        "--http1.1",
+        "--rate",
+        "1/s",
+        "https://allowed.test/first",
+        "https://allowed.test/second",
+    ]));
+    assert_eq!(statuses(&out), vec!["200", "200"], "{out}");
+    assert!(out.contains("GET /second HTTP/1.1"), "{out}");
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+}
+
+#[test]
 fn replaces_a_kept_connection_the_upstream_closed() {
     let (proxy, seen) = started();
     let out = text(&proxy.curl(&[
