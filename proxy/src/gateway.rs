@@ -18,6 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::audit::{AuditRecord, now_rfc3339};
 use crate::authorize::Authorizer;
+use crate::coalesce::Coalesced;
 use crate::config::{ConnectStage, NoSniAction};
 use crate::connection::ConnectionContext;
 use crate::intercept::client_hello::{FirstBytes, MAX_CLIENT_HELLO, classify};
@@ -475,6 +476,7 @@ impl Gateway {
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             pingora::apps::ServerApp::process_new(&self.http, stream, shutdown).await;
         } else {
+            let stream: Stream = Box::new(Coalesced::new(stream));
             self.relay.serve(stream, &context, shutdown).await;
         }
     }

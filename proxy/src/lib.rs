@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod audit;
 pub mod authorize;
+pub mod coalesce;
 pub mod config;
 pub mod connection;
 pub mod credentials;
