@@ -5,10 +5,11 @@
 //! sandbox never holds, refuses internal destinations, and records every decision (audit log,
 //! Prometheus metrics). Modules follow the request: [`gateway`] (listeners, classification,
 //! connect-stage decision), [`intercept`] (CA, leaves, ClientHello), [`relay`] (plain HTTP/1.1
-//! requests; the rest go to Pingora's proxy; [`coalesce`] joins their small writes), [`authorize`] (the per-request phases both
-//! share), [`credentials`], [`upstream`] (resolution, SSRF guard), [`respond`] (refusals),
-//! [`audit`], [`metrics`], [`dns`] (the sandboxes' DNS stub), [`admin`]; [`server`] assembles
-//! them and `main.rs` is the binary.
+//! requests; the rest go to Pingora's proxy), [`coalesce`] (joins a client connection's small
+//! writes), [`authorize`] (the per-request phases both paths share), [`credentials`],
+//! [`upstream`] (resolution, SSRF guard), [`respond`] (refusals), [`audit`], [`metrics`],
+//! [`dns`] (the sandboxes' DNS stub), [`admin`]; [`server`] assembles them and `main.rs` is the
+//! binary.
 
 pub mod admin;
 pub mod audit;
