@@ -7,6 +7,11 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/cordon/target
 export CARGO_TARGET_DIR
 CARGO ?= cargo
 BIN := $(CARGO_TARGET_DIR)/release
+# Sandbox images (the default one is built here once and rebuilt only when images/default.toml
+# changes), shared by make up, make test and every clone on this machine.
+CORDON_IMAGES ?= $(HOME)/.cache/cordon/images
+export CORDON_IMAGES
+export CORDON_TEST_IMAGES ?= $(CORDON_IMAGES)
 
 .PHONY: up test bench bench-policy bench-instructions deps build fmt lint unit policy-tests clean
 
@@ -35,6 +40,8 @@ lint:
 # The binaries first: the escape suite runs the proxy and the sandbox agent as built programs.
 unit:
 	$(CARGO) build --workspace --locked --bins
+	$(CARGO_TARGET_DIR)/debug/cordon-controller image build default \
+		--from-file images/default.toml --store $(CORDON_IMAGES)
 	$(CARGO) test --workspace --locked --doc
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --locked --no-fail-fast; \

@@ -17,6 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 bin="${CARGO_TARGET_DIR:?}/release"
+images="${CORDON_IMAGES:-$HOME/.cache/cordon/images}"
 
 if [[ $(id -u) -ne 0 ]]; then
     echo "make up: sandboxes need root (network namespaces, nftables, runsc); run it as root" >&2
@@ -33,6 +34,10 @@ if [[ -n "${CORDON_ENVIRONMENT_ID:-}" ]]; then
         fi
     done
 fi
+
+# The default sandbox image: built once (about a minute: mmdebstrap downloads Debian
+# packages), then reused until images/default.toml changes.
+"$bin/cordon-controller" image build default --from-file images/default.toml --store "$images"
 
 dir="$repo/state/up-$mode"
 mkdir -p "$dir"
@@ -91,6 +96,7 @@ name_prefix = "cordon-up"
 interface_prefix = "cup"
 address_pool = "10.231.0.0/24"
 agent = "$bin/cordon-sandbox-agent"
+images_dir = "$images"
 TOML
 }
 

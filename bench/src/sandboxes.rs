@@ -82,6 +82,18 @@ fn percentile(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
+/// The image store sandboxes run from: `$CORDON_IMAGES`, default `~/.cache/cordon/images`
+/// (where `make up` and `make test` build the default image).
+fn images_dir() -> std::path::PathBuf {
+    std::env::var_os("CORDON_IMAGES").map_or_else(
+        || {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/cordon/images")
+        },
+        std::path::PathBuf::from,
+    )
+}
+
 /// Runs the measurement; returns a human summary and writes JSON under `out`.
 pub async fn run(count: usize, out: &Path) -> Result<String, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -96,9 +108,11 @@ pub async fn run(count: usize, out: &Path) -> Result<String, String> {
             "[proxy]\ntransparent_listen = \"0.0.0.0:{transparent}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
              state_dir = \"state\"\n[policy]\nbundle = \"bundle\"\n[dns]\nlisten = \"0.0.0.0:{dns}\"\n\
              [sandbox]\nname_prefix = \"cordon-bench-{pid}\"\ninterface_prefix = \"cb{}x\"\n\
-             address_pool = \"10.236.0.0/22\"\nagent = \"{}\"\nmemory_mb = 256\n",
+             address_pool = \"10.236.0.0/22\"\nagent = \"{}\"\nmemory_mb = 256\n\
+             images_dir = \"{}\"\n",
             pid % 100_000,
-            binary("cordon-sandbox-agent")?.display()
+            binary("cordon-sandbox-agent")?.display(),
+            images_dir().display()
         ),
     )
     .map_err(|e| e.to_string())?;
@@ -148,7 +162,7 @@ async fn measure(
     let mut support = None;
     for id in &ids {
         let t = Instant::now();
-        match runtime.start(id).await {
+        match runtime.start(id, None).await {
             Ok(started) => {
                 start
                     .record(t.elapsed().as_micros() as u64)

@@ -31,9 +31,17 @@ struct SandboxSection {
     address_pool: String,
     agent_port: u16,
     agent: Option<PathBuf>,
+    image: String,
+    images_dir: Option<PathBuf>,
+    agent_images: std::collections::BTreeMap<String, String>,
+    danger_host_rootfs: bool,
+    /// Replaced by images; kept only to say so.
     rootfs: Option<PathBuf>,
     workspace_root: Option<PathBuf>,
-    keep_workspace: bool,
+    /// Replaced by `workspace_retention_hours`; kept only to say so.
+    keep_workspace: Option<bool>,
+    workspace_max_mb: u64,
+    workspace_retention_hours: u64,
     memory_mb: u64,
     pids: i64,
     cpus: f64,
@@ -50,9 +58,15 @@ impl Default for SandboxSection {
             address_pool: "10.200.0.0/16".into(),
             agent_port: 7070,
             agent: None,
+            image: DEFAULT_IMAGE.into(),
+            images_dir: None,
+            agent_images: Default::default(),
+            danger_host_rootfs: false,
             rootfs: None,
             workspace_root: None,
-            keep_workspace: false,
+            keep_workspace: None,
+            workspace_max_mb: DEFAULT_WORKSPACE_MAX_MB,
+            workspace_retention_hours: DEFAULT_WORKSPACE_RETENTION_HOURS,
             memory_mb: 1024,
             pids: 512,
             cpus: 1.0,
@@ -62,6 +76,13 @@ impl Default for SandboxSection {
         }
     }
 }
+
+/// The image a session runs on when nothing else is said.
+pub const DEFAULT_IMAGE: &str = "default";
+/// A workspace's size limit, enforced by the kernel (a loop-mounted filesystem per workspace).
+pub const DEFAULT_WORKSPACE_MAX_MB: u64 = 2048;
+/// How long a workspace is kept after its session ended.
+pub const DEFAULT_WORKSPACE_RETENTION_HOURS: u64 = 24;
 
 /// Everything the sandbox runtime needs.
 #[derive(Debug, Clone)]
@@ -76,10 +97,19 @@ pub struct SandboxConfig {
     pub agent_port: u16,
     /// The `cordon-sandbox-agent` binary on the host, bind-mounted into every sandbox.
     pub agent: PathBuf,
-    /// Root filesystem; `None` is the host's root, read-only, with an in-memory overlay.
-    pub rootfs: Option<PathBuf>,
+    /// The image sessions run on unless `agent_images` names another for their agent.
+    pub image: String,
+    /// The image store (an OCI image layout, docs/SANDBOXES.md).
+    pub images_dir: PathBuf,
+    /// CMA agent id -> image name.
+    pub agent_images: std::collections::BTreeMap<String, String>,
+    /// Run sandboxes on the host's own `/` (with masks) instead of an image: dangerous, since
+    /// a deny-list of hidden paths can never be complete.
+    pub danger_host_rootfs: bool,
     pub workspace_root: PathBuf,
-    pub keep_workspace: bool,
+    /// 0: no quota (a plain directory).
+    pub workspace_max_mb: u64,
+    pub workspace_retention: Duration,
     pub memory_bytes: i64,
     pub pids: i64,
     pub cpus: f64,
@@ -97,7 +127,7 @@ pub struct SandboxConfig {
     /// The interception CA certificate, trusted inside every sandbox.
     pub ca_cert: PathBuf,
     /// Host directories hidden (an empty tmpfs over each) when the sandbox's root is the host's
-    /// own: the gateway's state (CA key, audit log, this controller's database, every
+    /// own (`danger_host_rootfs`): the gateway's state (CA key, audit log, this controller's database, every
     /// session's workspace and token), its configuration and secret store, and home and SSH
     /// directories.
     pub masked_dirs: Vec<PathBuf>,
@@ -111,8 +141,17 @@ const SYSTEM_DIRS: [&str; 10] = [
     "/", "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/var", "/tmp", "/proc",
 ];
 
-fn masked_dirs(proxy: &ProxyConfig, base: &Path, workspace_root: &Path) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = vec![proxy.state_dir.clone(), workspace_root.to_path_buf()];
+fn masked_dirs(
+    proxy: &ProxyConfig,
+    base: &Path,
+    workspace_root: &Path,
+    images_dir: &Path,
+) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = vec![
+        proxy.state_dir.clone(),
+        workspace_root.to_path_buf(),
+        images_dir.to_path_buf(),
+    ];
     dirs.push(base.to_path_buf());
     for key in [&proxy.tls.ca_cert, &proxy.tls.ca_key] {
         if let Some(parent) = key.parent() {
@@ -168,7 +207,8 @@ impl SandboxConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let proxy = ProxyConfig::load(path)?;
         let section: SandboxSection = section(path, &proxy.sandbox)?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let base = absolute.parent().unwrap_or(Path::new("/"));
         Self::validate(&proxy, section, base).map_err(|errors| ConfigError::Invalid {
             path: path.into(),
             errors,
@@ -242,6 +282,36 @@ impl SandboxConfig {
         if !(raw.cpus > 0.0 && raw.cpus <= 1024.0) {
             errors.push("sandbox.cpus must be greater than 0".into());
         }
+        if raw.rootfs.is_some() {
+            errors.push(
+                "sandbox.rootfs is replaced by images: build one (`cordon-controller image build \
+                 NAME --from-file FILE`) or import one (`cordon-controller image import FILE`) \
+                 and set sandbox.image = \"NAME\" (docs/SANDBOXES.md)"
+                    .into(),
+            );
+        }
+        if raw.keep_workspace.is_some() {
+            errors.push(
+                "sandbox.keep_workspace is replaced by sandbox.workspace_retention_hours: \
+                 workspaces are kept across a session's sandboxes and removed that long after \
+                 the session ends"
+                    .into(),
+            );
+        }
+        for (what, name) in std::iter::once(("sandbox.image".to_string(), &raw.image)).chain(
+            raw.agent_images
+                .iter()
+                .map(|(agent, image)| (format!("sandbox.agent_images.{agent}"), image)),
+        ) {
+            if !crate::image::valid_name(name) {
+                errors.push(format!(
+                    "{what} = {name:?}: an image name (letters, digits, '.', '_', '-', ':', '/')"
+                ));
+            }
+        }
+        if raw.workspace_max_mb != 0 && raw.workspace_max_mb < 16 {
+            errors.push("sandbox.workspace_max_mb must be at least 16 (or 0 for no quota)".into());
+        }
         if raw.start_timeout_ms == 0 {
             errors.push("sandbox.start_timeout_ms must be greater than 0".into());
         }
@@ -280,6 +350,10 @@ impl SandboxConfig {
             .workspace_root
             .as_ref()
             .map_or_else(|| state_dir.join("workspaces"), |p| resolve(p));
+        let images_dir = raw
+            .images_dir
+            .as_ref()
+            .map_or_else(|| state_dir.join("images"), |p| resolve(p));
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -293,10 +367,14 @@ impl SandboxConfig {
             address_pool,
             agent_port: raw.agent_port,
             agent,
-            rootfs: raw.rootfs.map(|p| resolve(&p)),
-            masked_dirs: masked_dirs(proxy, base, &workspace_root),
+            image: raw.image,
+            agent_images: raw.agent_images,
+            danger_host_rootfs: raw.danger_host_rootfs,
+            masked_dirs: masked_dirs(proxy, base, &workspace_root, &images_dir),
+            images_dir,
             workspace_root,
-            keep_workspace: raw.keep_workspace,
+            workspace_max_mb: raw.workspace_max_mb,
+            workspace_retention: Duration::from_secs(raw.workspace_retention_hours * 3600),
             memory_bytes: (raw.memory_mb * 1024 * 1024) as i64,
             pids: raw.pids,
             cpus: raw.cpus,

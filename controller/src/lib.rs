@@ -7,6 +7,7 @@ pub mod cma;
 pub mod command;
 pub mod config;
 pub mod http;
+pub mod image;
 pub mod metrics;
 pub mod sandbox;
 pub mod store;

@@ -13,6 +13,8 @@
 //! Exit codes: 0 success (exec: the command's own status), 64 bad configuration or arguments,
 //! 69 a prerequisite is missing or the sandbox could not be started, 70 anything else.
 
+mod cli_image;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +41,11 @@ enum Command {
     Sandbox {
         #[command(subcommand)]
         action: SandboxAction,
+    },
+    /// Sandbox images: build, import, list, inspect, rm.
+    Image {
+        #[command(subcommand)]
+        action: cli_image::ImageAction,
     },
     /// Serves CMA: `POST /webhooks` (verified, deduplicated, recorded) and, with
     /// `[controller] environment_id`, the work queue: each session in its own sandbox.
@@ -75,6 +82,9 @@ enum SandboxAction {
         common: Common,
         #[arg(long)]
         session: String,
+        /// The image to run on (default: `[sandbox] image`).
+        #[arg(long)]
+        image: Option<String>,
     },
     /// Runs a command in a session's sandbox, streaming its output; exits with its status.
     Exec {
@@ -106,12 +116,17 @@ enum SandboxAction {
         #[arg(long, default_value = "{}")]
         input: String,
     },
-    /// Stops a session's sandbox and removes everything it had.
+    /// Stops a session's sandbox and removes everything it had but its workspace, which the
+    /// session's next sandbox mounts again.
     Stop {
         #[command(flatten)]
         common: Common,
         #[arg(long)]
         session: String,
+        /// The session is over: its workspace is removed after `workspace_retention_hours`
+        /// (at once with 0).
+        #[arg(long)]
+        end: bool,
     },
     /// Lists recorded sessions.
     List {
@@ -138,7 +153,11 @@ fn fail(e: &SandboxError) -> ExitCode {
     eprintln!("cordon-controller: {e}");
     match e {
         SandboxError::InvalidId(_) => ExitCode::from(64),
-        SandboxError::Prerequisite(_) | SandboxError::Store(_) => ExitCode::from(69),
+        SandboxError::Prerequisite(_)
+        | SandboxError::Store(_)
+        | SandboxError::Image(cordon_controller::image::ImageError::NotFound { .. }) => {
+            ExitCode::from(69)
+        }
         SandboxError::NotFound(_) | SandboxError::NotRunning { .. } => ExitCode::from(66),
         _ => ExitCode::from(70),
     }
@@ -155,6 +174,7 @@ async fn main() -> ExitCode {
         .init();
     let result = match Cli::parse().command {
         Command::Sandbox { action } => run(action).await,
+        Command::Image { action } => cli_image::run(action),
         Command::Serve { common } => serve(common).await,
         Command::Sessions { common, json, stop } => sessions(common, json, stop).await,
     };
@@ -199,6 +219,18 @@ async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
             ExitCode::from(64)
         })?;
         sandbox_config = Some(sandbox.clone());
+        // An image the configuration names but the store lacks is a configuration error now,
+        // not a failed session later.
+        let missing = cordon_controller::sandbox::missing_images(&sandbox);
+        if !missing.is_empty() {
+            eprintln!(
+                "cordon-controller: {} has {} error(s) for the controller:\n  {}",
+                common.config.display(),
+                missing.len(),
+                missing.join("\n  ")
+            );
+            return Err(ExitCode::from(64));
+        }
         let mut runtime = Runtime::open(sandbox).map_err(|e| fail(&e))?;
         // After a crash: sandboxes still running are kept for their sessions to resume; what
         // vanished or was half-made is cleaned up.
@@ -334,15 +366,23 @@ fn report_reconcile(result: Result<cordon_controller::sandbox::Reconciled, Sandb
 
 async fn run(action: SandboxAction) -> Result<ExitCode, ExitCode> {
     match action {
-        SandboxAction::Start { common, session } => {
+        SandboxAction::Start {
+            common,
+            session,
+            image,
+        } => {
             let mut runtime = Runtime::open(load(&common)?).map_err(|e| fail(&e))?;
             // With the lock held no other start is in flight: anything half-made is a crash's.
             report_reconcile(runtime.reconcile().await);
-            let started = runtime.start(&session).await.map_err(|e| fail(&e))?;
+            let started = runtime
+                .start(&session, image.as_deref())
+                .await
+                .map_err(|e| fail(&e))?;
             println!(
-                "session {} running at {} (agent {}, network {}, limits {}) in {} ms",
+                "session {} running at {} (image {}, agent {}, network {}, limits {}) in {} ms",
                 started.id,
                 started.sandbox_address,
+                started.image,
                 started.agent,
                 started.support.network.as_str(),
                 if started.support.cgroups {
@@ -425,10 +465,19 @@ async fn run(action: SandboxAction) -> Result<ExitCode, ExitCode> {
                 ExitCode::SUCCESS
             })
         }
-        SandboxAction::Stop { common, session } => {
+        SandboxAction::Stop {
+            common,
+            session,
+            end,
+        } => {
             let mut runtime = Runtime::open(load(&common)?).map_err(|e| fail(&e))?;
-            runtime.stop(&session).await.map_err(|e| fail(&e))?;
-            println!("session {session} stopped");
+            if end {
+                runtime.end(&session).await.map_err(|e| fail(&e))?;
+                println!("session {session} ended (its workspace goes after the retention)");
+            } else {
+                runtime.stop(&session).await.map_err(|e| fail(&e))?;
+                println!("session {session} stopped (its workspace is kept)");
+            }
             Ok(ExitCode::SUCCESS)
         }
         SandboxAction::List { common, json } => {
@@ -445,16 +494,17 @@ async fn run(action: SandboxAction) -> Result<ExitCode, ExitCode> {
                 );
             } else {
                 println!(
-                    "{:<24} {:<9} {:<15} {:<8} CREATED",
-                    "SESSION", "STATE", "ADDRESS", "NETWORK"
+                    "{:<24} {:<9} {:<15} {:<8} {:<16} CREATED",
+                    "SESSION", "STATE", "ADDRESS", "NETWORK", "IMAGE"
                 );
                 for s in sessions {
                     println!(
-                        "{:<24} {:<9} {:<15} {:<8} {}{}",
+                        "{:<24} {:<9} {:<15} {:<8} {:<16} {}{}",
                         s.id,
                         s.state,
                         s.address,
                         s.network_mode.as_deref().unwrap_or("-"),
+                        s.image.as_deref().unwrap_or("-"),
                         s.created_at,
                         s.error.map(|e| format!("  ({e})")).unwrap_or_default()
                     );

@@ -13,6 +13,7 @@ pub mod firewall;
 pub mod names;
 pub mod network;
 pub mod runsc;
+pub mod workspace;
 
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -25,6 +26,7 @@ use rand::distr::Alphanumeric;
 use self::firewall::Firewall;
 use self::names::{SessionNames, slot_count, valid_session_id};
 use self::runsc::{HostSupport, Runsc};
+use self::workspace::{WorkspaceError, Workspaces};
 use crate::command::{CommandError, available};
 use crate::config::SandboxConfig;
 use crate::http::{HttpClient, HttpError};
@@ -49,6 +51,10 @@ pub enum SandboxError {
     Command(#[from] CommandError),
     #[error(transparent)]
     Bundle(#[from] bundle::BundleError),
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
+    #[error(transparent)]
+    Workspace(#[from] WorkspaceError),
     #[error("{0}")]
     Runsc(String),
     #[error(
@@ -79,7 +85,26 @@ pub struct Started {
     pub sandbox_address: Ipv4Addr,
     pub agent: SocketAddr,
     pub support: HostSupport,
+    /// The image it runs on (`host` with `danger_host_rootfs`).
+    pub image: String,
     pub elapsed: Duration,
+}
+
+/// What a sandbox's root filesystem is.
+#[derive(Debug, Clone)]
+enum RootChoice {
+    Image(Box<crate::image::Image>),
+    /// `danger_host_rootfs`: the host's `/`, with masks.
+    Host,
+}
+
+impl RootChoice {
+    fn path(&self) -> PathBuf {
+        match self {
+            RootChoice::Image(image) => image.root.clone(),
+            RootChoice::Host => PathBuf::from("/"),
+        }
+    }
 }
 
 /// What `reconcile` found and did.
@@ -100,6 +125,7 @@ pub struct SessionView {
     pub state: &'static str,
     pub address: Ipv4Addr,
     pub network_mode: Option<String>,
+    pub image: Option<String>,
     pub created_at: String,
     pub updated_at: String,
     pub error: Option<String>,
@@ -114,6 +140,7 @@ pub struct Runtime {
     http: HttpClient,
     runsc: Runsc,
     firewall: Firewall,
+    workspaces: Workspaces,
     _lock: File,
 }
 
@@ -151,6 +178,10 @@ impl Runtime {
                 dns_port: config.dns_port,
             },
             http: HttpClient::default(),
+            workspaces: Workspaces {
+                root: config.workspace_root.clone(),
+                max_mb: config.workspace_max_mb,
+            },
             store,
             config,
             _lock: lock,
@@ -185,14 +216,15 @@ impl Runtime {
                 self.config.agent.display()
             ));
         }
-        if let Some(rootfs) = &self.config.rootfs
-            && !rootfs.is_dir()
+        if self.config.workspace_max_mb > 0
+            && (!available("mkfs.ext4", "-V") || !available("mount", "--version"))
         {
-            missing.push(format!(
-                "[sandbox] rootfs = {} is not a directory; unpack a root filesystem there or \
-                 remove the key to use the host's root read-only",
-                rootfs.display()
-            ));
+            missing.push(
+                "mkfs.ext4 or mount is missing (workspace quotas are loop-mounted ext4 \
+                 filesystems): run `apt-get install e2fsprogs mount`, or set [sandbox] \
+                 workspace_max_mb = 0 for no quota"
+                    .into(),
+            );
         }
         if !self.config.ca_cert.is_file() {
             missing.push(format!(
@@ -216,8 +248,25 @@ impl Runtime {
         self.config.state_dir.join("sessions").join(id)
     }
 
-    fn workspace(&self, id: &str) -> PathBuf {
-        self.config.workspace_root.join(id)
+    /// The workspaces this runtime keeps.
+    pub fn workspaces(&self) -> &Workspaces {
+        &self.workspaces
+    }
+
+    /// The image `name` (default: `[sandbox] image`), or the host's root when
+    /// `danger_host_rootfs` is set.
+    fn choose_root(&self, name: Option<&str>) -> Result<RootChoice, SandboxError> {
+        if self.config.danger_host_rootfs {
+            tracing::warn!(
+                "[sandbox] danger_host_rootfs is set: this sandbox's root is the host's own /, \
+                 with a deny-list of hidden paths; every host file outside it is readable inside"
+            );
+            return Ok(RootChoice::Host);
+        }
+        let store = crate::image::ImageStore::open(&self.config.images_dir)?;
+        Ok(RootChoice::Image(Box::new(
+            store.get(name.unwrap_or(&self.config.image))?,
+        )))
     }
 
     /// Rewrites the firewall for the live sessions.
@@ -239,13 +288,16 @@ impl Runtime {
         format!("http://{}{path}", self.config.admin)
     }
 
-    /// Starts a sandbox for session `id` and waits until its agent answers.
-    pub async fn start(&mut self, id: &str) -> Result<Started, SandboxError> {
+    /// Starts a sandbox for session `id` on image `image` (default: `[sandbox] image`) and
+    /// waits until its agent answers. The session's workspace, if an earlier sandbox of the
+    /// session left one, is mounted again.
+    pub async fn start(&mut self, id: &str, image: Option<&str>) -> Result<Started, SandboxError> {
         let started = Instant::now();
         if !valid_session_id(id) {
             return Err(SandboxError::InvalidId(id.to_string()));
         }
         self.check_prerequisites()?;
+        let root = self.choose_root(image)?;
         let token: String = rand::rng()
             .sample_iter(Alphanumeric)
             .take(40)
@@ -255,7 +307,17 @@ impl Runtime {
             .store
             .claim(id, slot_count(self.config.address_pool), &token)?;
         let names = self.names(&record);
-        match self.bring_up(&record, &names).await {
+        let image_name = match &root {
+            RootChoice::Image(image) => {
+                self.store.set_image(id, &image.name, &image.digest)?;
+                image.name.clone()
+            }
+            RootChoice::Host => {
+                self.store.set_image(id, "host", "host")?;
+                "host".to_string()
+            }
+        };
+        match self.bring_up(&record, &names, &root).await {
             Ok(support) => {
                 self.store.set_running(id, support.network.as_str())?;
                 tracing::info!(
@@ -263,6 +325,7 @@ impl Runtime {
                     address = %names.sandbox_addr,
                     network = support.network.as_str(),
                     cgroups = support.cgroups,
+                    image = %image_name,
                     "sandbox started"
                 );
                 Ok(Started {
@@ -270,6 +333,7 @@ impl Runtime {
                     sandbox_address: names.sandbox_addr,
                     agent: SocketAddr::from((names.sandbox_addr, self.config.agent_port)),
                     support,
+                    image: image_name,
                     elapsed: started.elapsed(),
                 })
             }
@@ -297,6 +361,7 @@ impl Runtime {
         &self,
         record: &SessionRecord,
         names: &SessionNames,
+        root: &RootChoice,
     ) -> Result<HostSupport, SandboxError> {
         network::create(names)?;
         self.apply_firewall()?;
@@ -309,24 +374,22 @@ impl Runtime {
             )
             .await
             .map_err(SandboxError::Proxy)?;
-        let workspace = self.workspace(&record.id);
-        std::fs::create_dir_all(&workspace).map_err(io(&workspace))?;
+        let workspace = self.workspaces.attach(&record.id)?;
+        self.store.workspace_used(&record.id)?;
         let dir = self.session_dir(&record.id);
         let config = &self.config;
         let probe_dir = dir.join("probe");
+        let root_path = root.path();
         let support = self
             .runsc
             .probe(
                 &names.netns_path(),
                 &|own_netns| {
-                    bundle::write_probe(&probe_dir, config, own_netns).map_err(|e| e.to_string())
+                    bundle::write_probe(&probe_dir, config, own_netns, &root_path)
+                        .map_err(|e| e.to_string())
                 },
                 &config.state_dir.join("runsc-support"),
-                &config
-                    .rootfs
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from("/"))
-                    .join(bundle::OVERLAY_MARKER),
+                &root_path.join(bundle::OVERLAY_MARKER),
             )
             .map_err(SandboxError::Runsc)?;
         let bundle_dir = dir.join("bundle");
@@ -338,17 +401,27 @@ impl Runtime {
                 token: &record.token,
                 workspace: &workspace,
                 own_network_namespace: support.network == runsc::NetworkMode::Sandbox,
+                root: &root_path,
+                image_env: match root {
+                    RootChoice::Image(image) => &image.env,
+                    RootChoice::Host => &[],
+                },
+                mask_host: matches!(root, RootChoice::Host),
             },
         )?;
         let log = dir.join("sandbox.log");
+        let debug_log = dir.join("runsc-debug");
+        std::fs::create_dir_all(&debug_log).map_err(io(&debug_log))?;
         let mut child = self.runsc.spawn(
             &names.netns_path(),
             &bundle_dir,
             &names.container,
             support,
             &log,
+            &debug_log,
         )?;
-        self.wait_for_agent(names, &mut child, &log).await?;
+        self.wait_for_agent(names, &mut child, &log, &debug_log)
+            .await?;
         Ok(support)
     }
 
@@ -357,6 +430,7 @@ impl Runtime {
         names: &SessionNames,
         runsc: &mut std::process::Child,
         log: &std::path::Path,
+        debug_log: &std::path::Path,
     ) -> Result<(), SandboxError> {
         let address = SocketAddr::from((names.sandbox_addr, self.config.agent_port));
         let url = format!("http://{address}/healthz");
@@ -365,8 +439,11 @@ impl Runtime {
         while Instant::now() < deadline {
             if let Ok(Some(status)) = runsc.try_wait() {
                 let output = std::fs::read_to_string(log).unwrap_or_default();
+                let reason = Runsc::failure_reason(debug_log)
+                    .map(|r| format!("; runsc's log says: {r}"))
+                    .unwrap_or_default();
                 return Err(SandboxError::Runsc(format!(
-                    "runsc exited ({status}) before the sandbox agent answered: {}",
+                    "runsc exited ({status}) before the sandbox agent answered: {}{reason}",
                     output.trim()
                 )));
             }
@@ -472,20 +549,77 @@ impl Runtime {
             Ok(_) | Err(HttpError::Status { status: 404, .. }) => {}
             Err(e) => problems.push(format!("proxy registration: {e}")),
         }
-        if !self.config.keep_workspace {
-            let workspace = self.workspace(&record.id);
-            if workspace.exists()
-                && let Err(e) = std::fs::remove_dir_all(&workspace)
-            {
-                problems.push(format!("{}: {e}", workspace.display()));
-            }
-        }
+        // The workspace stays: the session's next sandbox mounts it again. It goes when the
+        // session ends ([`Runtime::end`]) and its retention has passed.
         let dir = self.session_dir(&record.id);
         if dir.exists()
             && let Err(e) = std::fs::remove_dir_all(&dir)
         {
             problems.push(format!("{}: {e}", dir.display()));
         }
+    }
+
+    /// Ends session `id`: stops its sandbox if it has one, and starts its workspace's
+    /// retention clock (`workspace_retention_hours`; with 0 the workspace goes at once).
+    pub async fn end(&mut self, id: &str) -> Result<(), SandboxError> {
+        let stopped = match self.store.get(id)? {
+            Some(record) if record.state.is_live() => self.stop(id).await,
+            _ => Ok(()),
+        };
+        self.store.workspace_ended(id)?;
+        self.sweep_workspaces();
+        stopped
+    }
+
+    /// Removes the workspaces whose session ended more than `workspace_retention_hours` ago,
+    /// and unmounts those of ended sessions. Workspaces found on disk with no record (an older
+    /// controller's) are recorded as ended now. Returns the sessions whose workspace went.
+    pub fn sweep_workspaces(&self) -> Vec<String> {
+        let mut removed = Vec::new();
+        let recorded = match self.store.workspaces() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the workspace records");
+                return removed;
+            }
+        };
+        for id in self.workspaces.list() {
+            if !recorded.iter().any(|r| r.session_id == id)
+                && let Err(e) = self.store.workspace_ended(&id)
+            {
+                tracing::error!(session = %id, error = %e, "recording a found workspace");
+            }
+        }
+        let live: Vec<String> = self
+            .store
+            .live()
+            .map(|l| l.into_iter().map(|r| r.id).collect())
+            .unwrap_or_default();
+        let now = time::OffsetDateTime::now_utc();
+        for record in self.store.workspaces().unwrap_or_default() {
+            let Some(ended) = record.ended_at.as_deref().and_then(|e| {
+                time::OffsetDateTime::parse(e, &time::format_description::well_known::Rfc3339).ok()
+            }) else {
+                continue;
+            };
+            if live.contains(&record.session_id) {
+                continue;
+            }
+            let age = (now - ended).max(time::Duration::ZERO);
+            let result = if age >= self.config.workspace_retention {
+                self.workspaces.remove(&record.session_id).map(|()| {
+                    let _ = self.store.forget_workspace(&record.session_id);
+                    removed.push(record.session_id.clone());
+                })
+            } else {
+                // Kept for retention, but not mounted: nothing runs in it any more.
+                self.workspaces.detach(&record.session_id)
+            };
+            if let Err(e) = result {
+                tracing::error!(session = %record.session_id, error = %e, "workspace sweep");
+            }
+        }
+        removed
     }
 
     /// Every recorded session.
@@ -551,6 +685,11 @@ impl Runtime {
             }
         }
         self.apply_firewall()?;
+        for id in self.sweep_workspaces() {
+            report
+                .removed
+                .push(format!("workspace {id} (retention passed)"));
+        }
         // Proxy registrations of addresses in this pool that no live session holds (a stop
         // whose DELETE failed): the proxy would refuse that address to the next session.
         if let Ok(text) = self
@@ -649,11 +788,47 @@ pub fn list_sessions(
             id: r.id,
             state: r.state.as_str(),
             network_mode: r.network_mode,
+            image: r.image,
             created_at: r.created_at,
             updated_at: r.updated_at,
             error: r.error,
         })
         .collect())
+}
+
+/// The live sessions running on the image whose manifest digest is `digest`.
+pub fn sessions_on_image(config: &SandboxConfig, digest: &str) -> Result<Vec<String>, StoreError> {
+    let store = Store::open(&config.state_dir.join("state.db"))?;
+    Ok(store
+        .live()?
+        .into_iter()
+        .filter(|r| r.image_digest.as_deref() == Some(digest))
+        .map(|r| r.id)
+        .collect())
+}
+
+/// The images `[sandbox] image` and `[sandbox.agent_images]` name that the store does not
+/// hold, each as a configuration error naming its key and how to fix it.
+pub fn missing_images(config: &SandboxConfig) -> Vec<String> {
+    if config.danger_host_rootfs {
+        return Vec::new();
+    }
+    let store = match crate::image::ImageStore::open(&config.images_dir) {
+        Ok(store) => store,
+        Err(e) => return vec![format!("sandbox.images_dir: {e}")],
+    };
+    std::iter::once(("sandbox.image".to_string(), &config.image))
+        .chain(
+            config
+                .agent_images
+                .iter()
+                .map(|(agent, image)| (format!("sandbox.agent_images.{agent}"), image)),
+        )
+        .filter_map(|(key, name)| match store.get(name) {
+            Ok(_) => None,
+            Err(e) => Some(format!("{key} = {name:?}: {e}")),
+        })
+        .collect()
 }
 
 /// Where session `id`'s agent listens, and its token. Reads the records without the controller

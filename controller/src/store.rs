@@ -66,6 +66,19 @@ pub struct SessionRecord {
     pub created_at: String,
     pub updated_at: String,
     pub error: Option<String>,
+    /// The image the sandbox runs on (`host` with `danger_host_rootfs`), and its digest.
+    pub image: Option<String>,
+    pub image_digest: Option<String>,
+}
+
+/// A session's workspace, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkspaceRecord {
+    pub session_id: String,
+    pub created_at: String,
+    /// When the session ended (terminated, deleted, or stopped with `--end`): the retention
+    /// clock starts here.
+    pub ended_at: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +122,11 @@ CREATE TABLE IF NOT EXISTS sessions (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS live_slot ON sessions(slot)
     WHERE state IN ('starting', 'running');
+CREATE TABLE IF NOT EXISTS workspaces (
+    session_id TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    ended_at   TEXT
+);
 CREATE TABLE IF NOT EXISTS webhook_events (
     id          TEXT PRIMARY KEY,
     type        TEXT NOT NULL,
@@ -150,6 +168,14 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(work::SCHEMA)?;
+        // Columns added after the first release: added to older databases in place.
+        for column in ["image TEXT", "image_digest TEXT"] {
+            match conn.execute_batch(&format!("ALTER TABLE sessions ADD COLUMN {column}")) {
+                Ok(()) => {}
+                Err(e) if e.to_string().contains("duplicate column") => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         Ok(Self {
             conn: std::sync::Mutex::new(conn),
         })
@@ -246,6 +272,58 @@ impl Store {
         Ok(())
     }
 
+    /// Records the image session `id` runs on.
+    pub fn set_image(&self, id: &str, image: &str, digest: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE sessions SET image = ?2, image_digest = ?3 WHERE id = ?1",
+            params![id, image, digest],
+        )?;
+        Ok(())
+    }
+
+    /// Records that session `id` has a workspace (again: a later start reopens an ended one).
+    pub fn workspace_used(&self, id: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO workspaces (session_id, created_at) VALUES (?1, ?2)
+             ON CONFLICT(session_id) DO UPDATE SET ended_at = NULL",
+            params![id, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Starts session `id`'s workspace retention clock (if not started already).
+    pub fn workspace_ended(&self, id: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO workspaces (session_id, created_at, ended_at) VALUES (?1, ?2, ?2)
+             ON CONFLICT(session_id) DO UPDATE SET ended_at = COALESCE(ended_at, ?2)",
+            params![id, now()],
+        )?;
+        Ok(())
+    }
+
+    pub fn workspaces(&self) -> Result<Vec<WorkspaceRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT session_id, created_at, ended_at FROM workspaces ORDER BY session_id",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(WorkspaceRecord {
+                    session_id: r.get(0)?,
+                    created_at: r.get(1)?,
+                    ended_at: r.get(2)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn forget_workspace(&self, id: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute("DELETE FROM workspaces WHERE session_id = ?1", [id])?;
+        Ok(())
+    }
+
     pub fn set_running(&self, id: &str, network_mode: &str) -> Result<(), StoreError> {
         self.conn().execute(
             "UPDATE sessions SET state = 'running', network_mode = ?2, error = NULL,
@@ -259,8 +337,8 @@ impl Store {
         Ok(self
             .conn()
             .query_row(
-                "SELECT id, slot, state, token, network_mode, created_at, updated_at, error
-                 FROM sessions WHERE id = ?1",
+                "SELECT id, slot, state, token, network_mode, created_at, updated_at, error,
+                 image, image_digest FROM sessions WHERE id = ?1",
                 [id],
                 row,
             )
@@ -271,8 +349,8 @@ impl Store {
     pub fn all(&self) -> Result<Vec<SessionRecord>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT id, slot, state, token, network_mode, created_at, updated_at, error
-             FROM sessions
+            "SELECT id, slot, state, token, network_mode, created_at, updated_at, error,
+             image, image_digest FROM sessions
              ORDER BY state NOT IN ('starting', 'running'), id",
         )?;
         let rows = stmt.query_map([], row)?.collect::<Result<_, _>>()?;
@@ -298,6 +376,8 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
         created_at: r.get(5)?,
         updated_at: r.get(6)?,
         error: r.get(7)?,
+        image: r.get(8)?,
+        image_digest: r.get(9)?,
     })
 }
 

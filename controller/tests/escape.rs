@@ -106,6 +106,17 @@ fn nothing_leaves_a_sandbox_but_allowed_requests_through_the_proxy() {
     }
 
     std::fs::write(world.workspace("b").join("notes.txt"), "b's work").unwrap();
+    // The image has its own /etc/shadow and /root: the probe must not read the host's.
+    let host_hashes: std::collections::HashMap<String, String> = ["/etc/shadow", "/root/.bashrc"]
+        .iter()
+        .filter_map(|p| {
+            let bytes = std::fs::read(p).ok()?;
+            Some((
+                p.to_string(),
+                hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
+            ))
+        })
+        .collect();
     let probe_config = serde_json::json!({
         "host_addr": host_addr,
         "other_sandbox": b_addr,
@@ -118,6 +129,7 @@ fn nothing_leaves_a_sandbox_but_allowed_requests_through_the_proxy() {
         "ca_key": world.dir.path().join("state/ca-key.pem"),
         "controller_db": world.dir.path().join("state/controller/state.db"),
         "other_workspace": world.workspace("b"),
+        "host_hashes": host_hashes,
     })
     .to_string();
     let out = world.exec(

@@ -177,18 +177,30 @@ try:
 except Exception as e:  # noqa: BLE001
     report("writing /usr/cordon-escape-probe (seen from the host?)", False, err(e))
 
-# 15. The gateway's secrets on the shared host root: all hidden.
+# 15. The gateway's secrets: not in the sandbox at all.
 for label, path in [
     ("the interception CA key", cfg["ca_key"]),
     ("the controller's database (agent tokens)", cfg["controller_db"]),
     ("another sandbox's workspace", cfg["other_workspace"]),
-    ("/etc/shadow", "/etc/shadow"),
-    ("/root", "/root/.bashrc"),
 ]:
     try:
         with open(path, "rb") as f:
             data = f.read()
         report("reading %s" % label, len(data) > 0, "read %d bytes" % len(data))
+    except Exception as e:  # noqa: BLE001
+        report("reading %s" % label, False, err(e))
+# The image has files at the host's well-known paths: they must be the image's, not the host's.
+import hashlib
+for label, path, host_hash in [
+    ("the host's /etc/shadow", "/etc/shadow", cfg["host_hashes"].get("/etc/shadow")),
+    ("the host's /root/.bashrc", "/root/.bashrc", cfg["host_hashes"].get("/root/.bashrc")),
+]:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        same = hashlib.sha256(data).hexdigest() == host_hash
+        report("reading %s" % label, same,
+               "read the host's file" if same else "read %d bytes: the image's own file" % len(data))
     except Exception as e:  # noqa: BLE001
         report("reading %s" % label, False, err(e))
 try:

@@ -125,7 +125,6 @@ v
     );
     assert!(world.containers().is_empty(), "{:?}", world.containers());
     assert!(!world.registrations().contains(&address));
-    assert!(!world.workspace("s1").exists());
     let list = text(&world.controller(&["sandbox", "list"]).stdout);
     assert!(list.contains("stopped"), "{list}");
     let out = world.exec("s1", &["true"]);
@@ -143,6 +142,24 @@ v
         out.status.success(),
         "s2 survived s1's second stop: {out:?}"
     );
+
+    // s1's next sandbox has what its first one wrote; s2 never sees it.
+    world.start("s1").unwrap_or_else(|out| panic!("{out:?}"));
+    let out = world.exec("s1", &["cat", "/workspace/f", "/workspace/notes/a.txt"]);
+    assert_eq!(text(&out.stdout), "hi\nalpha\ngamma\n", "{out:?}");
+    let out = world.exec("s2", &["ls", "-A", "/workspace"]);
+    assert_eq!(text(&out.stdout), "", "{out:?}");
+    // Ending the session with no retention removes its workspace.
+    let config = std::fs::read_to_string(world.config()).unwrap();
+    std::fs::write(
+        world.config(),
+        config.replace("[sandbox]\n", "[sandbox]\nworkspace_retention_hours = 0\n"),
+    )
+    .unwrap();
+    let out = world.controller(&["sandbox", "stop", "--end", "--session", "s1"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!world.workspace("s1").exists());
+    assert!(!world.workspace("s1").with_extension("img").exists());
 }
 
 #[test]

@@ -155,7 +155,12 @@ impl ProxyConfig {
             path: path.into(),
             message: e.to_string(),
         })?;
-        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        // Absolute, so every path derived from the file is too: paths are handed to other
+        // programs (runsc resolves a relative mount source against its bundle directory).
+        let base = std::path::absolute(path)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| path.parent().unwrap_or(Path::new(".")).to_path_buf());
         let mut errors = Vec::new();
         let config = validate(raw, &base, &mut errors);
         match config {

@@ -378,6 +378,28 @@ impl CmaClient {
         }
     }
 
+    /// The id of the agent session `session` runs (`GET /v1/sessions/{id}`'s `agent.id`), which
+    /// picks its image.
+    pub async fn session_agent(
+        &self,
+        work: &Work,
+        session: &str,
+    ) -> Result<Option<String>, CmaError> {
+        let path = format!("/v1/sessions/{session}");
+        let (_, bytes) = self
+            .call(http::Method::GET, &path, &self.key_for(work), None, false)
+            .await?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| CmaError::Protocol {
+                url: path,
+                message: e.to_string(),
+            })?;
+        Ok(value["agent"]["id"]
+            .as_str()
+            .or_else(|| value["agent"].as_str())
+            .map(str::to_string))
+    }
+
     /// One page of a session's events (oldest first) and the cursor of the next, if any.
     pub async fn list_events(
         &self,

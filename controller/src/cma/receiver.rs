@@ -121,6 +121,18 @@ async fn webhook(
             delivery.created_at.as_deref(),
         )
     };
+    if let ("session.status_terminated" | "session.deleted", Ok(true), Some(session)) = (
+        delivery.data.kind.as_str(),
+        &recorded,
+        delivery.data.id.as_deref(),
+    ) {
+        // The session gets no more work: its workspace's retention clock starts, whether or
+        // not a sandbox of it is running now.
+        let store = receiver.store.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = store.workspace_ended(session) {
+            tracing::error!(session = %session, error = %e, "cannot record the session's end");
+        }
+    }
     match recorded {
         Ok(true) => {
             tracing::info!(event = %delivery.id, kind = %delivery.data.kind, session = ?delivery.data.id, "webhook accepted");

@@ -246,6 +246,8 @@ impl Service {
         let _ = self.resume().await;
         loop {
             let _ = self.drain().await;
+            // Workspaces whose session ended longer ago than the retention go.
+            self.runtime.lock().await.sweep_workspaces();
             tokio::select! {
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(interval) => {}
@@ -279,7 +281,15 @@ impl Service {
             {
                 tracing::warn!(work = %work.id, error = %err, "cannot keep the egress counts");
             }
-            if let Err(e) = runtime.stop(&session).await {
+            // A terminated session will get no more work: its workspace's retention starts.
+            // Any other end (idle, a lost lease, a failure) keeps the workspace for the
+            // session's next sandbox.
+            let stopped = if end == WorkEnd::Done(RunEnd::Terminated) {
+                runtime.end(&session).await
+            } else {
+                runtime.stop(&session).await
+            };
+            if let Err(e) = stopped {
                 tracing::error!(session = %session, error = %e, "sandbox stop");
             }
         }
@@ -331,6 +341,10 @@ impl Service {
         if !first.keep_serving() {
             return WorkEnd::StopRequested;
         }
+        let image = match self.image_for(work, session).await {
+            Ok(image) => image,
+            Err(e) => return WorkEnd::Failed(e),
+        };
         let started = {
             let mut runtime = self.runtime.lock().await;
             // A sandbox that outlived a controller restart serves on: the runner reconciles
@@ -339,7 +353,7 @@ impl Service {
                 tracing::info!(session = %session, "resuming a session whose sandbox is running");
                 Ok(())
             } else {
-                runtime.start(session).await.map(|_| ())
+                runtime.start(session, image.as_deref()).await.map(|_| ())
             }
         };
         if let Err(e) = started {
@@ -353,6 +367,21 @@ impl Service {
         let end = self.serve_started(work, session, first, stop).await;
         self.metrics.sessions_active.dec();
         end
+    }
+
+    /// The image for `session`: `[sandbox.agent_images]`'s entry for its agent, else the
+    /// default (`None`). The session is fetched only when there is a mapping to consult.
+    async fn image_for(&self, work: &Work, session: &str) -> Result<Option<String>, String> {
+        let images = self.runtime.lock().await.config().agent_images.clone();
+        if images.is_empty() {
+            return Ok(None);
+        }
+        let agent = retrying("get session", || self.client.session_agent(work, session))
+            .await
+            .map_err(|e| format!("cannot read the session's agent to choose its image: {e}"))?;
+        let image = agent.as_ref().and_then(|a| images.get(a)).cloned();
+        tracing::info!(session = %session, agent = ?agent, image = ?image, "image chosen");
+        Ok(image)
     }
 
     fn note_heartbeat(&self, work: &Work, heartbeat: &Heartbeat) {

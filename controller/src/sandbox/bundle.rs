@@ -65,6 +65,12 @@ pub struct BundleInput<'a> {
     /// Whether the sandbox gets its own network namespace (runsc netstack) or uses the one it
     /// is started in (host networking inside the session netns).
     pub own_network_namespace: bool,
+    /// The root filesystem: an image's unpacked root, or `/` with `danger_host_rootfs`.
+    pub root: &'a Path,
+    /// The image's own environment (`KEY=VALUE`), under Cordon's variables.
+    pub image_env: &'a [String],
+    /// Hide the gateway's secrets (the root is the host's own).
+    pub mask_host: bool,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
@@ -123,6 +129,7 @@ pub fn write_probe(
     dir: &Path,
     config: &SandboxConfig,
     own_network_namespace: bool,
+    root: &Path,
 ) -> Result<PathBuf, BundleError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let mut namespaces = vec![LinuxNamespaceType::Pid, LinuxNamespaceType::Mount];
@@ -142,12 +149,7 @@ pub fn write_probe(
                 .cwd("/")
                 .build()?,
         )
-        .root(
-            RootBuilder::default()
-                .path(config.rootfs.clone().unwrap_or_else(|| PathBuf::from("/")))
-                .readonly(false)
-                .build()?,
-        )
+        .root(RootBuilder::default().path(root).readonly(false).build()?)
         .mounts(oci_spec::runtime::get_default_mounts())
         .linux(
             LinuxBuilder::default()
@@ -197,24 +199,59 @@ fn bind(
         .build()?)
 }
 
-fn spec(files: &Path, input: &BundleInput<'_>) -> Result<Spec, BundleError> {
-    let config = input.config;
-    let mut env = vec![
-        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
-        "HOME=/root".into(),
-        "LANG=C.UTF-8".into(),
-    ];
+/// Whether the image's root has glibc, which the statx compatibility library (built on the
+/// host against glibc) needs; a musl image would fail to load it in every process.
+fn has_glibc(root: &Path) -> bool {
+    [
+        "usr/lib/x86_64-linux-gnu/libc.so.6",
+        "lib/x86_64-linux-gnu/libc.so.6",
+    ]
+    .iter()
+    .any(|p| std::fs::symlink_metadata(root.join(p)).is_ok())
+}
+
+/// The process environment: the image's own, then Cordon's defaults where the image says
+/// nothing, then what Cordon must set (the CA variables, the preload) over the image's.
+fn environment(input: &BundleInput<'_>, statx: bool) -> Vec<String> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut set =
+        |key: &str, value: String, replace: bool| match env.iter_mut().find(|(k, _)| k == key) {
+            Some(entry) if replace => entry.1 = value,
+            Some(_) => {}
+            None => env.push((key.to_string(), value)),
+        };
+    for entry in input.image_env {
+        if let Some((k, v)) = entry.split_once('=')
+            && !k.starts_with("ANTHROPIC_")
+        {
+            set(k, v.to_string(), true);
+        }
+    }
+    set(
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        false,
+    );
+    set("HOME", "/root".into(), false);
+    set("LANG", "C.UTF-8".into(), false);
     for var in CA_VARIABLES {
         let value = if var == "NODE_EXTRA_CA_CERTS" {
             CORDON_CA_PATH
         } else {
             CA_BUNDLE_PATH
         };
-        env.push(format!("{var}={value}"));
+        set(var, value.into(), true);
     }
-    if config.statx_compat {
-        env.push(format!("LD_PRELOAD={STATX_COMPAT_PATH}"));
+    if statx {
+        set("LD_PRELOAD", STATX_COMPAT_PATH.into(), true);
     }
+    env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+fn spec(files: &Path, input: &BundleInput<'_>) -> Result<Spec, BundleError> {
+    let config = input.config;
+    let statx = config.statx_compat && has_glibc(input.root);
+    let env = environment(input, statx);
     let process = ProcessBuilder::default()
         .terminal(false)
         .args(vec![
@@ -233,7 +270,7 @@ fn spec(files: &Path, input: &BundleInput<'_>) -> Result<Spec, BundleError> {
     // Writable, but only through runsc's in-memory overlay (`--overlay2=root:memory`): the
     // probe checks that a write inside never reaches the host before any session runs.
     let root = RootBuilder::default()
-        .path(config.rootfs.clone().unwrap_or_else(|| PathBuf::from("/")))
+        .path(input.root)
         .readonly(false)
         .build()?;
     let mut mounts = oci_spec::runtime::get_default_mounts();
@@ -251,7 +288,7 @@ fn spec(files: &Path, input: &BundleInput<'_>) -> Result<Spec, BundleError> {
             .options(vec!["nosuid".into(), "nodev".into(), "mode=1777".into()])
             .build()?,
     ]);
-    if config.statx_compat {
+    if statx {
         mounts.push(bind(
             &files.join("statx-compat.so"),
             STATX_COMPAT_PATH,
@@ -261,7 +298,7 @@ fn spec(files: &Path, input: &BundleInput<'_>) -> Result<Spec, BundleError> {
     // The host's own root is shared read-only: hide what no sandbox may read. The masks go
     // right after the system mounts, before the bindings, so no binding lands under one.
     let mut masks = Vec::new();
-    if config.rootfs.is_none() {
+    if input.mask_host {
         for dir in &config.masked_dirs {
             masks.push(
                 MountBuilder::default()

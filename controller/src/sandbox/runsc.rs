@@ -63,19 +63,63 @@ impl Runsc {
         args
     }
 
-    /// `nsenter`'s arguments for `runsc run` of `bundle` as `id` inside `netns`.
-    fn run_args(&self, netns: &Path, bundle: &Path, id: &str, support: HostSupport) -> Vec<String> {
+    /// `nsenter`'s arguments for `runsc run` of `bundle` as `id` inside `netns`; runsc's own
+    /// log goes to files in `debug_log` (a directory), where its reason for a failed start is.
+    fn run_args(
+        &self,
+        netns: &Path,
+        bundle: &Path,
+        id: &str,
+        support: HostSupport,
+        debug_log: Option<&Path>,
+    ) -> Vec<String> {
         let mut args = vec![
             format!("--net={}", netns.display()),
             self.binary.display().to_string(),
         ];
         args.extend(self.global_args(support));
+        if let Some(dir) = debug_log {
+            args.push(format!("--debug-log={}/", dir.display()));
+        }
         args.extend([
             "run".into(),
             format!("--bundle={}", bundle.display()),
             id.into(),
         ]);
         args
+    }
+
+    /// runsc's own reason for a failed start, from the files its `--debug-log` wrote into
+    /// `dir`: the fatal lines (runsc's exit message is only "cannot read client sync file"),
+    /// else its last warnings.
+    pub fn failure_reason(dir: &Path) -> Option<String> {
+        let mut fatal = Vec::new();
+        let mut warnings = Vec::new();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        files.sort();
+        for file in files {
+            let Ok(text) = std::fs::read_to_string(&file) else {
+                continue;
+            };
+            for line in text.lines() {
+                let lower = line.to_ascii_lowercase();
+                if lower.contains("fatal error") || lower.contains("fatal:") {
+                    fatal.push(line.trim().to_string());
+                } else if line.starts_with('W') || line.starts_with('E') {
+                    warnings.push(line.trim().to_string());
+                }
+            }
+        }
+        fatal.dedup();
+        if !fatal.is_empty() {
+            return Some(fatal.join("; "));
+        }
+        let n = warnings.len();
+        (n > 0).then(|| warnings[n.saturating_sub(3)..].join("; "))
     }
 
     /// `runsc --version`'s first line.
@@ -99,8 +143,9 @@ impl Runsc {
         id: &str,
         support: HostSupport,
         log: &Path,
+        debug_log: &Path,
     ) -> Result<std::process::Child, CommandError> {
-        let args = self.run_args(netns, bundle, id, support);
+        let args = self.run_args(netns, bundle, id, support, Some(debug_log));
         let command = format!("nsenter {}", args.join(" "));
         let problem = |problem: String| CommandError {
             command: command.clone(),
@@ -130,7 +175,7 @@ impl Runsc {
         id: &str,
         support: HostSupport,
     ) -> Result<(), CommandError> {
-        let args = self.run_args(netns, bundle, id, support);
+        let args = self.run_args(netns, bundle, id, support, None);
         let result = run("nsenter", args).map(|_| ());
         let _ = self.remove(id, Some(netns));
         result
@@ -256,11 +301,16 @@ impl Runsc {
                 .unwrap_or("cordon")
         );
         let mut found = None;
+        let mut last_error = String::new();
         'search: for network in [NetworkMode::Sandbox, NetworkMode::Host] {
             let bundle = probe_bundle(network == NetworkMode::Sandbox)?;
             for cgroups in [true, false] {
                 let support = HostSupport { network, cgroups };
-                if self.run_to_end(netns, &bundle, &id, support).is_ok() {
+                let ran = self.run_to_end(netns, &bundle, &id, support);
+                if let Err(e) = &ran {
+                    last_error = e.to_string();
+                }
+                if ran.is_ok() {
                     // The probe wrote at the sandbox's root: if that reached the host, the
                     // overlay is not working and a sandbox could write the host's files.
                     if overlay_marker_on_host.exists() {
@@ -276,9 +326,12 @@ impl Runsc {
             }
         }
         let support = found.ok_or_else(|| {
-            "runsc could not run a probe container in any network mode (sandbox or host, with or \
-             without cgroups); run `runsc --version` and check the kernel supports ptrace"
-                .to_string()
+            format!(
+                "runsc could not run a probe container (`/bin/sh` writing at the root) in any \
+                 network mode (sandbox or host, with or without cgroups); the last attempt: \
+                 {last_error}. Check `runsc --version`, that the kernel supports ptrace, and \
+                 that the image has /bin/sh"
+            )
         })?;
         let _ = std::fs::write(
             cache,

@@ -45,6 +45,46 @@ pub struct Ports {
     pub dns: u16,
 }
 
+/// The image store the root-tier tests run sandboxes from: built once per `make test` run
+/// (cached by the image file's content) at `$CORDON_TEST_IMAGES`, default
+/// `~/.cache/cordon/images`.
+pub fn test_images() -> PathBuf {
+    let dir = std::env::var_os("CORDON_TEST_IMAGES").map_or_else(
+        || {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/cordon/images")
+        },
+        PathBuf::from,
+    );
+    assert!(
+        dir.join("index.json").is_file()
+            && std::fs::read_to_string(dir.join("index.json"))
+                .unwrap_or_default()
+                .contains("\"default\""),
+        "no default image in {}: run `make test` (it builds one), or `cordon-controller image \
+         build default --from-file images/default.toml --store {}`",
+        dir.display(),
+        dir.display()
+    );
+    dir
+}
+
+/// Unmounts every mount below `dir` (workspaces a failed test left mounted), deepest first.
+pub fn unmount_below(dir: &Path) {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| Path::new(p).starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = Command::new("umount").args(["-l", p]).status();
+    }
+}
+
 /// Everything a test started; dropped last, it removes all of it.
 pub struct World {
     pub dir: tempfile::TempDir,
@@ -150,7 +190,7 @@ impl World {
                  [dns]\nlisten = \"0.0.0.0:{}\"\n\
                  [sandbox]\nname_prefix = \"{prefix}\"\ninterface_prefix = \"{interface_prefix}\"\n\
                  address_pool = \"{pool}\"\nagent_port = {agent_port}\nagent = \"{agent}\"\n\
-                 memory_mb = 512\n{}\n{}\n",
+                 images_dir = \"{images}\"\nmemory_mb = 512\n{}\n{}\n",
                 ports.explicit,
                 ports.transparent,
                 ports.admin,
@@ -158,7 +198,8 @@ impl World {
                 ports.dns,
                 setup.sandbox_extra,
                 setup.extra_toml,
-                agent = binary("cordon-sandbox-agent").display()
+                agent = binary("cordon-sandbox-agent").display(),
+                images = test_images().display(),
             ),
         )
         .unwrap();
@@ -334,5 +375,8 @@ impl Drop for World {
             .stderr(Stdio::null())
             .status();
         self.stop_proxy();
+        // Workspaces stay mounted while their session lives; the directory cannot go until
+        // they are unmounted.
+        unmount_below(self.dir.path());
     }
 }
