@@ -287,41 +287,34 @@ impl Layout {
                 }
             }
         }
-        let sweep =
-            |dir: PathBuf, keep: &std::collections::HashSet<String>| -> Result<(), ImageError> {
-                for entry in std::fs::read_dir(&dir).map_err(io(&dir))?.flatten() {
-                    let name = entry.file_name().to_string_lossy().into_owned();
-                    if !keep.contains(&name) {
-                        let path = entry.path();
-                        let result = if path.is_dir() {
-                            std::fs::remove_dir_all(&path)
-                        } else {
-                            std::fs::remove_file(&path)
-                        };
-                        result.map_err(io(&path))?;
-                    }
-                }
-                Ok(())
-            };
-        sweep(self.dir.join("blobs/sha256"), &keep_blobs)?;
-        sweep(self.dir.join("roots"), &keep_roots)
+        sweep(&self.dir.join("blobs/sha256"), |name| {
+            keep_blobs.contains(name)
+        })?;
+        sweep(&self.dir.join("roots"), |name| keep_roots.contains(name))
     }
 
     /// Removes what an interrupted import or build left in the scratch directory. Called with
     /// the lock held, before a write starts its own scratch work.
     pub fn clean_scratch(&self) -> Result<(), ImageError> {
-        let tmp = self.dir.join("tmp");
-        for entry in std::fs::read_dir(&tmp).map_err(io(&tmp))?.flatten() {
-            let path = entry.path();
-            let result = if path.is_dir() {
-                std::fs::remove_dir_all(&path)
-            } else {
-                std::fs::remove_file(&path)
-            };
-            result.map_err(io(&path))?;
-        }
-        Ok(())
+        sweep(&self.dir.join("tmp"), |_| false)
     }
+}
+
+/// Removes every entry of `dir` (file or tree) whose name `keep` does not keep.
+fn sweep(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<(), ImageError> {
+    for entry in std::fs::read_dir(dir).map_err(io(dir))?.flatten() {
+        if keep(&entry.file_name().to_string_lossy()) {
+            continue;
+        }
+        let path = entry.path();
+        let result = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        result.map_err(io(&path))?;
+    }
+    Ok(())
 }
 
 pub fn name_of(descriptor: &Descriptor) -> Option<&str> {
