@@ -275,7 +275,7 @@ impl ImageStore {
         annotations.insert(store::UNPACKED_BYTES.into(), applied.bytes.to_string());
         annotations
             .entry(store::CREATED.into())
-            .or_insert_with(now_rfc3339);
+            .or_insert_with(crate::store::now);
         descriptor.set_annotations(Some(annotations));
         self.layout.set_name(name, descriptor)?;
         self.get(name)
@@ -311,10 +311,4 @@ fn layer_reader(
             ),
         }),
     }
-}
-
-fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    now.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| now.unix_timestamp().to_string())
 }

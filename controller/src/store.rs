@@ -136,7 +136,8 @@ CREATE TABLE IF NOT EXISTS webhook_events (
 );
 ";
 
-fn now() -> String {
+/// Now, as the RFC 3339 text every record carries.
+pub(crate) fn now() -> String {
     let now = time::OffsetDateTime::now_utc();
     now.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| now.unix_timestamp().to_string())
