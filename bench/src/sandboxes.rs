@@ -133,8 +133,8 @@ pub async fn run(count: usize, out: &Path) -> Result<String, String> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let config = SandboxConfig::load(&config_path).map_err(|e| e.to_string())?;
-    let mut runtime = Runtime::open(config.clone()).map_err(|e| e.to_string())?;
-    let result = measure(&mut runtime, &config, count).await;
+    let runtime = Runtime::open(config.clone()).map_err(|e| e.to_string())?;
+    let result = measure(&runtime, &config, count).await;
     // Whatever happened, nothing stays behind.
     let cleanup = runtime.stop_all().await;
     let (summary, json) = result?;
@@ -151,7 +151,7 @@ pub async fn run(count: usize, out: &Path) -> Result<String, String> {
 }
 
 async fn measure(
-    runtime: &mut Runtime,
+    runtime: &Runtime,
     config: &SandboxConfig,
     count: usize,
 ) -> Result<(String, serde_json::Value), String> {

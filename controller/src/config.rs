@@ -35,6 +35,7 @@ struct SandboxSection {
     images_dir: Option<PathBuf>,
     agent_images: std::collections::BTreeMap<String, String>,
     danger_host_rootfs: bool,
+    warm: u32,
     /// Replaced by images; kept only to say so.
     rootfs: Option<PathBuf>,
     workspace_root: Option<PathBuf>,
@@ -62,6 +63,7 @@ impl Default for SandboxSection {
             images_dir: None,
             agent_images: Default::default(),
             danger_host_rootfs: false,
+            warm: 0,
             rootfs: None,
             workspace_root: None,
             keep_workspace: None,
@@ -77,6 +79,8 @@ impl Default for SandboxSection {
     }
 }
 
+/// The most warm sandboxes `[sandbox] warm` may ask for per image.
+pub const MAX_WARM: u32 = 64;
 /// The image a session runs on when nothing else is said.
 pub const DEFAULT_IMAGE: &str = "default";
 /// A workspace's size limit, enforced by the kernel (a loop-mounted filesystem per workspace).
@@ -106,6 +110,8 @@ pub struct SandboxConfig {
     /// Run sandboxes on the host's own `/` (with masks) instead of an image: dangerous, since
     /// a deny-list of hidden paths can never be complete.
     pub danger_host_rootfs: bool,
+    /// Warm sandboxes kept ready per image (`image` and each of `agent_images`).
+    pub warm: u32,
     pub workspace_root: PathBuf,
     /// 0: no quota (a plain directory).
     pub workspace_max_mb: u64,
@@ -273,6 +279,20 @@ impl SandboxConfig {
                 None
             }
         };
+        if raw.warm > MAX_WARM {
+            errors.push(format!(
+                "sandbox.warm = {}: at most {MAX_WARM} warm sandboxes per image (each holds \
+                 memory and an address while idle)",
+                raw.warm
+            ));
+        }
+        if raw.warm > 0 && raw.danger_host_rootfs {
+            errors.push(
+                "sandbox.warm needs images: a warm pool is not kept for danger_host_rootfs \
+                 sandboxes; set warm = 0 or run on an image"
+                    .into(),
+            );
+        }
         if raw.memory_mb < 64 {
             errors.push("sandbox.memory_mb must be at least 64".into());
         }
@@ -370,6 +390,7 @@ impl SandboxConfig {
             image: raw.image,
             agent_images: raw.agent_images,
             danger_host_rootfs: raw.danger_host_rootfs,
+            warm: raw.warm,
             masked_dirs: masked_dirs(proxy, base, &workspace_root, &images_dir),
             images_dir,
             workspace_root,

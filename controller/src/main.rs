@@ -231,7 +231,7 @@ async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
             );
             return Err(ExitCode::from(64));
         }
-        let mut runtime = Runtime::open(sandbox).map_err(|e| fail(&e))?;
+        let runtime = Arc::new(Runtime::open(sandbox).map_err(|e| fail(&e))?);
         // After a crash: sandboxes still running are kept for their sessions to resume; what
         // vanished or was half-made is cleaned up.
         report_reconcile(runtime.reconcile().await);
@@ -248,7 +248,7 @@ async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
         })?;
         let service = Arc::new(cordon_controller::cma::service::Service {
             client,
-            runtime: tokio::sync::Mutex::new(runtime),
+            runtime,
             store: open_store()?,
             metrics: metrics.clone(),
             runner: cordon_controller::cma::runner::RunnerConfig {
@@ -371,7 +371,7 @@ async fn run(action: SandboxAction) -> Result<ExitCode, ExitCode> {
             session,
             image,
         } => {
-            let mut runtime = Runtime::open(load(&common)?).map_err(|e| fail(&e))?;
+            let runtime = Runtime::open(load(&common)?).map_err(|e| fail(&e))?;
             // With the lock held no other start is in flight: anything half-made is a crash's.
             report_reconcile(runtime.reconcile().await);
             let started = runtime
@@ -470,7 +470,7 @@ async fn run(action: SandboxAction) -> Result<ExitCode, ExitCode> {
             session,
             end,
         } => {
-            let mut runtime = Runtime::open(load(&common)?).map_err(|e| fail(&e))?;
+            let runtime = Runtime::open(load(&common)?).map_err(|e| fail(&e))?;
             if end {
                 runtime.end(&session).await.map_err(|e| fail(&e))?;
                 println!("session {session} ended (its workspace goes after the retention)");
@@ -513,7 +513,7 @@ async fn run(action: SandboxAction) -> Result<ExitCode, ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         SandboxAction::Reconcile { common } => {
-            let mut runtime = Runtime::open(load(&common)?).map_err(|e| fail(&e))?;
+            let runtime = Runtime::open(load(&common)?).map_err(|e| fail(&e))?;
             let report = runtime.reconcile().await.map_err(|e| fail(&e))?;
             for removed in &report.removed {
                 println!("removed {removed}");

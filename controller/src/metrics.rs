@@ -21,7 +21,14 @@ pub struct ControllerMetrics {
     /// Work items ended, by `end` = terminated | idle | stop_requested | lease_lost |
     /// stopped_by_operator | failed.
     pub work_items: IntCounterVec,
+    /// Sandboxes a session started on, by `kind` = warm (claimed from the pool) | cold.
+    pub sandbox_starts: IntCounterVec,
+    /// Tool calls a resource limit stopped, by `limit` = memory | pids | workspace_disk.
+    pub sandbox_limit_hits: IntCounterVec,
 }
+
+/// The limits `sandbox_limit_hits` counts.
+pub const LIMITS: [&str; 3] = ["memory", "pids", "workspace_disk"];
 
 const START_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0];
 
@@ -77,6 +84,28 @@ impl ControllerMetrics {
             ),
             &["end"],
         )?;
+        let sandbox_starts = IntCounterVec::new(
+            Opts::new(
+                "cordon_controller_sandbox_starts_total",
+                "Sandboxes sessions started on, by kind: warm (claimed from the pool) or cold",
+            ),
+            &["kind"],
+        )?;
+        let sandbox_limit_hits = IntCounterVec::new(
+            Opts::new(
+                "cordon_controller_sandbox_limit_hits_total",
+                "Tool calls stopped by a sandbox resource limit, by limit",
+            ),
+            &["limit"],
+        )?;
+        registry.register(Box::new(sandbox_starts.clone()))?;
+        registry.register(Box::new(sandbox_limit_hits.clone()))?;
+        for kind in ["warm", "cold"] {
+            sandbox_starts.with_label_values(&[kind]);
+        }
+        for limit in LIMITS {
+            sandbox_limit_hits.with_label_values(&[limit]);
+        }
         registry.register(Box::new(sessions_active.clone()))?;
         registry.register(Box::new(session_start.clone()))?;
         registry.register(Box::new(tool_calls.clone()))?;
@@ -116,6 +145,8 @@ impl ControllerMetrics {
             webhook_deliveries,
             lease_losses,
             work_items,
+            sandbox_starts,
+            sandbox_limit_hits,
         })
     }
 

@@ -3,28 +3,42 @@
 //! the CLI and the CMA integration call.
 //!
 //! Start: record (slot) -> netns + veth -> firewall -> proxy registration -> workspace ->
-//! bundle -> runsc -> wait for the agent. A failure undoes what was done, in reverse.
+//! bundle -> runsc -> wait for the agent. A failure undoes what was done, in reverse. With a
+//! warm pool (`[sandbox] warm`), a start first tries to claim a ready sandbox (pool.rs).
 //! Stop: container -> netns -> record -> firewall -> registration -> workspace, an order in
 //! which the sandbox never has a way out the firewall does not guard: its processes are gone
 //! before its interface, and its interface before its rules.
+//!
+//! Concurrency: every method takes `&self`, and operations on different sessions run side by
+//! side. Operations on one session are ordered by its lock (locks.rs); the process spawns
+//! (`ip`, `runsc`, `mount`) run on tokio's blocking pool; the firewall table has one owner
+//! task that coalesces rewrites (firewall.rs). `reconcile` and `stop_all`, which look at every
+//! session's resources at once, wait until no other operation runs.
 
 pub mod bundle;
 pub mod firewall;
+mod locks;
 pub mod names;
 pub mod network;
+mod pool;
+mod reconcile;
 pub mod runsc;
+mod sweep;
 pub mod workspace;
 
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 use rand::distr::Alphanumeric;
 
-use self::firewall::Firewall;
-use self::names::{SessionNames, slot_count, valid_session_id};
+use self::firewall::{Applier, Firewall};
+use self::locks::SessionLocks;
+use self::names::{SessionNames, is_warm_id, slot_count, valid_session_id};
+pub use self::reconcile::Reconciled;
 use self::runsc::{HostSupport, Runsc};
 use self::workspace::{WorkspaceError, Workspaces};
 use crate::command::{CommandError, available};
@@ -57,6 +71,8 @@ pub enum SandboxError {
     Workspace(#[from] WorkspaceError),
     #[error("{0}")]
     Runsc(String),
+    #[error("the sandbox firewall (nftables) could not be applied: {0}")]
+    Firewall(String),
     #[error(
         "the proxy's admin API refused or did not answer: {0}; is cordon-proxy running with this cordon.toml?"
     )]
@@ -87,6 +103,8 @@ pub struct Started {
     pub support: HostSupport,
     /// The image it runs on (`host` with `danger_host_rootfs`).
     pub image: String,
+    /// Claimed from the warm pool rather than started for this session.
+    pub warm: bool,
     pub elapsed: Duration,
 }
 
@@ -107,21 +125,11 @@ impl RootChoice {
     }
 }
 
-/// What `reconcile` found and did.
-#[derive(Debug, Default)]
-pub struct Reconciled {
-    /// Host resources with the Cordon prefix that no live session owned: removed.
-    pub removed: Vec<String>,
-    /// Recorded live sessions whose resources had vanished: marked failed.
-    pub failed: Vec<String>,
-    /// Removals that failed (the rest went ahead).
-    pub problems: Vec<String>,
-}
-
 /// One row of `list`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SessionView {
     pub id: String,
+    /// `starting`, `running`, `stopped`, `failed`, or `warm` (in the warm pool, no session).
     pub state: &'static str,
     pub address: Ipv4Addr,
     pub network_mode: Option<String>,
@@ -132,16 +140,41 @@ pub struct SessionView {
 }
 
 /// The runtime, holding the controller's lock (one mutating controller at a time per state
-/// directory) for as long as it lives.
+/// directory) for as long as it lives. Share it (`Arc`) between tasks: see the module notes.
 #[derive(Debug)]
 pub struct Runtime {
-    config: SandboxConfig,
-    store: Store,
+    config: Arc<SandboxConfig>,
+    store: Arc<Store>,
     http: HttpClient,
     runsc: Runsc,
     firewall: Firewall,
+    /// Made on the first rewrite, on the runtime the caller runs on.
+    applier: OnceLock<Applier>,
     workspaces: Workspaces,
+    locks: SessionLocks,
+    /// Shared by every session operation; exclusive for `reconcile` and `stop_all`.
+    whole: tokio::sync::RwLock<()>,
+    /// What runsc supports here, probed by the first start.
+    support: tokio::sync::OnceCell<HostSupport>,
+    /// Set once the host had everything a start needs.
+    prerequisites: OnceLock<()>,
+    /// Wakes the warm pool's refill (a sandbox was claimed or went).
+    refill: tokio::sync::Notify,
+    /// Set by `stop_all`: the pool starts nothing more.
+    closing: std::sync::atomic::AtomicBool,
     _lock: File,
+}
+
+/// Runs blocking work (process spawns, file system writes) on tokio's blocking pool, so a
+/// start waiting for `runsc` holds up no other session.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(e) => panic!("blocking sandbox work was cancelled: {e}"),
+        },
+    }
 }
 
 fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> SandboxError + '_ {
@@ -165,7 +198,7 @@ impl Runtime {
             .open(&lock_path)
             .map_err(io(&lock_path))?;
         lock.lock().map_err(io(&lock_path))?;
-        let store = Store::open(&dir.join("state.db"))?;
+        let store = Arc::new(Store::open(&dir.join("state.db"))?);
         Ok(Self {
             runsc: Runsc {
                 binary: config.runsc.clone(),
@@ -183,7 +216,14 @@ impl Runtime {
                 max_mb: config.workspace_max_mb,
             },
             store,
-            config,
+            config: Arc::new(config),
+            applier: OnceLock::new(),
+            locks: SessionLocks::default(),
+            whole: tokio::sync::RwLock::new(()),
+            support: tokio::sync::OnceCell::new(),
+            prerequisites: OnceLock::new(),
+            refill: tokio::sync::Notify::new(),
+            closing: std::sync::atomic::AtomicBool::new(false),
             _lock: lock,
         })
     }
@@ -192,8 +232,12 @@ impl Runtime {
         &self.config
     }
 
-    /// Everything a start needs from the host, each missing piece with how to get it.
+    /// Everything a start needs from the host, each missing piece with how to get it. Once
+    /// everything was there, later calls check nothing (each check spawns a process).
     pub fn check_prerequisites(&self) -> Result<(), SandboxError> {
+        if self.prerequisites.get().is_some() {
+            return Ok(());
+        }
         let mut missing = Vec::new();
         if !available(&self.config.runsc, "--version") {
             missing.push(format!(
@@ -234,6 +278,7 @@ impl Runtime {
             ));
         }
         if missing.is_empty() {
+            let _ = self.prerequisites.set(());
             Ok(())
         } else {
             Err(SandboxError::Prerequisite(missing.join("\n")))
@@ -241,7 +286,7 @@ impl Runtime {
     }
 
     fn names(&self, record: &SessionRecord) -> SessionNames {
-        SessionNames::new(&self.config, &record.id, record.slot)
+        SessionNames::new(&self.config, &record.sandbox_id, record.slot)
     }
 
     fn session_dir(&self, id: &str) -> PathBuf {
@@ -269,35 +314,74 @@ impl Runtime {
         )))
     }
 
-    /// Rewrites the firewall for the live sessions.
-    fn apply_firewall(&self) -> Result<(), SandboxError> {
-        let sessions: Vec<(String, Ipv4Addr)> = self
-            .store
-            .live()?
-            .iter()
-            .map(|r| {
-                let n = self.names(r);
-                (n.host_if, n.sandbox_addr)
-            })
-            .collect();
-        self.firewall.apply(&sessions)?;
-        Ok(())
+    /// Rewrites the firewall for the live sessions (warm ones included) as recorded now.
+    async fn apply_firewall(&self) -> Result<(), SandboxError> {
+        let applier = self.applier.get_or_init(|| {
+            let (store, config) = (self.store.clone(), self.config.clone());
+            Applier::spawn(
+                self.firewall.clone(),
+                Arc::new(move || {
+                    Ok(store
+                        .live()
+                        .map_err(|e| e.to_string())?
+                        .iter()
+                        .map(|r| {
+                            let n = SessionNames::new(&config, &r.sandbox_id, r.slot);
+                            (n.host_if, n.sandbox_addr)
+                        })
+                        .collect())
+                }),
+            )
+        });
+        applier.apply().await.map_err(SandboxError::Firewall)
     }
 
     fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.config.admin)
     }
 
+    /// Tells the proxy that `address` is session `id`'s.
+    async fn register(&self, id: &str, address: Ipv4Addr) -> Result<(), SandboxError> {
+        self.http
+            .call(
+                http::Method::PUT,
+                &self.admin_url(&format!("/sessions/{id}")),
+                None,
+                Some(serde_json::json!({ "source": address }).to_string()),
+            )
+            .await
+            .map(|_| ())
+            .map_err(SandboxError::Proxy)
+    }
+
     /// Starts a sandbox for session `id` on image `image` (default: `[sandbox] image`) and
-    /// waits until its agent answers. The session's workspace, if an earlier sandbox of the
-    /// session left one, is mounted again.
-    pub async fn start(&mut self, id: &str, image: Option<&str>) -> Result<Started, SandboxError> {
+    /// waits until its agent answers: a warm one from the pool when there is one for the image
+    /// and the session has no workspace yet, else a new one. The session's workspace, if an
+    /// earlier sandbox of the session left one, is mounted again.
+    pub async fn start(&self, id: &str, image: Option<&str>) -> Result<Started, SandboxError> {
         let started = Instant::now();
         if !valid_session_id(id) {
             return Err(SandboxError::InvalidId(id.to_string()));
         }
+        let _whole = self.whole.read().await;
+        let _session = self.locks.lock(id).await;
         self.check_prerequisites()?;
         let root = self.choose_root(image)?;
+        if let Some(claimed) = self.claim_warm(id, &root, started).await? {
+            return Ok(claimed);
+        }
+        self.start_sandbox(id, &root, false, started).await
+    }
+
+    /// Starts a new sandbox under `id` (a session id, or a pool id when `warm`). The caller
+    /// holds `id`'s lock.
+    async fn start_sandbox(
+        &self,
+        id: &str,
+        root: &RootChoice,
+        warm: bool,
+        started: Instant,
+    ) -> Result<Started, SandboxError> {
         let token: String = rand::rng()
             .sample_iter(Alphanumeric)
             .take(40)
@@ -305,9 +389,9 @@ impl Runtime {
             .collect();
         let record = self
             .store
-            .claim(id, slot_count(self.config.address_pool), &token)?;
+            .claim(id, slot_count(self.config.address_pool), &token, warm)?;
         let names = self.names(&record);
-        let image_name = match &root {
+        let image_name = match root {
             RootChoice::Image(image) => {
                 self.store.set_image(id, &image.name, &image.digest)?;
                 image.name.clone()
@@ -317,7 +401,7 @@ impl Runtime {
                 "host".to_string()
             }
         };
-        match self.bring_up(&record, &names, &root).await {
+        match self.bring_up(&record, &names, root).await {
             Ok(support) => {
                 self.store.set_running(id, support.network.as_str())?;
                 tracing::info!(
@@ -326,6 +410,7 @@ impl Runtime {
                     network = support.network.as_str(),
                     cgroups = support.cgroups,
                     image = %image_name,
+                    warm,
                     "sandbox started"
                 );
                 Ok(Started {
@@ -334,6 +419,7 @@ impl Runtime {
                     agent: SocketAddr::from((names.sandbox_addr, self.config.agent_port)),
                     support,
                     image: image_name,
+                    warm: false,
                     elapsed: started.elapsed(),
                 })
             }
@@ -343,18 +429,46 @@ impl Runtime {
                 if let Err(teardown) = self.tear_down(&record, &names).await {
                     tracing::error!(session = id, error = %teardown, "cleanup after a failed start");
                 }
-                if let Err(store) =
-                    self.store
-                        .set_state(id, SessionState::Failed, Some(&e.to_string()))
-                {
-                    tracing::error!(session = id, error = %store, "recording a failed start");
-                }
-                if let Err(firewall) = self.apply_firewall() {
+                self.record_end(&record, Some(&e.to_string())).await;
+                if let Err(firewall) = self.apply_firewall().await {
                     tracing::error!(session = id, error = %firewall, "firewall after a failed start");
                 }
                 Err(e)
             }
         }
+    }
+
+    /// What runsc supports on this host: probed (in `names`' namespace) by the first start,
+    /// and by nobody after it.
+    async fn host_support(
+        &self,
+        names: &SessionNames,
+        probe_dir: PathBuf,
+        root: PathBuf,
+    ) -> Result<HostSupport, SandboxError> {
+        let support = self
+            .support
+            .get_or_try_init(|| {
+                let (runsc, config, names) =
+                    (self.runsc.clone(), self.config.clone(), names.clone());
+                async move {
+                    blocking(move || {
+                        runsc.probe(
+                            &names.netns_path(),
+                            &|own_netns| {
+                                bundle::write_probe(&probe_dir, &config, own_netns, &root)
+                                    .map_err(|e| e.to_string())
+                            },
+                            &config.state_dir.join("runsc-support"),
+                            &root.join(bundle::OVERLAY_MARKER),
+                        )
+                    })
+                    .await
+                    .map_err(SandboxError::Runsc)
+                }
+            })
+            .await?;
+        Ok(*support)
     }
 
     async fn bring_up(
@@ -363,63 +477,62 @@ impl Runtime {
         names: &SessionNames,
         root: &RootChoice,
     ) -> Result<HostSupport, SandboxError> {
-        network::create(names)?;
-        self.apply_firewall()?;
-        self.http
-            .call(
-                http::Method::PUT,
-                &self.admin_url(&format!("/sessions/{}", record.id)),
-                None,
-                Some(serde_json::json!({"source": names.sandbox_addr}).to_string()),
-            )
-            .await
-            .map_err(SandboxError::Proxy)?;
-        let workspace = self.workspaces.attach(&record.id)?;
-        self.store.workspace_used(&record.id)?;
-        let dir = self.session_dir(&record.id);
-        let config = &self.config;
-        let probe_dir = dir.join("probe");
-        let root_path = root.path();
+        let made = names.clone();
+        blocking(move || network::create(&made)).await?;
+        self.apply_firewall().await?;
+        // A warm sandbox serves no session yet: the proxy learns its address when one claims
+        // it, and until then treats it as no session's.
+        if !record.warm {
+            self.register(&record.id, names.sandbox_addr).await?;
+        }
+        let key = self
+            .store
+            .workspace_dir(&record.id)?
+            .unwrap_or_else(|| record.sandbox_id.clone());
+        let workspaces = self.workspaces.clone();
+        let attach_key = key.clone();
+        let workspace = blocking(move || workspaces.attach(&attach_key)).await?;
+        self.store.workspace_used(&record.id, &key)?;
+        let dir = self.session_dir(&record.sandbox_id);
         let support = self
-            .runsc
-            .probe(
-                &names.netns_path(),
-                &|own_netns| {
-                    bundle::write_probe(&probe_dir, config, own_netns, &root_path)
-                        .map_err(|e| e.to_string())
-                },
-                &config.state_dir.join("runsc-support"),
-                &root_path.join(bundle::OVERLAY_MARKER),
-            )
-            .map_err(SandboxError::Runsc)?;
+            .host_support(names, dir.join("probe"), root.path())
+            .await?;
         let bundle_dir = dir.join("bundle");
-        bundle::write(
-            &bundle_dir,
-            &bundle::BundleInput {
-                config,
-                names,
-                token: &record.token,
-                workspace: &workspace,
-                own_network_namespace: support.network == runsc::NetworkMode::Sandbox,
-                root: &root_path,
-                image_env: match root {
-                    RootChoice::Image(image) => &image.env,
-                    RootChoice::Host => &[],
-                },
-                mask_host: matches!(root, RootChoice::Host),
-            },
-        )?;
         let log = dir.join("sandbox.log");
         let debug_log = dir.join("runsc-debug");
-        std::fs::create_dir_all(&debug_log).map_err(io(&debug_log))?;
-        let mut child = self.runsc.spawn(
-            &names.netns_path(),
-            &bundle_dir,
-            &names.container,
-            support,
-            &log,
-            &debug_log,
-        )?;
+        let (config, runsc, names_for_spawn) =
+            (self.config.clone(), self.runsc.clone(), names.clone());
+        let (token, root_path) = (record.token.clone(), root.path());
+        let (image_env, mask_host) = match root {
+            RootChoice::Image(image) => (image.env.clone(), false),
+            RootChoice::Host => (Vec::new(), true),
+        };
+        let (bundle_at, log_at, debug_at) = (bundle_dir.clone(), log.clone(), debug_log.clone());
+        let mut child = blocking(move || -> Result<std::process::Child, SandboxError> {
+            bundle::write(
+                &bundle_at,
+                &bundle::BundleInput {
+                    config: &config,
+                    names: &names_for_spawn,
+                    token: &token,
+                    workspace: &workspace,
+                    own_network_namespace: support.network == runsc::NetworkMode::Sandbox,
+                    root: &root_path,
+                    image_env: &image_env,
+                    mask_host,
+                },
+            )?;
+            std::fs::create_dir_all(&debug_at).map_err(io(&debug_at))?;
+            Ok(runsc.spawn(
+                &names_for_spawn.netns_path(),
+                &bundle_at,
+                &names_for_spawn.container,
+                support,
+                &log_at,
+                &debug_at,
+            )?)
+        })
+        .await?;
         self.wait_for_agent(names, &mut child, &log, &debug_log)
             .await?;
         Ok(support)
@@ -433,7 +546,6 @@ impl Runtime {
         debug_log: &std::path::Path,
     ) -> Result<(), SandboxError> {
         let address = SocketAddr::from((names.sandbox_addr, self.config.agent_port));
-        let url = format!("http://{address}/healthz");
         let deadline = Instant::now() + self.config.start_timeout;
         let mut last = String::from("no answer yet");
         while Instant::now() < deadline {
@@ -447,15 +559,9 @@ impl Runtime {
                     output.trim()
                 )));
             }
-            match tokio::time::timeout(
-                Duration::from_millis(500),
-                self.http.call(http::Method::GET, &url, None, None),
-            )
-            .await
-            {
-                Ok(Ok(_)) => return Ok(()),
-                Ok(Err(e)) => last = e.to_string(),
-                Err(_) => last = "timed out".into(),
+            match self.agent_health(address).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e,
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -466,8 +572,30 @@ impl Runtime {
         })
     }
 
+    /// One health check of the agent at `address`, answered within half a second.
+    async fn agent_health(&self, address: SocketAddr) -> Result<(), String> {
+        let url = format!("http://{address}/healthz");
+        match tokio::time::timeout(
+            Duration::from_millis(500),
+            self.http.call(http::Method::GET, &url, None, None),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out".into()),
+        }
+    }
+
     /// Stops session `id` and removes everything it had.
-    pub async fn stop(&mut self, id: &str) -> Result<(), SandboxError> {
+    pub async fn stop(&self, id: &str) -> Result<(), SandboxError> {
+        let _whole = self.whole.read().await;
+        let _session = self.locks.lock(id).await;
+        self.stop_locked(id).await
+    }
+
+    /// [`Runtime::stop`], for a caller that holds `id`'s lock or every lock.
+    async fn stop_locked(&self, id: &str) -> Result<(), SandboxError> {
         let record = self
             .store
             .get(id)?
@@ -479,15 +607,38 @@ impl Runtime {
             return self.tear_down_by_id(&record, &names).await;
         }
         let result = self.tear_down(&record, &names).await;
-        match &result {
-            Ok(()) => self.store.set_state(id, SessionState::Stopped, None)?,
-            Err(e) => self
-                .store
-                .set_state(id, SessionState::Failed, Some(&e.to_string()))?,
-        }
+        let failure = result.as_ref().err().map(|e| e.to_string());
+        self.record_end(&record, failure.as_deref()).await;
         // Rules for what is left live, whatever happened above.
-        self.apply_firewall()?;
+        self.apply_firewall().await?;
         result
+    }
+
+    /// Records how a sandbox ended. A warm sandbox no session claimed leaves nothing: its
+    /// record and its (empty) workspace go.
+    async fn record_end(&self, record: &SessionRecord, failure: Option<&str>) {
+        let recorded = if is_warm_id(&record.id) {
+            let workspaces = self.workspaces.clone();
+            let key = record.sandbox_id.clone();
+            if let Err(e) = blocking(move || workspaces.remove(&key)).await {
+                tracing::error!(sandbox = %record.id, error = %e, "removing a warm sandbox's workspace");
+            }
+            self.store
+                .forget_workspace(&record.id)
+                .and_then(|()| self.store.forget_session(&record.id))
+        } else {
+            match failure {
+                None => self
+                    .store
+                    .set_state(&record.id, SessionState::Stopped, None),
+                Some(why) => self
+                    .store
+                    .set_state(&record.id, SessionState::Failed, Some(why)),
+            }
+        };
+        if let Err(e) = recorded {
+            tracing::error!(session = %record.id, error = %e, "recording a sandbox's end");
+        }
     }
 
     /// Stopping a session that is already stopped or failed: removes only what carries its id
@@ -499,8 +650,15 @@ impl Runtime {
         names: &SessionNames,
     ) -> Result<(), SandboxError> {
         let mut problems = Vec::new();
-        if names.netns_path().exists()
-            && let Err(e) = crate::command::run("ip", ["netns", "delete", &names.netns])
+        let netns = names.clone();
+        if let Err(e) = blocking(move || {
+            if netns.netns_path().exists() {
+                crate::command::run("ip", ["netns", "delete", &netns.netns]).map(|_| ())
+            } else {
+                Ok(())
+            }
+        })
+        .await
         {
             problems.push(e.to_string());
         }
@@ -516,16 +674,18 @@ impl Runtime {
         record: &SessionRecord,
         names: &SessionNames,
     ) -> Result<(), SandboxError> {
-        let mut problems = Vec::new();
-        if let Err(e) = self
-            .runsc
-            .remove(&names.container, Some(&names.netns_path()))
-        {
-            problems.push(e.to_string());
-        }
-        if let Err(e) = network::delete(names) {
-            problems.push(e.to_string());
-        }
+        let (runsc, names_owned) = (self.runsc.clone(), names.clone());
+        let mut problems = blocking(move || {
+            let mut problems = Vec::new();
+            if let Err(e) = runsc.remove(&names_owned.container, Some(&names_owned.netns_path())) {
+                problems.push(e.to_string());
+            }
+            if let Err(e) = network::delete(&names_owned) {
+                problems.push(e.to_string());
+            }
+            problems
+        })
+        .await;
         self.remove_registration_and_files(record, &mut problems)
             .await;
         teardown_result(&record.id, problems)
@@ -536,230 +696,57 @@ impl Runtime {
         record: &SessionRecord,
         problems: &mut Vec<String>,
     ) {
-        match self
-            .http
-            .call(
-                http::Method::DELETE,
-                &self.admin_url(&format!("/sessions/{}", record.id)),
-                None,
-                None,
-            )
-            .await
-        {
-            Ok(_) | Err(HttpError::Status { status: 404, .. }) => {}
-            Err(e) => problems.push(format!("proxy registration: {e}")),
+        if !record.warm {
+            match self
+                .http
+                .call(
+                    http::Method::DELETE,
+                    &self.admin_url(&format!("/sessions/{}", record.id)),
+                    None,
+                    None,
+                )
+                .await
+            {
+                Ok(_) | Err(HttpError::Status { status: 404, .. }) => {}
+                Err(e) => problems.push(format!("proxy registration: {e}")),
+            }
         }
         // The workspace stays: the session's next sandbox mounts it again. It goes when the
         // session ends ([`Runtime::end`]) and its retention has passed.
-        let dir = self.session_dir(&record.id);
-        if dir.exists()
-            && let Err(e) = std::fs::remove_dir_all(&dir)
+        let dir = self.session_dir(&record.sandbox_id);
+        if let Err(e) = blocking(move || {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))
+            } else {
+                Ok(())
+            }
+        })
+        .await
         {
-            problems.push(format!("{}: {e}", dir.display()));
+            problems.push(e);
         }
     }
 
     /// Ends session `id`: stops its sandbox if it has one, and starts its workspace's
     /// retention clock (`workspace_retention_hours`; with 0 the workspace goes at once).
-    pub async fn end(&mut self, id: &str) -> Result<(), SandboxError> {
-        let stopped = match self.store.get(id)? {
-            Some(record) if record.state.is_live() => self.stop(id).await,
-            _ => Ok(()),
+    pub async fn end(&self, id: &str) -> Result<(), SandboxError> {
+        let stopped = {
+            let _whole = self.whole.read().await;
+            let _session = self.locks.lock(id).await;
+            let stopped = match self.store.get(id)? {
+                Some(record) if record.state.is_live() => self.stop_locked(id).await,
+                _ => Ok(()),
+            };
+            self.store.workspace_ended(id)?;
+            stopped
         };
-        self.store.workspace_ended(id)?;
-        self.sweep_workspaces();
+        self.sweep_workspaces().await;
         stopped
-    }
-
-    /// Removes the workspaces whose session ended more than `workspace_retention_hours` ago,
-    /// and unmounts those of ended sessions. Workspaces found on disk with no record (an older
-    /// controller's) are recorded as ended now. Returns the sessions whose workspace went.
-    pub fn sweep_workspaces(&self) -> Vec<String> {
-        let mut removed = Vec::new();
-        let recorded = match self.store.workspaces() {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the workspace records");
-                return removed;
-            }
-        };
-        for id in self.workspaces.list() {
-            if !recorded.iter().any(|r| r.session_id == id)
-                && let Err(e) = self.store.workspace_ended(&id)
-            {
-                tracing::error!(session = %id, error = %e, "recording a found workspace");
-            }
-        }
-        let live: Vec<String> = self
-            .store
-            .live()
-            .map(|l| l.into_iter().map(|r| r.id).collect())
-            .unwrap_or_default();
-        let now = time::OffsetDateTime::now_utc();
-        for record in self.store.workspaces().unwrap_or_default() {
-            let Some(ended) = record.ended_at.as_deref().and_then(|e| {
-                time::OffsetDateTime::parse(e, &time::format_description::well_known::Rfc3339).ok()
-            }) else {
-                continue;
-            };
-            if live.contains(&record.session_id) {
-                continue;
-            }
-            let age = (now - ended).max(time::Duration::ZERO);
-            let result = if age >= self.config.workspace_retention {
-                self.workspaces.remove(&record.session_id).map(|()| {
-                    let _ = self.store.forget_workspace(&record.session_id);
-                    removed.push(record.session_id.clone());
-                })
-            } else {
-                // Kept for retention, but not mounted: nothing runs in it any more.
-                self.workspaces.detach(&record.session_id)
-            };
-            if let Err(e) = result {
-                tracing::error!(session = %record.session_id, error = %e, "workspace sweep");
-            }
-        }
-        removed
     }
 
     /// Every recorded session.
     pub fn list(&self) -> Result<Vec<SessionView>, SandboxError> {
         list_sessions(&self.config, &self.store)
-    }
-
-    /// Makes the host match the records: removes prefixed resources no live session owns,
-    /// and marks failed (and cleans up) live sessions whose sandbox is gone.
-    pub async fn reconcile(&mut self) -> Result<Reconciled, SandboxError> {
-        let mut report = Reconciled::default();
-        for record in self.store.live()? {
-            let names = self.names(&record);
-            // One failed `runsc state` is not a vanished sandbox: ask again before tearing a
-            // session down.
-            let mut running = self.runsc.running(&names.container, &names.netns_path());
-            if !running && names.netns_path().exists() && self.runsc.exists(&names.container) {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                running = self.runsc.running(&names.container, &names.netns_path());
-            }
-            if record.state == SessionState::Starting || !running {
-                let why = if record.state == SessionState::Starting {
-                    "the controller stopped while the sandbox was starting"
-                } else {
-                    "its sandbox or network namespace disappeared"
-                };
-                self.store
-                    .set_state(&record.id, SessionState::Failed, Some(why))?;
-                let _ = self.tear_down(&record, &names).await;
-                report.failed.push(record.id);
-            }
-        }
-        let live_records = self.store.live()?;
-        let live: Vec<SessionNames> = live_records.iter().map(|r| self.names(r)).collect();
-        let prefix = format!("{}-", self.config.name_prefix);
-        // Every removal is tried; one that fails is reported, and the rest still happen.
-        let mut note = |what: String, result: Result<(), CommandError>| match result {
-            Ok(()) => report.removed.push(what),
-            Err(e) => report.problems.push(format!("{what}: {e}")),
-        };
-        for (container, _) in self.runsc.list() {
-            if container.starts_with(&prefix) && !live.iter().any(|n| n.container == container) {
-                note(
-                    format!("container {container}"),
-                    self.runsc.remove(&container, None),
-                );
-            }
-        }
-        for netns in network::list(&self.config.name_prefix) {
-            if !live.iter().any(|n| n.netns == netns) {
-                note(
-                    format!("netns {netns}"),
-                    crate::command::run("ip", ["netns", "delete", &netns]).map(|_| ()),
-                );
-            }
-        }
-        for iface in network::list_host_interfaces(&self.config.interface_prefix) {
-            if !live.iter().any(|n| n.host_if == iface) {
-                note(
-                    format!("interface {iface}"),
-                    crate::command::run("ip", ["link", "delete", &iface]).map(|_| ()),
-                );
-            }
-        }
-        self.apply_firewall()?;
-        for id in self.sweep_workspaces() {
-            report
-                .removed
-                .push(format!("workspace {id} (retention passed)"));
-        }
-        // Proxy registrations of addresses in this pool that no live session holds (a stop
-        // whose DELETE failed): the proxy would refuse that address to the next session.
-        if let Ok(text) = self
-            .http
-            .call(http::Method::GET, &self.admin_url("/sessions"), None, None)
-            .await
-            && let Ok(listing) = serde_json::from_str::<serde_json::Value>(&text)
-        {
-            let registered = listing["sessions"].as_array().cloned().unwrap_or_default();
-            for session in registered {
-                let (Some(id), Some(source)) = (
-                    session["id"].as_str(),
-                    session["source"]
-                        .as_str()
-                        .and_then(|s| s.parse::<Ipv4Addr>().ok()),
-                ) else {
-                    continue;
-                };
-                let ours = self.config.address_pool.contains(&source);
-                if ours && !live_records.iter().any(|r| r.id == id) {
-                    match self
-                        .http
-                        .call(
-                            http::Method::DELETE,
-                            &self.admin_url(&format!("/sessions/{id}")),
-                            None,
-                            None,
-                        )
-                        .await
-                    {
-                        Ok(_) => report.removed.push(format!("proxy registration {id}")),
-                        Err(e) => report
-                            .problems
-                            .push(format!("proxy registration {id}: {e}")),
-                    }
-                }
-            }
-        }
-        Ok(report)
-    }
-
-    /// Stops every live session and removes the firewall table (tests, decommissioning).
-    pub async fn stop_all(&mut self) -> Result<(), SandboxError> {
-        let mut problems = Vec::new();
-        for record in self.store.live()? {
-            if let Err(e) = self.stop(&record.id).await {
-                problems.push(e.to_string());
-            }
-        }
-        // The table goes only when nothing it guards is left: a sandbox interface that
-        // survived a failed stop stays behind its drop rules.
-        let leftovers = network::list_host_interfaces(&self.config.interface_prefix);
-        if leftovers.is_empty() {
-            if let Err(e) = self.firewall.remove() {
-                problems.push(e.to_string());
-            }
-        } else {
-            problems.push(format!(
-                "the firewall table stays: interfaces {} remain",
-                leftovers.join(", ")
-            ));
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(SandboxError::Teardown {
-                id: "*".into(),
-                problems,
-            })
-        }
     }
 }
 
@@ -784,9 +771,9 @@ pub fn list_sessions(
         .all()?
         .into_iter()
         .map(|r| SessionView {
-            address: SessionNames::new(config, &r.id, r.slot).sandbox_addr,
+            address: SessionNames::new(config, &r.sandbox_id, r.slot).sandbox_addr,
             id: r.id,
-            state: r.state.as_str(),
+            state: if r.warm { "warm" } else { r.state.as_str() },
             network_mode: r.network_mode,
             image: r.image,
             created_at: r.created_at,
@@ -796,14 +783,24 @@ pub fn list_sessions(
         .collect())
 }
 
-/// The live sessions running on the image whose manifest digest is `digest`.
+/// The live sessions running on the image whose manifest digest is `digest`; the warm pool's
+/// sandboxes on it are named as such.
 pub fn sessions_on_image(config: &SandboxConfig, digest: &str) -> Result<Vec<String>, StoreError> {
     let store = Store::open(&config.state_dir.join("state.db"))?;
     Ok(store
         .live()?
         .into_iter()
         .filter(|r| r.image_digest.as_deref() == Some(digest))
-        .map(|r| r.id)
+        .map(|r| {
+            if r.warm {
+                format!(
+                    "{} (a warm sandbox: stop the controller, or set [sandbox] warm = 0)",
+                    r.id
+                )
+            } else {
+                r.id
+            }
+        })
         .collect())
 }
 
@@ -847,7 +844,7 @@ pub fn agent_endpoint(
             state: record.state.as_str(),
         });
     }
-    let names = SessionNames::new(config, &record.id, record.slot);
+    let names = SessionNames::new(config, &record.sandbox_id, record.slot);
     Ok((
         SocketAddr::from((names.sandbox_addr, config.agent_port)),
         record.token,

@@ -5,7 +5,9 @@
 
 use std::path::Path;
 
+mod pool;
 mod work;
+mod workspaces;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -69,12 +71,20 @@ pub struct SessionRecord {
     /// The image the sandbox runs on (`host` with `danger_host_rootfs`), and its digest.
     pub image: Option<String>,
     pub image_digest: Option<String>,
+    /// The id the sandbox was started under, which names its network namespace and files:
+    /// the session id, or a warm sandbox's pool id when the session claimed one.
+    pub sandbox_id: String,
+    /// A warm sandbox in the pool, not claimed by any session yet.
+    pub warm: bool,
 }
 
 /// A session's workspace, as recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkspaceRecord {
     pub session_id: String,
+    /// Its name under the workspace root: the session id, or the pool id of the warm sandbox
+    /// the session claimed (whose fresh workspace became the session's).
+    pub dir: String,
     pub created_at: String,
     /// When the session ended (terminated, deleted, or stopped with `--end`): the retention
     /// clock starts here.
@@ -170,8 +180,14 @@ impl Store {
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(work::SCHEMA)?;
         // Columns added after the first release: added to older databases in place.
-        for column in ["image TEXT", "image_digest TEXT"] {
-            match conn.execute_batch(&format!("ALTER TABLE sessions ADD COLUMN {column}")) {
+        for (table, column) in [
+            ("sessions", "image TEXT"),
+            ("sessions", "image_digest TEXT"),
+            ("sessions", "sandbox_id TEXT"),
+            ("sessions", "pool INTEGER NOT NULL DEFAULT 0"),
+            ("workspaces", "dir TEXT"),
+        ] {
+            match conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column}")) {
                 Ok(()) => {}
                 Err(e) if e.to_string().contains("duplicate column") => {}
                 Err(e) => return Err(e.into()),
@@ -183,12 +199,13 @@ impl Store {
     }
 
     /// Records `id` as starting on the lowest free slot of `slots`; a stopped or failed record
-    /// of the same id is replaced.
+    /// of the same id is replaced. `warm`: a sandbox for the warm pool, claimable once running.
     pub fn claim(
-        &mut self,
+        &self,
         id: &str,
         slots: u32,
         token: &str,
+        warm: bool,
     ) -> Result<SessionRecord, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
@@ -213,9 +230,9 @@ impl Store {
         let at = now();
         tx.execute("DELETE FROM sessions WHERE id = ?1", [id])?;
         tx.execute(
-            "INSERT INTO sessions (id, slot, state, token, created_at, updated_at)
-             VALUES (?1, ?2, 'starting', ?3, ?4, ?4)",
-            params![id, slot, token, at],
+            "INSERT INTO sessions (id, slot, state, token, created_at, updated_at, pool)
+             VALUES (?1, ?2, 'starting', ?3, ?4, ?4, ?5)",
+            params![id, slot, token, at, warm],
         )?;
         tx.commit()?;
         drop(conn);
@@ -282,49 +299,6 @@ impl Store {
         Ok(())
     }
 
-    /// Records that session `id` has a workspace (again: a later start reopens an ended one).
-    pub fn workspace_used(&self, id: &str) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO workspaces (session_id, created_at) VALUES (?1, ?2)
-             ON CONFLICT(session_id) DO UPDATE SET ended_at = NULL",
-            params![id, now()],
-        )?;
-        Ok(())
-    }
-
-    /// Starts session `id`'s workspace retention clock (if not started already).
-    pub fn workspace_ended(&self, id: &str) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO workspaces (session_id, created_at, ended_at) VALUES (?1, ?2, ?2)
-             ON CONFLICT(session_id) DO UPDATE SET ended_at = COALESCE(ended_at, ?2)",
-            params![id, now()],
-        )?;
-        Ok(())
-    }
-
-    pub fn workspaces(&self) -> Result<Vec<WorkspaceRecord>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT session_id, created_at, ended_at FROM workspaces ORDER BY session_id",
-        )?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok(WorkspaceRecord {
-                    session_id: r.get(0)?,
-                    created_at: r.get(1)?,
-                    ended_at: r.get(2)?,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
-        Ok(rows)
-    }
-
-    pub fn forget_workspace(&self, id: &str) -> Result<(), StoreError> {
-        self.conn()
-            .execute("DELETE FROM workspaces WHERE session_id = ?1", [id])?;
-        Ok(())
-    }
-
     pub fn set_running(&self, id: &str, network_mode: &str) -> Result<(), StoreError> {
         self.conn().execute(
             "UPDATE sessions SET state = 'running', network_mode = ?2, error = NULL,
@@ -339,7 +313,8 @@ impl Store {
             .conn()
             .query_row(
                 "SELECT id, slot, state, token, network_mode, created_at, updated_at, error,
-                 image, image_digest FROM sessions WHERE id = ?1",
+                 image, image_digest, COALESCE(sandbox_id, id), pool FROM sessions
+                 WHERE id = ?1",
                 [id],
                 row,
             )
@@ -351,7 +326,7 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT id, slot, state, token, network_mode, created_at, updated_at, error,
-             image, image_digest FROM sessions
+             image, image_digest, COALESCE(sandbox_id, id), pool FROM sessions
              ORDER BY state NOT IN ('starting', 'running'), id",
         )?;
         let rows = stmt.query_map([], row)?.collect::<Result<_, _>>()?;
@@ -379,6 +354,8 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
         error: r.get(7)?,
         image: r.get(8)?,
         image_digest: r.get(9)?,
+        sandbox_id: r.get(10)?,
+        warm: r.get(11)?,
     })
 }
 
@@ -389,26 +366,26 @@ mod tests {
     #[test]
     fn slots_are_held_by_live_sessions_only() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&dir.path().join("state.db")).unwrap();
-        let a = store.claim("a", 2, "t1").unwrap();
-        let b = store.claim("b", 2, "t2").unwrap();
+        let store = Store::open(&dir.path().join("state.db")).unwrap();
+        let a = store.claim("a", 2, "t1", false).unwrap();
+        let b = store.claim("b", 2, "t2", false).unwrap();
         assert_eq!((a.slot, b.slot), (0, 1));
         assert!(matches!(
-            store.claim("c", 2, "t3"),
+            store.claim("c", 2, "t3", false),
             Err(StoreError::PoolExhausted(2))
         ));
         assert!(matches!(
-            store.claim("a", 2, "t4"),
+            store.claim("a", 2, "t4", false),
             Err(StoreError::AlreadyLive(_))
         ));
         store.set_state("a", SessionState::Stopped, None).unwrap();
-        let c = store.claim("c", 2, "t3").unwrap();
+        let c = store.claim("c", 2, "t3", false).unwrap();
         assert_eq!(c.slot, 0, "a stopped session's slot is free again");
         // A stopped id may start again.
         store
             .set_state("b", SessionState::Failed, Some("boom"))
             .unwrap();
-        let again = store.claim("b", 2, "t5").unwrap();
+        let again = store.claim("b", 2, "t5", false).unwrap();
         assert_eq!(again.state, SessionState::Starting);
         assert_eq!(again.error, None);
         store.set_running("b", "host").unwrap();

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::Notify;
 
 use super::client::{CmaClient, Heartbeat, MAX_BLOCK_MS, Work, retrying};
 use super::runner::{RunEnd, RunnerConfig, ToolExecutor, run_session};
@@ -131,7 +131,8 @@ impl SessionStops {
 #[derive(Debug)]
 pub struct Service {
     pub client: CmaClient,
-    pub runtime: Mutex<Runtime>,
+    /// Shared: starts and stops of different sessions run side by side.
+    pub runtime: Arc<Runtime>,
     /// The controller's records (its own connection to the state database).
     pub store: Store,
     pub metrics: ControllerMetrics,
@@ -221,7 +222,7 @@ impl Service {
     }
 
     async fn stop_orphans(&self, owned: &std::collections::HashSet<String>) {
-        let mut runtime = self.runtime.lock().await;
+        let runtime = &self.runtime;
         let live = match runtime.list() {
             Ok(live) => live,
             Err(e) => {
@@ -244,10 +245,11 @@ impl Service {
     /// `interval`.
     pub async fn run(self: Arc<Self>, interval: Duration) {
         let _ = self.resume().await;
+        tokio::spawn(self.runtime.clone().keep_warm());
         loop {
             let _ = self.drain().await;
             // Workspaces whose session ended longer ago than the retention go.
-            self.runtime.lock().await.sweep_workspaces();
+            self.runtime.sweep_workspaces().await;
             tokio::select! {
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(interval) => {}
@@ -272,7 +274,7 @@ impl Service {
             .serve_registered(&work, &session, heartbeat, &stop)
             .await;
         {
-            let mut runtime = self.runtime.lock().await;
+            let runtime = &self.runtime;
             // The proxy forgets a session's counts when its registration goes: keep them.
             let counts =
                 crate::admin::egress_counts(&HttpClient::default(), runtime.config().admin).await;
@@ -345,20 +347,27 @@ impl Service {
             Ok(image) => image,
             Err(e) => return WorkEnd::Failed(e),
         };
-        let started = {
-            let mut runtime = self.runtime.lock().await;
-            // A sandbox that outlived a controller restart serves on: the runner reconciles
-            // with the session's history, so nothing is answered twice.
-            if agent_endpoint(runtime.config(), session).is_ok() {
-                tracing::info!(session = %session, "resuming a session whose sandbox is running");
-                Ok(())
-            } else {
-                runtime.start(session, image.as_deref()).await.map(|_| ())
-            }
+        // A sandbox that outlived a controller restart serves on: the runner reconciles with
+        // the session's history, so nothing is answered twice.
+        let started = if agent_endpoint(self.runtime.config(), session).is_ok() {
+            tracing::info!(session = %session, "resuming a session whose sandbox is running");
+            Ok(None)
+        } else {
+            self.runtime
+                .start(session, image.as_deref())
+                .await
+                .map(Some)
         };
-        if let Err(e) = started {
-            tracing::error!(session = %session, error = %e, "sandbox did not start");
-            return WorkEnd::Failed(e.to_string());
+        match started {
+            Ok(Some(started)) => {
+                let kind = if started.warm { "warm" } else { "cold" };
+                self.metrics.sandbox_starts.with_label_values(&[kind]).inc();
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(session = %session, error = %e, "sandbox did not start");
+                return WorkEnd::Failed(e.to_string());
+            }
         }
         self.metrics
             .session_start
@@ -372,7 +381,7 @@ impl Service {
     /// The image for `session`: `[sandbox.agent_images]`'s entry for its agent, else the
     /// default (`None`). The session is fetched only when there is a mapping to consult.
     async fn image_for(&self, work: &Work, session: &str) -> Result<Option<String>, String> {
-        let images = self.runtime.lock().await.config().agent_images.clone();
+        let images = self.runtime.config().agent_images.clone();
         if images.is_empty() {
             return Ok(None);
         }
@@ -400,7 +409,7 @@ impl Service {
         first: Heartbeat,
         stop: &StopSignal,
     ) -> WorkEnd {
-        let config = self.runtime.lock().await.config().clone();
+        let config = self.runtime.config().clone();
         let (agent, token) = match agent_endpoint(&config, session) {
             Ok(endpoint) => endpoint,
             Err(e) => return WorkEnd::Failed(e.to_string()),

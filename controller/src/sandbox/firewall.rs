@@ -16,8 +16,67 @@
 //! - Routed anywhere (another sandbox, the LAN, metadata addresses, the internet): dropped.
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
 
 use crate::command::{CommandError, run, run_with_input};
+
+/// Reads the sessions the table must hold now: (host interface, sandbox address).
+pub type LiveSessions = Arc<dyn Fn() -> Result<Vec<(String, Ipv4Addr)>, String> + Send + Sync>;
+
+/// Applies the table for the live sessions, one `nft` run at a time and coalescing: every
+/// request is answered by an apply that read the records after the request was made, so a
+/// change recorded before [`Applier::apply`] is in the table when it returns. Twenty starts at
+/// once cost about two `nft` runs instead of twenty, and no caller holds a lock while `nft`
+/// runs: the one task that owns the table does.
+#[derive(Clone)]
+pub struct Applier {
+    requests: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
+}
+
+impl std::fmt::Debug for Applier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Applier")
+    }
+}
+
+impl Applier {
+    /// Starts the task that owns the table (on the current tokio runtime).
+    pub fn spawn(firewall: Firewall, live: LiveSessions) -> Self {
+        let (requests, mut queue) =
+            mpsc::unbounded_channel::<oneshot::Sender<Result<(), String>>>();
+        tokio::spawn(async move {
+            while let Some(first) = queue.recv().await {
+                let mut waiting = vec![first];
+                while let Ok(more) = queue.try_recv() {
+                    waiting.push(more);
+                }
+                let (firewall, live) = (firewall.clone(), live.clone());
+                let result = tokio::task::spawn_blocking(move || {
+                    firewall.apply(&live()?).map_err(|e| e.to_string())
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("the firewall task failed: {e}")));
+                for waiter in waiting {
+                    let _ = waiter.send(result.clone());
+                }
+            }
+        });
+        Self { requests }
+    }
+
+    /// Returns once the table holds every change recorded before the call.
+    pub async fn apply(&self) -> Result<(), String> {
+        let (done, answer) = oneshot::channel();
+        self.requests
+            .send(done)
+            .map_err(|_| "the firewall task has stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the firewall task has stopped".to_string())?
+    }
+}
 
 /// The table's shape for one controller.
 #[derive(Debug, Clone)]

@@ -19,6 +19,29 @@ pub fn valid_session_id(id: &str) -> bool {
         && !id.starts_with('.')
 }
 
+/// A warm sandbox's pool id: `.warm` and 12 random letters and digits. Session ids cannot
+/// start with `.`, so no session id is ever taken for a pool id or the other way round.
+pub fn new_warm_id() -> String {
+    use rand::Rng;
+    let suffix: String = rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(12)
+        .map(char::from)
+        .collect();
+    format!(".warm{suffix}")
+}
+
+/// Whether `id` is a warm sandbox's pool id.
+pub fn is_warm_id(id: &str) -> bool {
+    id.strip_prefix(".warm")
+        .is_some_and(|rest| !rest.is_empty() && valid_session_id(rest))
+}
+
+/// Whether `id` may name a sandbox's host resources: a session id or a pool id.
+pub fn valid_sandbox_id(id: &str) -> bool {
+    valid_session_id(id) || is_warm_id(id)
+}
+
 /// How many /30s the pool holds.
 pub fn slot_count(pool: Ipv4Net) -> u32 {
     1u32 << (30 - u32::from(pool.prefix_len()).min(30))
@@ -73,5 +96,9 @@ mod tests {
         }
         assert_eq!(slot_count("10.200.0.0/16".parse().unwrap()), 16384);
         assert_eq!(slot_count("10.200.0.0/29".parse().unwrap()), 2);
+        let warm = new_warm_id();
+        assert!(is_warm_id(&warm) && valid_sandbox_id(&warm), "{warm}");
+        assert!(!valid_session_id(&warm), "no session may take a pool id");
+        assert!(!is_warm_id(".warm") && !is_warm_id("warm1") && !is_warm_id(".warm-x"));
     }
 }

@@ -154,7 +154,7 @@ impl Workspaces {
         Ok(())
     }
 
-    /// Session ids with a workspace here.
+    /// The workspaces here, by name (a session id, or the pool id of a warm sandbox).
     pub fn list(&self) -> Vec<String> {
         let mut ids: Vec<String> = std::fs::read_dir(&self.root)
             .map(|entries| {
@@ -162,7 +162,7 @@ impl Workspaces {
                     .flatten()
                     .filter_map(|e| e.file_name().into_string().ok())
                     .map(|n| n.strip_suffix(".img").map(str::to_string).unwrap_or(n))
-                    .filter(|n| super::names::valid_session_id(n))
+                    .filter(|n| super::names::valid_sandbox_id(n))
                     .collect()
             })
             .unwrap_or_default();

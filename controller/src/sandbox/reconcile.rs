@@ -1,0 +1,191 @@
+//! Making the host match the records after a crash, and stopping everything.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use super::names::SessionNames;
+use super::{Runtime, SandboxError, blocking, network};
+use crate::command::CommandError;
+use crate::store::SessionState;
+
+/// What `reconcile` found and did.
+#[derive(Debug, Default)]
+pub struct Reconciled {
+    /// Host resources with the Cordon prefix that no live session owned: removed.
+    pub removed: Vec<String>,
+    /// Recorded live sessions whose resources had vanished: marked failed.
+    pub failed: Vec<String>,
+    /// Removals that failed (the rest went ahead).
+    pub problems: Vec<String>,
+}
+
+impl Runtime {
+    /// Makes the host match the records: removes prefixed resources no live session owns,
+    /// and marks failed (and cleans up) live sessions whose sandbox is gone. Waits until no
+    /// other operation runs, and holds every other one off until it is done.
+    pub async fn reconcile(&self) -> Result<Reconciled, SandboxError> {
+        let _whole = self.whole.write().await;
+        let mut report = Reconciled::default();
+        for record in self.store.live()? {
+            let names = self.names(&record);
+            // One failed `runsc state` is not a vanished sandbox: ask again before tearing a
+            // session down.
+            let mut running = self.container_running(&names).await;
+            if !running && names.netns_path().exists() && self.container_exists(&names).await {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                running = self.container_running(&names).await;
+            }
+            if record.state == SessionState::Starting || !running {
+                let why = if record.state == SessionState::Starting {
+                    "the controller stopped while the sandbox was starting"
+                } else {
+                    "its sandbox or network namespace disappeared"
+                };
+                let _ = self.tear_down(&record, &names).await;
+                self.record_end(&record, Some(why)).await;
+                report.failed.push(record.id);
+            }
+        }
+        let live_records = self.store.live()?;
+        let live: Vec<SessionNames> = live_records.iter().map(|r| self.names(r)).collect();
+        let (runsc, config) = (self.runsc.clone(), self.config.clone());
+        let found = blocking(move || {
+            // Every removal is tried; one that fails is reported, and the rest still happen.
+            let mut outcomes: Vec<(String, Result<(), CommandError>)> = Vec::new();
+            let prefix = format!("{}-", config.name_prefix);
+            for (container, _) in runsc.list() {
+                if container.starts_with(&prefix) && !live.iter().any(|n| n.container == container)
+                {
+                    let removed = runsc.remove(&container, None);
+                    outcomes.push((format!("container {container}"), removed));
+                }
+            }
+            for netns in network::list(&config.name_prefix) {
+                if !live.iter().any(|n| n.netns == netns) {
+                    let removed =
+                        crate::command::run("ip", ["netns", "delete", &netns]).map(|_| ());
+                    outcomes.push((format!("netns {netns}"), removed));
+                }
+            }
+            for iface in network::list_host_interfaces(&config.interface_prefix) {
+                if !live.iter().any(|n| n.host_if == iface) {
+                    let removed = crate::command::run("ip", ["link", "delete", &iface]).map(|_| ());
+                    outcomes.push((format!("interface {iface}"), removed));
+                }
+            }
+            outcomes
+        })
+        .await;
+        for (what, result) in found {
+            match result {
+                Ok(()) => report.removed.push(what),
+                Err(e) => report.problems.push(format!("{what}: {e}")),
+            }
+        }
+        self.apply_firewall().await?;
+        drop(_whole);
+        for id in self.sweep_workspaces().await {
+            report
+                .removed
+                .push(format!("workspace {id} (retention passed)"));
+        }
+        self.remove_stale_registrations(&live_records, &mut report)
+            .await;
+        Ok(report)
+    }
+
+    async fn container_running(&self, names: &SessionNames) -> bool {
+        let (runsc, names) = (self.runsc.clone(), names.clone());
+        blocking(move || runsc.running(&names.container, &names.netns_path())).await
+    }
+
+    async fn container_exists(&self, names: &SessionNames) -> bool {
+        let (runsc, names) = (self.runsc.clone(), names.clone());
+        blocking(move || runsc.exists(&names.container)).await
+    }
+
+    /// Proxy registrations of addresses in this pool that no live session holds (a stop
+    /// whose DELETE failed): the proxy would refuse that address to the next session.
+    async fn remove_stale_registrations(
+        &self,
+        live_records: &[crate::store::SessionRecord],
+        report: &mut Reconciled,
+    ) {
+        let Ok(text) = self
+            .http
+            .call(http::Method::GET, &self.admin_url("/sessions"), None, None)
+            .await
+        else {
+            return;
+        };
+        let Ok(listing) = serde_json::from_str::<serde_json::Value>(&text) else {
+            return;
+        };
+        let registered = listing["sessions"].as_array().cloned().unwrap_or_default();
+        for session in registered {
+            let (Some(id), Some(source)) = (
+                session["id"].as_str(),
+                session["source"]
+                    .as_str()
+                    .and_then(|s| s.parse::<Ipv4Addr>().ok()),
+            ) else {
+                continue;
+            };
+            let ours = self.config.address_pool.contains(&source);
+            if ours && !live_records.iter().any(|r| r.id == id) {
+                match self
+                    .http
+                    .call(
+                        http::Method::DELETE,
+                        &self.admin_url(&format!("/sessions/{id}")),
+                        None,
+                        None,
+                    )
+                    .await
+                {
+                    Ok(_) => report.removed.push(format!("proxy registration {id}")),
+                    Err(e) => report
+                        .problems
+                        .push(format!("proxy registration {id}: {e}")),
+                }
+            }
+        }
+    }
+
+    /// Stops every live session (warm sandboxes included) and removes the firewall table
+    /// (tests, decommissioning). Waits until no other operation runs.
+    pub async fn stop_all(&self) -> Result<(), SandboxError> {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.refill.notify_one();
+        let _whole = self.whole.write().await;
+        let mut problems = Vec::new();
+        for record in self.store.live()? {
+            if let Err(e) = self.stop_locked(&record.id).await {
+                problems.push(e.to_string());
+            }
+        }
+        // The table goes only when nothing it guards is left: a sandbox interface that
+        // survived a failed stop stays behind its drop rules.
+        let leftovers = network::list_host_interfaces(&self.config.interface_prefix);
+        if leftovers.is_empty() {
+            let firewall = self.firewall.clone();
+            if let Err(e) = blocking(move || firewall.remove()).await {
+                problems.push(e.to_string());
+            }
+        } else {
+            problems.push(format!(
+                "the firewall table stays: interfaces {} remain",
+                leftovers.join(", ")
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(SandboxError::Teardown {
+                id: "*".into(),
+                problems,
+            })
+        }
+    }
+}
