@@ -7,4 +7,5 @@ pub mod events;
 pub mod receiver;
 pub mod runner;
 pub mod service;
+pub mod tools;
 pub mod webhooks;

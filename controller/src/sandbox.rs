@@ -17,6 +17,7 @@
 
 pub mod bundle;
 pub mod firewall;
+pub mod limits;
 mod locks;
 pub mod names;
 pub mod network;

@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 
 use super::client::{CmaClient, Heartbeat, MAX_BLOCK_MS, Work, retrying};
 use super::runner::{RunEnd, RunnerConfig, ToolExecutor, run_session};
-use crate::agent::AgentTools;
+use super::tools::SessionTools;
 use crate::http::HttpClient;
 use crate::metrics::{ControllerMetrics, tool_label};
 use crate::sandbox::{Runtime, agent_endpoint};
@@ -373,7 +373,7 @@ impl Service {
             .session_start
             .observe(claimed.elapsed().as_secs_f64());
         self.metrics.sessions_active.inc();
-        let end = self.serve_started(work, session, first, stop).await;
+        let end = self.serve_started(work, session, image, first, stop).await;
         self.metrics.sessions_active.dec();
         end
     }
@@ -406,23 +406,19 @@ impl Service {
         &self,
         work: &Work,
         session: &str,
+        image: Option<String>,
         first: Heartbeat,
         stop: &StopSignal,
     ) -> WorkEnd {
-        let config = self.runtime.config().clone();
-        let (agent, token) = match agent_endpoint(&config, session) {
-            Ok(endpoint) => endpoint,
-            Err(e) => return WorkEnd::Failed(e.to_string()),
-        };
-        let tools = Counted {
-            inner: AgentTools {
-                http: HttpClient::default(),
-                agent,
-                token,
-            },
-            service: self,
-            work_id: &work.id,
-        };
+        let tools =
+            match SessionTools::new(self.runtime.clone(), self.metrics.clone(), session, image) {
+                Ok(tools) => Counted {
+                    inner: tools,
+                    service: self,
+                    work_id: &work.id,
+                },
+                Err(e) => return WorkEnd::Failed(e.to_string()),
+            };
         tokio::select! {
             result = run_session(&self.client, work, session, &tools, &self.runner) => match result {
                 Ok((end, _)) => WorkEnd::Done(end),
@@ -468,7 +464,7 @@ impl Service {
 
 /// The sandbox's tools, counted per work item (store) and per tool and outcome (metrics).
 struct Counted<'a> {
-    inner: AgentTools,
+    inner: SessionTools,
     service: &'a Service,
     work_id: &'a str,
 }

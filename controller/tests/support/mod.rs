@@ -190,13 +190,18 @@ impl World {
                  [dns]\nlisten = \"0.0.0.0:{}\"\n\
                  [sandbox]\nname_prefix = \"{prefix}\"\ninterface_prefix = \"{interface_prefix}\"\n\
                  address_pool = \"{pool}\"\nagent_port = {agent_port}\nagent = \"{agent}\"\n\
-                 images_dir = \"{images}\"\nmemory_mb = 512\n{}\n{}\n",
+                 images_dir = \"{images}\"\n{}\n{}\n",
                 ports.explicit,
                 ports.transparent,
                 ports.admin,
                 ports.metrics,
                 ports.dns,
-                setup.sandbox_extra,
+                // 512 MiB unless the test sets its own limit.
+                if setup.sandbox_extra.contains("memory_mb") {
+                    setup.sandbox_extra.to_string()
+                } else {
+                    format!("memory_mb = 512\n{}", setup.sandbox_extra)
+                },
                 setup.extra_toml,
                 agent = binary("cordon-sandbox-agent").display(),
                 images = test_images().display(),
@@ -229,7 +234,15 @@ impl World {
         self.proxy = Some(proxy);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.ports.admin)).is_err() {
-            assert!(Instant::now() < deadline, "the proxy did not start");
+            let exited = self
+                .proxy
+                .as_mut()
+                .and_then(|p| p.try_wait().ok().flatten());
+            assert!(
+                Instant::now() < deadline && exited.is_none(),
+                "the proxy did not start ({exited:?}): {}",
+                std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -1,0 +1,133 @@
+//! A session's tools: the CMA toolset of its sandbox's agent, and what happens when a
+//! resource limit stops a call. A limit the sandbox survives (the process limit, a full
+//! workspace) is named in the call's result; a limit that killed the sandbox (memory) is named
+//! too, and a new sandbox is started for the session's next call, with the same /workspace.
+//! Each hit counts in `cordon_controller_sandbox_limit_hits_total{limit}`.
+
+use std::sync::{Arc, Mutex};
+
+use cordon_sandbox_agent::tools::{ToolCall, ToolResult};
+
+use super::runner::ToolExecutor;
+use crate::agent::{AgentTools, tool};
+use crate::http::HttpClient;
+use crate::metrics::ControllerMetrics;
+use crate::sandbox::limits::{Limit, in_result};
+use crate::sandbox::{Runtime, SandboxError, agent_endpoint};
+
+/// The tools of one session whose sandbox is running.
+#[derive(Debug)]
+pub struct SessionTools {
+    runtime: Arc<Runtime>,
+    metrics: ControllerMetrics,
+    session: String,
+    /// The image the session's sandbox runs on (for a restart).
+    image: Option<String>,
+    /// The agent answering now: a restart brings a new address and token.
+    agent: Mutex<AgentTools>,
+}
+
+impl SessionTools {
+    pub fn new(
+        runtime: Arc<Runtime>,
+        metrics: ControllerMetrics,
+        session: &str,
+        image: Option<String>,
+    ) -> Result<Self, SandboxError> {
+        let agent = Self::endpoint(&runtime, session)?;
+        Ok(Self {
+            runtime,
+            metrics,
+            session: session.to_string(),
+            image,
+            agent: Mutex::new(agent),
+        })
+    }
+
+    fn endpoint(runtime: &Runtime, session: &str) -> Result<AgentTools, SandboxError> {
+        let (agent, token) = agent_endpoint(runtime.config(), session)?;
+        Ok(AgentTools {
+            http: HttpClient::default(),
+            agent,
+            token,
+        })
+    }
+
+    fn current(&self) -> AgentTools {
+        self.agent.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn hit(&self, limit: Limit, tool: &str) {
+        self.metrics
+            .sandbox_limit_hits
+            .with_label_values(&[limit.label()])
+            .inc();
+        tracing::warn!(session = %self.session, tool, limit = limit.label(), "a sandbox limit stopped a tool call");
+    }
+
+    /// A new sandbox for the session, after its last one died; the workspace is kept.
+    async fn restart(&self) -> Result<(), SandboxError> {
+        if let Err(e) = self.runtime.stop(&self.session).await {
+            tracing::warn!(session = %self.session, error = %e, "removing a dead sandbox");
+        }
+        self.runtime
+            .start(&self.session, self.image.as_deref())
+            .await?;
+        let agent = Self::endpoint(&self.runtime, &self.session)?;
+        *self.agent.lock().unwrap_or_else(|e| e.into_inner()) = agent;
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl ToolExecutor for SessionTools {
+    async fn call(&self, call: &ToolCall) -> ToolResult {
+        let agent = self.current();
+        let failure = match tool(&agent.http, agent.agent, &agent.token, call).await {
+            Ok(mut result) => {
+                if result.is_error
+                    && let Some(limit) = in_result(
+                        &result.text,
+                        self.runtime.workspace_path(&self.session).as_deref(),
+                    )
+                {
+                    self.hit(limit, &call.name);
+                    result.text.push_str(&format!(
+                        "\n\n[cordon] {}",
+                        limit.explain(self.runtime.config())
+                    ));
+                }
+                return result;
+            }
+            Err(e) => e,
+        };
+        tracing::error!(session = %self.session, error = %failure, tool = %call.name, "tool call failed");
+        if self.runtime.sandbox_running(&self.session).await {
+            return ToolResult::error(format!(
+                "the sandbox could not run {}: {failure}",
+                call.name
+            ));
+        }
+        let cause = self.runtime.why_dead(&self.session).await;
+        if let Some(limit) = cause {
+            self.hit(limit, &call.name);
+        }
+        let what = match cause {
+            Some(limit) => limit.explain(self.runtime.config()),
+            None => format!(
+                "the sandbox stopped while running {} ({failure})",
+                call.name
+            ),
+        };
+        match self.restart().await {
+            Ok(()) => ToolResult::error(format!(
+                "[cordon] {what}. A new sandbox was started for this session: /workspace is as \
+                 the last call left it; installed packages, files elsewhere and running \
+                 processes are gone."
+            )),
+            Err(e) => ToolResult::error(format!(
+                "[cordon] {what}. A new sandbox could not be started: {e}"
+            )),
+        }
+    }
+}
