@@ -94,7 +94,7 @@ fn images_dir() -> std::path::PathBuf {
     )
 }
 
-/// Runs the measurement; returns a human summary and writes JSON under `out`.
+/// Runs the measurements; returns a human summary and writes JSON under `out`.
 pub async fn run(count: usize, out: &Path) -> Result<String, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let pid = std::process::id();
@@ -133,12 +133,33 @@ pub async fn run(count: usize, out: &Path) -> Result<String, String> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let config = SandboxConfig::load(&config_path).map_err(|e| e.to_string())?;
-    let runtime = Runtime::open(config.clone()).map_err(|e| e.to_string())?;
-    let result = measure(&runtime, &config, count).await;
-    // Whatever happened, nothing stays behind.
-    let cleanup = runtime.stop_all().await;
-    let (summary, json) = result?;
-    cleanup.map_err(|e| e.to_string())?;
+    let mut report = Report::default();
+    // Cold, concurrent and resume phases on one runtime; the warm pool on a second one (the
+    // controller lock allows one runtime per state directory at a time).
+    {
+        let runtime = Runtime::open(config.clone()).map_err(|e| e.to_string())?;
+        let result = async {
+            cold(&runtime, &config, count, &mut report).await?;
+            concurrent(&runtime, count, &mut report).await?;
+            resume(&runtime, &config, 5, &mut report).await
+        }
+        .await;
+        let cleanup = runtime.stop_all().await;
+        result?;
+        cleanup.map_err(|e| e.to_string())?;
+    }
+    {
+        let warm_config = SandboxConfig {
+            warm: 1,
+            ..config.clone()
+        };
+        let runtime = Runtime::open(warm_config.clone()).map_err(|e| e.to_string())?;
+        let result = warm(&runtime, &warm_config, 10, &mut report).await;
+        let cleanup = runtime.stop_all().await;
+        result?;
+        cleanup.map_err(|e| e.to_string())?;
+    }
+    let (summary, json) = report.finish(count);
     std::fs::create_dir_all(out).map_err(|e| e.to_string())?;
     let date = time::OffsetDateTime::now_utc().date();
     let file = out.join(format!("sandboxes-{date}.json"));
@@ -147,100 +168,290 @@ pub async fn run(count: usize, out: &Path) -> Result<String, String> {
         serde_json::to_string_pretty(&json).unwrap_or_default(),
     )
     .map_err(|e| e.to_string())?;
-    Ok(format!("{summary}\nwritten to {}", file.display()))
+    if report.failures.is_empty() {
+        Ok(format!("{summary}\nwritten to {}", file.display()))
+    } else {
+        Err(format!(
+            "{summary}\nfailures:\n  {}",
+            report.failures.join("\n  ")
+        ))
+    }
 }
 
-async fn measure(
+/// Everything measured, in microseconds unless named otherwise.
+struct Report {
+    network: Option<&'static str>,
+    cgroups: Option<bool>,
+    cold_start: Histogram<u64>,
+    cold_first_call: Histogram<u64>,
+    stop: Histogram<u64>,
+    cold_pss_kib: Vec<u64>,
+    concurrent_all_answering: Option<Duration>,
+    concurrent_stop_all: Option<Duration>,
+    resume_first_call: Histogram<u64>,
+    warm_first_call: Histogram<u64>,
+    warm_claimed: usize,
+    warm_pss_kib: Vec<u64>,
+    failures: Vec<String>,
+}
+
+impl Default for Report {
+    fn default() -> Self {
+        let h =
+            || Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!("3 is a valid precision"));
+        Self {
+            network: None,
+            cgroups: None,
+            cold_start: h(),
+            cold_first_call: h(),
+            stop: h(),
+            cold_pss_kib: Vec::new(),
+            concurrent_all_answering: None,
+            concurrent_stop_all: None,
+            resume_first_call: h(),
+            warm_first_call: h(),
+            warm_claimed: 0,
+            warm_pss_kib: Vec::new(),
+            failures: Vec::new(),
+        }
+    }
+}
+
+fn record(h: &mut Histogram<u64>, elapsed: Duration) {
+    let _ = h.record(elapsed.as_micros() as u64);
+}
+
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    percentile(h, q)
+}
+
+fn mib(kib: &[u64]) -> f64 {
+    let mut sorted = kib.to_vec();
+    sorted.sort_unstable();
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0) as f64 / 1024.0
+}
+
+impl Report {
+    fn finish(&self, count: usize) -> (String, serde_json::Value) {
+        let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
+        let json = serde_json::json!({
+            "sessions": count,
+            "failures": self.failures,
+            "network_mode": self.network,
+            "cgroups": self.cgroups,
+            "cold_start_ms": {"p50": ms(&self.cold_start, 0.5), "p99": ms(&self.cold_start, 0.99), "max": self.cold_start.max() as f64 / 1000.0},
+            "cold_first_call_ms": {"p50": ms(&self.cold_first_call, 0.5), "p99": ms(&self.cold_first_call, 0.99)},
+            "stop_ms": {"p50": ms(&self.stop, 0.5), "p99": ms(&self.stop, 0.99)},
+            "idle_pss_mib": {"cold_median": mib(&self.cold_pss_kib), "warm_median": mib(&self.warm_pss_kib)},
+            "concurrent": {"sessions": count, "all_answering_s": secs(self.concurrent_all_answering), "all_stopped_s": secs(self.concurrent_stop_all)},
+            "resume_100mib_first_call_ms": {"p50": ms(&self.resume_first_call, 0.5), "max": self.resume_first_call.max() as f64 / 1000.0},
+            "warm_claim_first_call_ms": {"claims": self.warm_claimed, "p50": ms(&self.warm_first_call, 0.5), "max": self.warm_first_call.max() as f64 / 1000.0},
+            "machine": {"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)},
+        });
+        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+        let summary = format!(
+            "sandboxes on {} cpu(s), network {}, {} failure(s):\n\
+             \x20 cold start (call to agent answering)   p50 {:.0} ms, p99 {:.0} ms\n\
+             \x20 cold start to first call answered     p50 {:.0} ms\n\
+             \x20 warm claim to first call answered     p50 {:.1} ms ({} claims; {:.3}x cold)\n\
+             \x20 resume with 100 MiB workspace, call   p50 {:.0} ms ({:.2}x cold)\n\
+             \x20 {count} started at once, all answering   {:.2} s; all stopped {:.2} s\n\
+             \x20 stop                                  p50 {:.0} ms, p99 {:.0} ms\n\
+             \x20 idle memory (PSS) per sandbox          cold {:.1} MiB, warm {:.1} MiB (median)",
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0),
+            self.network.unwrap_or("?"),
+            self.failures.len(),
+            ms(&self.cold_start, 0.5),
+            ms(&self.cold_start, 0.99),
+            ms(&self.cold_first_call, 0.5),
+            ms(&self.warm_first_call, 0.5),
+            self.warm_claimed,
+            ratio(
+                ms(&self.warm_first_call, 0.5),
+                ms(&self.cold_first_call, 0.5)
+            ),
+            ms(&self.resume_first_call, 0.5),
+            ratio(
+                ms(&self.resume_first_call, 0.5),
+                ms(&self.cold_first_call, 0.5)
+            ),
+            secs(self.concurrent_all_answering).unwrap_or(0.0),
+            secs(self.concurrent_stop_all).unwrap_or(0.0),
+            ms(&self.stop, 0.5),
+            ms(&self.stop, 0.99),
+            mib(&self.cold_pss_kib),
+            mib(&self.warm_pss_kib),
+        );
+        (summary, json)
+    }
+}
+
+/// Runs `script` in session `id`'s sandbox; an error unless it exits 0.
+async fn call(config: &SandboxConfig, id: &str, script: &str) -> Result<(), String> {
+    let (agent, token) =
+        cordon_controller::sandbox::agent_endpoint(config, id).map_err(|e| format!("{id}: {e}"))?;
+    let request = shell_request(script);
+    match cordon_controller::agent::exec(&HttpClient::default(), agent, &token, &request, |_, _| {})
+        .await
+    {
+        Ok(outcome) if outcome.exit_status() == 0 => Ok(()),
+        Ok(outcome) => Err(format!("{id}: {script:?} ended {outcome:?}")),
+        Err(e) => Err(format!("{id}: {e}")),
+    }
+}
+
+/// Sessions started one after another: start latency, first call, idle memory, stop.
+async fn cold(
     runtime: &Runtime,
     config: &SandboxConfig,
     count: usize,
-) -> Result<(String, serde_json::Value), String> {
-    let mut start = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
-    let mut stop = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
-    let ids: Vec<String> = (0..count).map(|i| format!("bench{i}")).collect();
-    let mut failures = Vec::new();
-    let mut support = None;
+    report: &mut Report,
+) -> Result<(), String> {
+    let ids: Vec<String> = (0..count).map(|i| format!("cold{i}")).collect();
     for id in &ids {
         let t = Instant::now();
         match runtime.start(id, None).await {
             Ok(started) => {
-                start
-                    .record(t.elapsed().as_micros() as u64)
-                    .map_err(|e| e.to_string())?;
-                support = Some(started.support);
+                record(&mut report.cold_start, t.elapsed());
+                report.network = Some(started.support.network.as_str());
+                report.cgroups = Some(started.support.cgroups);
+                match call(config, id, "true").await {
+                    Ok(()) => record(&mut report.cold_first_call, t.elapsed()),
+                    Err(e) => report.failures.push(e),
+                }
             }
-            Err(e) => failures.push(format!("start {id}: {e}")),
+            Err(e) => report.failures.push(format!("start {id}: {e}")),
         }
     }
-    // All up at once: each answers a command, and its memory is measured idle.
+    // All up at once and idle: memory per sandbox.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let http = HttpClient::default();
-    let mut pss = Vec::new();
     for id in &ids {
-        let Ok((agent, token)) = cordon_controller::sandbox::agent_endpoint(config, id) else {
-            continue;
-        };
-        let request = cordon_sandbox_agent_request();
-        match cordon_controller::agent::exec(&http, agent, &token, &request, |_, _| {}).await {
-            Ok(outcome) if outcome.exit_status() == 0 => {}
-            Ok(outcome) => failures.push(format!("exec in {id}: {outcome:?}")),
-            Err(e) => failures.push(format!("exec in {id}: {e}")),
-        }
         let bundle = config.state_dir.join("sessions").join(id).join("bundle");
-        pss.push(pss_kib(&bundle.display().to_string()));
+        report
+            .cold_pss_kib
+            .push(pss_kib(&bundle.display().to_string()));
     }
-    let concurrent = runtime
-        .list()
-        .map_err(|e| e.to_string())?
-        .iter()
-        .filter(|s| s.state == "running")
-        .count();
     for id in &ids {
         let t = Instant::now();
         match runtime.stop(id).await {
-            Ok(()) => stop
-                .record(t.elapsed().as_micros() as u64)
-                .map_err(|e| e.to_string())?,
-            Err(e) => failures.push(format!("stop {id}: {e}")),
+            Ok(()) => record(&mut report.stop, t.elapsed()),
+            Err(e) => report.failures.push(format!("stop {id}: {e}")),
         }
     }
-    pss.sort_unstable();
-    let pss_median = pss.get(pss.len() / 2).copied().unwrap_or(0) as f64 / 1024.0;
-    let pss_mean = pss.iter().sum::<u64>() as f64 / pss.len().max(1) as f64 / 1024.0;
-    let json = serde_json::json!({
-        "sessions": count,
-        "concurrent_running": concurrent,
-        "failures": failures,
-        "network_mode": support.map(|s| s.network.as_str()),
-        "cgroups": support.map(|s| s.cgroups),
-        "start_ms": {"p50": percentile(&start, 0.5), "p99": percentile(&start, 0.99), "max": start.max() as f64 / 1000.0},
-        "stop_ms": {"p50": percentile(&stop, 0.5), "p99": percentile(&stop, 0.99), "max": stop.max() as f64 / 1000.0},
-        "idle_pss_mib": {"median": pss_median, "mean": pss_mean},
-        "machine": {"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)},
-    });
-    let summary = format!(
-        "{count} sandboxes ({} running at once, {} failure(s)), network {}:\n  start p50 {:.0} ms, p99 {:.0} ms\n  stop  p50 {:.0} ms, p99 {:.0} ms\n  idle memory (PSS) median {pss_median:.1} MiB, mean {pss_mean:.1} MiB per sandbox",
-        concurrent,
-        failures.len(),
-        support.map_or("?", |s| s.network.as_str()),
-        percentile(&start, 0.5),
-        percentile(&start, 0.99),
-        percentile(&stop, 0.5),
-        percentile(&stop, 0.99),
-    );
-    if failures.is_empty() {
-        Ok((summary, json))
-    } else {
-        Err(format!("{summary}\nfailures:\n  {}", failures.join("\n  ")))
-    }
+    Ok(())
 }
 
-fn cordon_sandbox_agent_request() -> cordon_controller::agent::ExecRequest {
+/// `count` sessions started at the same moment (cold): the time until every one answers.
+async fn concurrent(runtime: &Runtime, count: usize, report: &mut Report) -> Result<(), String> {
+    let ids: Vec<String> = (0..count).map(|i| format!("many{i}")).collect();
+    let t = Instant::now();
+    let started =
+        futures_util::future::join_all(ids.iter().map(|id| runtime.start(id, None))).await;
+    report.concurrent_all_answering = Some(t.elapsed());
+    for (id, result) in ids.iter().zip(started) {
+        if let Err(e) = result {
+            report.failures.push(format!("start {id} (at once): {e}"));
+        }
+    }
+    let t = Instant::now();
+    let stopped = futures_util::future::join_all(ids.iter().map(|id| runtime.stop(id))).await;
+    report.concurrent_stop_all = Some(t.elapsed());
+    for (id, result) in ids.iter().zip(stopped) {
+        if let Err(e) = result {
+            report.failures.push(format!("stop {id} (at once): {e}"));
+        }
+    }
+    Ok(())
+}
+
+/// A session idles (its sandbox stopped) with 100 MiB in 100 files in its workspace, then
+/// resumes: from the start call to a call that lists the files answered.
+async fn resume(
+    runtime: &Runtime,
+    config: &SandboxConfig,
+    rounds: usize,
+    report: &mut Report,
+) -> Result<(), String> {
+    for i in 0..rounds {
+        let id = format!("resume{i}");
+        runtime.start(&id, None).await.map_err(|e| e.to_string())?;
+        call(
+            config,
+            &id,
+            "for i in $(seq 100); do head -c 1048576 /dev/urandom > /workspace/f$i; done",
+        )
+        .await?;
+        runtime.stop(&id).await.map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        runtime.start(&id, None).await.map_err(|e| e.to_string())?;
+        match call(config, &id, "test $(ls /workspace | wc -l) = 100").await {
+            Ok(()) => record(&mut report.resume_first_call, t.elapsed()),
+            Err(e) => report.failures.push(e),
+        }
+        runtime.end(&id).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// The warm pool (one sandbox, refilled between claims, untimed): from a new session's start
+/// call to its first call answered; and a waiting warm sandbox's idle memory.
+async fn warm(
+    runtime: &Runtime,
+    config: &SandboxConfig,
+    claims: usize,
+    report: &mut Report,
+) -> Result<(), String> {
+    for i in 0..claims {
+        let problems = runtime.fill_warm().await;
+        if !problems.is_empty() {
+            report.failures.extend(problems);
+            continue;
+        }
+        if i == 0 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            for view in runtime.list().map_err(|e| e.to_string())? {
+                if view.state == "warm" {
+                    let bundle = config
+                        .state_dir
+                        .join("sessions")
+                        .join(&view.id)
+                        .join("bundle");
+                    report
+                        .warm_pss_kib
+                        .push(pss_kib(&bundle.display().to_string()));
+                }
+            }
+        }
+        let id = format!("warm{i}");
+        let t = Instant::now();
+        match runtime.start(&id, None).await {
+            Ok(started) if started.warm => match call(config, &id, "true").await {
+                Ok(()) => {
+                    record(&mut report.warm_first_call, t.elapsed());
+                    report.warm_claimed += 1;
+                }
+                Err(e) => report.failures.push(e),
+            },
+            Ok(_) => report
+                .failures
+                .push(format!("{id} started cold with a warm sandbox waiting")),
+            Err(e) => report.failures.push(format!("start {id}: {e}")),
+        }
+        if let Err(e) = runtime.stop(&id).await {
+            report.failures.push(format!("stop {id}: {e}"));
+        }
+    }
+    Ok(())
+}
+
+fn shell_request(script: &str) -> cordon_controller::agent::ExecRequest {
     cordon_controller::agent::ExecRequest {
-        argv: vec!["true".into()],
+        argv: vec!["sh".into(), "-c".into(), script.into()],
         cwd: None,
         env: Default::default(),
-        timeout_ms: Some(10_000),
+        timeout_ms: Some(60_000),
         stdin: None,
     }
 }

@@ -204,6 +204,7 @@ impl World {
 
     /// `POST .../work/{id}/stop` `{force}`.
     pub fn stop(&self, id: &str, force: bool) -> Result<Value, ApiError> {
+        let mut session = None;
         let result = {
             let mut inner = self.lock();
             let item = find(&mut inner, id)?;
@@ -221,11 +222,15 @@ impl World {
                 item.stopped_at = Some(stamp);
                 item.force_stopped = true;
                 item.lease = None;
+                session = Some(item.session.clone());
             } else {
                 item.state = WorkState::Stopping;
             }
             work_json(item, &self.environment_id)
         };
+        if let Some(session) = session {
+            self.work_stopped(&session);
+        }
         self.progress.notify_waiters();
         Ok(result)
     }

@@ -13,6 +13,9 @@
 //! input = { command = "curl -s https://api.example.test/user" }
 //! ask = "allow"                        # optional: evaluated_permission "ask", then this verdict
 //! custom = false                       # optional: an agent.custom_tool_use instead
+//! after_idle = false                   # optional: end the turn first (session.status_idle),
+//!                                      # wait until the worker lets go of the work item, then
+//!                                      # a new user.message and work item bring this step
 //! expect = { is_error = false, contains = ["login"], not_contains = ["ghp_"], matches = "^\\{" }
 //!
 //! [faults]                             # optional, each the count of first occurrences
@@ -88,6 +91,10 @@ pub struct Step {
     pub ask: Option<Verdict>,
     #[serde(default)]
     pub custom: bool,
+    /// A new turn: the session idles before this step and resumes with a second user message
+    /// (and a second work item) once the worker has stopped the first.
+    #[serde(default)]
+    pub after_idle: bool,
     #[serde(default)]
     pub expect: Expect,
 }

@@ -142,6 +142,11 @@ pub(crate) struct Session {
     pub(crate) denied: HashSet<String>,
     pub(crate) ended: bool,
     pub(crate) created_at: String,
+    /// The step waiting for a new turn: the session idled before it and resumes when the
+    /// worker stops the current work item.
+    pub(crate) awaiting_turn: Option<usize>,
+    /// Steps whose new turn has begun.
+    pub(crate) turns_begun: HashSet<usize>,
 }
 
 /// Faults the simulator injects (scenario `[faults]`), each a count of first occurrences.
@@ -279,29 +284,7 @@ impl World {
         {
             let mut inner = self.lock();
             inner.next_id += 1;
-            let work_id = random_token("work_");
-            let sessions_token = self
-                .config
-                .sessions_token
-                .then(|| random_token("sk-ant-sesn-sim-"));
-            inner.work.push(WorkItem {
-                id: work_id,
-                session: id.clone(),
-                state: WorkState::Queued,
-                sessions_token,
-                lease: None,
-                handed_out: None,
-                created_at: now(),
-                acknowledged_at: None,
-                started_at: None,
-                latest_heartbeat_at: None,
-                stop_requested_at: None,
-                stopped_at: None,
-                force_stopped: false,
-                heartbeats: 0,
-                lease_conflicts: 0,
-                lease_expiries: 0,
-            });
+            self.queue_work(&mut inner, &id);
             let (live, _) = broadcast::channel(1024);
             let prompt = script
                 .prompt
@@ -327,6 +310,8 @@ impl World {
                     denied: HashSet::new(),
                     ended: false,
                     created_at: now(),
+                    awaiting_turn: None,
+                    turns_begun: HashSet::new(),
                 },
             );
             push(
@@ -341,6 +326,65 @@ impl World {
         self.send_webhook("session.status_run_started", &id);
     }
 
+    /// Queues a new work item for session `id`.
+    fn queue_work(&self, inner: &mut Inner, id: &str) {
+        let sessions_token = self
+            .config
+            .sessions_token
+            .then(|| random_token("sk-ant-sesn-sim-"));
+        inner.work.push(WorkItem {
+            id: random_token("work_"),
+            session: id.to_string(),
+            state: WorkState::Queued,
+            sessions_token,
+            lease: None,
+            handed_out: None,
+            created_at: now(),
+            acknowledged_at: None,
+            started_at: None,
+            latest_heartbeat_at: None,
+            stop_requested_at: None,
+            stopped_at: None,
+            force_stopped: false,
+            heartbeats: 0,
+            lease_conflicts: 0,
+            lease_expiries: 0,
+        });
+    }
+
+    /// A work item of `session_id` stopped: if the session idled waiting for its next turn,
+    /// the user sends the next message now, and a new work item brings it.
+    pub(crate) fn work_stopped(&self, session_id: &str) {
+        {
+            let mut inner = self.lock();
+            let Some(index) = inner
+                .sessions
+                .get_mut(session_id)
+                .and_then(|s| s.awaiting_turn.take())
+            else {
+                return;
+            };
+            if let Some(session) = inner.sessions.get_mut(session_id) {
+                session.turns_begun.insert(index);
+                session.status = "running";
+            }
+            push(
+                &mut inner,
+                session_id,
+                json!({"type": "user.message", "content": [{"type": "text", "text": "Carry on."}]}),
+            );
+            push(
+                &mut inner,
+                session_id,
+                json!({"type": "session.status_running"}),
+            );
+            self.queue_work(&mut inner, session_id);
+        }
+        self.emit_step(session_id);
+        self.queue_changed.notify_waiters();
+        self.send_webhook("session.status_run_started", session_id);
+    }
+
     /// Issues the session's current step, or ends the session when the steps are done.
     pub(crate) fn emit_step(&self, session_id: &str) {
         let mut delayed = None;
@@ -351,7 +395,29 @@ impl World {
                 return;
             };
             let index = session.step;
+            let new_turn = session
+                .script
+                .steps
+                .get(index)
+                .is_some_and(|step| step.after_idle && !session.turns_begun.contains(&index));
             match session.script.steps.get(index).cloned() {
+                Some(_) if new_turn => {
+                    push(
+                        &mut inner,
+                        session_id,
+                        json!({"type": "agent.message", "content": [{"type": "text", "text": "Done for this turn."}]}),
+                    );
+                    push(
+                        &mut inner,
+                        session_id,
+                        json!({"type": "session.status_idle", "stop_reason": {"type": "end_turn"}}),
+                    );
+                    if let Some(session) = inner.sessions.get_mut(session_id) {
+                        session.status = "idle";
+                        session.awaiting_turn = Some(index);
+                    }
+                    ended = Some("session.status_idled");
+                }
                 Some(step) => {
                     let call_id = format!("{}_{}", random_token("toolu_"), index + 1);
                     let mut event = json!({

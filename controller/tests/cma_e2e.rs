@@ -76,7 +76,13 @@ impl Drop for Controller {
 
 /// A world wired for CMA: the demo policy and secret store, `[controller]` pointing at the
 /// simulator.
-fn cma_world(second_octet: u8, sim: &Sim, environment: &str, listen: u16, admin: u16) -> World {
+fn cma_world(
+    second_octet: u8,
+    sim: &Sim,
+    environment: &str,
+    (listen, admin): (u16, u16),
+    sandbox_extra: &str,
+) -> World {
     let policy = std::fs::read_to_string(demo("policy/policy.rego")).unwrap();
     let secrets = std::fs::read_to_string(demo("secrets.toml")).unwrap();
     let controller = format!(
@@ -94,6 +100,7 @@ fn cma_world(second_octet: u8, sim: &Sim, environment: &str, listen: u16, admin:
             hosts: &["api.example.test", "blocked.example.test"],
             policy: &policy,
             extra_toml: &controller,
+            sandbox_extra,
             files: &[
                 ("secrets.toml", &secrets),
                 ("example-api-token", TOKEN),
@@ -125,9 +132,24 @@ async fn start_sim(scenario: &Scenario, webhook_port: u16) -> Sim {
 /// A simulator playing `scenario`, a world wired to it, and a controller serving it; the
 /// scenario's sessions are open.
 async fn start(scenario: &Scenario, second_octet: u8) -> (Sim, World, Controller) {
+    start_with(scenario, second_octet, "").await
+}
+
+/// [`start`] with `sandbox_extra` added to `[sandbox]`.
+async fn start_with(
+    scenario: &Scenario,
+    second_octet: u8,
+    sandbox_extra: &str,
+) -> (Sim, World, Controller) {
     let (listen, admin) = (free_port(), free_port());
     let sim = start_sim(scenario, listen).await;
-    let mut world = cma_world(second_octet, &sim, &scenario.environment_id, listen, admin);
+    let mut world = cma_world(
+        second_octet,
+        &sim,
+        &scenario.environment_id,
+        (listen, admin),
+        sandbox_extra,
+    );
     world
         .sessions
         .extend(scenario.sessions.iter().map(|s| s.id().to_string()));
@@ -387,4 +409,68 @@ async fn an_operator_stops_a_session_from_the_cli() {
     let again = world.controller(&["sessions", "--stop", "sesn_stop"]);
     assert_eq!(again.status.code(), Some(66), "{again:?}");
     assert!(support::text(&again.stderr).contains("not being served"));
+}
+
+const TWO_TURNS: &str = r#"
+environment_id = "env_turns"
+
+[[sessions]]
+id = "sesn_turns"
+
+[[sessions.steps]]
+tool = "bash"
+input = { command = "echo from-turn-one > /workspace/turn1 && touch /tmp/sandbox-one && echo written" }
+expect = { is_error = false, contains = ["written"] }
+
+[[sessions.steps]]
+tool = "bash"
+after_idle = true
+input = { command = "cat /workspace/turn1; test -e /tmp/sandbox-one && echo same-sandbox || echo new-sandbox" }
+expect = { is_error = false, contains = ["from-turn-one", "new-sandbox"] }
+"#;
+
+/// A session idles after its first turn (the sandbox is torn down after max_idle_ms) and
+/// resumes with a second user message: the new sandbox has the workspace the first one left,
+/// and nothing else of it. Once the session terminates the workspace goes (retention 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_idles_finds_its_workspace_when_it_resumes() {
+    let scenario = Scenario::parse(TWO_TURNS).unwrap();
+    let (sim, world, controller) =
+        start_with(&scenario, 245, "workspace_retention_hours = 0\n").await;
+    let report = sim.wait(Duration::from_secs(240)).await;
+    assert_passed(&report, &world);
+    assert_eq!(
+        report.work.len(),
+        2,
+        "one work item per turn: {}",
+        report.summary()
+    );
+    let kinds: Vec<&str> = report.webhooks.iter().map(|w| w.kind.as_str()).collect();
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == "session.status_run_started")
+            .count(),
+        2,
+        "{kinds:?}"
+    );
+    assert!(kinds.contains(&"session.status_idled"), "{kinds:?}");
+    wait_for_teardown(&world, "sesn_turns");
+    let workspace = world.workspace("sesn_turns");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while workspace.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        !workspace.exists(),
+        "the workspace outlived its session's end\n{}",
+        logs(&world)
+    );
+    let metrics = controller.admin("/metrics");
+    assert!(
+        metrics.contains("cordon_controller_work_items_total{end=\"idle\"} 1")
+            && metrics.contains("cordon_controller_work_items_total{end=\"terminated\"} 1")
+            && metrics.contains("cordon_controller_sandbox_starts_total{kind=\"cold\"} 2"),
+        "{metrics}"
+    );
 }

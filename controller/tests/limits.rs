@@ -33,7 +33,7 @@ fn hits(metrics: &ControllerMetrics, limit: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_limit_is_named_in_the_result_and_counted() {
     let world = World::new(
-        241,
+        244,
         28,
         "memory_mb = 160\npids = 32\nworkspace_max_mb = 16\n",
     );
