@@ -9,7 +9,6 @@
 //!
 //! `cordon-controller sessions` prints the same table.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -21,8 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::cma::service::{SessionStops, StopReason};
 use crate::config::SandboxConfig;
-use crate::http::HttpClient;
 use crate::metrics::ControllerMetrics;
+use crate::proxy_admin::ProxyAdmin;
 use crate::sandbox::list_sessions;
 use crate::store::{Store, WorkSummary};
 
@@ -35,16 +34,10 @@ pub struct Admin {
     /// `None` when `serve` runs without `[sandbox]` (webhooks only).
     pub sandbox: Option<SandboxConfig>,
     /// The proxy's admin API, for per-session egress counts.
-    pub proxy_admin: Option<SocketAddr>,
-    pub http: HttpClient,
+    pub proxy_admin: Option<ProxyAdmin>,
 }
 
-/// Egress decisions the proxy made for a session while it was registered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Egress {
-    pub allowed: u64,
-    pub denied: u64,
-}
+pub use crate::proxy_admin::Egress;
 
 /// One row of `GET /sessions`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -165,36 +158,9 @@ async fn rows(admin: &Admin) -> Result<Vec<SessionRow>, String> {
 
 /// Per-session egress counts from the proxy's `GET /sessions`; empty when it cannot answer.
 async fn proxy_egress(admin: &Admin) -> std::collections::HashMap<String, Egress> {
-    match admin.proxy_admin {
-        Some(proxy) => egress_counts(&admin.http, proxy).await,
+    match &admin.proxy_admin {
+        Some(proxy) => proxy.egress_counts().await,
         None => Default::default(),
-    }
-}
-
-/// The proxy's per-session egress counts (`GET /sessions` on its admin API); empty when it
-/// cannot answer.
-pub async fn egress_counts(
-    http: &HttpClient,
-    proxy: SocketAddr,
-) -> std::collections::HashMap<String, Egress> {
-    #[derive(Deserialize)]
-    struct Listing {
-        sessions: Vec<Registered>,
-    }
-    #[derive(Deserialize)]
-    struct Registered {
-        id: String,
-        egress: Egress,
-    }
-    let url = format!("http://{proxy}/sessions");
-    match http.call(http::Method::GET, &url, None, None).await {
-        Ok(text) => serde_json::from_str::<Listing>(&text)
-            .map(|l| l.sessions.into_iter().map(|s| (s.id, s.egress)).collect())
-            .unwrap_or_default(),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read egress counts from the proxy");
-            Default::default()
-        }
     }
 }
 

@@ -9,5 +9,6 @@ pub mod config;
 pub mod http;
 pub mod image;
 pub mod metrics;
+pub mod proxy_admin;
 pub mod sandbox;
 pub mod store;

@@ -269,9 +269,10 @@ async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
         store: open_store()?,
         metrics,
         stops: receiver.stops.clone(),
-        proxy_admin: sandbox_config.as_ref().map(|c| c.admin),
+        proxy_admin: sandbox_config
+            .as_ref()
+            .map(|c| cordon_controller::proxy_admin::ProxyAdmin::new(c.admin)),
         sandbox: sandbox_config,
-        http: HttpClient::default(),
     });
     eprintln!(
         "cordon-controller: serving POST /webhooks on {}, the admin API (/sessions, /metrics) on {}",

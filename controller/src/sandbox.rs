@@ -44,7 +44,8 @@ use self::runsc::{HostSupport, Runsc};
 use self::workspace::{WorkspaceError, Workspaces};
 use crate::command::{CommandError, available};
 use crate::config::SandboxConfig;
-use crate::http::{HttpClient, HttpError};
+use crate::http::HttpClient;
+use crate::proxy_admin::{ProxyAdmin, ProxyAdminError};
 use crate::store::{SessionRecord, SessionState, Store, StoreError};
 
 /// Why a sandbox operation failed. Every message says what to do about it.
@@ -77,7 +78,7 @@ pub enum SandboxError {
     #[error(
         "the proxy's admin API refused or did not answer: {0}; is cordon-proxy running with this cordon.toml?"
     )]
-    Proxy(HttpError),
+    Proxy(ProxyAdminError),
     #[error(
         "the sandbox agent did not answer within {timeout:?} at {address} (last error: {last})"
     )]
@@ -147,6 +148,7 @@ pub struct Runtime {
     config: Arc<SandboxConfig>,
     store: Arc<Store>,
     http: HttpClient,
+    proxy: ProxyAdmin,
     runsc: Runsc,
     firewall: Firewall,
     /// Made on the first rewrite, on the runtime the caller runs on.
@@ -212,6 +214,7 @@ impl Runtime {
                 dns_port: config.dns_port,
             },
             http: HttpClient::default(),
+            proxy: ProxyAdmin::new(config.admin),
             workspaces: Workspaces {
                 root: config.workspace_root.clone(),
                 max_mb: config.workspace_max_mb,
@@ -337,21 +340,11 @@ impl Runtime {
         applier.apply().await.map_err(SandboxError::Firewall)
     }
 
-    fn admin_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.config.admin)
-    }
-
     /// Tells the proxy that `address` is session `id`'s.
     async fn register(&self, id: &str, address: Ipv4Addr) -> Result<(), SandboxError> {
-        self.http
-            .call(
-                http::Method::PUT,
-                &self.admin_url(&format!("/sessions/{id}")),
-                None,
-                Some(serde_json::json!({ "source": address }).to_string()),
-            )
+        self.proxy
+            .register(id, address.into())
             .await
-            .map(|_| ())
             .map_err(SandboxError::Proxy)
     }
 
@@ -697,20 +690,10 @@ impl Runtime {
         record: &SessionRecord,
         problems: &mut Vec<String>,
     ) {
-        if !record.warm {
-            match self
-                .http
-                .call(
-                    http::Method::DELETE,
-                    &self.admin_url(&format!("/sessions/{}", record.id)),
-                    None,
-                    None,
-                )
-                .await
-            {
-                Ok(_) | Err(HttpError::Status { status: 404, .. }) => {}
-                Err(e) => problems.push(format!("proxy registration: {e}")),
-            }
+        if !record.warm
+            && let Err(e) = self.proxy.unregister(&record.id).await
+        {
+            problems.push(format!("proxy registration: {e}"));
         }
         // The workspace stays: the session's next sandbox mounts it again. It goes when the
         // session ends ([`Runtime::end`]) and its retention has passed.

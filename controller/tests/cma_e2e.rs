@@ -106,7 +106,6 @@ fn cma_world(
                 ("example-api-token", TOKEN),
                 ("webhook-secret", WEBHOOK_SECRET),
             ],
-            ..Setup::default()
         },
     )
 }

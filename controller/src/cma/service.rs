@@ -21,8 +21,8 @@ use tokio::sync::Notify;
 use super::client::{CmaClient, Heartbeat, MAX_BLOCK_MS, Work, retrying};
 use super::runner::{RunEnd, RunnerConfig, ToolExecutor, run_session};
 use super::tools::SessionTools;
-use crate::http::HttpClient;
 use crate::metrics::{ControllerMetrics, tool_label};
+use crate::proxy_admin::ProxyAdmin;
 use crate::sandbox::{Runtime, agent_endpoint};
 use crate::store::Store;
 use cordon_sandbox_agent::tools::{ToolCall, ToolResult};
@@ -276,8 +276,9 @@ impl Service {
         {
             let runtime = &self.runtime;
             // The proxy forgets a session's counts when its registration goes: keep them.
-            let counts =
-                crate::admin::egress_counts(&HttpClient::default(), runtime.config().admin).await;
+            let counts = ProxyAdmin::new(runtime.config().admin)
+                .egress_counts()
+                .await;
             if let Some(e) = counts.get(&session)
                 && let Err(err) = self.store.set_egress(&work.id, e.allowed, e.denied)
             {

@@ -1,6 +1,6 @@
 //! Making the host match the records after a crash, and stopping everything.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use super::names::SessionNames;
@@ -111,42 +111,22 @@ impl Runtime {
         live_records: &[crate::store::SessionRecord],
         report: &mut Reconciled,
     ) {
-        let Ok(text) = self
-            .http
-            .call(http::Method::GET, &self.admin_url("/sessions"), None, None)
-            .await
-        else {
+        let Ok(registered) = self.proxy.sessions().await else {
             return;
         };
-        let Ok(listing) = serde_json::from_str::<serde_json::Value>(&text) else {
-            return;
-        };
-        let registered = listing["sessions"].as_array().cloned().unwrap_or_default();
         for session in registered {
-            let (Some(id), Some(source)) = (
-                session["id"].as_str(),
-                session["source"]
-                    .as_str()
-                    .and_then(|s| s.parse::<Ipv4Addr>().ok()),
-            ) else {
+            let IpAddr::V4(source) = session.source else {
                 continue;
             };
             let ours = self.config.address_pool.contains(&source);
-            if ours && !live_records.iter().any(|r| r.id == id) {
-                match self
-                    .http
-                    .call(
-                        http::Method::DELETE,
-                        &self.admin_url(&format!("/sessions/{id}")),
-                        None,
-                        None,
-                    )
-                    .await
-                {
-                    Ok(_) => report.removed.push(format!("proxy registration {id}")),
+            if ours && !live_records.iter().any(|r| r.id == session.id) {
+                match self.proxy.unregister(&session.id).await {
+                    Ok(()) => report
+                        .removed
+                        .push(format!("proxy registration {}", session.id)),
                     Err(e) => report
                         .problems
-                        .push(format!("proxy registration {id}: {e}")),
+                        .push(format!("proxy registration {}: {e}", session.id)),
                 }
             }
         }
