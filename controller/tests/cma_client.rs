@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use cordon_controller::cma::events::{SessionEvent, StreamItem};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -189,7 +190,9 @@ async fn speaks_the_work_queue_protocol() {
     // Reconcile: every page, in order; then a result.
     let events = client.all_events(&work, "sesn_1").await.unwrap();
     assert_eq!(events.len(), 2);
-    let call = cordon_controller::cma::events::tool_use(&events[1]).unwrap();
+    let SessionEvent::ToolUse(call) = SessionEvent::parse(&events[1]) else {
+        panic!("{:?}", events[1]);
+    };
     let result = cordon_controller::cma::events::tool_result(&call, false, "a.txt");
     client
         .send_events(&work, "sesn_1", vec![result])
@@ -204,13 +207,10 @@ async fn speaks_the_work_queue_protocol() {
         .await
         .unwrap();
     assert_eq!(streamed.len(), 2, "ping skipped: {streamed:?}");
-    let cordon_controller::cma::events::StreamItem::Event(event) = &streamed[0] else {
+    let StreamItem::Event(SessionEvent::ToolUse(call)) = &streamed[0] else {
         panic!("{streamed:?}");
     };
-    assert_eq!(
-        cordon_controller::cma::events::tool_use(event).unwrap().id,
-        "tu_2"
-    );
+    assert_eq!(call.id, "tu_2");
     client.stop(&work, true).await.unwrap();
     let busy = client.poll(500).await.unwrap_err();
     assert!(busy.is_retryable(), "{busy}");

@@ -4,8 +4,140 @@
 //! SSE frames are `event: <type>` and `data: <json>` lines ending at a blank line. Frames
 //! without an `event:` line are ignored, `ping` is skipped, `error` is an error. Several
 //! `data:` lines join with newlines; lines starting with `:` are comments.
+//!
+//! Events are typed ([`SessionEvent`]) by their `type`, the way rustls types its messages: the
+//! ones the runner acts on have variants with their fields checked; any other type is kept as
+//! [`SessionEvent::Other`] (CMA adds event types; a worker must not fail on one it does not
+//! know), and a known type missing a field it needs is [`SessionEvent::Malformed`], ignored
+//! with the reason at hand.
 
+use serde::Deserialize;
 use serde_json::Value;
+
+/// A session event, by type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionEvent {
+    /// `agent.tool_use` or `agent.custom_tool_use`: a call this environment answers.
+    ToolUse(ToolUse),
+    /// `user.tool_result` or `user.custom_tool_result`: the call `tool_use_id` is answered.
+    ToolResult { tool_use_id: String },
+    /// `user.tool_confirmation`: the user's verdict on an `ask` call.
+    ToolConfirmation { tool_use_id: String, allow: bool },
+    /// `session.status_idle`; `stop_reason` is its `stop_reason.type` (`end_turn`,
+    /// `requires_action`, ...).
+    StatusIdle { stop_reason: Option<String> },
+    /// `session.status_running`.
+    StatusRunning,
+    /// `session.status_terminated`: nothing more will happen in the session.
+    StatusTerminated,
+    /// `session.thread_status_terminated`: one thread of a multi-agent session ended.
+    ThreadTerminated,
+    /// A type the runner does not act on (messages, `agent.mcp_tool_use`, new types).
+    Other { kind: String },
+    /// A type the runner acts on without a field it needs.
+    Malformed { kind: String, problem: String },
+}
+
+#[derive(Deserialize)]
+struct ToolUseFields {
+    id: String,
+    name: String,
+    #[serde(default)]
+    input: Value,
+    #[serde(default)]
+    evaluated_permission: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ResultFields {
+    tool_use_id: String,
+}
+
+#[derive(Deserialize)]
+struct CustomResultFields {
+    custom_tool_use_id: String,
+}
+
+#[derive(Deserialize)]
+struct ConfirmationFields {
+    tool_use_id: String,
+    result: String,
+}
+
+#[derive(Deserialize)]
+struct IdleFields {
+    #[serde(default)]
+    stop_reason: Option<StopReason>,
+}
+
+#[derive(Deserialize)]
+struct StopReason {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+impl SessionEvent {
+    /// Types `event`; never fails.
+    pub fn parse(event: &Value) -> Self {
+        let kind = event
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        fn fields<T: serde::de::DeserializeOwned>(event: &Value) -> Result<T, String> {
+            T::deserialize(event).map_err(|e| e.to_string())
+        }
+        let typed = match kind.as_str() {
+            "agent.tool_use" | "agent.custom_tool_use" => fields::<ToolUseFields>(event).map(|f| {
+                SessionEvent::ToolUse(ToolUse {
+                    id: f.id,
+                    name: f.name,
+                    input: f.input,
+                    custom: kind == "agent.custom_tool_use",
+                    needs_confirmation: f.evaluated_permission.as_deref() == Some("ask"),
+                })
+            }),
+            "user.tool_result" => fields::<ResultFields>(event).map(|f| SessionEvent::ToolResult {
+                tool_use_id: f.tool_use_id,
+            }),
+            "user.custom_tool_result" => {
+                fields::<CustomResultFields>(event).map(|f| SessionEvent::ToolResult {
+                    tool_use_id: f.custom_tool_use_id,
+                })
+            }
+            "user.tool_confirmation" => {
+                fields::<ConfirmationFields>(event).map(|f| SessionEvent::ToolConfirmation {
+                    tool_use_id: f.tool_use_id,
+                    allow: f.result == "allow",
+                })
+            }
+            "session.status_idle" => {
+                fields::<IdleFields>(event).map(|f| SessionEvent::StatusIdle {
+                    stop_reason: f.stop_reason.map(|r| r.kind),
+                })
+            }
+            "session.status_running" => Ok(SessionEvent::StatusRunning),
+            "session.status_terminated" => Ok(SessionEvent::StatusTerminated),
+            "session.thread_status_terminated" => Ok(SessionEvent::ThreadTerminated),
+            _ => return SessionEvent::Other { kind },
+        };
+        typed.unwrap_or_else(|problem| SessionEvent::Malformed { kind, problem })
+    }
+
+    /// Whether the event ends the agent's turn: idle for any reason but waiting on the user's
+    /// verdict (`requires_action`).
+    pub fn ends_turn(&self) -> bool {
+        matches!(self, SessionEvent::StatusIdle { stop_reason } if stop_reason.as_deref() != Some("requires_action"))
+    }
+
+    /// Whether the event says nothing about the turn (a verdict, one thread's end).
+    pub fn is_neutral(&self) -> bool {
+        matches!(
+            self,
+            SessionEvent::ToolConfirmation { .. } | SessionEvent::ThreadTerminated
+        )
+    }
+}
 
 /// One frame of the stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,8 +149,8 @@ pub struct Frame {
 /// What the stream carried.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamItem {
-    /// A session event (`data` parsed).
-    Event(Value),
+    /// A session event (`data` parsed and typed).
+    Event(SessionEvent),
     /// An `error` frame: the server's message.
     Error(String),
 }
@@ -71,8 +203,8 @@ pub fn interpret(frame: &Frame) -> Option<StreamItem> {
         "ping" => None,
         "error" => Some(StreamItem::Error(frame.data.clone())),
         _ => Some(
-            serde_json::from_str(&frame.data)
-                .map(StreamItem::Event)
+            serde_json::from_str::<Value>(&frame.data)
+                .map(|event| StreamItem::Event(SessionEvent::parse(&event)))
                 .unwrap_or_else(|e| {
                     StreamItem::Error(format!("a {} frame is not JSON: {e}", frame.event))
                 }),
@@ -90,25 +222,6 @@ pub struct ToolUse {
     pub custom: bool,
     /// `evaluated_permission == "ask"`: wait for `user.tool_confirmation`.
     pub needs_confirmation: bool,
-}
-
-/// The tool call in `event`, if it is one this environment answers (`agent.tool_use`,
-/// `agent.custom_tool_use`; `agent.mcp_tool_use` runs at Anthropic).
-pub fn tool_use(event: &Value) -> Option<ToolUse> {
-    let kind = event.get("type")?.as_str()?;
-    let custom = match kind {
-        "agent.tool_use" => false,
-        "agent.custom_tool_use" => true,
-        _ => return None,
-    };
-    Some(ToolUse {
-        id: event.get("id")?.as_str()?.to_string(),
-        name: event.get("name")?.as_str()?.to_string(),
-        input: event.get("input").cloned().unwrap_or(Value::Null),
-        custom,
-        needs_confirmation: event.get("evaluated_permission").and_then(Value::as_str)
-            == Some("ask"),
-    })
 }
 
 /// The result event for `call`: `user.tool_result` (or `user.custom_tool_result`), never with
@@ -147,10 +260,9 @@ mod tests {
             matches!(interpret(&whole[1]), Some(StreamItem::Error(_))),
             "broken JSON"
         );
-        let Some(StreamItem::Event(event)) = interpret(&whole[2]) else {
+        let Some(StreamItem::Event(SessionEvent::ToolUse(call))) = interpret(&whole[2]) else {
             panic!("{:?}", whole[2]);
         };
-        let call = tool_use(&event).unwrap();
         assert_eq!((call.id.as_str(), call.name.as_str()), ("tu_2", "bash"));
         assert!(call.needs_confirmation && !call.custom);
         assert_eq!(
@@ -180,9 +292,54 @@ mod tests {
             tool_result(&custom, true, "x")["custom_tool_use_id"],
             "tu_1"
         );
+    }
+
+    #[test]
+    fn events_are_typed_and_unknown_ones_kept() {
+        let parse = |v: Value| SessionEvent::parse(&v);
+        use serde_json::json;
+        assert_eq!(
+            parse(json!({"type": "agent.mcp_tool_use", "id": "m", "name": "n"})),
+            SessionEvent::Other {
+                kind: "agent.mcp_tool_use".into()
+            }
+        );
+        assert_eq!(
+            parse(json!({"type": "session.brand_new_kind", "x": 1})),
+            SessionEvent::Other {
+                kind: "session.brand_new_kind".into()
+            }
+        );
+        assert!(matches!(
+            parse(json!({"type": "agent.tool_use", "name": "bash"})),
+            SessionEvent::Malformed { problem, .. } if problem.contains("id")
+        ));
+        assert_eq!(
+            parse(json!({"type": "user.custom_tool_result", "custom_tool_use_id": "c1"})),
+            SessionEvent::ToolResult {
+                tool_use_id: "c1".into()
+            }
+        );
+        assert_eq!(
+            parse(json!({"type": "user.tool_confirmation", "tool_use_id": "t", "result": "deny"})),
+            SessionEvent::ToolConfirmation {
+                tool_use_id: "t".into(),
+                allow: false
+            }
+        );
+        let idle = |reason: &str| {
+            parse(json!({"type": "session.status_idle", "stop_reason": {"type": reason}}))
+        };
+        assert!(idle("end_turn").ends_turn());
+        assert!(!idle("requires_action").ends_turn());
+        assert!(parse(json!({"type": "session.status_idle"})).ends_turn());
+        assert_eq!(
+            parse(json!({"type": "session.status_terminated"})),
+            SessionEvent::StatusTerminated
+        );
         assert!(
-            tool_use(&serde_json::json!({"type": "agent.mcp_tool_use", "id": "m", "name": "n"}))
-                .is_none()
+            parse(json!({"type": "user.tool_confirmation", "tool_use_id": "t", "result": "allow"}))
+                .is_neutral()
         );
     }
 }

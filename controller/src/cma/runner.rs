@@ -15,11 +15,10 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::client::{CmaClient, CmaError, Work};
-use super::events::{StreamItem, ToolUse, tool_result, tool_use};
+use super::events::{SessionEvent, StreamItem, ToolUse, tool_result};
 use cordon_sandbox_agent::tools::{ToolCall, ToolResult};
 
 /// Runs a tool call somewhere (the session's sandbox agent; a fake in tests).
@@ -71,60 +70,47 @@ struct State {
     calls_run: u64,
 }
 
-/// Events that say nothing about whether the turn ended.
-const NEUTRAL: [&str; 2] = ["user.tool_confirmation", "session.thread_status_terminated"];
-
-fn ends_turn(event: &Value) -> bool {
-    event["type"] == "session.status_idle" && event["stop_reason"]["type"] != "requires_action"
-}
-
 impl State {
     /// Takes one event into account; returns a call to run now, if it is one.
-    fn observe(&mut self, event: &Value) -> Option<ToolUse> {
-        let kind = event["type"].as_str().unwrap_or("");
-        if !NEUTRAL.contains(&kind) {
-            self.turn_ended = ends_turn(event);
+    fn observe(&mut self, event: &SessionEvent) -> Option<ToolUse> {
+        if !event.is_neutral() {
+            self.turn_ended = event.ends_turn();
         }
-        match kind {
-            "user.tool_result" => {
-                if let Some(id) = event["tool_use_id"].as_str() {
-                    self.answered.insert(id.to_string());
-                    self.held.remove(id);
+        match event {
+            SessionEvent::ToolResult { tool_use_id } => {
+                self.answered.insert(tool_use_id.clone());
+                self.held.remove(tool_use_id);
+            }
+            SessionEvent::ToolConfirmation { tool_use_id, allow } => {
+                self.verdicts.insert(tool_use_id.clone(), *allow);
+                if let Some(call) = self.held.remove(tool_use_id) {
+                    return allow.then_some(call);
                 }
             }
-            "user.custom_tool_result" => {
-                if let Some(id) = event["custom_tool_use_id"].as_str() {
-                    self.answered.insert(id.to_string());
-                    self.held.remove(id);
-                }
-            }
-            "user.tool_confirmation" => {
-                if let Some(id) = event["tool_use_id"].as_str() {
-                    let allow = event["result"] == "allow";
-                    self.verdicts.insert(id.to_string(), allow);
-                    if let Some(call) = self.held.remove(id) {
-                        return allow.then_some(call);
-                    }
-                }
-            }
-            "session.status_terminated" => self.terminated = true,
-            _ => {
-                let call = tool_use(event)?;
+            SessionEvent::StatusTerminated => self.terminated = true,
+            SessionEvent::ToolUse(call) => {
                 if self.answered.contains(&call.id) {
                     return None;
                 }
                 if call.needs_confirmation {
                     match self.verdicts.get(&call.id) {
-                        Some(true) => return Some(call),
+                        Some(true) => return Some(call.clone()),
                         Some(false) => return None,
                         None => {
-                            self.held.insert(call.id.clone(), call);
+                            self.held.insert(call.id.clone(), call.clone());
                             return None;
                         }
                     }
                 }
-                return Some(call);
+                return Some(call.clone());
             }
+            SessionEvent::Malformed { kind, problem } => {
+                tracing::warn!(kind, problem, "ignoring a malformed session event");
+            }
+            SessionEvent::StatusIdle { .. }
+            | SessionEvent::StatusRunning
+            | SessionEvent::ThreadTerminated
+            | SessionEvent::Other { .. } => {}
         }
         None
     }
@@ -172,7 +158,7 @@ pub async fn run_session(
         };
         let mut due = Vec::new();
         for event in &history {
-            if let Some(call) = state.observe(event) {
+            if let Some(call) = state.observe(&SessionEvent::parse(event)) {
                 due.push(call);
             }
         }
@@ -270,6 +256,11 @@ async fn answer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
+
+    fn ev(event: Value) -> SessionEvent {
+        SessionEvent::parse(&event)
+    }
 
     fn call(id: &str, ask: bool) -> Value {
         let mut e = serde_json::json!({"type": "agent.tool_use", "id": id, "name": "bash", "input": {"command": "ls"}});
@@ -282,28 +273,34 @@ mod tests {
     #[test]
     fn history_decides_what_is_due() {
         let mut s = State::default();
-        assert!(s.observe(&call("a", false)).is_some());
-        s.observe(&serde_json::json!({"type": "user.tool_result", "tool_use_id": "a"}));
-        assert!(s.observe(&call("a", false)).is_none(), "answered once");
+        assert!(s.observe(&ev(call("a", false))).is_some());
+        s.observe(&ev(
+            serde_json::json!({"type": "user.tool_result", "tool_use_id": "a"}),
+        ));
+        assert!(s.observe(&ev(call("a", false))).is_none(), "answered once");
         // Ask-gated: held, released by allow, dropped by deny.
-        assert!(s.observe(&call("b", true)).is_none());
+        assert!(s.observe(&ev(call("b", true))).is_none());
         assert!(s.outstanding());
-        let released = s.observe(&serde_json::json!({"type": "user.tool_confirmation", "tool_use_id": "b", "result": "allow"}));
+        let released = s.observe(&ev(serde_json::json!({"type": "user.tool_confirmation", "tool_use_id": "b", "result": "allow"})));
         assert_eq!(released.unwrap().id, "b");
-        assert!(s.observe(&call("c", true)).is_none());
-        assert!(s.observe(&serde_json::json!({"type": "user.tool_confirmation", "tool_use_id": "c", "result": "deny"})).is_none());
+        assert!(s.observe(&ev(call("c", true))).is_none());
+        assert!(s.observe(&ev(serde_json::json!({"type": "user.tool_confirmation", "tool_use_id": "c", "result": "deny"}))).is_none());
         assert!(!s.outstanding());
         // A verdict seen before its call.
-        s.observe(&serde_json::json!({"type": "user.tool_confirmation", "tool_use_id": "d", "result": "allow"}));
-        assert!(s.observe(&call("d", true)).is_some());
+        s.observe(&ev(serde_json::json!({"type": "user.tool_confirmation", "tool_use_id": "d", "result": "allow"})));
+        assert!(s.observe(&ev(call("d", true))).is_some());
         // Idle: any stop reason but requires_action ends the turn; confirmations are neutral.
-        s.observe(&serde_json::json!({"type": "session.status_idle", "stop_reason": {"type": "end_turn"}}));
+        s.observe(&ev(
+            serde_json::json!({"type": "session.status_idle", "stop_reason": {"type": "end_turn"}}),
+        ));
         assert!(s.turn_ended);
-        s.observe(&serde_json::json!({"type": "user.tool_confirmation", "tool_use_id": "z", "result": "deny"}));
+        s.observe(&ev(serde_json::json!({"type": "user.tool_confirmation", "tool_use_id": "z", "result": "deny"})));
         assert!(s.turn_ended);
-        s.observe(&serde_json::json!({"type": "session.status_idle", "stop_reason": {"type": "requires_action"}}));
+        s.observe(&ev(serde_json::json!({"type": "session.status_idle", "stop_reason": {"type": "requires_action"}})));
         assert!(!s.turn_ended);
-        s.observe(&serde_json::json!({"type": "session.status_terminated"}));
+        s.observe(&ev(
+            serde_json::json!({"type": "session.status_terminated"}),
+        ));
         assert!(s.terminated);
     }
 }
