@@ -1,92 +1,27 @@
-//! The controller's configuration: the `[sandbox]` section of `cordon.toml`, plus what it needs
-//! from the proxy's sections (state directory, admin API, transparent and DNS ports, CA).
-//!
-//! The proxy carries `[sandbox]` without reading it; this module owns its schema and rejects
-//! unknown keys, listing every error at once.
+//! The controller's configuration: the `[sandbox]` and `[controller]` sections of
+//! `cordon.toml`, plus what it needs from the proxy's sections (state directory, admin API,
+//! transparent and DNS ports, CA). The file's shape is the `cordon-config` crate's; this
+//! module checks the values, listing every error at once.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cordon_proxy::config::ProxyConfig;
+use cordon_config::ConfigFile;
+use cordon_config::controller::ControllerSection;
+pub use cordon_config::sandbox::{
+    DEFAULT_IMAGE, DEFAULT_WORKSPACE_MAX_MB, DEFAULT_WORKSPACE_RETENTION_HOURS, MAX_WARM,
+};
 use ipnet::Ipv4Net;
-use serde::Deserialize;
 
 /// Why the configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{0}")]
-    Proxy(#[from] cordon_proxy::config::ConfigError),
-    #[error("{path} [sandbox]: {message}")]
-    Syntax { path: PathBuf, message: String },
+    #[error(transparent)]
+    File(#[from] cordon_config::FileError),
     #[error("{path} has {} error(s) for the controller:\n  {}", .errors.len(), .errors.join("\n  "))]
     Invalid { path: PathBuf, errors: Vec<String> },
 }
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct SandboxSection {
-    name_prefix: String,
-    interface_prefix: String,
-    address_pool: String,
-    agent_port: u16,
-    agent: Option<PathBuf>,
-    image: String,
-    images_dir: Option<PathBuf>,
-    agent_images: std::collections::BTreeMap<String, String>,
-    danger_host_rootfs: bool,
-    warm: u32,
-    /// Replaced by images; kept only to say so.
-    rootfs: Option<PathBuf>,
-    workspace_root: Option<PathBuf>,
-    /// Replaced by `workspace_retention_hours`; kept only to say so.
-    keep_workspace: Option<bool>,
-    workspace_max_mb: u64,
-    workspace_retention_hours: u64,
-    memory_mb: u64,
-    pids: i64,
-    cpus: f64,
-    runsc: PathBuf,
-    start_timeout_ms: u64,
-    statx_compat: bool,
-}
-
-impl Default for SandboxSection {
-    fn default() -> Self {
-        Self {
-            name_prefix: "cordon".into(),
-            interface_prefix: "cdn".into(),
-            address_pool: "10.200.0.0/16".into(),
-            agent_port: 7070,
-            agent: None,
-            image: DEFAULT_IMAGE.into(),
-            images_dir: None,
-            agent_images: Default::default(),
-            danger_host_rootfs: false,
-            warm: 0,
-            rootfs: None,
-            workspace_root: None,
-            keep_workspace: None,
-            workspace_max_mb: DEFAULT_WORKSPACE_MAX_MB,
-            workspace_retention_hours: DEFAULT_WORKSPACE_RETENTION_HOURS,
-            memory_mb: 1024,
-            pids: 512,
-            cpus: 1.0,
-            runsc: "runsc".into(),
-            start_timeout_ms: 10_000,
-            statx_compat: true,
-        }
-    }
-}
-
-/// The most warm sandboxes `[sandbox] warm` may ask for per image.
-pub const MAX_WARM: u32 = 64;
-/// The image a session runs on when nothing else is said.
-pub const DEFAULT_IMAGE: &str = "default";
-/// A workspace's size limit, enforced by the kernel (a loop-mounted filesystem per workspace).
-pub const DEFAULT_WORKSPACE_MAX_MB: u64 = 2048;
-/// How long a workspace is kept after its session ended.
-pub const DEFAULT_WORKSPACE_RETENTION_HOURS: u64 = 24;
 
 /// Everything the sandbox runtime needs.
 #[derive(Debug, Clone)]
@@ -147,24 +82,19 @@ const SYSTEM_DIRS: [&str; 10] = [
     "/", "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/var", "/tmp", "/proc",
 ];
 
-fn masked_dirs(
-    proxy: &ProxyConfig,
-    base: &Path,
-    workspace_root: &Path,
-    images_dir: &Path,
-) -> Vec<PathBuf> {
+fn masked_dirs(file: &ConfigFile, workspace_root: &Path, images_dir: &Path) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = vec![
-        proxy.state_dir.clone(),
+        file.state_dir(),
         workspace_root.to_path_buf(),
         images_dir.to_path_buf(),
     ];
-    dirs.push(base.to_path_buf());
-    for key in [&proxy.tls.ca_cert, &proxy.tls.ca_key] {
+    dirs.push(file.base.clone());
+    for key in [file.ca_cert(), file.ca_key()] {
         if let Some(parent) = key.parent() {
             dirs.push(parent.to_path_buf());
         }
     }
-    if let Some(store) = &proxy.credentials_store {
+    if let Some(store) = &file.credentials_store() {
         dirs.push(if store.is_dir() {
             store.clone()
         } else {
@@ -195,45 +125,32 @@ fn masked_dirs(
     out
 }
 
-/// One of cordon.toml's tables the proxy passes through, as `T`.
-fn section<T: serde::de::DeserializeOwned>(
-    path: &Path,
-    table: &toml::Table,
-) -> Result<T, ConfigError> {
-    toml::Value::Table(table.clone())
-        .try_into()
-        .map_err(|e: toml::de::Error| ConfigError::Syntax {
-            path: path.into(),
-            message: e.to_string(),
-        })
-}
-
 impl SandboxConfig {
     /// Reads `cordon.toml`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let proxy = ProxyConfig::load(path)?;
-        let section: SandboxSection = section(path, &proxy.sandbox)?;
-        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-        let base = absolute.parent().unwrap_or(Path::new("/"));
-        Self::validate(&proxy, section, base).map_err(|errors| ConfigError::Invalid {
+        let file = cordon_config::read(path)?;
+        Self::validate(&file).map_err(|errors| ConfigError::Invalid {
             path: path.into(),
             errors,
         })
     }
 
-    fn validate(
-        proxy: &ProxyConfig,
-        raw: SandboxSection,
-        base: &Path,
-    ) -> Result<Self, Vec<String>> {
+    fn validate(file: &ConfigFile) -> Result<Self, Vec<String>> {
         let mut errors = Vec::new();
-        let resolve = |p: &Path| {
-            if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                base.join(p)
-            }
+        let raw = &file.sections.sandbox;
+        let proxy = &file.sections.proxy;
+        let resolve = |p: &Path| file.resolve(p);
+        let mut address = |key: &str, value: Option<&String>| -> Option<SocketAddr> {
+            cordon_config::address(key, value?)
+                .map_err(|e| errors.push(e))
+                .ok()
         };
+        let admin = address("proxy.admin_listen", Some(&proxy.admin_listen));
+        let transparent_listen = address(
+            "proxy.transparent_listen",
+            proxy.transparent_listen.as_ref(),
+        );
+        let dns_listen = address("dns.listen", file.sections.dns.listen.as_ref());
         let name_ok = |s: &str| {
             !s.is_empty()
                 && s.bytes()
@@ -342,7 +259,7 @@ impl SandboxConfig {
                 .filter(|a| a.ip().is_unspecified())
                 .map(|a| a.port())
         };
-        let transparent = port_on_every_address(proxy.listen.transparent);
+        let transparent = port_on_every_address(transparent_listen);
         if transparent.is_none() {
             errors.push(
                 "proxy.transparent_listen must be set to 0.0.0.0:<port>: sandbox TCP is \
@@ -350,7 +267,7 @@ impl SandboxConfig {
                     .into(),
             );
         }
-        let dns = port_on_every_address(proxy.dns.listen);
+        let dns = port_on_every_address(dns_listen);
         if dns.is_none() {
             errors.push(
                 "dns.listen must be set to 0.0.0.0:<port>: sandbox DNS is redirected to the \
@@ -358,14 +275,14 @@ impl SandboxConfig {
                     .into(),
             );
         }
-        let agent = match raw.agent {
-            Some(p) => resolve(&p),
+        let agent = match &raw.agent {
+            Some(p) => resolve(p),
             None => std::env::current_exe()
                 .ok()
                 .and_then(|e| e.parent().map(|d| d.join("cordon-sandbox-agent")))
                 .unwrap_or_else(|| PathBuf::from("cordon-sandbox-agent")),
         };
-        let state_dir = proxy.state_dir.join("controller");
+        let state_dir = file.state_dir().join("controller");
         let workspace_root = raw
             .workspace_root
             .as_ref()
@@ -377,21 +294,22 @@ impl SandboxConfig {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let (Some(address_pool), Some(transparent_port), Some(dns_port)) = (pool, transparent, dns)
+        let (Some(address_pool), Some(transparent_port), Some(dns_port), Some(admin)) =
+            (pool, transparent, dns, admin)
         else {
             return Err(vec!["internal: a checked value is missing".into()]);
         };
         Ok(Self {
-            name_prefix: raw.name_prefix,
-            interface_prefix: raw.interface_prefix,
+            name_prefix: raw.name_prefix.clone(),
+            interface_prefix: raw.interface_prefix.clone(),
             address_pool,
             agent_port: raw.agent_port,
             agent,
-            image: raw.image,
-            agent_images: raw.agent_images,
+            image: raw.image.clone(),
+            agent_images: raw.agent_images.clone(),
             danger_host_rootfs: raw.danger_host_rootfs,
             warm: raw.warm,
-            masked_dirs: masked_dirs(proxy, base, &workspace_root, &images_dir),
+            masked_dirs: masked_dirs(file, &workspace_root, &images_dir),
             images_dir,
             workspace_root,
             workspace_max_mb: raw.workspace_max_mb,
@@ -399,49 +317,15 @@ impl SandboxConfig {
             memory_bytes: (raw.memory_mb * 1024 * 1024) as i64,
             pids: raw.pids,
             cpus: raw.cpus,
-            runsc: raw.runsc,
+            runsc: raw.runsc.clone(),
             start_timeout: Duration::from_millis(raw.start_timeout_ms),
             statx_compat: raw.statx_compat,
             state_dir,
-            admin: proxy.listen.admin,
+            admin,
             transparent_port,
             dns_port,
-            ca_cert: proxy.tls.ca_cert.clone(),
+            ca_cert: file.ca_cert(),
         })
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct ControllerSection {
-    listen: String,
-    admin_listen: String,
-    webhook_secret_env: String,
-    webhook_secret_file: Option<PathBuf>,
-    max_body_bytes: usize,
-    environment_id: Option<String>,
-    environment_key_env: String,
-    base_url: String,
-    drain_interval_ms: u64,
-    max_idle_ms: u64,
-    lease_ttl_secs: u32,
-}
-
-impl Default for ControllerSection {
-    fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:8088".into(),
-            admin_listen: "127.0.0.1:8089".into(),
-            webhook_secret_env: "CORDON_WEBHOOK_SECRET".into(),
-            webhook_secret_file: None,
-            max_body_bytes: 256 * 1024,
-            environment_id: None,
-            environment_key_env: "ANTHROPIC_ENVIRONMENT_KEY".into(),
-            base_url: "https://api.anthropic.com".into(),
-            drain_interval_ms: 30_000,
-            max_idle_ms: 60_000,
-            lease_ttl_secs: 60,
-        }
     }
 }
 
@@ -475,8 +359,8 @@ impl ServiceConfig {
     /// Only `[controller] admin_listen`, for CLI commands that talk to a running `serve`
     /// (they need no webhook secret).
     pub fn admin_address(path: &Path) -> Result<SocketAddr, ConfigError> {
-        let proxy = ProxyConfig::load(path)?;
-        let raw: ControllerSection = section(path, &proxy.controller)?;
+        let file = cordon_config::read(path)?;
+        let raw = &file.sections.controller;
         raw.admin_listen
             .parse::<SocketAddr>()
             .map_err(|_| ConfigError::Invalid {
@@ -491,8 +375,8 @@ impl ServiceConfig {
     /// Reads `[controller]` of `cordon.toml`; the webhook secret comes from the environment
     /// variable or the file (mode 0600) it names, never from the config file itself.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let proxy = ProxyConfig::load(path)?;
-        let raw: ControllerSection = section(path, &proxy.controller)?;
+        let file = cordon_config::read(path)?;
+        let raw: &ControllerSection = &file.sections.controller;
         let invalid = |errors: Vec<String>| ConfigError::Invalid {
             path: path.into(),
             errors,
@@ -585,7 +469,7 @@ impl ServiceConfig {
             admin_listen,
             webhook_secret: secret,
             max_body_bytes: raw.max_body_bytes,
-            state_dir: proxy.state_dir.join("controller"),
+            state_dir: file.state_dir().join("controller"),
             work,
         })
     }

@@ -1,10 +1,9 @@
 //! `cordon.toml`: the proxy's configuration, parsed into validated types.
 //!
-//! The file is plain serde data with unknown keys rejected ([`file`]); [`ProxyConfig::load`]
-//! turns it into typed values and reports every problem at once, each naming its key, so an
-//! operator fixes a config in one pass. docs/CONFIG.md documents every key.
-
-mod file;
+//! The file's shape is the `cordon-config` crate's (serde data with unknown keys rejected,
+//! shared with the controller); [`ProxyConfig::load`] turns the proxy's sections into typed
+//! values and reports every problem at once, each naming its key, so an operator fixes a
+//! config in one pass. docs/CONFIG.md documents every key.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,18 +14,10 @@ use std::time::Duration;
 use cordon_policy::{EvalLimits, EvaluatorChoice, PolicyConfig};
 use ipnet::IpNet;
 
-/// Leaves minted per server name are kept this many at most.
-pub const DEFAULT_CERT_CACHE_SIZE: usize = 10_000;
-/// Minted leaves are valid this long (and re-minted after half of it).
-pub const DEFAULT_LEAF_VALIDITY: Duration = Duration::from_secs(24 * 3600);
-/// A client must finish its first bytes (ClientHello, CONNECT head) within this.
-pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Dialling an upstream gives up after this.
-pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// An upstream that sends nothing for this long is abandoned (504).
-pub const DEFAULT_UPSTREAM_READ_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long an audit record may wait to be written with others.
-pub const DEFAULT_AUDIT_FLUSH_INTERVAL: Duration = Duration::from_millis(20);
+pub use cordon_config::proxy::{
+    DEFAULT_AUDIT_FLUSH_INTERVAL, DEFAULT_CERT_CACHE_SIZE, DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_LEAF_VALIDITY, DEFAULT_UPSTREAM_CONNECT_TIMEOUT, DEFAULT_UPSTREAM_READ_TIMEOUT,
+};
 /// The longest `audit.flush_interval_ms` accepted: what a SIGKILL could lose.
 pub const MAX_AUDIT_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -68,10 +59,6 @@ pub struct ProxyConfig {
     /// How often the store's files are checked for changes (rotation); `None`: never.
     pub credentials_watch: Option<Duration>,
     pub dns: DnsConfig,
-    /// The `[sandbox]` table, for the controller; the proxy does not read it.
-    pub sandbox: toml::Table,
-    /// The `[controller]` table, for `cordon-controller serve`; the proxy does not read it.
-    pub controller: toml::Table,
 }
 
 /// The sandboxes' DNS stub.
@@ -140,56 +127,47 @@ pub enum ConfigError {
 
 impl ProxyConfig {
     /// Reads and validates a config file. Relative paths in it are relative to the file's
-    /// directory, so a config works wherever the proxy is started from.
+    /// directory, so a config works wherever the proxy is started from. `[sandbox]` and
+    /// `[controller]` are the controller's: only their shape is checked here.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
-        Self::parse(&text, path)
+        Self::from_file(cordon_config::read(path)?)
     }
 
     /// Parses config text; `path` names the file in errors and anchors relative paths.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let raw: file::ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Syntax {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
-        // Absolute, so every path derived from the file is too: paths are handed to other
-        // programs (runsc resolves a relative mount source against its bundle directory).
-        let base = std::path::absolute(path)
-            .ok()
-            .and_then(|p| p.parent().map(Path::to_path_buf))
-            .unwrap_or_else(|| path.parent().unwrap_or(Path::new(".")).to_path_buf());
+        Self::from_file(cordon_config::parse(text, path)?)
+    }
+
+    fn from_file(file: cordon_config::ConfigFile) -> Result<Self, ConfigError> {
         let mut errors = Vec::new();
-        let config = validate(raw, &base, &mut errors);
-        match config {
+        match validate(&file, &mut errors) {
             Some(config) if errors.is_empty() => Ok(config),
             _ => Err(ConfigError::Invalid {
-                path: path.into(),
+                path: file.path,
                 errors,
             }),
         }
     }
 }
 
-fn validate(raw: file::ConfigFile, base: &Path, errors: &mut Vec<String>) -> Option<ProxyConfig> {
-    let resolve = |p: &Path| {
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            base.join(p)
-        }
-    };
-    let mut addr = |key: &str, value: &Option<String>| -> Option<SocketAddr> {
-        let value = value.as_ref()?;
-        match value.parse() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                errors.push(format!("{key} = {value:?} is not an address:port"));
-                None
+impl From<cordon_config::FileError> for ConfigError {
+    fn from(e: cordon_config::FileError) -> Self {
+        match e {
+            cordon_config::FileError::Read { path, source } => ConfigError::Read { path, source },
+            cordon_config::FileError::Syntax { path, message } => {
+                ConfigError::Syntax { path, message }
             }
         }
+    }
+}
+
+fn validate(file: &cordon_config::ConfigFile, errors: &mut Vec<String>) -> Option<ProxyConfig> {
+    let raw = &file.sections;
+    let resolve = |p: &Path| file.resolve(p);
+    let mut addr = |key: &str, value: &Option<String>| -> Option<SocketAddr> {
+        cordon_config::address(key, value.as_ref()?)
+            .map_err(|e| errors.push(e))
+            .ok()
     };
     let transparent = addr("proxy.transparent_listen", &raw.proxy.transparent_listen);
     let explicit = addr("proxy.explicit_listen", &raw.proxy.explicit_listen);
@@ -221,7 +199,7 @@ fn validate(raw: file::ConfigFile, base: &Path, errors: &mut Vec<String>) -> Opt
              sessions and must not be reachable from sandboxes"
         ));
     }
-    let state_dir = resolve(&raw.proxy.state_dir);
+    let state_dir = file.state_dir();
     for (key, value) in [
         ("proxy.handshake_timeout_ms", raw.proxy.handshake_timeout_ms),
         (
@@ -244,12 +222,18 @@ fn validate(raw: file::ConfigFile, base: &Path, errors: &mut Vec<String>) -> Opt
         }
     };
     let mut policy = PolicyConfig::new(bundle);
-    policy.query = raw.policy.query.clone();
-    if raw.policy.eval_timeout_ms == 0 {
+    if let Some(query) = &raw.policy.query {
+        policy.query = query.clone();
+    }
+    let eval_timeout = raw.policy.eval_timeout_ms.map_or(
+        cordon_policy::engine::DEFAULT_EVAL_TIMEOUT,
+        Duration::from_millis,
+    );
+    if eval_timeout.is_zero() {
         errors.push("policy.eval_timeout_ms must be greater than 0".into());
     }
     policy.limits = EvalLimits {
-        timeout: Duration::from_millis(raw.policy.eval_timeout_ms),
+        timeout: eval_timeout,
         ..EvalLimits::default()
     };
     policy.evaluator = match raw.policy.evaluator.as_str() {
@@ -308,16 +292,8 @@ fn validate(raw: file::ConfigFile, base: &Path, errors: &mut Vec<String>) -> Opt
         }
     }
     let tls = TlsConfig {
-        ca_cert: raw
-            .tls
-            .ca_cert
-            .as_ref()
-            .map_or_else(|| state_dir.join("ca.pem"), |p| resolve(p)),
-        ca_key: raw
-            .tls
-            .ca_key
-            .as_ref()
-            .map_or_else(|| state_dir.join("ca-key.pem"), |p| resolve(p)),
+        ca_cert: file.ca_cert(),
+        ca_key: file.ca_key(),
         upstream_extra_roots: extra_roots,
         cert_cache_size,
         leaf_validity: Duration::from_secs(raw.tls.leaf_validity_hours.min(24 * 398) * 3600),
@@ -391,7 +367,7 @@ fn validate(raw: file::ConfigFile, base: &Path, errors: &mut Vec<String>) -> Opt
         audit_path,
         audit_flush_interval: (raw.audit.flush_interval_ms > 0)
             .then(|| Duration::from_millis(raw.audit.flush_interval_ms)),
-        credentials_store: raw.credentials.store.as_ref().map(|p| resolve(p)),
+        credentials_store: file.credentials_store(),
         credentials_watch: (raw.credentials.watch_interval_ms > 0)
             .then(|| Duration::from_millis(raw.credentials.watch_interval_ms)),
         dns: DnsConfig {
@@ -399,8 +375,6 @@ fn validate(raw: file::ConfigFile, base: &Path, errors: &mut Vec<String>) -> Opt
             synthetic_range: synthetic_range?,
             ttl_secs: raw.dns.ttl_secs,
         },
-        sandbox: raw.sandbox.unwrap_or_default(),
-        controller: raw.controller.unwrap_or_default(),
     })
 }
 

@@ -99,5 +99,14 @@ fn the_example_config_loads_with_its_commented_sections_enabled_too() {
         .replace("# address_pool", "address_pool");
     let config = ProxyConfig::parse(&enabled, &path).unwrap();
     assert_eq!(config.dns.listen.map(|a| a.port()), Some(5300));
-    assert!(config.sandbox.contains_key("address_pool"));
+    // [sandbox] is the controller's: its shape is checked when the file is read.
+    let file = cordon_config::parse(&enabled, &path).unwrap();
+    assert_eq!(file.sections.sandbox.address_pool, "10.200.0.0/16");
+    let typo = enabled.replace("address_pool", "adress_pool");
+    assert!(
+        ProxyConfig::parse(&typo, &path)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown field `adress_pool`")
+    );
 }
