@@ -303,11 +303,22 @@ fn layer_reader(
         | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => {
             Ok(Box::new(flate2::read::MultiGzDecoder::new(reader)))
         }
+        // Every frame, skippable ones (zstd:chunked's metadata) skipped.
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => {
+            zstd::stream::read::Decoder::with_buffer(reader)
+                .map(|d| Box::new(d) as Box<dyn std::io::Read>)
+                .map_err(|source| ImageError::Io {
+                    path: file.into(),
+                    source,
+                })
+        }
         other => Err(ImageError::Invalid {
             file: format!("layer {}", descriptor.digest()),
             why: format!(
-                "media type {other:?} is not supported (tar and tar+gzip layers are; re-save \
-                 the image with gzip compression, e.g. `skopeo copy --dest-compress-format gzip`)"
+                "media type {other:?} is not supported (tar, tar+gzip and tar+zstd layers are; \
+                 re-save the image with gzip compression, e.g. `skopeo copy \
+                 --dest-compress-format gzip`)"
             ),
         }),
     }

@@ -61,20 +61,31 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     e.finish().unwrap()
 }
 
-/// An OCI archive with `layers` (gzipped), named `name`; `corrupt` flips a byte of the first
-/// layer after its digest was taken.
+/// `bytes` as zstd, in two frames (as zstd:chunked and concatenating writers make).
+fn zstd(bytes: &[u8]) -> Vec<u8> {
+    let (a, b) = bytes.split_at(bytes.len() / 2);
+    let mut out = zstd::encode_all(a, 3).unwrap();
+    out.extend(zstd::encode_all(b, 3).unwrap());
+    out
+}
+
+/// An OCI archive with `layers` (the first gzipped, the others zstd), named `name`; `corrupt`
+/// flips a byte of the first layer after its digest was taken.
 fn archive(dir: &Path, file: &str, name: &str, layers: &[Vec<u8>], corrupt: bool) -> PathBuf {
     let mut blobs: Vec<(String, Vec<u8>)> = Vec::new();
     let mut layer_descriptors = Vec::new();
     let mut diff_ids = Vec::new();
-    for layer in layers {
-        let gz = gzip(layer);
+    for (i, layer) in layers.iter().enumerate() {
+        let (blob, media) = if i == 0 {
+            (gzip(layer), "application/vnd.oci.image.layer.v1.tar+gzip")
+        } else {
+            (zstd(layer), "application/vnd.oci.image.layer.v1.tar+zstd")
+        };
         diff_ids.push(digest(layer));
         layer_descriptors.push(serde_json::json!({
-            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-            "digest": digest(&gz), "size": gz.len()
+            "mediaType": media, "digest": digest(&blob), "size": blob.len()
         }));
-        blobs.push((digest(&gz), gz));
+        blobs.push((digest(&blob), blob));
     }
     if corrupt {
         let last = blobs[0].1.len() - 1;
