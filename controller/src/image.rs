@@ -9,6 +9,7 @@
 //! CA, the resolver, the agent) is mounted at start, so no image is rebuilt for it.
 
 pub mod build;
+mod docker;
 pub mod import;
 pub mod store;
 pub mod unpack;

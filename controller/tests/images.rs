@@ -289,6 +289,76 @@ fn imports_an_oci_archive_and_refuses_bad_ones_leaving_nothing() {
     assert!(text(&out.stderr).contains("no image \"tiny:1\""), "{out:?}");
 }
 
+/// A legacy `docker save` archive (no OCI layout) of one image tagged `tag` with one
+/// uncompressed layer; `corrupt` changes the layer after the config recorded its diff id.
+fn docker_archive(dir: &Path, tag: &str, corrupt: bool) -> PathBuf {
+    let layer = tar_of(&[
+        ("etc/", tar::EntryType::Directory, b""),
+        ("etc/legacy", tar::EntryType::Regular, b"from docker save\n"),
+    ]);
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Env": ["PATH=/usr/bin:/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [digest(&layer)]}
+    }))
+    .unwrap();
+    let config_name = format!("{}.json", digest(&config).trim_start_matches("sha256:"));
+    let manifest = serde_json::to_vec(&serde_json::json!([{
+        "Config": config_name, "RepoTags": [tag], "Layers": ["0a1b2c/layer.tar"]
+    }]))
+    .unwrap();
+    let mut layer = layer;
+    if corrupt {
+        let at = layer.len() / 3;
+        layer[at] ^= 0x01;
+    }
+    let archive = tar_of(&[
+        ("manifest.json", tar::EntryType::Regular, &manifest),
+        (&config_name, tar::EntryType::Regular, &config),
+        ("0a1b2c/", tar::EntryType::Directory, b""),
+        ("0a1b2c/layer.tar", tar::EntryType::Regular, &layer),
+        ("repositories", tar::EntryType::Regular, b"{}"),
+    ]);
+    let path = dir.join(if corrupt {
+        "legacy-bad.tar"
+    } else {
+        "legacy.tar"
+    });
+    std::fs::write(&path, archive).unwrap();
+    path
+}
+
+#[test]
+fn imports_a_legacy_docker_save_archive_checking_its_layers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let s = store.to_str().unwrap();
+    let good = docker_archive(dir.path(), "legacy:1", false);
+    let out = controller(&["image", "import", "--store", s, good.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text(&out.stdout).contains("image legacy:1 imported"),
+        "{out:?}"
+    );
+    let inspect = controller(&["image", "inspect", "--store", s, "legacy:1"]);
+    let image: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let root = PathBuf::from(image["root"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/legacy")).unwrap(),
+        "from docker save\n"
+    );
+    let before = snapshot(&store);
+    let bad = docker_archive(dir.path(), "legacy:2", true);
+    let out = controller(&["image", "import", "--store", s, bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(65), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("layer \"0a1b2c/layer.tar\" is corrupt"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&store), before, "a refused import leaves nothing");
+}
+
 /// Root-only files on the host, removed when dropped.
 struct HostSecrets(Vec<PathBuf>);
 

@@ -1,5 +1,5 @@
 //! `image import FILE`: an OCI image archive (a tar, optionally gzipped, holding an OCI image
-//! layout) into the store.
+//! layout) into the store; a legacy `docker save` archive is read too (docker.rs).
 //!
 //! The archive is extracted into scratch space on the store's filesystem, hashing every blob
 //! as it is written, so each descriptor is checked against what was actually read (digest and
@@ -22,6 +22,8 @@ struct Extracted {
     has_layout: bool,
     /// A `manifest.json` without an `index.json`: Docker's legacy `docker save`.
     docker_legacy: bool,
+    /// The legacy archive's files (`manifest.json`, configs, layers), by path.
+    legacy: HashMap<String, super::docker::LegacyFile>,
 }
 
 fn invalid(file: &Path, why: impl Into<String>) -> ImageError {
@@ -69,6 +71,7 @@ fn extract(file: &Path, scratch: &Path) -> Result<Extracted, ImageError> {
         index: None,
         has_layout: false,
         docker_legacy: false,
+        legacy: HashMap::new(),
     };
     let mut saw_docker_manifest = false;
     let not_an_archive = |e: std::io::Error| {
@@ -122,8 +125,12 @@ fn extract(file: &Path, scratch: &Path) -> Result<Extracted, ImageError> {
                     .map_err(|e| refuse(&e.to_string()))?;
                 out.index = Some(bytes);
             }
-            // Docker writes these beside the layout; Cordon reads the layout.
-            ["manifest.json"] => saw_docker_manifest = true,
+            // Docker writes these beside the layout; Cordon reads the layout, or manifest.json
+            // when there is none (a legacy archive).
+            ["manifest.json"] => {
+                saw_docker_manifest = true;
+                super::docker::keep(&mut entry, scratch, n, "manifest.json", &mut out.legacy)?;
+            }
             ["repositories"] => {}
             ["blobs", "sha256", hex]
                 if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) =>
@@ -143,11 +150,11 @@ fn extract(file: &Path, scratch: &Path) -> Result<Extracted, ImageError> {
                     "uses a digest algorithm other than sha256, which is not supported",
                 ));
             }
-            _ if parts.len() == 2 && parts[1] == "layer.tar" => {
+            _ if (parts.len() == 2 && parts[1] == "layer.tar")
+                || (parts.len() == 1 && parts[0].ends_with(".json")) =>
+            {
                 out.docker_legacy = true;
-            }
-            _ if parts.len() == 1 && parts[0].ends_with(".json") => {
-                out.docker_legacy = true;
+                super::docker::keep(&mut entry, scratch, n, &parts.join("/"), &mut out.legacy)?;
             }
             _ => {
                 return Err(refuse(
@@ -258,16 +265,29 @@ impl ImageStore {
         let scratch = self.layout.scratch()?;
         let extracted = extract(&file, scratch.path())?;
         let Some(index_bytes) = &extracted.index else {
-            return Err(invalid(
-                &file,
-                if extracted.docker_legacy {
-                    "is a legacy `docker save` archive (no index.json); save it with Docker 25 or \
-                     later, or convert it: `skopeo copy docker-archive:FILE oci-archive:OUT`"
-                } else {
+            if !extracted.docker_legacy {
+                return Err(invalid(
+                    &file,
                     "is not an OCI image archive: it has no index.json (expected oci-layout, \
-                     index.json and blobs/sha256/...)"
-                },
-            ));
+                     index.json and blobs/sha256/..., or a `docker save` archive)",
+                ));
+            }
+            let (archive_name, mut parts) = super::docker::parts(&file, &extracted.legacy, name)?;
+            let name = match (name, archive_name) {
+                (Some(n), _) => n.to_string(),
+                (None, Some(n)) if valid_name(&n) => n,
+                (None, _) => {
+                    return Err(invalid(
+                        &file,
+                        "does not name its image validly; give --name",
+                    ));
+                }
+            };
+            parts.annotations.insert(
+                store::SOURCE.into(),
+                format!("import {} (docker save)", file.display()),
+            );
+            return self.commit(&name, scratch.path(), parts);
         };
         if !extracted.has_layout {
             return Err(invalid(
