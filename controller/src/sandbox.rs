@@ -348,6 +348,24 @@ impl Runtime {
             .map_err(SandboxError::Proxy)
     }
 
+    /// Registers session `id`'s running sandbox with the proxy again (idempotent): a
+    /// controller that resumes a session after a crash cannot know whether the registration
+    /// of its last start or claim reached the proxy.
+    pub async fn reregister(&self, id: &str) -> Result<(), SandboxError> {
+        let _session = self.locks.lock(id).await;
+        let record = self
+            .store
+            .get(id)?
+            .ok_or_else(|| SandboxError::NotFound(id.to_string()))?;
+        if record.state != SessionState::Running || record.warm {
+            return Err(SandboxError::NotRunning {
+                id: id.to_string(),
+                state: record.state.as_str(),
+            });
+        }
+        self.register(id, self.names(&record).sandbox_addr).await
+    }
+
     /// Starts a sandbox for session `id` on image `image` (default: `[sandbox] image`) and
     /// waits until its agent answers: a warm one from the pool when there is one for the image
     /// and the session has no workspace yet, else a new one. The session's workspace, if an
@@ -778,8 +796,9 @@ pub fn sessions_on_image(config: &SandboxConfig, digest: &str) -> Result<Vec<Str
         .map(|r| {
             if r.warm {
                 format!(
-                    "{} (a warm sandbox: stop the controller, or set [sandbox] warm = 0)",
-                    r.id
+                    "{} (a warm sandbox: `cordon-controller sandbox stop --session {}`, and set \
+                     [sandbox] warm = 0 or another image before `serve` refills the pool)",
+                    r.id, r.id
                 )
             } else {
                 r.id

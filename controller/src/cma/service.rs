@@ -352,7 +352,7 @@ impl Service {
         // the session's history, so nothing is answered twice.
         let started = if agent_endpoint(self.runtime.config(), session).is_ok() {
             tracing::info!(session = %session, "resuming a session whose sandbox is running");
-            Ok(None)
+            self.runtime.reregister(session).await.map(|()| None)
         } else {
             self.runtime
                 .start(session, image.as_deref())

@@ -23,9 +23,17 @@ pub struct SessionTools {
     session: String,
     /// The image the session's sandbox runs on (for a restart).
     image: Option<String>,
-    /// The agent answering now: a restart brings a new address and token.
-    agent: Mutex<AgentTools>,
+    /// The agent answering now: a restart brings a new address and token. `None` after a
+    /// restart failed: nothing is sent to the old address, which another session's sandbox
+    /// may hold by now.
+    agent: Mutex<Option<AgentTools>>,
+    /// Restarts so far; after [`MAX_RESTARTS`] the session's calls fail instead.
+    restarts: std::sync::atomic::AtomicU32,
 }
+
+/// Sandboxes started for one work item after its first died: a sandbox that dies at every
+/// start costs a few cold starts, not one per tool call.
+pub const MAX_RESTARTS: u32 = 3;
 
 impl SessionTools {
     pub fn new(
@@ -40,7 +48,8 @@ impl SessionTools {
             metrics,
             session: session.to_string(),
             image,
-            agent: Mutex::new(agent),
+            agent: Mutex::new(Some(agent)),
+            restarts: Default::default(),
         })
     }
 
@@ -53,8 +62,12 @@ impl SessionTools {
         })
     }
 
-    fn current(&self) -> AgentTools {
+    fn current(&self) -> Option<AgentTools> {
         self.agent.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_agent(&self, agent: Option<AgentTools>) {
+        *self.agent.lock().unwrap_or_else(|e| e.into_inner()) = agent;
     }
 
     fn hit(&self, limit: Limit, tool: &str) {
@@ -65,16 +78,36 @@ impl SessionTools {
         tracing::warn!(session = %self.session, tool, limit = limit.label(), "a sandbox limit stopped a tool call");
     }
 
-    /// A new sandbox for the session, after its last one died; the workspace is kept.
-    async fn restart(&self) -> Result<(), SandboxError> {
-        if let Err(e) = self.runtime.stop(&self.session).await {
-            tracing::warn!(session = %self.session, error = %e, "removing a dead sandbox");
+    /// A new sandbox for the session, after its last one died; the workspace is kept. Runs
+    /// as its own task: the runner may be dropped mid-call (a lost lease, a stop), and a start
+    /// cancelled halfway would leave host resources its teardown does not know about.
+    async fn restart(&self) -> Result<(), String> {
+        self.set_agent(None);
+        let n = self
+            .restarts
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if n >= MAX_RESTARTS {
+            return Err(format!(
+                "the session's sandbox died {} times in this work item; not starting another",
+                n + 1
+            ));
         }
-        self.runtime
-            .start(&self.session, self.image.as_deref())
-            .await?;
-        let agent = Self::endpoint(&self.runtime, &self.session)?;
-        *self.agent.lock().unwrap_or_else(|e| e.into_inner()) = agent;
+        let (runtime, session, image) = (
+            self.runtime.clone(),
+            self.session.clone(),
+            self.image.clone(),
+        );
+        let started = tokio::spawn(async move {
+            if let Err(e) = runtime.stop(&session).await {
+                tracing::warn!(session = %session, error = %e, "removing a dead sandbox");
+            }
+            runtime.start(&session, image.as_deref()).await?;
+            Self::endpoint(&runtime, &session)
+        })
+        .await
+        .map_err(|e| format!("the restart task failed: {e}"))?
+        .map_err(|e| e.to_string())?;
+        self.set_agent(Some(started));
         Ok(())
     }
 }
@@ -82,7 +115,19 @@ impl SessionTools {
 #[async_trait::async_trait]
 impl ToolExecutor for SessionTools {
     async fn call(&self, call: &ToolCall) -> ToolResult {
-        let agent = self.current();
+        let agent = match self.current() {
+            Some(agent) => agent,
+            // The last restart failed: try once more, within the cap.
+            None => match self.restart().await {
+                Ok(()) => match self.current() {
+                    Some(agent) => agent,
+                    None => return ToolResult::error("[cordon] the session has no sandbox"),
+                },
+                Err(e) => {
+                    return ToolResult::error(format!("[cordon] the session has no sandbox: {e}"));
+                }
+            },
+        };
         let failure = match tool(&agent.http, agent.agent, &agent.token, call).await {
             Ok(mut result) => {
                 if result.is_error
@@ -103,6 +148,7 @@ impl ToolExecutor for SessionTools {
         };
         tracing::error!(session = %self.session, error = %failure, tool = %call.name, "tool call failed");
         if self.runtime.sandbox_running(&self.session).await {
+            // A sandbox that answers `runsc state` is alive: the call itself failed.
             return ToolResult::error(format!(
                 "the sandbox could not run {}: {failure}",
                 call.name

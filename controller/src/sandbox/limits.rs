@@ -55,7 +55,8 @@ impl Limit {
 }
 
 /// Whether a tool result that came back says a limit the sandbox survived was reached: the
-/// process limit, or the workspace quota (`workspace` is its mount point on the host).
+/// process limit, or the workspace quota (`workspace` is its mount point on the host, `None`
+/// when workspaces have no quota).
 pub fn in_result(text: &str, workspace: Option<&Path>) -> Option<Limit> {
     let lower = text.to_ascii_lowercase();
     if (lower.contains("no space left on device") || lower.contains("disk quota exceeded"))
@@ -66,7 +67,8 @@ pub fn in_result(text: &str, workspace: Option<&Path>) -> Option<Limit> {
     // bash retries a fork that failed with EAGAIN, and reports EINTR when a child's exit
     // interrupts that wait: both are the process limit.
     let fork_failed = (lower.contains("resource temporarily unavailable")
-        && (lower.contains("fork") || lower.contains("thread") || lower.contains("spawn")))
+        && (lower.contains("fork") || lower.contains("spawn")))
+        || lower.contains("can't start new thread")
         || lower.contains("fork: interrupted system call");
     if fork_failed || lower.contains("cannot fork") || lower.contains("can't fork") {
         return Some(Limit::Pids);
@@ -169,31 +171,54 @@ pub fn sentry_pid(runsc_root: &Path, container: &str) -> Option<u32> {
 }
 
 impl super::Runtime {
-    /// Whether session `id`'s sandbox still runs.
+    /// Whether session `id`'s sandbox still runs. One failed `runsc state` is not a dead
+    /// sandbox: it is asked again a moment later, as reconcile does.
     pub async fn sandbox_running(&self, id: &str) -> bool {
         let Ok(Some(record)) = self.store.get(id) else {
             return false;
         };
-        let (runsc, names) = (self.runsc.clone(), self.names(&record));
-        super::blocking(move || runsc.running(&names.container, &names.netns_path())).await
+        if !record.state.is_live() {
+            return false;
+        }
+        let names = self.names(&record);
+        for attempt in 0..2 {
+            if attempt > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            let (runsc, names) = (self.runsc.clone(), names.clone());
+            if super::blocking(move || runsc.running(&names.container, &names.netns_path())).await {
+                return true;
+            }
+        }
+        false
     }
 
     /// Why session `id`'s sandbox, which stopped answering, died: the limit that killed it,
     /// if the evidence says so. Ask before stopping it (stopping removes runsc's logs).
     pub async fn why_dead(&self, id: &str) -> Option<Limit> {
         let record = self.store.get(id).ok()??;
+        // A record that is not live may have lost its slot (and container id) to another.
+        if !record.state.is_live() {
+            return None;
+        }
         let names = self.names(&record);
         let debug = self.session_dir(&record.sandbox_id).join("runsc-debug");
         let runsc_root = self.runsc.root.clone();
-        let cgroups = self.support.get().is_some_and(|s| s.cgroups);
+        // Unknown when this controller claimed a warm sandbox an earlier one started: runsc
+        // uses cgroups wherever it can.
+        let cgroups = self.support.get().is_none_or(|s| s.cgroups);
         super::blocking(move || {
             why_dead(&debug, sentry_pid(&runsc_root, &names.container), cgroups)
         })
         .await
     }
 
-    /// Where session `id`'s workspace is mounted on the host.
+    /// Where session `id`'s workspace is mounted on the host; `None` without a quota
+    /// (`workspace_max_mb = 0`: the workspace is a plain directory of the host's filesystem).
     pub fn workspace_path(&self, id: &str) -> Option<std::path::PathBuf> {
+        if self.config.workspace_max_mb == 0 {
+            return None;
+        }
         let dir = self.store.workspace_dir(id).ok()??;
         Some(self.workspaces.dir(&dir))
     }

@@ -1,9 +1,9 @@
 //! The warm pool: `[sandbox] warm = N` keeps N sandboxes per configured image started and idle,
 //! with no session bound: namespace, firewall entry, workspace, container and agent ready.
 //!
-//! A warm sandbox is unknown to the proxy (its address is no session's, so its egress is
-//! refused as unregistered) and nothing runs in it but the agent, which answers only its
-//! token. A session claims one (store/pool.rs: one transaction that renames the record to the
+//! A warm sandbox is unknown to the proxy (its address is no session's: its traffic is the
+//! `unknown` session's, which the policy decides on, and which Cordon's example policies
+//! refuse) and nothing runs in it but the agent, which answers only its token. A session claims one (store/pool.rs: one transaction that renames the record to the
 //! session and takes it out of the pool) and then registers its address with the proxy under
 //! the session's id; the claimed sandbox's fresh, empty workspace becomes the session's. A
 //! claimed sandbox is stopped when its session's work ends, like any other: it never serves a
@@ -72,6 +72,7 @@ impl Runtime {
                     .get()
                     .copied()
                     .unwrap_or(super::runsc::HostSupport {
+                        // What an earlier controller probed; these are runsc's usual answers.
                         network: super::runsc::NetworkMode::Sandbox,
                         cgroups: true,
                     }),
@@ -82,7 +83,9 @@ impl Runtime {
         }
     }
 
-    /// Tears down a claimed warm sandbox that cannot serve its session.
+    /// Tears down a claimed warm sandbox that cannot serve its session. Its workspace, new and
+    /// never written by the session, goes with it, so the session can still claim another
+    /// warm sandbox (one with a workspace of its own would start cold).
     async fn discard_claimed(
         &self,
         record: &crate::store::SessionRecord,
@@ -93,6 +96,18 @@ impl Runtime {
             tracing::error!(session = %record.id, error = %e, "removing a claimed warm sandbox");
         }
         self.record_end(record, Some(why)).await;
+        let workspaces = self.workspaces.clone();
+        let dir = record.sandbox_id.clone();
+        match super::blocking(move || workspaces.remove(&dir)).await {
+            Ok(()) => {
+                if let Err(e) = self.store.forget_workspace(&record.id) {
+                    tracing::error!(session = %record.id, error = %e, "forgetting a discarded workspace");
+                }
+            }
+            Err(e) => {
+                tracing::error!(session = %record.id, error = %e, "removing a discarded workspace")
+            }
+        }
         if let Err(e) = self.apply_firewall().await {
             tracing::error!(session = %record.id, error = %e, "firewall after a failed claim");
         }
@@ -127,25 +142,67 @@ impl Runtime {
                 .iter()
                 .filter(|r| r.image_digest.as_deref() == Some(image.digest.as_str()))
                 .count();
-            for _ in have..*count as usize {
-                if self.closing.load(std::sync::atomic::Ordering::SeqCst) {
-                    return problems;
+            // Fewer wanted than waiting (`warm` lowered): the newest extras go.
+            for extra in warm
+                .iter()
+                .rev()
+                .filter(|r| r.image_digest.as_deref() == Some(image.digest.as_str()))
+                .take(have.saturating_sub(*count as usize))
+            {
+                if let Err(e) = self.retire(&extra.id).await {
+                    problems.push(e.to_string());
                 }
+            }
+            for _ in have..*count as usize {
                 let id = new_warm_id();
                 let root = RootChoice::Image(Box::new(image.clone()));
                 let started = {
                     let _whole = self.whole.read().await;
+                    // Checked under the lock: stop_all sets it before it waits for the lock, so
+                    // nothing starts after stop_all has stopped everything.
+                    if self.closing.load(std::sync::atomic::Ordering::SeqCst) {
+                        return problems;
+                    }
                     let _sandbox = self.locks.lock(&id).await;
                     self.start_sandbox(&id, &root, true, Instant::now()).await
                 };
-                if let Err(e) = started {
-                    // Tried again at the next refill, not in a tight loop.
-                    problems.push(format!("a warm sandbox on image {:?}: {e}", image.name));
-                    break;
+                match started {
+                    Ok(started) => self.warm_up(&id, started.agent).await,
+                    Err(e) => {
+                        // Tried again at the next refill, not in a tight loop.
+                        problems.push(format!("a warm sandbox on image {:?}: {e}", image.name));
+                        break;
+                    }
                 }
             }
         }
         problems
+    }
+
+    /// Runs the shells the toolset starts once in a new warm sandbox, so their files are in
+    /// gVisor's page cache before a session's first call (measured: the first command in a
+    /// fresh sandbox is the slowest). Nothing of it stays: the processes exit, and they wrote
+    /// nothing.
+    async fn warm_up(&self, id: &str, agent: std::net::SocketAddr) {
+        let Ok(Some(record)) = self.store.get(id) else {
+            return;
+        };
+        let request = crate::agent::ExecRequest {
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                "bash -c true >/dev/null 2>&1; true".into(),
+            ],
+            cwd: Some("/".into()),
+            env: Default::default(),
+            timeout_ms: Some(10_000),
+            stdin: None,
+        };
+        if let Err(e) =
+            crate::agent::exec(&self.http, agent, &record.token, &request, |_, _| {}).await
+        {
+            tracing::warn!(sandbox = id, error = %e, "warming up a warm sandbox");
+        }
     }
 
     /// The images the pool keeps sandboxes for, each with how many.

@@ -83,14 +83,15 @@ impl Runtime {
             }
         }
         self.apply_firewall().await?;
+        self.remove_stale_registrations(&live_records, &mut report)
+            .await;
+        self.adopt_orphan_workspaces();
         drop(_whole);
         for id in self.sweep_workspaces().await {
             report
                 .removed
                 .push(format!("workspace {id} (retention passed)"));
         }
-        self.remove_stale_registrations(&live_records, &mut report)
-            .await;
         Ok(report)
     }
 

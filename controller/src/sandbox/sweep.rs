@@ -4,19 +4,15 @@
 use super::{Runtime, blocking};
 
 impl Runtime {
-    /// Removes the workspaces whose session ended more than `workspace_retention_hours` ago,
-    /// and unmounts those of ended sessions. Workspaces found on disk with no record (an older
-    /// controller's) are recorded as ended now. Returns the sessions whose workspace went.
-    ///
-    /// Each workspace is looked at under its session's lock, so a start of that session
-    /// (which mounts the workspace again) never races the sweep that unmounts it.
-    pub async fn sweep_workspaces(&self) -> Vec<String> {
-        let mut removed = Vec::new();
+    /// Records workspaces found on disk with no record (an older controller's) as ended now.
+    /// Only while no other operation runs (`reconcile`): a start records its workspace just
+    /// after making it, and must not be taken for an orphan in between.
+    pub(super) fn adopt_orphan_workspaces(&self) {
         let recorded = match self.store.workspaces() {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the workspace records");
-                return removed;
+                return;
             }
         };
         for dir in self.workspaces.list() {
@@ -26,6 +22,15 @@ impl Runtime {
                 tracing::error!(workspace = %dir, error = %e, "recording a found workspace");
             }
         }
+    }
+
+    /// Removes the workspaces whose session ended more than `workspace_retention_hours` ago,
+    /// and unmounts those of ended sessions. Returns the sessions whose workspace went.
+    ///
+    /// Each workspace is looked at under its session's lock, so a start of that session
+    /// (which mounts the workspace again) never races the sweep that unmounts it.
+    pub async fn sweep_workspaces(&self) -> Vec<String> {
+        let mut removed = Vec::new();
         let now = time::OffsetDateTime::now_utc();
         for listed in self.store.workspaces().unwrap_or_default() {
             if listed.ended_at.is_none() {
