@@ -33,6 +33,10 @@ enum Command {
         /// Where to write the JSON result (a file named by the date).
         #[arg(long, default_value = "bench/results")]
         out: PathBuf,
+        /// A Markdown file (docs/BENCHMARKS.md) whose sandbox section is rewritten with the
+        /// figures against their targets.
+        #[arg(long)]
+        doc: Option<PathBuf>,
     },
 }
 
@@ -42,8 +46,8 @@ impl Cli {
             Command::Load(args) => args.run().await,
             Command::Compare(args) => args.run().await,
             Command::Report(args) => args.run(),
-            Command::Sandboxes { count, out } => {
-                let report = cordon_bench::sandboxes::run(count, &out)
+            Command::Sandboxes { count, out, doc } => {
+                let report = cordon_bench::sandboxes::run(count, &out, doc.as_deref())
                     .await
                     .map_err(anyhow::Error::msg)
                     .context("sandboxes")?;

@@ -4,7 +4,7 @@
 //! cordon-bench load --connect 127.0.0.1:8443 --ca ca.pem https://bench.test:8443/small
 //! cordon-bench compare [--duration 6] [--out bench/results]
 //! cordon-bench report bench/results/<date>.json [--doc docs/BENCHMARKS.md]
-//! cordon-bench sandboxes [--count 20] [--out bench/results]
+//! cordon-bench sandboxes [--count 20] [--out bench/results] [--doc docs/BENCHMARKS.md]
 //! ```
 
 mod cli;

@@ -36,6 +36,14 @@ pub fn write(
         }
         images.push(links);
     }
-    let text = markdown::render(results, json_name, &images, analysis);
+    let mut text = markdown::render(results, json_name, &images, analysis);
+    // The sandbox figures come from another run (`cordon-bench sandboxes`): kept as they are.
+    if let Ok(old) = std::fs::read_to_string(doc)
+        && let Some(section) = crate::sandboxes::doc_section(&old)
+    {
+        text.push('\n');
+        text.push_str(section);
+        text.push('\n');
+    }
     std::fs::write(doc, text).with_context(|| format!("writing {}", doc.display()))
 }

@@ -209,14 +209,7 @@ impl Store {
     ) -> Result<SessionRecord, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let existing: Option<String> = tx
-            .query_row("SELECT state FROM sessions WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        if existing.is_some_and(|s| SessionState::parse(&s).is_live()) {
-            return Err(StoreError::AlreadyLive(id.to_string()));
-        }
+        refuse_live(&tx, id)?;
         let taken: Vec<u32> = {
             let mut stmt = tx.prepare(
                 "SELECT slot FROM sessions WHERE state IN ('starting', 'running') ORDER BY slot",
@@ -340,6 +333,19 @@ impl Store {
             .filter(|r| r.state.is_live())
             .collect())
     }
+}
+
+/// `AlreadyLive` when session `id` is recorded as starting or running.
+fn refuse_live(tx: &rusqlite::Transaction<'_>, id: &str) -> Result<(), StoreError> {
+    let existing: Option<String> = tx
+        .query_row("SELECT state FROM sessions WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    if existing.is_some_and(|s| SessionState::parse(&s).is_live()) {
+        return Err(StoreError::AlreadyLive(id.to_string()));
+    }
+    Ok(())
 }
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {

@@ -6,7 +6,7 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{SessionRecord, SessionState, Store, StoreError, now};
+use super::{SessionRecord, Store, StoreError, now};
 
 impl Store {
     /// Gives session `id` a running warm sandbox on the image `digest`, if there is one and
@@ -15,14 +15,7 @@ impl Store {
     pub fn claim_warm(&self, id: &str, digest: &str) -> Result<Option<SessionRecord>, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let existing: Option<String> = tx
-            .query_row("SELECT state FROM sessions WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        if existing.is_some_and(|s| SessionState::parse(&s).is_live()) {
-            return Err(StoreError::AlreadyLive(id.to_string()));
-        }
+        super::refuse_live(&tx, id)?;
         let has_workspace: bool = tx.query_row(
             "SELECT EXISTS(SELECT 1 FROM workspaces WHERE session_id = ?1)",
             [id],
