@@ -1,6 +1,8 @@
 //! The escape suite: two real gVisor sandboxes behind the real proxy, and from inside one of
 //! them every way out we know of. Each must fail; one allowed HTTPS request must succeed.
-//! The results are written into docs/SECURITY.md.
+//! The results table is written beside the test binaries (`CARGO_TARGET_TMPDIR`), and into
+//! docs/SECURITY.md when `CORDON_UPDATE_DOCS=1` is set: a test run leaves the checkout as it
+//! found it.
 //!
 //! Root tier: needs root, runsc, nftables and iproute2 (scripts/install-deps.sh installs them).
 //! Every resource it creates is named `cordon-test-<pid>...` and removed on drop, also when the
@@ -250,11 +252,18 @@ fn nothing_leaves_a_sandbox_but_allowed_requests_through_the_proxy() {
     assert!(rows.len() >= 19, "{rows:?}");
 }
 
-/// Replaces the generated table in docs/SECURITY.md (between its markers).
+/// Writes the table to `escape-suite.md` in `CARGO_TARGET_TMPDIR`, and with
+/// `CORDON_UPDATE_DOCS=1` in place of the generated table in docs/SECURITY.md (between its
+/// markers).
 fn write_security_table(rows: &[serde_json::Value]) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/SECURITY.md");
-    let Ok(doc) = std::fs::read_to_string(&path) else {
+    let doc_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/SECURITY.md");
+    let Ok(doc) = std::fs::read_to_string(&doc_path) else {
         return;
+    };
+    let path = if std::env::var_os("CORDON_UPDATE_DOCS").is_some_and(|v| v == "1") {
+        doc_path
+    } else {
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("escape-suite.md")
     };
     let (begin, end) = ("<!-- escape-suite:begin -->", "<!-- escape-suite:end -->");
     let (Some(i), Some(j)) = (doc.find(begin), doc.find(end)) else {
@@ -277,7 +286,7 @@ fn write_security_table(rows: &[serde_json::Value]) {
         ));
     }
     let updated = format!("{}{begin}{table}{}", &doc[..i], &doc[j..]);
-    if updated != doc {
+    if updated != doc || !path.exists() {
         let mut file = std::fs::File::create(&path).unwrap();
         file.write_all(updated.as_bytes()).unwrap();
     }
