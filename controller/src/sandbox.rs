@@ -560,8 +560,15 @@ impl Runtime {
         let address = SocketAddr::from((names.sandbox_addr, self.config.agent_port));
         let deadline = Instant::now() + self.config.start_timeout;
         let mut last = String::from("no answer yet");
+        // `runsc run --detach` exits once the container started: success is not a failure.
+        let mut detached = false;
+        let mut checks = 0u32;
         while Instant::now() < deadline {
-            if let Ok(Some(status)) = runsc.try_wait() {
+            if !detached && let Ok(Some(status)) = runsc.try_wait() {
+                if status.success() {
+                    detached = true;
+                    continue;
+                }
                 let output = std::fs::read_to_string(log).unwrap_or_default();
                 let reason = Runsc::failure_reason(debug_log)
                     .map(|r| format!("; runsc's log says: {r}"))
@@ -574,6 +581,24 @@ impl Runtime {
             match self.agent_health(address).await {
                 Ok(()) => return Ok(()),
                 Err(e) => last = e,
+            }
+            // Detached, runsc no longer says when the container ends (the agent could not
+            // start): ask it now and then, rather than wait out the whole timeout.
+            checks += 1;
+            if detached && checks.is_multiple_of(20) {
+                let (runsc, names) = (self.runsc.clone(), names.clone());
+                let alive =
+                    blocking(move || runsc.running(&names.container, &names.netns_path())).await;
+                if !alive {
+                    let output = std::fs::read_to_string(log).unwrap_or_default();
+                    let reason = Runsc::failure_reason(debug_log)
+                        .map(|r| format!("; runsc's log says: {r}"))
+                        .unwrap_or_default();
+                    return Err(SandboxError::Runsc(format!(
+                        "the sandbox stopped before its agent answered: {}{reason}",
+                        output.trim()
+                    )));
+                }
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

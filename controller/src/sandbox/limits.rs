@@ -3,7 +3,8 @@
 //!
 //! - **memory** (`memory_mb`): gVisor does not OOM-kill inside; the host's memory cgroup kills
 //!   the whole sandbox (the sentry). Evidence: the kernel log's `Killed process <sentry pid>`,
-//!   and runsc's run log ending with `Exiting with status: 9` (SIGKILL).
+//!   the pid read from runsc's state file (a foreground `runsc run` would also log `Exiting
+//!   with status: 9`; sandboxes run detached, so that is only a fallback).
 //! - **pids** (`pids`): gVisor enforces RLIMIT_NPROC inside, so a fork past it fails with
 //!   EAGAIN and the sandbox lives on; the shell says `fork: ... Resource temporarily
 //!   unavailable`. The host cgroup's task limit is only a backstop; reaching it kills the
@@ -162,8 +163,12 @@ pub fn sentry_pid(runsc_root: &Path, container: &str) -> Option<u32> {
         if name.starts_with(&format!("{container}_sandbox:")) && name.ends_with(".state") {
             let text = std::fs::read_to_string(entry.path()).ok()?;
             let state: serde_json::Value = serde_json::from_str(&text).ok()?;
-            return state["Sandbox"]["Pid"]
-                .as_u64()
+            // runsc 20221219 writes `sandbox.pid`; some releases capitalise the keys.
+            let sandbox = state.get("sandbox").or_else(|| state.get("Sandbox"))?;
+            return sandbox
+                .get("pid")
+                .or_else(|| sandbox.get("Pid"))
+                .and_then(serde_json::Value::as_u64)
                 .and_then(|p| u32::try_from(p).ok());
         }
     }
@@ -248,6 +253,18 @@ mod tests {
             in_result("No space left on device", Some(Path::new("/nonexistent"))),
             None
         );
+    }
+
+    #[test]
+    fn the_sentry_pid_is_read_from_runscs_state_file() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(
+            root.path().join("c-00001_sandbox:c-00001.state"),
+            r#"{"id": "c-00001", "sandbox": {"id": "c-00001", "pid": 4242}}"#,
+        )
+        .unwrap();
+        assert_eq!(sentry_pid(root.path(), "c-00001"), Some(4242));
+        assert_eq!(sentry_pid(root.path(), "c-00002"), None);
     }
 
     #[test]
