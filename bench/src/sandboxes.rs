@@ -161,7 +161,9 @@ pub async fn run(count: usize, out: &Path, doc: Option<&Path>) -> Result<String,
     // Cold, concurrent and resume phases on one runtime; the warm pool on a second one (the
     // controller lock allows one runtime per state directory at a time).
     {
-        let runtime = Runtime::open(config.clone()).map_err(|e| e.to_string())?;
+        let mut runtime = Runtime::open(config.clone()).map_err(|e| e.to_string())?;
+        // As serve runs them.
+        runtime.detach_sandboxes().map_err(|e| e.to_string())?;
         let result = async {
             cold(&runtime, &config, count, &mut report).await?;
             resume(&runtime, &config, 5, &mut report).await?;
@@ -177,7 +179,8 @@ pub async fn run(count: usize, out: &Path, doc: Option<&Path>) -> Result<String,
             warm: 1,
             ..config.clone()
         };
-        let runtime = Runtime::open(warm_config.clone()).map_err(|e| e.to_string())?;
+        let mut runtime = Runtime::open(warm_config.clone()).map_err(|e| e.to_string())?;
+        runtime.detach_sandboxes().map_err(|e| e.to_string())?;
         let result = warm(&runtime, &warm_config, 10, &mut report).await;
         let cleanup = runtime.stop_all().await;
         result?;

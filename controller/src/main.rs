@@ -231,7 +231,10 @@ async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
             );
             return Err(ExitCode::from(64));
         }
-        let runtime = Arc::new(Runtime::open(sandbox).map_err(|e| fail(&e))?);
+        let mut runtime = Runtime::open(sandbox).map_err(|e| fail(&e))?;
+        // serve lives as long as its sandboxes: they run detached, reaped by it.
+        runtime.detach_sandboxes().map_err(|e| fail(&e))?;
+        let runtime = Arc::new(runtime);
         // After a crash: sandboxes still running are kept for their sessions to resume; what
         // vanished or was half-made is cleaned up.
         report_reconcile(runtime.reconcile().await);

@@ -157,22 +157,7 @@ fn kernel_log() -> Option<String> {
 /// The host pid of the sandbox's sentry (gVisor's kernel), from runsc's state file for
 /// `container` under runsc's `root`.
 pub fn sentry_pid(runsc_root: &Path, container: &str) -> Option<u32> {
-    let entries = std::fs::read_dir(runsc_root).ok()?;
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(&format!("{container}_sandbox:")) && name.ends_with(".state") {
-            let text = std::fs::read_to_string(entry.path()).ok()?;
-            let state: serde_json::Value = serde_json::from_str(&text).ok()?;
-            // runsc 20221219 writes `sandbox.pid`; some releases capitalise the keys.
-            let sandbox = state.get("sandbox").or_else(|| state.get("Sandbox"))?;
-            return sandbox
-                .get("pid")
-                .or_else(|| sandbox.get("Pid"))
-                .and_then(serde_json::Value::as_u64)
-                .and_then(|p| u32::try_from(p).ok());
-        }
-    }
-    None
+    super::runsc::state_pids(runsc_root, container).0
 }
 
 impl super::Runtime {
@@ -260,10 +245,14 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         std::fs::write(
             root.path().join("c-00001_sandbox:c-00001.state"),
-            r#"{"id": "c-00001", "sandbox": {"id": "c-00001", "pid": 4242}}"#,
+            r#"{"id": "c-00001", "goferPid": 4241, "sandbox": {"id": "c-00001", "pid": 4242}}"#,
         )
         .unwrap();
         assert_eq!(sentry_pid(root.path(), "c-00001"), Some(4242));
+        assert_eq!(
+            super::super::runsc::state_pids(root.path(), "c-00001"),
+            (Some(4242), Some(4241))
+        );
         assert_eq!(sentry_pid(root.path(), "c-00002"), None);
     }
 

@@ -48,6 +48,60 @@ pub struct Runsc {
     pub binary: PathBuf,
     /// `--root`: runsc's container state, under the controller's state directory.
     pub root: PathBuf,
+    /// Run sandboxes detached ([`super::Runtime::detach_sandboxes`]): no `runsc run` waits
+    /// beside each (about 5 MiB of memory each), and this process, a child subreaper, reaps
+    /// them.
+    pub detach: bool,
+}
+
+/// The host pids of container `id`'s sandbox (gVisor's sentry) and gofer, from runsc's state
+/// file under `root`.
+pub fn state_pids(root: &Path, id: &str) -> (Option<u32>, Option<u32>) {
+    let file = root.join(format!("{id}_sandbox:{id}.state"));
+    let Some(state) = std::fs::read_to_string(file)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+    else {
+        return (None, None);
+    };
+    let pid = |v: Option<&serde_json::Value>| {
+        v.and_then(serde_json::Value::as_u64)
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| *p > 0)
+    };
+    // runsc 20221219 writes lower-case keys; some releases capitalise them.
+    let sandbox = state.get("sandbox").or_else(|| state.get("Sandbox"));
+    (
+        pid(sandbox.and_then(|s| s.get("pid").or_else(|| s.get("Pid")))),
+        pid(state.get("goferPid").or_else(|| state.get("GoferPid"))),
+    )
+}
+
+/// Waits (up to `limit`) for the processes `pids` to exit and reaps them, if they are this
+/// process's children (a detached sandbox's, reparented to this subreaper); others are left.
+fn reap(pids: &[u32], limit: std::time::Duration) -> bool {
+    use rustix::process::{Pid, WaitOptions, waitpid};
+    let deadline = std::time::Instant::now() + limit;
+    let mut all = true;
+    for raw in pids {
+        let Some(pid) = i32::try_from(*raw).ok().and_then(Pid::from_raw) else {
+            continue;
+        };
+        loop {
+            match waitpid(Some(pid), WaitOptions::NOHANG) {
+                Ok(Some(_)) => break,
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                // Not ours (ECHILD), or still running at the deadline.
+                _ => {
+                    all = false;
+                    break;
+                }
+            }
+        }
+    }
+    all
 }
 
 impl Runsc {
@@ -82,10 +136,10 @@ impl Runsc {
             args.push(format!("--debug-log={}/", dir.display()));
         }
         args.push("run".into());
-        // A session's sandbox runs detached: `runsc run` returns once the container started
-        // instead of waiting beside it for the sandbox's whole life (measured: that waiting
-        // process held about 5 MiB of private memory per sandbox). Probes run to their end.
-        if debug_log.is_some() {
+        // Detached, `runsc run` returns once the container started instead of waiting beside
+        // it for the sandbox's whole life (measured: that process held about 5 MiB of private
+        // memory per sandbox). Probes run to their end.
+        if self.detach && debug_log.is_some() {
             args.push("--detach".into());
         }
         args.extend([format!("--bundle={}", bundle.display()), id.into()]);
@@ -205,10 +259,23 @@ impl Runsc {
             full.extend(args.iter().map(|a| a.to_string()));
             run(program, full)
         };
-        // Sandboxes run detached: no `runsc run` is left to remove the container once it is
-        // killed, so the delete follows at once (the sandbox process, reparented to init, is
-        // reaped as soon as it exits). Waiting for a removal that never comes cost 2 s a stop.
+        let (sentry, gofer) = state_pids(&self.root, id);
         let _ = runsc(&["kill", id, "KILL"]);
+        // A detached sandbox this process started is its child: reaped here, the delete is
+        // immediate. A foreground one's `runsc run` removes the container after the kill;
+        // give that a moment before forcing the delete, which waits (about 2 s) for a sandbox
+        // process nobody reaps at once.
+        let reaped = self.detach
+            && reap(
+                &[sentry, gofer].into_iter().flatten().collect::<Vec<_>>(),
+                std::time::Duration::from_secs(2),
+            );
+        if !reaped {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while self.exists(id) && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
         if self.exists(id) {
             runsc(&["delete", "--force", id])?;
         }
