@@ -599,9 +599,10 @@ impl Runtime {
                 Err(e) => last = e,
             }
             // Detached, runsc no longer says when the container ends (the agent could not
-            // start): ask it now and then, rather than wait out the whole timeout.
+            // start): ask it about once a second, rather than wait out the whole timeout. Not
+            // more often: each `runsc state` is a process start competing with the boot.
             checks += 1;
-            if detached && checks.is_multiple_of(20) {
+            if detached && checks.is_multiple_of(100) {
                 let (runsc, names) = (self.runsc.clone(), names.clone());
                 let alive =
                     blocking(move || runsc.running(&names.container, &names.netns_path())).await;
