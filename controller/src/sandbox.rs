@@ -329,9 +329,21 @@ impl Runtime {
             return Ok(RootChoice::Host);
         }
         let store = crate::image::ImageStore::open(&self.config.images_dir)?;
-        Ok(RootChoice::Image(Box::new(
-            store.get(name.unwrap_or(&self.config.image))?,
-        )))
+        let image = store.get(name.unwrap_or(&self.config.image))?;
+        if !bundle::has_glibc(&image.root) && bundle::is_dynamic(&self.config.agent) {
+            return Err(SandboxError::Prerequisite(format!(
+                "image {:?} has no glibc (no libc.so.6 under /lib/x86_64-linux-gnu or \
+                 /usr/lib/x86_64-linux-gnu: a musl image such as Alpine?), and the sandbox \
+                 agent {} is linked against glibc, so it cannot run there. Use a glibc image \
+                 (Debian, Ubuntu, the default one), or build the agent statically \
+                 (RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p \
+                 cordon-sandbox-agent --target x86_64-unknown-linux-gnu) and set [sandbox] \
+                 agent to that binary",
+                image.name,
+                self.config.agent.display()
+            )));
+        }
+        Ok(RootChoice::Image(Box::new(image)))
     }
 
     /// Rewrites the firewall for the live sessions (warm ones included) as recorded now.

@@ -214,9 +214,52 @@ fn bind(
         .build()?)
 }
 
-/// Whether the image's root has glibc, which the statx compatibility library (built on the
-/// host against glibc) needs; a musl image would fail to load it in every process.
-fn has_glibc(root: &Path) -> bool {
+/// Whether the root filesystem at `root` has glibc, which the statx compatibility library (built on the
+/// host against glibc) needs, and so does a dynamically linked sandbox agent; a musl image
+/// would fail to load either.
+pub fn has_glibc(root: &Path) -> bool {
+    has_glibc_libc(root)
+}
+
+/// Whether the ELF executable at `path` names a program interpreter (it is dynamically
+/// linked); `false` for a static one, or a file that is not a 64-bit ELF.
+pub fn is_dynamic(path: &Path) -> bool {
+    let Ok(bytes) = std::fs::read(path) else {
+        return false;
+    };
+    let u16_at = |at: usize| {
+        bytes
+            .get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |at: usize| {
+        bytes
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let u64_at = |at: usize| {
+        bytes
+            .get(at..at + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_le_bytes)
+    };
+    // ELF64, little-endian: e_phoff at 0x20, e_phentsize at 0x36, e_phnum at 0x38;
+    // PT_INTERP (3) is the program header of a dynamic executable.
+    if bytes.get(..6) != Some(&[0x7f, b'E', b'L', b'F', 2, 1][..]) {
+        return false;
+    }
+    let (Some(phoff), Some(size), Some(count)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
+        return false;
+    };
+    (0..usize::from(count)).any(|i| {
+        usize::try_from(phoff)
+            .ok()
+            .and_then(|off| u32_at(off + i * usize::from(size)))
+            == Some(3)
+    })
+}
+
+fn has_glibc_libc(root: &Path) -> bool {
     [
         "usr/lib/x86_64-linux-gnu/libc.so.6",
         "lib/x86_64-linux-gnu/libc.so.6",
@@ -372,4 +415,21 @@ fn spec(files: &Path, input: &BundleInput<'_>) -> Result<Spec, BundleError> {
         .mounts(mounts)
         .linux(linux)
         .build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dynamic_executable_is_told_from_anything_else() {
+        let exe = std::env::current_exe().unwrap();
+        assert!(is_dynamic(&exe), "this test binary links glibc dynamically");
+        let dir = tempfile::tempdir().unwrap();
+        let text = dir.path().join("script");
+        std::fs::write(&text, "#!/bin/sh\n").unwrap();
+        assert!(!is_dynamic(&text));
+        assert!(!is_dynamic(&dir.path().join("missing")));
+        assert!(!has_glibc(dir.path()), "an empty root has no glibc");
+    }
 }
