@@ -113,14 +113,9 @@ pub enum AuditTarget {
 /// Every problem found in a config file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Syntax { path: PathBuf, message: String },
+    /// Unreadable, not TOML, or an unknown section or key (`cordon-config`).
+    #[error(transparent)]
+    File(#[from] cordon_config::FileError),
     #[error("{path} has {} error(s):\n  {}", .errors.len(), .errors.join("\n  "))]
     Invalid { path: PathBuf, errors: Vec<String> },
 }
@@ -146,17 +141,6 @@ impl ProxyConfig {
                 path: file.path,
                 errors,
             }),
-        }
-    }
-}
-
-impl From<cordon_config::FileError> for ConfigError {
-    fn from(e: cordon_config::FileError) -> Self {
-        match e {
-            cordon_config::FileError::Read { path, source } => ConfigError::Read { path, source },
-            cordon_config::FileError::Syntax { path, message } => {
-                ConfigError::Syntax { path, message }
-            }
         }
     }
 }
