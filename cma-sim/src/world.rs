@@ -402,16 +402,7 @@ impl World {
                 .is_some_and(|step| step.after_idle && !session.turns_begun.contains(&index));
             match session.script.steps.get(index).cloned() {
                 Some(_) if new_turn => {
-                    push(
-                        &mut inner,
-                        session_id,
-                        json!({"type": "agent.message", "content": [{"type": "text", "text": "Done for this turn."}]}),
-                    );
-                    push(
-                        &mut inner,
-                        session_id,
-                        json!({"type": "session.status_idle", "stop_reason": {"type": "end_turn"}}),
-                    );
+                    end_turn(&mut inner, session_id, "Done for this turn.");
                     if let Some(session) = inner.sessions.get_mut(session_id) {
                         session.status = "idle";
                         session.awaiting_turn = Some(index);
@@ -445,16 +436,7 @@ impl World {
                     }
                 }
                 None => {
-                    push(
-                        &mut inner,
-                        session_id,
-                        json!({"type": "agent.message", "content": [{"type": "text", "text": "All scripted tool calls are done."}]}),
-                    );
-                    push(
-                        &mut inner,
-                        session_id,
-                        json!({"type": "session.status_idle", "stop_reason": {"type": "end_turn"}}),
-                    );
+                    end_turn(&mut inner, session_id, "All scripted tool calls are done.");
                     let terminate = inner
                         .sessions
                         .get(session_id)
@@ -521,6 +503,20 @@ impl World {
             world.progress.notify_waiters();
         });
     }
+}
+
+/// The agent's closing message and `session.status_idle` (end_turn).
+fn end_turn(inner: &mut Inner, session_id: &str, text: &str) {
+    push(
+        inner,
+        session_id,
+        json!({"type": "agent.message", "content": [{"type": "text", "text": text}]}),
+    );
+    push(
+        inner,
+        session_id,
+        json!({"type": "session.status_idle", "stop_reason": {"type": "end_turn"}}),
+    );
 }
 
 /// Appends an event to a session's history (with its id and time) and sends it live.

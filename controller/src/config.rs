@@ -125,7 +125,27 @@ fn masked_dirs(file: &ConfigFile, workspace_root: &Path, images_dir: &Path) -> V
     out
 }
 
+/// The images a configuration names, each with the key that names it: `sandbox.image` and
+/// `sandbox.agent_images.<agent>` (an image named twice is listed twice).
+pub fn configured_images<'a>(
+    image: &'a str,
+    agent_images: &'a std::collections::BTreeMap<String, String>,
+) -> Vec<(String, &'a str)> {
+    std::iter::once(("sandbox.image".to_string(), image))
+        .chain(
+            agent_images
+                .iter()
+                .map(|(agent, image)| (format!("sandbox.agent_images.{agent}"), image.as_str())),
+        )
+        .collect()
+}
+
 impl SandboxConfig {
+    /// [`configured_images`] of this configuration.
+    pub fn images(&self) -> Vec<(String, &str)> {
+        configured_images(&self.image, &self.agent_images)
+    }
+
     /// Reads `cordon.toml`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let file = cordon_config::read(path)?;
@@ -235,11 +255,7 @@ impl SandboxConfig {
                     .into(),
             );
         }
-        for (what, name) in std::iter::once(("sandbox.image".to_string(), &raw.image)).chain(
-            raw.agent_images
-                .iter()
-                .map(|(agent, image)| (format!("sandbox.agent_images.{agent}"), image)),
-        ) {
+        for (what, name) in configured_images(&raw.image, &raw.agent_images) {
             if !crate::image::valid_name(name) {
                 errors.push(format!(
                     "{what} = {name:?}: an image name (letters, digits, '.', '_', '-', ':', '/')"

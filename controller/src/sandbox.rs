@@ -313,6 +313,11 @@ impl Runtime {
         self.config.state_dir.join("sessions").join(id)
     }
 
+    /// The proxy's admin API, as this runtime talks to it.
+    pub fn proxy_admin(&self) -> &ProxyAdmin {
+        &self.proxy
+    }
+
     /// The workspaces this runtime keeps.
     pub fn workspaces(&self) -> &Workspaces {
         &self.workspaces
@@ -588,6 +593,14 @@ impl Runtime {
         let address = SocketAddr::from((names.sandbox_addr, self.config.agent_port));
         let deadline = Instant::now() + self.config.start_timeout;
         let mut last = String::from("no answer yet");
+        // What runsc and the sandbox wrote, after `what` went wrong.
+        let ended = |what: &str| {
+            let output = std::fs::read_to_string(log).unwrap_or_default();
+            let reason = Runsc::failure_reason(debug_log)
+                .map(|r| format!("; runsc's log says: {r}"))
+                .unwrap_or_default();
+            SandboxError::Runsc(format!("{what}: {}{reason}", output.trim()))
+        };
         // `runsc run --detach` exits once the container started: success is not a failure.
         let mut detached = false;
         let mut checks = 0u32;
@@ -597,13 +610,8 @@ impl Runtime {
                     detached = true;
                     continue;
                 }
-                let output = std::fs::read_to_string(log).unwrap_or_default();
-                let reason = Runsc::failure_reason(debug_log)
-                    .map(|r| format!("; runsc's log says: {r}"))
-                    .unwrap_or_default();
-                return Err(SandboxError::Runsc(format!(
-                    "runsc exited ({status}) before the sandbox agent answered: {}{reason}",
-                    output.trim()
+                return Err(ended(&format!(
+                    "runsc exited ({status}) before the sandbox agent answered"
                 )));
             }
             match self.agent_health(address).await {
@@ -614,20 +622,8 @@ impl Runtime {
             // start): ask it about once a second, rather than wait out the whole timeout. Not
             // more often: each `runsc state` is a process start competing with the boot.
             checks += 1;
-            if detached && checks.is_multiple_of(100) {
-                let (runsc, names) = (self.runsc.clone(), names.clone());
-                let alive =
-                    blocking(move || runsc.running(&names.container, &names.netns_path())).await;
-                if !alive {
-                    let output = std::fs::read_to_string(log).unwrap_or_default();
-                    let reason = Runsc::failure_reason(debug_log)
-                        .map(|r| format!("; runsc's log says: {r}"))
-                        .unwrap_or_default();
-                    return Err(SandboxError::Runsc(format!(
-                        "the sandbox stopped before its agent answered: {}{reason}",
-                        output.trim()
-                    )));
-                }
+            if detached && checks.is_multiple_of(100) && !self.container_running(names).await {
+                return Err(ended("the sandbox stopped before its agent answered"));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -871,13 +867,9 @@ pub fn missing_images(config: &SandboxConfig) -> Vec<String> {
         Ok(store) => store,
         Err(e) => return vec![format!("sandbox.images_dir: {e}")],
     };
-    std::iter::once(("sandbox.image".to_string(), &config.image))
-        .chain(
-            config
-                .agent_images
-                .iter()
-                .map(|(agent, image)| (format!("sandbox.agent_images.{agent}"), image)),
-        )
+    config
+        .images()
+        .into_iter()
         .filter_map(|(key, name)| match store.get(name) {
             Ok(_) => None,
             Err(e) => Some(format!("{key} = {name:?}: {e}")),

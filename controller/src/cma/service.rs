@@ -22,7 +22,6 @@ use super::client::{CmaClient, Heartbeat, MAX_BLOCK_MS, Work, retrying};
 use super::runner::{RunEnd, RunnerConfig, ToolExecutor, run_session};
 use super::tools::SessionTools;
 use crate::metrics::{ControllerMetrics, tool_label};
-use crate::proxy_admin::ProxyAdmin;
 use crate::sandbox::{Runtime, agent_endpoint};
 use crate::store::Store;
 use cordon_sandbox_agent::tools::{ToolCall, ToolResult};
@@ -276,9 +275,7 @@ impl Service {
         {
             let runtime = &self.runtime;
             // The proxy forgets a session's counts when its registration goes: keep them.
-            let counts = ProxyAdmin::new(runtime.config().admin)
-                .egress_counts()
-                .await;
+            let counts = runtime.proxy_admin().egress_counts().await;
             if let Some(e) = counts.get(&session)
                 && let Err(err) = self.store.set_egress(&work.id, e.allowed, e.denied)
             {

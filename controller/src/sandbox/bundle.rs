@@ -224,9 +224,16 @@ pub fn has_glibc(root: &Path) -> bool {
 /// Whether the ELF executable at `path` names a program interpreter (it is dynamically
 /// linked); `false` for a static one, or a file that is not a 64-bit ELF.
 pub fn is_dynamic(path: &Path) -> bool {
-    let Ok(bytes) = std::fs::read(path) else {
+    use std::io::Read;
+    // The ELF header and program headers come first: 4 KiB holds them in any executable a
+    // linker writes, and a start must not read the whole (tens of MiB) binary.
+    let mut bytes = Vec::with_capacity(4096);
+    if std::fs::File::open(path)
+        .and_then(|f| f.take(4096).read_to_end(&mut bytes))
+        .is_err()
+    {
         return false;
-    };
+    }
     let u16_at = |at: usize| {
         bytes
             .get(at..at + 2)

@@ -175,8 +175,7 @@ impl super::Runtime {
             if attempt > 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
-            let (runsc, names) = (self.runsc.clone(), names.clone());
-            if super::blocking(move || runsc.running(&names.container, &names.netns_path())).await {
+            if self.container_running(&names).await {
                 return true;
             }
         }

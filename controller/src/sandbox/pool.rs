@@ -217,8 +217,11 @@ impl Runtime {
                 return Vec::new();
             }
         };
-        let mut names: Vec<&String> = std::iter::once(&self.config.image)
-            .chain(self.config.agent_images.values())
+        let mut names: Vec<&str> = self
+            .config
+            .images()
+            .into_iter()
+            .map(|(_, name)| name)
             .collect();
         names.sort();
         names.dedup();

@@ -95,7 +95,9 @@ impl Runtime {
         Ok(report)
     }
 
-    async fn container_running(&self, names: &SessionNames) -> bool {
+    /// Whether `runsc state` says the container of `names` runs (one answer; callers that
+    /// must not mistake a slow answer for a dead sandbox ask again).
+    pub(super) async fn container_running(&self, names: &SessionNames) -> bool {
         let (runsc, names) = (self.runsc.clone(), names.clone());
         blocking(move || runsc.running(&names.container, &names.netns_path())).await
     }

@@ -38,13 +38,7 @@ impl Runtime {
             }
             let _session = self.locks.lock(&listed.session_id).await;
             // Read again under the lock: a start may have reopened it meanwhile.
-            let Some(record) = self
-                .store
-                .workspaces()
-                .unwrap_or_default()
-                .into_iter()
-                .find(|r| r.session_id == listed.session_id)
-            else {
+            let Ok(Some(record)) = self.store.workspace(&listed.session_id) else {
                 continue;
             };
             let Some(ended) = record.ended_at.as_deref().and_then(|e| {

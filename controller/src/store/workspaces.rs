@@ -5,6 +5,18 @@ use rusqlite::{OptionalExtension, params};
 
 use super::{Store, StoreError, WorkspaceRecord, now};
 
+const SELECT: &str =
+    "SELECT session_id, COALESCE(dir, session_id), created_at, ended_at FROM workspaces";
+
+fn workspace_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<WorkspaceRecord> {
+    Ok(WorkspaceRecord {
+        session_id: r.get(0)?,
+        dir: r.get(1)?,
+        created_at: r.get(2)?,
+        ended_at: r.get(3)?,
+    })
+}
+
 impl Store {
     /// Records that session `id` has the workspace `dir` (again: a later start reopens an
     /// ended one, keeping the name it was first given).
@@ -41,21 +53,23 @@ impl Store {
 
     pub fn workspaces(&self) -> Result<Vec<WorkspaceRecord>, StoreError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT session_id, COALESCE(dir, session_id), created_at, ended_at FROM workspaces
-             ORDER BY session_id",
-        )?;
+        let mut stmt = conn.prepare(&format!("{SELECT} ORDER BY session_id"))?;
         let rows = stmt
-            .query_map([], |r| {
-                Ok(WorkspaceRecord {
-                    session_id: r.get(0)?,
-                    dir: r.get(1)?,
-                    created_at: r.get(2)?,
-                    ended_at: r.get(3)?,
-                })
-            })?
+            .query_map([], workspace_row)?
             .collect::<Result<_, _>>()?;
         Ok(rows)
+    }
+
+    /// Session `id`'s workspace record.
+    pub fn workspace(&self, id: &str) -> Result<Option<WorkspaceRecord>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("{SELECT} WHERE session_id = ?1"),
+                [id],
+                workspace_row,
+            )
+            .optional()?)
     }
 
     pub fn forget_workspace(&self, id: &str) -> Result<(), StoreError> {
