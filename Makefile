@@ -18,8 +18,17 @@ export CORDON_TEST_IMAGES ?= $(CORDON_IMAGES)
 deps:
 	@scripts/install-deps.sh
 
+# The sandbox agent is also built statically linked (glibc, crt-static), so it runs on every
+# image whatever its libc; the controller picks that build when it is there
+# (docs/SANDBOXES.md, "What Cordon adds to every image"). The flag is for that target only:
+# build scripts and proc macros stay dynamic.
+STATIC_AGENT = CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS='-C target-feature=+crt-static' \
+	$(CARGO) build --locked -p cordon-sandbox-agent --bin cordon-sandbox-agent \
+	--target x86_64-unknown-linux-gnu
+
 build: deps
 	$(CARGO) build --release --workspace --bins
+	$(STATIC_AGENT) --release
 
 # Starts the gateway on examples/cordon.toml in the foreground and prints curl commands that
 # show an allowed and a denied request.
@@ -40,6 +49,7 @@ lint:
 # The binaries first: the escape suite runs the proxy and the sandbox agent as built programs.
 unit:
 	$(CARGO) build --workspace --locked --bins
+	$(STATIC_AGENT)
 	$(CARGO_TARGET_DIR)/debug/cordon-controller image build default \
 		--from-file images/default.toml --store $(CORDON_IMAGES)
 	$(CARGO) test --workspace --locked --doc

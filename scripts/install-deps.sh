@@ -6,13 +6,14 @@
 #   iproute2, nftables: network namespaces and redirect rules (transparent mode, sandboxes)
 #   prometheus: the real scraper the metrics test reads back through
 #   runsc: gVisor, the sandbox runtime; python3: the escape suite's probes inside a sandbox
+#   busybox-static: the statically linked busybox the musl-style (no glibc) image test is made of
 #   mmdebstrap: builds sandbox images from Debian packages; e2fsprogs, mount: workspace quotas
 #   (a loop-mounted ext4 filesystem per workspace)
 #   python3-venv: a virtualenv ($CORDON_VENV, default ~/.cache/cordon/venv) with the reference
 #   CMA libraries from PyPI (standardwebhooks, anthropic) the controller's tests check against
 set -euo pipefail
 
-packages=(build-essential cmake pkg-config curl git ca-certificates openssl iproute2 nftables prometheus runsc python3 python3-venv util-linux mmdebstrap e2fsprogs mount)
+packages=(build-essential cmake pkg-config curl git ca-certificates openssl iproute2 nftables prometheus runsc python3 python3-venv util-linux busybox-static mmdebstrap e2fsprogs mount)
 
 missing=()
 for p in "${packages[@]}"; do

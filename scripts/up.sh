@@ -95,7 +95,6 @@ listen = "0.0.0.0:5300"
 name_prefix = "cordon-up"
 interface_prefix = "cup"
 address_pool = "10.231.0.0/24"
-agent = "$bin/cordon-sandbox-agent"
 images_dir = "$images"
 TOML
 }

@@ -132,10 +132,9 @@ pub async fn run(count: usize, out: &Path, doc: Option<&Path>) -> Result<String,
             "[proxy]\ntransparent_listen = \"0.0.0.0:{transparent}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
              state_dir = \"state\"\n[policy]\nbundle = \"bundle\"\n[dns]\nlisten = \"0.0.0.0:{dns}\"\n\
              [sandbox]\nname_prefix = \"cordon-bench-{pid}\"\ninterface_prefix = \"cb{}x\"\n\
-             address_pool = \"10.236.0.0/22\"\nagent = \"{}\"\nmemory_mb = 256\n\
+             address_pool = \"10.236.0.0/22\"\nmemory_mb = 256\n\
              images_dir = \"{}\"\n",
             pid % 100_000,
-            binary("cordon-sandbox-agent")?.display(),
             images_dir().display()
         ),
     )

@@ -295,7 +295,7 @@ impl SandboxConfig {
             Some(p) => resolve(p),
             None => std::env::current_exe()
                 .ok()
-                .and_then(|e| e.parent().map(|d| d.join("cordon-sandbox-agent")))
+                .and_then(|e| e.parent().map(agent_beside))
                 .unwrap_or_else(|| PathBuf::from("cordon-sandbox-agent")),
         };
         let state_dir = file.state_dir().join("controller");
@@ -489,4 +489,25 @@ impl ServiceConfig {
             work,
         })
     }
+}
+
+/// The target triple the statically linked sandbox agent is built for (`make build`).
+pub const STATIC_AGENT_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// The sandbox agent that goes with the programs in `dir` (a cargo profile directory such as
+/// `target/release`): the statically linked build (`<target>/x86_64-unknown-linux-gnu/<profile>`,
+/// which `make build` and `make test` make) when there is one, since it runs on every image
+/// whatever its libc; else the dynamically linked one beside the programs, which needs an
+/// image with glibc.
+pub fn agent_beside(dir: &std::path::Path) -> PathBuf {
+    if let (Some(target), Some(profile)) = (dir.parent(), dir.file_name()) {
+        let static_agent = target
+            .join(STATIC_AGENT_TARGET)
+            .join(profile)
+            .join("cordon-sandbox-agent");
+        if static_agent.is_file() {
+            return static_agent;
+        }
+    }
+    dir.join("cordon-sandbox-agent")
 }

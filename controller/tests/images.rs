@@ -31,7 +31,12 @@ fn tar_of(entries: &[(&str, tar::EntryType, &[u8])]) -> Vec<u8> {
     for (path, kind, body) in entries {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(*kind);
-        h.set_mode(0o644);
+        // Directories and programs (ELF files) are executable, everything else plain.
+        h.set_mode(if kind.is_dir() || body.starts_with(b"\x7fELF") {
+            0o755
+        } else {
+            0o644
+        });
         h.set_uid(0);
         h.set_gid(0);
         h.set_mtime(0);
@@ -473,4 +478,95 @@ fn a_missing_image_is_refused_and_a_relative_config_path_works() {
     assert!(out.status.success(), "{out:?}");
     let out = world.exec("rel", &["cat", "/etc/motd"]);
     assert!(out.status.success(), "{out:?}");
+}
+
+/// An Alpine-style image: no glibc, only a statically linked busybox (Debian's
+/// busybox-static). The statically linked agent `make` builds runs there; the bash tool runs
+/// the image's `/bin/sh`, and the file tools work.
+#[test]
+fn an_image_without_glibc_runs_the_static_agent() {
+    let agent = support::agent();
+    assert!(
+        !cordon_controller::sandbox::bundle::is_dynamic(&agent),
+        "{} is dynamically linked: run `make test`, which builds the static agent",
+        agent.display()
+    );
+    let busybox = std::fs::read("/bin/busybox").expect("busybox-static (make deps installs it)");
+    assert!(!cordon_controller::sandbox::bundle::is_dynamic(Path::new(
+        "/bin/busybox"
+    )));
+    let mut entries: Vec<(&str, tar::EntryType, &[u8])> = vec![
+        ("bin/", tar::EntryType::Directory, b""),
+        ("bin/busybox", tar::EntryType::Regular, &busybox),
+        ("etc/", tar::EntryType::Directory, b""),
+        ("etc/os-release", tar::EntryType::Regular, b"ID=busybox\n"),
+        ("srv/", tar::EntryType::Directory, b""),
+        ("tmp/", tar::EntryType::Directory, b""),
+    ];
+    for tool in ["sh", "cat", "ls", "echo", "kill", "printf", "uname"] {
+        let path: &'static str = Box::leak(format!("bin/{tool}").into_boxed_str());
+        entries.push((path, tar::EntryType::Symlink, b"busybox"));
+    }
+    let mut world = World::new(239, 24, "image = \"cordon-test-busybox\"\n");
+    let store = world.dir.path().join("images");
+    let config = std::fs::read_to_string(world.config()).unwrap();
+    let images_line = config
+        .lines()
+        .find(|l| l.starts_with("images_dir"))
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        world.config(),
+        config.replace(
+            &images_line,
+            &format!("images_dir = \"{}\"", store.display()),
+        ),
+    )
+    .unwrap();
+    let file = archive(
+        world.dir.path(),
+        "busybox.tar",
+        "cordon-test-busybox",
+        &[tar_of(&entries)],
+        false,
+    );
+    let out = controller(&[
+        "image",
+        "import",
+        "--store",
+        store.to_str().unwrap(),
+        file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+
+    world.start("musl").unwrap_or_else(|out| panic!("{out:?}"));
+    let tool = |name: &str, input: &str| {
+        world.controller(&[
+            "sandbox",
+            "tool",
+            "--session",
+            "musl",
+            "--name",
+            name,
+            "--input",
+            input,
+        ])
+    };
+    let out = tool(
+        "bash",
+        r#"{"command": "cd /workspace && echo from $(cat /etc/os-release) > made && cat made"}"#,
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(text(&out.stdout).contains("from ID=busybox"), "{out:?}");
+    let out = tool(
+        "write",
+        r#"{"file_path": "/workspace/notes.txt", "content": "hi"}"#,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let out = tool("read", r#"{"file_path": "/workspace/notes.txt"}"#);
+    assert!(text(&out.stdout).contains("hi"), "{out:?}");
+    // A failing command is an error result with its status, as with bash.
+    let out = tool("bash", r#"{"command": "ls /nonexistent"}"#);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(text(&out.stdout).contains("exit code"), "{out:?}");
 }

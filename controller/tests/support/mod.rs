@@ -31,6 +31,13 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// The sandbox agent the controller would pick beside these binaries: the statically linked
+/// build when `make` made one, as in production.
+pub fn agent() -> PathBuf {
+    let dir = binary("cordon-sandbox-agent");
+    cordon_controller::config::agent_beside(dir.parent().unwrap())
+}
+
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -203,7 +210,7 @@ impl World {
                     format!("memory_mb = 512\n{}", setup.sandbox_extra)
                 },
                 setup.extra_toml,
-                agent = binary("cordon-sandbox-agent").display(),
+                agent = agent().display(),
                 images = test_images().display(),
             ),
         )

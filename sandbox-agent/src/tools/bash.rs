@@ -1,5 +1,6 @@
 //! `bash`: one persistent `/bin/bash --noprofile --norc` per session, so the working
-//! directory, variables and background jobs carry from one call to the next.
+//! directory, variables and background jobs carry from one call to the next (`/bin/sh` on an
+//! image without bash).
 //!
 //! Each command is written to a file and sourced, with standard input from /dev/null and
 //! standard error merged into standard output, followed by a sentinel line carrying the exit
@@ -7,7 +8,7 @@
 //! Output is capped at 100 KiB and ANSI escapes are removed; a timeout kills the shell's whole
 //! process group and starts a fresh shell.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -73,9 +74,22 @@ impl BashSession {
     }
 
     fn spawn(&self) -> Result<Shell, String> {
-        let mut command = tokio::process::Command::new("/bin/bash");
+        // An image without bash (Alpine and other busybox images) gets its POSIX shell: the
+        // staging below (`.`, `printf`, `$?`) is POSIX, so commands run the same way there.
+        let (program, args): (&str, &[&str]) = if Path::new("/bin/bash").exists() {
+            ("/bin/bash", &["--noprofile", "--norc"])
+        } else if Path::new("/bin/sh").exists() {
+            ("/bin/sh", &[])
+        } else {
+            return Err(
+                "this sandbox's image has no shell (neither /bin/bash nor /bin/sh): the file \
+                 tools work, bash does not; use an image with a shell"
+                    .into(),
+            );
+        };
+        let mut command = tokio::process::Command::new(program);
         command
-            .args(["--noprofile", "--norc"])
+            .args(args)
             .current_dir(&self.workdir)
             .env_clear()
             // Everything but Anthropic's variables, which the sandbox must never hold.
@@ -87,7 +101,7 @@ impl BashSession {
             .kill_on_drop(true);
         let mut child = command
             .spawn()
-            .map_err(|e| format!("cannot start /bin/bash: {e}"))?;
+            .map_err(|e| format!("cannot start {program}: {e}"))?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             return Err("bash started without its pipes".into());
         };
