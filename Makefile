@@ -13,7 +13,7 @@ CORDON_IMAGES ?= $(HOME)/.cache/cordon/images
 export CORDON_IMAGES
 export CORDON_TEST_IMAGES ?= $(CORDON_IMAGES)
 
-.PHONY: up test bench bench-policy bench-instructions deps build fmt lint unit policy-tests clean
+.PHONY: up test bench bench-policy bench-instructions bench-tools deps build fmt lint unit policy-tests clean
 
 deps:
 	@scripts/install-deps.sh
@@ -81,6 +81,12 @@ bench-policy: deps
 # hot-path change (CORDON_BIN=<binary> to measure another build).
 bench-instructions: deps
 	scripts/bench-instructions.sh
+
+# Custom tool call overhead (docs/TOOLS.md, docs/BENCHMARKS.md "Custom tools"); root.
+bench-tools: build
+	$(CARGO_TARGET_DIR)/release/cordon-controller image build default --from-file images/default.toml \
+		--store $(HOME)/.cache/cordon/images
+	$(CARGO_TARGET_DIR)/release/cordon-bench tools --doc docs/BENCHMARKS.md
 
 clean:
 	$(CARGO) clean

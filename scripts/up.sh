@@ -5,7 +5,9 @@
 # Without CMA credentials (the default) it first plays the demo: cordon-cma-sim, a local CMA
 # simulator, sends a signed webhook; the controller claims the session, starts a gVisor
 # sandbox behind the proxy and runs the demo's tool calls in it (examples/demo/scenario.toml:
-# an API call whose token the proxy injects, a request the policy refuses, the file tools);
+# an API call whose token the proxy injects, a request the policy refuses, the file tools),
+# then the example custom tools (examples/tools/tools.toml: a SQLite lookup and a PNG chart,
+# each in a sandbox of its own, and a private service through the proxy);
 # then it prints what happened and where to look. Everything stays on this machine: the "API"
 # is scripts/demo-upstream.py on 127.0.0.1 with a demo CA.
 #
@@ -143,6 +145,7 @@ environment_key_env = "CORDON_DEMO_ENVIRONMENT_KEY"
 base_url = "http://127.0.0.1:9300"
 drain_interval_ms = 5000
 max_idle_ms = 3000
+tools = "$repo/examples/tools/tools.toml"
 TOML
     } > "$dir/cordon.toml"
     python3 scripts/demo-upstream.py 9443 "$dir/upstream.pem" "$dir/upstream.key" \
@@ -216,6 +219,27 @@ for line in open(sys.argv[1], encoding="utf-8"):
           f' -> {r.get("status", "-")} ({r["reason"]}){creds}')
 PY
 echo
+echo "== custom tool calls (controller audit log, $dir/controller/audit.jsonl) and their results"
+python3 - "$dir/controller/audit.jsonl" "$dir/report.json" <<'PY'
+import json, sys
+try:
+    calls = [json.loads(l) for l in open(sys.argv[1], encoding="utf-8")]
+except FileNotFoundError:
+    calls = []
+for c in calls:
+    print(f'  {c["tool"]:<14} {c["handler"]:<5} {c["outcome"]:<8} {c["duration_ms"]:7.1f} ms'
+          f'  in {c["input_bytes"]} B, out {c["output_bytes"]} B, {c["images"]} image(s)')
+try:
+    report = json.load(open(sys.argv[2], encoding="utf-8"))
+except (FileNotFoundError, ValueError):
+    report = {}
+for session in report.get("sessions", []):
+    for step in session.get("steps", []):
+        if step.get("tool") in {c["tool"] for c in calls}:
+            text = (step.get("result") or "").strip().replace("\n", " ")
+            print(f'  -> {step["tool"]}: {text[:110]}')
+PY
+echo
 echo "== what the demo API received ($dir/upstream.log); the sandbox never held the token"
 python3 - "$dir/upstream.log" <<'PY'
 import json, sys
@@ -232,7 +256,7 @@ PY
 echo
 echo "== metrics (non-zero)"
 curl -fsS http://127.0.0.1:8089/metrics \
-    | grep -E '^cordon_controller_(tool_calls_total|webhook_deliveries_total|work_items_total|sessions_active|lease_losses_total|session_start_seconds_(sum|count))' \
+    | grep -E '^cordon_controller_(tool_calls_total|custom_tool_calls_total|webhook_deliveries_total|work_items_total|sessions_active|lease_losses_total|session_start_seconds_(sum|count))' \
     | grep -v ' 0$' | sed 's/^/  /' || true
 curl -fsS http://127.0.0.1:9902/metrics \
     | grep -E '^cordon_proxy_(requests_total|credentials_total)' | grep -v ' 0$' | sed 's/^/  /' || true

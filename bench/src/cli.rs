@@ -38,6 +38,17 @@ enum Command {
         #[arg(long)]
         doc: Option<PathBuf>,
     },
+    /// Custom tool call overhead: a run tool warm and cold against the handler's own time, an
+    /// http tool against the upstream direct. Needs root and runsc.
+    Tools {
+        #[arg(long, default_value_t = 20)]
+        calls: usize,
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+        /// A Markdown file (docs/BENCHMARKS.md) whose custom tools section is rewritten.
+        #[arg(long)]
+        doc: Option<PathBuf>,
+    },
 }
 
 impl Cli {
@@ -51,6 +62,14 @@ impl Cli {
                     .await
                     .map_err(anyhow::Error::msg)
                     .context("sandboxes")?;
+                println!("{report}");
+                Ok(())
+            }
+            Command::Tools { calls, out, doc } => {
+                let report = cordon_bench::tools::run(calls, &out, doc.as_deref())
+                    .await
+                    .map_err(anyhow::Error::msg)
+                    .context("tools")?;
                 println!("{report}");
                 Ok(())
             }

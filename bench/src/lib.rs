@@ -1,8 +1,12 @@
 //! Measurements of Cordon: the HTTPS load generator ([`load`]), the side-by-side comparison
 //! with the peers that drives it ([`compare`]), the report and plots written from its results
-//! ([`report`]), and sandbox start/stop latency and memory ([`sandboxes`]).
+//! ([`report`]), sandbox start/stop latency and memory ([`sandboxes`]), and the overhead of
+//! custom tool calls ([`tools`]).
 
 pub mod compare;
+pub mod doc;
+mod fixture;
 pub mod load;
 pub mod report;
 pub mod sandboxes;
+pub mod tools;

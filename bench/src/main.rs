@@ -5,6 +5,7 @@
 //! cordon-bench compare [--duration 6] [--out bench/results]
 //! cordon-bench report bench/results/<date>.json [--doc docs/BENCHMARKS.md]
 //! cordon-bench sandboxes [--count 20] [--out bench/results] [--doc docs/BENCHMARKS.md]
+//! cordon-bench tools [--calls 20] [--out bench/results] [--doc docs/BENCHMARKS.md]
 //! ```
 
 mod cli;

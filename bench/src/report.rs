@@ -37,13 +37,16 @@ pub fn write(
         images.push(links);
     }
     let mut text = markdown::render(results, json_name, &images, analysis);
-    // The sandbox figures come from another run (`cordon-bench sandboxes`): kept as they are.
-    if let Ok(old) = std::fs::read_to_string(doc)
-        && let Some(section) = crate::sandboxes::doc_section(&old)
-    {
-        text.push('\n');
-        text.push_str(section);
-        text.push('\n');
+    // The sandbox and tool figures come from other runs (`cordon-bench sandboxes`, `tools`):
+    // kept as they are.
+    if let Ok(old) = std::fs::read_to_string(doc) {
+        for name in crate::doc::SECTIONS {
+            if let Some(section) = crate::doc::section(&old, name) {
+                text.push('\n');
+                text.push_str(section);
+                text.push('\n');
+            }
+        }
     }
     std::fs::write(doc, text).with_context(|| format!("writing {}", doc.display()))
 }

@@ -7,8 +7,8 @@
 //! call's wall time: for start, from the call to the agent answering its health check; the
 //! CLI adds its own process start (a few milliseconds) on top.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cordon_controller::config::SandboxConfig;
@@ -16,40 +16,9 @@ use cordon_controller::http::HttpClient;
 use cordon_controller::sandbox::Runtime;
 use hdrhistogram::Histogram;
 
+use crate::fixture::{ProxyProcess, binary, free_port, images_dir, percentile};
+
 const POLICY: &str = "package cordon.egress\nimport rego.v1\ndefault decision := false\n";
-
-fn binary(name: &str) -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let path = exe
-        .parent()
-        .map(|d| d.join(name))
-        .ok_or("cannot locate the binaries")?;
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(format!(
-            "{} is not built: run `cargo build --release --workspace --bins`",
-            path.display()
-        ))
-    }
-}
-
-fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| e.to_string())
-}
-
-/// The proxy, killed on drop.
-struct ProxyProcess(Child);
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// PSS in KiB of the processes whose command line names `marker` (a session's bundle path).
 fn pss_kib(marker: &str) -> u64 {
@@ -76,45 +45,6 @@ fn pss_kib(marker: &str) -> u64 {
                 .and_then(|v| v.parse::<u64>().ok())
         })
         .sum()
-}
-
-fn percentile(h: &Histogram<u64>, q: f64) -> f64 {
-    h.value_at_quantile(q) as f64 / 1000.0
-}
-
-/// The image store sandboxes run from: `$CORDON_IMAGES`, default `~/.cache/cordon/images`
-/// (where `make up` and `make test` build the default image).
-fn images_dir() -> std::path::PathBuf {
-    std::env::var_os("CORDON_IMAGES").map_or_else(
-        || {
-            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-                .join(".cache/cordon/images")
-        },
-        std::path::PathBuf::from,
-    )
-}
-
-/// Where the sandbox figures are in docs/BENCHMARKS.md: `cordon-bench sandboxes --doc`
-/// rewrites what is between the markers, and `cordon-bench report` keeps it.
-const BEGIN: &str = "<!-- cordon-bench sandboxes: begin -->";
-const END: &str = "<!-- cordon-bench sandboxes: end -->";
-
-/// The sandbox section of a benchmarks document, markers included.
-pub fn doc_section(doc: &str) -> Option<&str> {
-    let start = doc.find(BEGIN)?;
-    let end = doc[start..].find(END)? + start + END.len();
-    Some(&doc[start..end])
-}
-
-/// Puts `section` (markers included) into the document at `doc`, in place of the old one or
-/// at its end.
-fn write_doc(doc: &Path, section: &str) -> Result<(), String> {
-    let old = std::fs::read_to_string(doc).unwrap_or_default();
-    let new = match doc_section(&old) {
-        Some(existing) => old.replacen(existing, section, 1),
-        None => format!("{}\n{section}\n", old.trim_end()),
-    };
-    std::fs::write(doc, new).map_err(|e| format!("{}: {e}", doc.display()))
 }
 
 /// Runs the measurements; returns a human summary, writes JSON under `out` and, with `doc`,
@@ -197,7 +127,7 @@ pub async fn run(count: usize, out: &Path, doc: Option<&Path>) -> Result<String,
     if let Some(doc) = doc
         && report.failures.is_empty()
     {
-        write_doc(doc, &report.markdown(count, &file))?;
+        crate::doc::write_section(doc, "sandboxes", &report.markdown(count, &file))?;
     }
     if report.failures.is_empty() {
         Ok(format!("{summary}\nwritten to {}", file.display()))
@@ -339,7 +269,7 @@ impl Report {
         let pss = mib(&self.cold_pss_kib);
         let date = time::OffsetDateTime::now_utc().date();
         format!(
-            "{BEGIN}\n## Sandboxes\n\n\
+            "{begin}\n## Sandboxes\n\n\
              Written by `cordon-bench sandboxes --count {count} --doc docs/BENCHMARKS.md` (root; \
              the release build) from [`{json}`](../{json}) on {date}, {cpus} CPUs, network mode \
              {network}. The library calls `serve` makes; times from the call until the agent \
@@ -351,7 +281,9 @@ impl Report {
              | idle memory per sandbox, PSS, median of {count} | <= 16 MiB | {pss:.1} MiB | {m4} |\n\
              | workspace restore on resume (100 MiB in 100 files): resume to a call listing them, minus a fresh start to first call beside it, p50 | <= 200 ms | {restore} (resume {resume:.0} ms, fresh {fresh:.0} ms: {ratio_resume:.2}x; the workspace stays mounted while the session lives, so nothing is copied) | {m5} |\n\
              | stop, p50 | | {stop:.0} ms | |\n\n\
-             {END}",
+             {end}",
+            begin = crate::doc::begin("sandboxes"),
+            end = crate::doc::end("sandboxes"),
             json = json.display(),
             cpus = std::thread::available_parallelism().map_or(0, |n| n.get()),
             network = self.network.unwrap_or("?"),

@@ -1,5 +1,5 @@
-//! The HTTP face of the simulator (axum): the CMA routes Cordon and the official SDK use,
-//! plus `GET /sim/report`.
+//! The HTTP face of the simulator (axum): the CMA routes Cordon and the official SDK use
+//! (the Agents API's are in [`crate::agents`]), plus `GET /sim/report`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -54,6 +54,7 @@ pub fn router(world: Shared) -> Router {
             "/sim/report",
             get(|State(w): State<Shared>| async move { axum::Json(w.report()) }),
         )
+        .merge(crate::agents::routes())
         .with_state(world)
 }
 
@@ -185,8 +186,26 @@ async fn session(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<axum::Json<Value>, ApiError> {
-    check(&w, &headers, Scope::Session(&id), "get session")?;
-    w.session(&id).map(axum::Json)
+    // The organization API key may read any session (CMA.md: control-plane reads).
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let org = w
+        .authorize_org(
+            header("authorization"),
+            header("x-api-key"),
+            header("anthropic-beta"),
+            header("anthropic-version"),
+        )
+        .is_ok();
+    if org {
+        w.count_call("get session");
+    } else {
+        check(&w, &headers, Scope::Session(&id), "get session")?;
+    }
+    let mut session = w.session(&id)?;
+    if let Some(agent) = w.session_agent(&id) {
+        session["agent"] = agent;
+    }
+    Ok(axum::Json(session))
 }
 
 async fn list_events(

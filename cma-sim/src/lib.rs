@@ -2,7 +2,8 @@
 //!
 //! It serves the CMA endpoints a self-hosted environment worker uses (../shared/CMA.md): the
 //! work queue with leases and 412s, the session object, the event history and its SSE
-//! stream, and result posting. It plays an agent from a scenario file ([`scenario`]): each
+//! stream, and result posting; and the Agents API an operator uses to register custom tools
+//! ([`agents`]). It plays an agent from a scenario file ([`scenario`]): each
 //! session issues its tool calls one after another, and each result is checked against the
 //! scenario's predicates. It delivers Standard-Webhooks-signed webhooks with CMA's retries.
 //! At the end it reports what happened ([`report::Report`]).
@@ -10,6 +11,7 @@
 //! Cordon's own tests run it in-process ([`Sim::start`]); `make up` and the SDK test run the
 //! binary.
 
+pub mod agents;
 pub mod api;
 pub mod queue;
 pub mod report;

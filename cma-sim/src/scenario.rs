@@ -3,8 +3,15 @@
 //! ```toml
 //! environment_id = "env_demo"          # optional (default "env_sim")
 //!
+//! [[agents]]                           # optional: agents the Agents API starts with
+//! id = "agent_demo"                    # optional (default agent_sim_<n>)
+//! name = "demo"                        # the rest is a POST /v1/agents body
+//! model = "claude-sonnet-4-5"
+//! tools = [{ type = "agent_toolset_20260401" }]
+//!
 //! [[sessions]]
 //! id = "sesn_demo"                     # optional (default sesn_sim_<n>)
+//! agent = "agent_demo"                 # optional: GET /v1/sessions/{id} shows this agent
 //! prompt = "check the API"             # optional: the user.message that opens the session
 //! end = "terminate"                    # "terminate" (default) or "idle"
 //!
@@ -38,6 +45,10 @@ use serde_json::Value;
 pub struct Scenario {
     #[serde(default = "default_environment")]
     pub environment_id: String,
+    /// Agent definitions: `POST /v1/agents` bodies with an `id` (filled in by
+    /// [`Scenario::parse`]).
+    #[serde(default)]
+    pub agents: Vec<Value>,
     pub sessions: Vec<SessionScript>,
     /// Faults to inject, to exercise a worker's retries and reconnects.
     #[serde(default)]
@@ -56,6 +67,9 @@ pub struct SessionScript {
     pub id: Option<String>,
     #[serde(default)]
     pub prompt: Option<String>,
+    /// The id of one of the scenario's `[[agents]]`, which the session pins when it opens.
+    #[serde(default)]
+    pub agent: Option<String>,
     #[serde(default)]
     pub end: End,
     pub steps: Vec<Step>,
@@ -166,6 +180,25 @@ impl Scenario {
             return Err(invalid("it has no [[sessions]]; add at least one".into()));
         }
         let mut problems = Vec::new();
+        let mut agents = std::collections::HashSet::new();
+        for (n, agent) in scenario.agents.iter_mut().enumerate() {
+            let Some(fields) = agent.as_object_mut() else {
+                problems.push(format!("agent {} is not a table", n + 1));
+                continue;
+            };
+            let id = fields
+                .entry("id")
+                .or_insert_with(|| Value::String(format!("agent_sim_{}", n + 1)))
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if id.is_empty() || !agents.insert(id.clone()) {
+                problems.push(format!("agent id {id:?} is empty or used twice"));
+            }
+            if let Err(e) = crate::agents::check_definition(agent) {
+                problems.push(format!("agent {id}: {e}"));
+            }
+        }
         let mut seen = std::collections::HashSet::new();
         for (n, session) in scenario.sessions.iter_mut().enumerate() {
             let id = session
@@ -177,6 +210,13 @@ impl Scenario {
             }
             if session.steps.is_empty() {
                 problems.push(format!("session {id} has no [[sessions.steps]]"));
+            }
+            if let Some(agent) = &session.agent
+                && !agents.contains(agent)
+            {
+                problems.push(format!(
+                    "session {id} names agent {agent:?}, which [[agents]] does not define"
+                ));
             }
             for (i, step) in session.steps.iter().enumerate() {
                 let at = format!("session {id} step {}", i + 1);

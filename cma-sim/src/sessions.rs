@@ -225,11 +225,37 @@ fn result_text(event: &Value) -> Result<String, String> {
     for block in content {
         match block["type"].as_str() {
             Some("text") => text.push_str(block["text"].as_str().unwrap_or("")),
-            Some("image") | Some("document") => text.push_str("[non-text block]"),
+            Some("image") => text.push_str(&image_text(block)?),
+            Some("document") => text.push_str("[non-text block]"),
             _ => return Err(format!("content block {block} has no known type")),
         }
     }
     non_empty(text)
+}
+
+/// An image block as the text a scenario's predicates see: `[image <media type>, <n> bytes]`;
+/// a block CMA would refuse is an error.
+fn image_text(block: &Value) -> Result<String, String> {
+    let source = &block["source"];
+    if source["type"] != "base64" {
+        return Err(format!("image block {block} needs source.type \"base64\""));
+    }
+    let media = source["media_type"].as_str().unwrap_or("");
+    if !["image/png", "image/jpeg", "image/gif", "image/webp"].contains(&media) {
+        return Err(format!(
+            "image media_type {media:?} is not png, jpeg, gif or webp"
+        ));
+    }
+    let data = source["data"].as_str().unwrap_or("");
+    let bytes = data.trim_end_matches('=').len() * 3 / 4;
+    if bytes == 0
+        || !data
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
+    {
+        return Err("image source.data must be non-empty standard base64".into());
+    }
+    Ok(format!("[image {media}, {bytes} bytes]"))
 }
 
 fn non_empty(text: String) -> Result<String, String> {

@@ -1,5 +1,6 @@
-//! The simulated CMA: work items with leases, sessions with their event history, and the
-//! scripted agent that issues each session's tool calls and checks the results.
+//! The simulated CMA: work items with leases, sessions with their event history, the
+//! scripted agent that issues each session's tool calls and checks the results, and the
+//! agent definitions of the Agents API ([`crate::agents`]).
 //!
 //! Everything is behind one mutex; the HTTP layer ([`crate::api`]) only translates.
 
@@ -18,6 +19,8 @@ use crate::scenario::{End, Scenario, SessionScript, Verdict};
 pub struct WorldConfig {
     /// The environment key workers must present (`Authorization: Bearer`).
     pub environment_key: String,
+    /// The organization API key the Agents API takes (`ANTHROPIC_API_KEY`).
+    pub api_key: String,
     /// Whether work items carry a per-item sessions token (`secret`).
     pub sessions_token: bool,
     /// The longest lease granted, whatever `desired_ttl_seconds` asks.
@@ -32,6 +35,7 @@ impl Default for WorldConfig {
     fn default() -> Self {
         Self {
             environment_key: "sk-ant-oat01-cordon-sim".into(),
+            api_key: "sk-ant-api03-cordon-sim".into(),
             sessions_token: true,
             max_ttl: Duration::from_secs(60),
             unacked_timeout: Duration::from_secs(30),
@@ -147,6 +151,8 @@ pub(crate) struct Session {
     pub(crate) awaiting_turn: Option<usize>,
     /// Steps whose new turn has begun.
     pub(crate) turns_begun: HashSet<usize>,
+    /// The agent as it was when the session opened, if the script names one.
+    pub(crate) agent: Option<Value>,
 }
 
 /// Faults the simulator injects (scenario `[faults]`), each a count of first occurrences.
@@ -162,12 +168,18 @@ pub struct Faults {
     /// The first N event streams are closed after their first event.
     #[serde(default)]
     pub stream_drops: u32,
+    /// The first N agent reads (`GET /v1/agents/{id}`) are each followed by another client's
+    /// edit of that agent, so an update based on them conflicts (409).
+    #[serde(default)]
+    pub agent_edit_races: u32,
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct Inner {
     pub(crate) work: Vec<WorkItem>,
     pub(crate) sessions: BTreeMap<String, Session>,
+    /// Agents as the Agents API returns them, oldest first ([`crate::agents`]).
+    pub(crate) agents: Vec<Value>,
     pub(crate) violations: Vec<String>,
     pub(crate) webhooks: Vec<WebhookReport>,
     pub(crate) calls: BTreeMap<String, u64>,
@@ -227,6 +239,7 @@ impl World {
             config,
             inner: Mutex::new(Inner {
                 faults: scenario.faults.clone(),
+                agents: crate::agents::seed(&scenario.agents),
                 run: random_token(""),
                 ..Default::default()
             }),
@@ -296,6 +309,10 @@ impl World {
                 .enumerate()
                 .map(|(index, step)| StepReport::pending(index, &step.tool))
                 .collect();
+            let agent = script
+                .agent
+                .as_deref()
+                .and_then(|agent| crate::agents::snapshot(&inner, agent));
             inner.sessions.insert(
                 id.clone(),
                 Session {
@@ -312,6 +329,7 @@ impl World {
                     created_at: now(),
                     awaiting_turn: None,
                     turns_begun: HashSet::new(),
+                    agent,
                 },
             );
             push(

@@ -19,6 +19,11 @@ pub struct ControllerSection {
     pub drain_interval_ms: u64,
     pub max_idle_ms: u64,
     pub lease_ttl_secs: u32,
+    /// The custom tools file (docs/TOOLS.md), relative to cordon.toml.
+    pub tools: Option<PathBuf>,
+    /// The controller's audit log of custom tool calls (JSON lines), relative to cordon.toml;
+    /// default `<state_dir>/controller/audit.jsonl`.
+    pub audit_log: Option<PathBuf>,
 }
 
 impl Default for ControllerSection {
@@ -35,6 +40,8 @@ impl Default for ControllerSection {
             drain_interval_ms: 30_000,
             max_idle_ms: 60_000,
             lease_ttl_secs: 60,
+            tools: None,
+            audit_log: None,
         }
     }
 }

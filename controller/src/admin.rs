@@ -112,9 +112,11 @@ async fn rows(admin: &Admin) -> Result<Vec<SessionRow>, String> {
     let work = admin.store.work_by_session().map_err(|e| e.to_string())?;
     let egress = proxy_egress(admin).await;
     let mut rows: Vec<SessionRow> = match &admin.sandbox {
+        // A custom tool call's sandbox serves no session (`sandbox list` shows it).
         Some(config) => list_sessions(config, &admin.store)
             .map_err(|e| e.to_string())?
             .into_iter()
+            .filter(|v| v.state != "tool")
             .map(|v| SessionRow {
                 serving: admin.stops.serving(&v.id),
                 work: work.get(&v.id).cloned(),

@@ -12,3 +12,4 @@ pub mod metrics;
 pub mod proxy_admin;
 pub mod sandbox;
 pub mod store;
+pub mod tools;

@@ -8,12 +8,14 @@
 //! cordon-controller sandbox reconcile --config cordon.toml
 //! cordon-controller serve --config cordon.toml      # CMA: webhooks, work queue, admin API
 //! cordon-controller sessions --config cordon.toml [--json] [--stop ID]
+//! cordon-controller tools check|schema --config cordon.toml [--file tools.toml]
 //! ```
 //!
 //! Exit codes: 0 success (exec: the command's own status), 64 bad configuration or arguments,
-//! 69 a prerequisite is missing or the sandbox could not be started, 70 anything else.
+//! 65 the tools file has errors, 69 a prerequisite is missing or the sandbox could not be started, 70 anything else.
 
 mod cli_image;
+mod cli_tools;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -23,6 +25,8 @@ use clap::{Parser, Subcommand};
 use cordon_controller::config::SandboxConfig;
 use cordon_controller::http::HttpClient;
 use cordon_controller::sandbox::{Runtime, SandboxError, agent_endpoint};
+use cordon_controller::tools::CustomTools;
+use cordon_controller::tools::setup::ToolsConfig;
 use cordon_sandbox_agent::ExecRequest;
 
 #[derive(Debug, Parser)]
@@ -54,6 +58,11 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Custom tools (docs/TOOLS.md): check the tools file, print its CMA `tools` entries.
+    Tools {
+        #[command(subcommand)]
+        action: cli_tools::ToolsAction,
+    },
     /// Lists the sessions of the running controller (`serve`): sandbox state, work item,
     /// tool calls, egress decisions. `--stop ID` stops serving one.
     Sessions {
@@ -68,10 +77,10 @@ enum Command {
 }
 
 #[derive(Debug, clap::Args)]
-struct Common {
+pub(crate) struct Common {
     /// The gateway's cordon.toml (the same file the proxy runs on).
     #[arg(long, default_value = "/etc/cordon/cordon.toml")]
-    config: PathBuf,
+    pub(crate) config: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -177,6 +186,7 @@ async fn main() -> ExitCode {
         Command::Image { action } => cli_image::run(action),
         Command::Serve { common } => serve(common).await,
         Command::Sessions { common, json, stop } => sessions(common, json, stop).await,
+        Command::Tools { action } => cli_tools::run(action),
     };
     match result {
         Ok(code) | Err(code) => code,
@@ -235,9 +245,38 @@ async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
         // serve lives as long as its sandboxes: they run detached, reaped by it.
         runtime.detach_sandboxes().map_err(|e| fail(&e))?;
         let runtime = Arc::new(runtime);
+        let tools = ToolsConfig::load(&common.config, runtime.config()).map_err(|e| {
+            eprintln!("cordon-controller: {e}");
+            ExitCode::from(64)
+        })?;
         // After a crash: sandboxes still running are kept for their sessions to resume; what
         // vanished or was half-made is cleaned up.
         report_reconcile(runtime.reconcile().await);
+        // A tools file with errors is refused now, every error at once; later, a reload
+        // with errors keeps the last good set serving.
+        let custom_tools = match tools.path.clone() {
+            None => None,
+            Some(path) => {
+                let tools = CustomTools::start(tools, runtime.clone(), metrics.clone())
+                    .await
+                    .map_err(|errors| {
+                        eprintln!(
+                            "cordon-controller: the tools file {} has {} error(s):\n  {}",
+                            path.display(),
+                            errors.len(),
+                            errors.join("\n  ")
+                        );
+                        ExitCode::from(64)
+                    })?;
+                eprintln!(
+                    "cordon-controller: serving custom tools from {}: {}",
+                    path.display(),
+                    tools.names().join(", ")
+                );
+                tokio::spawn(tools.clone().watch());
+                Some(tools)
+            }
+        };
         let worker = format!("cordon-{}", std::process::id());
         let client = cordon_controller::cma::client::CmaClient::new(
             &work.base_url,
@@ -261,6 +300,7 @@ async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
             lease_ttl_secs: work.lease_ttl_secs,
             wake: receiver.wake.clone(),
             stops: receiver.stops.clone(),
+            custom_tools,
         });
         eprintln!(
             "cordon-controller: serving work of environment {} at {}",

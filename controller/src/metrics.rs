@@ -2,7 +2,9 @@
 //! listener's `GET /metrics`. Label values come from closed sets; session ids and tool inputs
 //! are never labels.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 /// Every metric the controller exports, in its own registry.
 #[derive(Debug, Clone)]
@@ -25,7 +27,31 @@ pub struct ControllerMetrics {
     pub sandbox_starts: IntCounterVec,
     /// Tool calls a resource limit stopped, by `limit` = memory | pids | workspace_disk.
     pub sandbox_limit_hits: IntCounterVec,
+    /// Custom tool calls, by `tool` (a name tools.toml declares, or `undeclared`) and
+    /// `outcome` (see [`CUSTOM_TOOL_OUTCOMES`]).
+    pub custom_tool_calls: IntCounterVec,
+    /// A custom tool call's wall time, from the call to its result, by `tool`.
+    pub custom_tool_duration: HistogramVec,
 }
+
+/// How a custom tool call ended: `ok`; `error` (the handler answered with an error, exited
+/// non-zero or its service answered non-2xx); `timeout`; `invalid_input` (refused by the
+/// tool's schema, nothing ran); `refused` (the egress policy refused an http tool's request);
+/// `failed` (Cordon could not run the handler); `undeclared` (the agent called a tool
+/// tools.toml does not declare).
+pub const CUSTOM_TOOL_OUTCOMES: [&str; 7] = [
+    "ok",
+    "error",
+    "timeout",
+    "invalid_input",
+    "refused",
+    "failed",
+    "undeclared",
+];
+
+const TOOL_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0, 600.0,
+];
 
 /// The limits `sandbox_limit_hits` counts.
 pub const LIMITS: [&str; 3] = ["memory", "pids", "workspace_disk"];
@@ -98,6 +124,24 @@ impl ControllerMetrics {
             ),
             &["limit"],
         )?;
+        let custom_tool_calls = IntCounterVec::new(
+            Opts::new(
+                "cordon_controller_custom_tool_calls_total",
+                "Custom tool calls, by tool and outcome",
+            ),
+            &["tool", "outcome"],
+        )?;
+        let custom_tool_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "cordon_controller_custom_tool_duration_seconds",
+                "Custom tool calls' wall time, from the call to its result, by tool",
+            )
+            .buckets(TOOL_BUCKETS.to_vec()),
+            &["tool"],
+        )?;
+        registry.register(Box::new(custom_tool_calls.clone()))?;
+        registry.register(Box::new(custom_tool_duration.clone()))?;
+        custom_tool_calls.with_label_values(&["undeclared", "undeclared"]);
         registry.register(Box::new(sandbox_starts.clone()))?;
         registry.register(Box::new(sandbox_limit_hits.clone()))?;
         for kind in ["warm", "cold"] {
@@ -147,7 +191,18 @@ impl ControllerMetrics {
             work_items,
             sandbox_starts,
             sandbox_limit_hits,
+            custom_tool_calls,
+            custom_tool_duration,
         })
+    }
+
+    /// Shows every outcome of each declared custom tool as zero from the start.
+    pub fn declare_custom_tools<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        for name in names {
+            for outcome in CUSTOM_TOOL_OUTCOMES.iter().filter(|o| **o != "undeclared") {
+                self.custom_tool_calls.with_label_values(&[name, outcome]);
+            }
+        }
     }
 
     /// The Prometheus text exposition.

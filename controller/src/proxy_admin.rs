@@ -61,17 +61,52 @@ impl ProxyAdmin {
         format!("http://{}{path}", self.address)
     }
 
-    /// `PUT /sessions/{id}`: traffic from `source` is session `id`'s.
+    /// `PUT /sessions/{id}`: traffic from `source` is session `id`'s (and no longer from any
+    /// other source it had).
     pub async fn register(&self, id: &str, source: IpAddr) -> Result<(), ProxyAdminError> {
+        self.put(id, source, None, &BTreeMap::new(), false).await
+    }
+
+    /// `PUT /sessions/{id}` with `shared`: traffic from `source` is also `id`'s, with these
+    /// labels; the id's other sources stay (a custom tool's calls in flight).
+    pub async fn register_shared(
+        &self,
+        id: &str,
+        source: IpAddr,
+        agent_id: Option<&str>,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), ProxyAdminError> {
+        self.put(id, source, agent_id, labels, true).await
+    }
+
+    async fn put(
+        &self,
+        id: &str,
+        source: IpAddr,
+        agent_id: Option<&str>,
+        labels: &BTreeMap<String, String>,
+        shared: bool,
+    ) -> Result<(), ProxyAdminError> {
         #[derive(Serialize)]
-        struct Body {
+        struct Body<'a> {
             source: IpAddr,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            agent_id: Option<&'a str>,
+            #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+            labels: &'a BTreeMap<String, String>,
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            shared: bool,
         }
-        let body =
-            serde_json::to_string(&Body { source }).map_err(|e| ProxyAdminError::Protocol {
-                url: self.url("/sessions"),
-                message: e.to_string(),
-            })?;
+        let body = serde_json::to_string(&Body {
+            source,
+            agent_id,
+            labels,
+            shared,
+        })
+        .map_err(|e| ProxyAdminError::Protocol {
+            url: self.url("/sessions"),
+            message: e.to_string(),
+        })?;
         self.http
             .call(
                 http::Method::PUT,
@@ -81,6 +116,16 @@ impl ProxyAdmin {
             )
             .await?;
         Ok(())
+    }
+
+    /// `DELETE /sessions/{id}?source=..`: only that source of the session; one the proxy does
+    /// not know is not an error.
+    pub async fn unregister_source(&self, id: &str, source: IpAddr) -> Result<(), ProxyAdminError> {
+        let url = self.url(&format!("/sessions/{id}?source={source}"));
+        match self.http.call(http::Method::DELETE, &url, None, None).await {
+            Ok(_) | Err(HttpError::Status { status: 404, .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// `DELETE /sessions/{id}`; a session the proxy does not know is not an error.

@@ -36,9 +36,12 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 
+use self::bundle::HostMount;
 use self::firewall::{Applier, Firewall};
 use self::locks::SessionLocks;
-use self::names::{SessionNames, is_warm_id, slot_count, valid_session_id};
+use self::names::{
+    SessionNames, is_tool_id, is_warm_id, new_tool_id, slot_count, valid_session_id,
+};
 pub use self::reconcile::Reconciled;
 use self::runsc::{HostSupport, Runsc};
 use self::workspace::{WorkspaceError, Workspaces};
@@ -131,7 +134,8 @@ impl RootChoice {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SessionView {
     pub id: String,
-    /// `starting`, `running`, `stopped`, `failed`, or `warm` (in the warm pool, no session).
+    /// `starting`, `running`, `stopped`, `failed`, `warm` (in the warm pool, no session) or
+    /// `tool` (a custom tool call's).
     pub state: &'static str,
     pub address: Ipv4Addr,
     pub network_mode: Option<String>,
@@ -339,11 +343,10 @@ impl Runtime {
             return Err(SandboxError::Prerequisite(format!(
                 "image {:?} has no glibc (no libc.so.6 under /lib/x86_64-linux-gnu or \
                  /usr/lib/x86_64-linux-gnu: a musl image such as Alpine?), and the sandbox \
-                 agent {} is linked against glibc, so it cannot run there. Use a glibc image \
-                 (Debian, Ubuntu, the default one), or build the agent statically \
-                 (RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p \
-                 cordon-sandbox-agent --target x86_64-unknown-linux-gnu) and set [sandbox] \
-                 agent to that binary",
+                 agent {} is linked against glibc, so it cannot run there. Build the \
+                 statically linked agent, which runs on every image (`make build` does, and \
+                 the controller picks it when [sandbox] agent is not set), or use a glibc \
+                 image (Debian, Ubuntu, the default one)",
                 image.name,
                 self.config.agent.display()
             )));
@@ -415,7 +418,26 @@ impl Runtime {
         if let Some(claimed) = self.claim_warm(id, &root, started).await? {
             return Ok(claimed);
         }
-        self.start_sandbox(id, &root, false, started).await
+        self.start_sandbox(id, &root, false, &[], started).await
+    }
+
+    /// Starts a sandbox for one custom tool call on image `image` (default: `[sandbox] image`)
+    /// with the tool's `mounts`, and waits until its agent answers. Its id is a new tool id
+    /// (`.tool...`); it has an empty in-memory `/workspace` and is unknown to the proxy
+    /// until the caller registers it (tools/run.rs). Stop it with [`Runtime::stop`]: nothing
+    /// of it stays, not even its record.
+    pub async fn start_tool(
+        &self,
+        image: Option<&str>,
+        mounts: &[HostMount],
+    ) -> Result<Started, SandboxError> {
+        let started = Instant::now();
+        let id = new_tool_id();
+        let _whole = self.whole.read().await;
+        let _sandbox = self.locks.lock(&id).await;
+        self.check_prerequisites()?;
+        let root = self.choose_root(image)?;
+        self.start_sandbox(&id, &root, false, mounts, started).await
     }
 
     /// Starts a new sandbox under `id` (a session id, or a pool id when `warm`). The caller
@@ -425,6 +447,7 @@ impl Runtime {
         id: &str,
         root: &RootChoice,
         warm: bool,
+        mounts: &[HostMount],
         started: Instant,
     ) -> Result<Started, SandboxError> {
         let token: String = rand::rng()
@@ -446,7 +469,7 @@ impl Runtime {
                 "host".to_string()
             }
         };
-        match self.bring_up(&record, &names, root).await {
+        match self.bring_up(&record, &names, root, mounts).await {
             Ok(support) => {
                 self.store.set_running(id, support.network.as_str())?;
                 tracing::info!(
@@ -521,23 +544,32 @@ impl Runtime {
         record: &SessionRecord,
         names: &SessionNames,
         root: &RootChoice,
+        mounts: &[HostMount],
     ) -> Result<HostSupport, SandboxError> {
         let made = names.clone();
         blocking(move || network::create(&made)).await?;
         self.apply_firewall().await?;
         // A warm sandbox serves no session yet: the proxy learns its address when one claims
-        // it, and until then treats it as no session's.
-        if !record.warm {
+        // it, and until then treats it as no session's. A tool call's sandbox is registered
+        // by its caller, under the tool's identity.
+        let tool = is_tool_id(&record.id);
+        if !record.warm && !tool {
             self.register(&record.id, names.sandbox_addr).await?;
         }
-        let key = self
-            .store
-            .workspace_dir(&record.id)?
-            .unwrap_or_else(|| record.sandbox_id.clone());
-        let workspaces = self.workspaces.clone();
-        let attach_key = key.clone();
-        let workspace = blocking(move || workspaces.attach(&attach_key)).await?;
-        self.store.workspace_used(&record.id, &key)?;
+        // A tool call keeps nothing: its /workspace is in memory.
+        let workspace = if tool {
+            None
+        } else {
+            let key = self
+                .store
+                .workspace_dir(&record.id)?
+                .unwrap_or_else(|| record.sandbox_id.clone());
+            let workspaces = self.workspaces.clone();
+            let attach_key = key.clone();
+            let workspace = blocking(move || workspaces.attach(&attach_key)).await?;
+            self.store.workspace_used(&record.id, &key)?;
+            Some(workspace)
+        };
         let dir = self.session_dir(&record.sandbox_id);
         let support = self
             .host_support(names, dir.join("probe"), root.path())
@@ -548,6 +580,7 @@ impl Runtime {
         let (config, runsc, names_for_spawn) =
             (self.config.clone(), self.runsc.clone(), names.clone());
         let (token, root_path) = (record.token.clone(), root.path());
+        let mounts = mounts.to_vec();
         let (image_env, mask_host) = match root {
             RootChoice::Image(image) => (image.env.clone(), false),
             RootChoice::Host => (Vec::new(), true),
@@ -560,7 +593,8 @@ impl Runtime {
                     config: &config,
                     names: &names_for_spawn,
                     token: &token,
-                    workspace: &workspace,
+                    workspace: workspace.as_deref(),
+                    mounts: &mounts,
                     own_network_namespace: support.network == runsc::NetworkMode::Sandbox,
                     root: &root_path,
                     image_env: &image_env,
@@ -679,7 +713,12 @@ impl Runtime {
     /// Records how a sandbox ended. A warm sandbox no session claimed leaves nothing: its
     /// record and its (empty) workspace go.
     async fn record_end(&self, record: &SessionRecord, failure: Option<&str>) {
-        let recorded = if is_warm_id(&record.id) {
+        let recorded = if is_tool_id(&record.id) {
+            if let Some(why) = failure {
+                tracing::warn!(sandbox = %record.id, error = why, "a tool call's sandbox failed");
+            }
+            self.store.forget_session(&record.id)
+        } else if is_warm_id(&record.id) {
             let workspaces = self.workspaces.clone();
             let key = record.sandbox_id.clone();
             if let Err(e) = blocking(move || workspaces.remove(&key)).await {
@@ -759,6 +798,7 @@ impl Runtime {
         problems: &mut Vec<String>,
     ) {
         if !record.warm
+            && !is_tool_id(&record.id)
             && let Err(e) = self.proxy.unregister(&record.id).await
         {
             problems.push(format!("proxy registration: {e}"));
@@ -824,8 +864,14 @@ pub fn list_sessions(
         .into_iter()
         .map(|r| SessionView {
             address: SessionNames::new(config, &r.sandbox_id, r.slot).sandbox_addr,
+            state: if r.warm {
+                "warm"
+            } else if is_tool_id(&r.id) && r.state.is_live() {
+                "tool"
+            } else {
+                r.state.as_str()
+            },
             id: r.id,
-            state: if r.warm { "warm" } else { r.state.as_str() },
             network_mode: r.network_mode,
             image: r.image,
             created_at: r.created_at,

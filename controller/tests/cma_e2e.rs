@@ -2,192 +2,22 @@
 //! webhook to the real `cordon-controller serve`, which claims the work item, starts a gVisor
 //! sandbox behind the real proxy, runs the demo scenario's tool calls in it (an API call with
 //! a credential the proxy injects, a request the policy refuses, the file tools in
-//! /workspace), posts the results the scenario checks, and tears everything down when the
-//! session terminates. Also: a controller killed mid-session and started again resumes the
+//! /workspace, the example custom tools in sandboxes of their own and through the proxy),
+//! posts the results the scenario checks, and tears everything down when the session
+//! terminates. Also: a controller killed mid-session and started again resumes the
 //! session with the same lease, and no tool call is answered twice.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cordon_cma_sim::Sim;
-use cordon_cma_sim::report::Report;
 use cordon_cma_sim::scenario::Scenario;
-use cordon_cma_sim::webhook::{Delivery, SigningKey};
-use cordon_cma_sim::world::WorldConfig;
-use cordon_testkit::free_port;
-use support::{Setup, World};
-
-/// The demo's token: the upstream must see it, the sandbox never.
-const TOKEN: &str = "cordon-demo-token-4d1c2b";
-const WEBHOOK_SECRET: &str = "whsec_Y29yZG9uLWUyZS13ZWJob29rLXNpZ25pbmcta2V5";
-const ENVIRONMENT_KEY: &str = "sk-ant-oat01-cordon-e2e-environment-key";
-
-fn demo(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/demo")
-        .join(path)
-}
-
-/// `cordon-controller serve`, killed (by its pid) when dropped.
-struct Controller {
-    child: Child,
-    admin: u16,
-}
-
-impl Controller {
-    fn start(world: &World, admin: u16, log: &str) -> Controller {
-        let child = Command::new(env!("CARGO_BIN_EXE_cordon-controller"))
-            .args(["serve", "--config"])
-            .arg(world.config())
-            .env("CORDON_TEST_ENV_KEY", ENVIRONMENT_KEY)
-            .env("CORDON_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(world.dir.path().join(log)).unwrap())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", admin)).is_err() {
-            assert!(Instant::now() < deadline, "the controller did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Controller { child, admin }
-    }
-
-    fn admin(&self, path: &str) -> String {
-        let out = Command::new("curl")
-            .args(["-sS", &format!("http://127.0.0.1:{}{path}", self.admin)])
-            .output()
-            .unwrap();
-        support::text(&out.stdout)
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A world wired for CMA: the demo policy and secret store, `[controller]` pointing at the
-/// simulator.
-fn cma_world(
-    second_octet: u8,
-    sim: &Sim,
-    environment: &str,
-    (listen, admin): (u16, u16),
-    sandbox_extra: &str,
-) -> World {
-    let policy = std::fs::read_to_string(demo("policy/policy.rego")).unwrap();
-    let secrets = std::fs::read_to_string(demo("secrets.toml")).unwrap();
-    let controller = format!(
-        "[credentials]\nstore = \"secrets.toml\"\n\
-         [controller]\nlisten = \"127.0.0.1:{listen}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
-         webhook_secret_file = \"webhook-secret\"\nenvironment_id = \"{environment}\"\n\
-         environment_key_env = \"CORDON_TEST_ENV_KEY\"\nbase_url = \"{}\"\n\
-         drain_interval_ms = 1000\nmax_idle_ms = 2000\nlease_ttl_secs = 30\n",
-        sim.base_url()
-    );
-    World::build(
-        second_octet,
-        24,
-        Setup {
-            hosts: &["api.example.test", "blocked.example.test"],
-            policy: &policy,
-            extra_toml: &controller,
-            sandbox_extra,
-            files: &[
-                ("secrets.toml", &secrets),
-                ("example-api-token", TOKEN),
-                ("webhook-secret", WEBHOOK_SECRET),
-            ],
-        },
-    )
-}
-
-async fn start_sim(scenario: &Scenario, webhook_port: u16) -> Sim {
-    Sim::start(
-        scenario,
-        WorldConfig {
-            environment_key: ENVIRONMENT_KEY.into(),
-            ..WorldConfig::default()
-        },
-        Some(Delivery {
-            url: format!("http://127.0.0.1:{webhook_port}/webhooks"),
-            key: SigningKey::parse(WEBHOOK_SECRET).unwrap(),
-            backoff: Duration::from_millis(300),
-        }),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap()
-}
-
-/// A simulator playing `scenario`, a world wired to it, and a controller serving it; the
-/// scenario's sessions are open.
-async fn start(scenario: &Scenario, second_octet: u8) -> (Sim, World, Controller) {
-    start_with(scenario, second_octet, "").await
-}
-
-/// [`start`] with `sandbox_extra` added to `[sandbox]`.
-async fn start_with(
-    scenario: &Scenario,
-    second_octet: u8,
-    sandbox_extra: &str,
-) -> (Sim, World, Controller) {
-    let (listen, admin) = (free_port(), free_port());
-    let sim = start_sim(scenario, listen).await;
-    let mut world = cma_world(
-        second_octet,
-        &sim,
-        &scenario.environment_id,
-        (listen, admin),
-        sandbox_extra,
-    );
-    world
-        .sessions
-        .extend(scenario.sessions.iter().map(|s| s.id().to_string()));
-    let controller = Controller::start(&world, admin, "controller.log");
-    sim.open_sessions();
-    (sim, world, controller)
-}
-
-/// Waits until the sandbox of `session` is gone (its netns removed), at most 20 s.
-fn wait_for_teardown(world: &World, session: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while world.netns_exists(session) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert!(
-        !world.netns_exists(session),
-        "the sandbox of {session} is still there"
-    );
-    assert!(world.containers().is_empty(), "{:?}", world.containers());
-}
-
-fn logs(world: &World) -> String {
-    let mut out = String::new();
-    for name in ["controller.log", "controller-2.log", "proxy.log"] {
-        if let Ok(text) = std::fs::read_to_string(world.dir.path().join(name)) {
-            let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            out.push_str(&format!("--- {name} (last lines) ---\n"));
-            for line in tail.into_iter().rev() {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-    }
-    out
-}
-
-fn assert_passed(report: &Report, world: &World) {
-    assert!(report.passed, "{}\n{}", report.summary(), logs(world));
-}
+use support::cma::{
+    Controller, ENVIRONMENT_KEY, TOKEN, assert_passed, demo, logs, start, start_with,
+    wait_for_teardown, wait_for_teardown_leaving,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_starts_a_session_that_runs_in_a_sandbox_and_ends_cleanly() {
@@ -230,11 +60,7 @@ async fn a_webhook_starts_a_session_that_runs_in_a_sandbox_and_ends_cleanly() {
 
     // The audit log: the injected request and the refused one, both the session's.
     let audit = std::fs::read_to_string(world.dir.path().join("state/audit.log")).unwrap();
-    let records: Vec<serde_json::Value> = audit
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .filter(|r: &serde_json::Value| r["session"] == "sesn_demo" && r["kind"] == "request")
-        .collect();
+    let records = records_of(&audit, "sesn_demo");
     assert!(records.iter().any(|r| r["host"] == "api.example.test"
         && r["decision"] == "allow"
         && r["credentials"][0] == "example-api->authorization"));
@@ -245,9 +71,50 @@ async fn a_webhook_starts_a_session_that_runs_in_a_sandbox_and_ends_cleanly() {
     );
     assert!(!audit.contains(TOKEN));
 
-    // The sandbox is gone: no netns, no container, no proxy registration.
-    wait_for_teardown(&world, "sesn_demo");
+    // The custom tools: ticket_search reached the desk as tool:ticket_search with the token
+    // injected; its result (checked by the scenario) never held it.
+    let search: Vec<&String> = received
+        .iter()
+        .filter(|h| h.contains("POST /v1/tickets/search"))
+        .collect();
+    assert_eq!(search.len(), 1, "{received:?}");
+    assert!(
+        search[0]
+            .to_lowercase()
+            .contains(&format!("authorization: bearer {TOKEN}"))
+            && search[0].contains("x-cordon-session: sesn_demo"),
+        "{}",
+        search[0]
+    );
+    assert!(records_of(&audit, "tool:ticket_search").iter().any(|r| {
+        r["decision"] == "allow"
+            && r["reason"] == "ticket_search for session sesn_demo"
+            && r["credentials"][0] == "example-api->authorization"
+    }));
+    // The controller's audit log: one record per call, sizes and outcome, never the input.
+    let calls =
+        std::fs::read_to_string(world.dir.path().join("state/controller/audit.jsonl")).unwrap();
+    let calls: Vec<serde_json::Value> = calls
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let tools: Vec<&str> = calls.iter().map(|c| c["tool"].as_str().unwrap()).collect();
+    assert_eq!(tools, ["lookup_order", "ticket_search", "order_chart"]);
+    assert!(calls.iter().all(|c| c["outcome"] == "ok"
+        && c["session"] == "sesn_demo"
+        && c["kind"] == "custom_tool_call"));
+    assert_eq!(calls[2]["images"], 1);
+    assert!(!calls.iter().any(|c| c.to_string().contains("ord_1002")));
+
+    // The sandbox is gone: no netns, no container, no proxy registration. One container
+    // stays: lookup_order's warm sandbox, started again after its call used the first.
+    wait_for_teardown_leaving(&world, "sesn_demo", 1);
     assert!(!world.registrations().contains("sesn_demo"));
+    assert!(
+        !world.registrations().contains("tool:"),
+        "{}",
+        world.registrations()
+    );
 
     // The controller's metrics and sessions view say what happened.
     let metrics = controller.admin("/metrics");
@@ -259,6 +126,10 @@ async fn a_webhook_starts_a_session_that_runs_in_a_sandbox_and_ends_cleanly() {
         "cordon_controller_work_items_total{end=\"terminated\"} 1",
         "cordon_controller_lease_losses_total 0",
         "cordon_controller_session_start_seconds_count 1",
+        "cordon_controller_custom_tool_calls_total{outcome=\"ok\",tool=\"lookup_order\"} 1",
+        "cordon_controller_custom_tool_calls_total{outcome=\"ok\",tool=\"ticket_search\"} 1",
+        "cordon_controller_custom_tool_calls_total{outcome=\"ok\",tool=\"order_chart\"} 1",
+        "cordon_controller_custom_tool_duration_seconds_count{tool=\"order_chart\"} 1",
     ] {
         assert!(metrics.contains(line), "{line} in\n{metrics}");
     }
@@ -267,7 +138,7 @@ async fn a_webhook_starts_a_session_that_runs_in_a_sandbox_and_ends_cleanly() {
     assert_eq!(row["id"], "sesn_demo");
     assert_eq!(row["state"], "stopped");
     assert_eq!(row["serving"], false);
-    assert_eq!(row["work"]["tool_calls"], 7);
+    assert_eq!(row["work"]["tool_calls"], 10);
     assert_eq!(row["work"]["end_reason"], "terminated");
     assert_eq!(row["egress"]["allowed"], 1, "{row}");
     assert!(row["egress"]["denied"].as_u64().unwrap() >= 1, "{row}");
@@ -278,6 +149,15 @@ async fn a_webhook_starts_a_session_that_runs_in_a_sandbox_and_ends_cleanly() {
         "{table}"
     );
     drop(controller);
+}
+
+/// The proxy's request records of `session`.
+fn records_of(audit: &str, session: &str) -> Vec<serde_json::Value> {
+    audit
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|r: &serde_json::Value| r["session"] == session && r["kind"] == "request")
+        .collect()
 }
 
 const RESTART: &str = r#"
@@ -435,7 +315,7 @@ expect = { is_error = false, contains = ["from-turn-one", "new-sandbox"] }
 async fn a_session_that_idles_finds_its_workspace_when_it_resumes() {
     let scenario = Scenario::parse(TWO_TURNS).unwrap();
     let (sim, world, controller) =
-        start_with(&scenario, 245, "workspace_retention_hours = 0\n").await;
+        start_with(&scenario, 245, "workspace_retention_hours = 0\n", None).await;
     let report = sim.wait(Duration::from_secs(240)).await;
     assert_passed(&report, &world);
     assert_eq!(

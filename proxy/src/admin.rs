@@ -58,6 +58,25 @@ struct Registration {
     agent_id: Option<String>,
     #[serde(default)]
     labels: std::collections::BTreeMap<String, String>,
+    /// Add this source to the session's others instead of moving it (sessions/registry).
+    #[serde(default)]
+    shared: bool,
+}
+
+/// `?source=IP` of a request, if given.
+fn source_param(session: &ServerSession) -> Result<Option<std::net::IpAddr>, String> {
+    let Some(query) = session.req_header().uri.query() else {
+        return Ok(None);
+    };
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        if key == "source" {
+            return value
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("source={value:?} is not an IP address"));
+        }
+    }
+    Ok(None)
 }
 
 async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, String> {
@@ -189,7 +208,7 @@ impl ServeHttp for AdminApi {
                                 return error(
                                     StatusCode::BAD_REQUEST,
                                     format!(
-                                        "expected {{\"source\": ip, \"agent_id\"?, \"labels\"?}}: {e}"
+                                        "expected {{\"source\": ip, \"agent_id\"?, \"labels\"?, \"shared\"?}}: {e}"
                                     ),
                                 );
                             }
@@ -200,7 +219,7 @@ impl ServeHttp for AdminApi {
                             agent_id: registration.agent_id,
                             labels: registration.labels,
                         };
-                        match state.sessions.register(record.clone()) {
+                        match state.sessions.register(record.clone(), registration.shared) {
                             Ok(()) => json(
                                 StatusCode::OK,
                                 serde_json::to_value(record).unwrap_or_default(),
@@ -211,15 +230,28 @@ impl ServeHttp for AdminApi {
                             Err(e) => error(StatusCode::CONFLICT, e.to_string()),
                         }
                     }
-                    Method::DELETE => match state.remove_session(id) {
-                        Some(record) => json(
-                            StatusCode::OK,
-                            serde_json::to_value(record).unwrap_or_default(),
-                        ),
-                        None => error(
-                            StatusCode::NOT_FOUND,
-                            format!("no session {id:?} is registered"),
-                        ),
+                    Method::DELETE => match source_param(session) {
+                        Err(e) => error(StatusCode::BAD_REQUEST, e),
+                        Ok(Some(source)) => match state.remove_session_source(id, source) {
+                            Some(record) => json(
+                                StatusCode::OK,
+                                serde_json::to_value(record).unwrap_or_default(),
+                            ),
+                            None => error(
+                                StatusCode::NOT_FOUND,
+                                format!("session {id:?} is not registered at {source}"),
+                            ),
+                        },
+                        Ok(None) => match state.remove_session(id) {
+                            Some(record) => json(
+                                StatusCode::OK,
+                                serde_json::to_value(record).unwrap_or_default(),
+                            ),
+                            None => error(
+                                StatusCode::NOT_FOUND,
+                                format!("no session {id:?} is registered"),
+                            ),
+                        },
                     },
                     _ => error(
                         StatusCode::METHOD_NOT_ALLOWED,

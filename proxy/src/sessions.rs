@@ -3,6 +3,11 @@
 //! The controller registers a session's address through the admin API before the sandbox
 //! starts and removes it after the sandbox is gone. A source nobody registered is session
 //! `unknown`, and the policy decides what such a source may do (the examples deny it).
+//!
+//! One source is one session's. A session usually has one source, and registering it at a
+//! new one moves it; a `shared` registration adds a source instead, for identities that act
+//! from several places at once (a custom tool, `tool:<name>`, has a sandbox or a loopback
+//! address per call in flight, each with labels naming its calling session).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -30,7 +35,7 @@ pub enum RegisterError {
     )]
     SourceTaken { address: IpAddr, holder: String },
     #[error(
-        "session id {0:?} is not valid: use 1-128 characters of letters, digits, '_', '-', '.'"
+        "session id {0:?} is not valid: use 1-128 characters of letters, digits, '_', '-', '.', ':'"
     )]
     BadId(String),
 }
@@ -44,7 +49,8 @@ pub struct SessionRegistry {
 #[derive(Debug, Default)]
 struct Registry {
     by_source: HashMap<IpAddr, SessionRecord>,
-    by_id: HashMap<String, IpAddr>,
+    /// Every source of a session (one, unless registered `shared`).
+    by_id: HashMap<String, Vec<IpAddr>>,
     /// Egress decisions per registered session, for the controller's sessions view.
     egress: HashMap<String, Arc<EgressCounts>>,
 }
@@ -73,7 +79,8 @@ pub struct EgressTotals {
 impl SessionRegistry {
     /// Registers (or re-registers, with new labels) a session. One source maps to one session:
     /// a second session claiming a taken source is refused, so no sandbox can pose as another.
-    pub fn register(&self, mut record: SessionRecord) -> Result<(), RegisterError> {
+    /// Unless `shared`, the session's other sources are released (it moved).
+    pub fn register(&self, mut record: SessionRecord, shared: bool) -> Result<(), RegisterError> {
         if !valid_id(&record.id) {
             return Err(RegisterError::BadId(record.id));
         }
@@ -87,22 +94,57 @@ impl SessionRegistry {
                 holder: holder.id.clone(),
             });
         }
-        if let Some(old_source) = inner.by_id.insert(record.id.clone(), record.source)
-            && old_source != record.source
-        {
-            inner.by_source.remove(&old_source);
+        let sources = inner.by_id.entry(record.id.clone()).or_default();
+        let moved: Vec<IpAddr> = if shared {
+            Vec::new()
+        } else {
+            let old = std::mem::take(sources);
+            old.into_iter().filter(|s| *s != record.source).collect()
+        };
+        if !sources.contains(&record.source) {
+            sources.push(record.source);
+        }
+        for old in moved {
+            inner.by_source.remove(&old);
         }
         inner.egress.entry(record.id.clone()).or_default();
         inner.by_source.insert(record.source, record);
         Ok(())
     }
 
-    /// Removes a session; returns it if it was registered.
+    /// Removes a session, every source of it; returns it if it was registered.
     pub fn remove(&self, id: &str) -> Option<SessionRecord> {
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        let source = inner.by_id.remove(id)?;
+        let sources = inner.by_id.remove(id)?;
         inner.egress.remove(id);
-        inner.by_source.remove(&source)
+        let mut removed = None;
+        for source in sources {
+            removed = inner.by_source.remove(&source).or(removed);
+        }
+        removed
+    }
+
+    /// Removes one source of session `id`, and the session with its last source; returns the
+    /// registration removed, if `source` was `id`'s.
+    pub fn remove_source(&self, id: &str, source: IpAddr) -> Option<SessionRecord> {
+        let source = normalise(source);
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if inner.by_source.get(&source).is_none_or(|r| r.id != id) {
+            return None;
+        }
+        let removed = inner.by_source.remove(&source);
+        let last = match inner.by_id.get_mut(id) {
+            Some(sources) => {
+                sources.retain(|s| *s != source);
+                sources.is_empty()
+            }
+            None => true,
+        };
+        if last {
+            inner.by_id.remove(id);
+            inner.egress.remove(id);
+        }
+        removed
     }
 
     /// Whether session `id` is registered.
@@ -194,7 +236,7 @@ fn valid_id(id: &str) -> bool {
         && id != SessionInput::UNKNOWN_ID
         && id
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
 }
 
 #[cfg(test)]
@@ -213,7 +255,9 @@ mod tests {
     #[test]
     fn finds_registered_sessions_and_calls_the_rest_unknown() {
         let registry = SessionRegistry::default();
-        registry.register(record("sesn_a", "10.200.0.2")).unwrap();
+        registry
+            .register(record("sesn_a", "10.200.0.2"), false)
+            .unwrap();
         let found = registry.lookup("10.200.0.2".parse().unwrap());
         assert_eq!(found.id, "sesn_a");
         assert_eq!(found.labels["team"], "infra");
@@ -227,13 +271,17 @@ mod tests {
     #[test]
     fn one_source_belongs_to_one_session() {
         let registry = SessionRegistry::default();
-        registry.register(record("sesn_a", "10.200.0.2")).unwrap();
+        registry
+            .register(record("sesn_a", "10.200.0.2"), false)
+            .unwrap();
         let err = registry
-            .register(record("sesn_b", "10.200.0.2"))
+            .register(record("sesn_b", "10.200.0.2"), false)
             .unwrap_err();
         assert!(matches!(err, RegisterError::SourceTaken { .. }));
         // Re-registering the same session (new labels) is fine; moving it frees the old source.
-        registry.register(record("sesn_a", "10.200.0.6")).unwrap();
+        registry
+            .register(record("sesn_a", "10.200.0.6"), false)
+            .unwrap();
         assert_eq!(registry.lookup("10.200.0.2".parse().unwrap()).id, "unknown");
         assert_eq!(registry.len(), 1);
     }
@@ -241,7 +289,9 @@ mod tests {
     #[test]
     fn removal_forgets_the_source() {
         let registry = SessionRegistry::default();
-        registry.register(record("sesn_a", "10.200.0.2")).unwrap();
+        registry
+            .register(record("sesn_a", "10.200.0.2"), false)
+            .unwrap();
         assert!(registry.remove("sesn_a").is_some());
         assert!(registry.remove("sesn_a").is_none());
         assert_eq!(registry.lookup("10.200.0.2".parse().unwrap()).id, "unknown");
@@ -251,7 +301,79 @@ mod tests {
     fn refuses_bad_ids() {
         let registry = SessionRegistry::default();
         for id in ["", "unknown", "a b", "a/b", &"x".repeat(129)] {
-            assert!(registry.register(record(id, "10.0.0.1")).is_err(), "{id}");
+            assert!(
+                registry.register(record(id, "10.0.0.1"), false).is_err(),
+                "{id}"
+            );
         }
+    }
+
+    #[test]
+    fn a_shared_session_holds_several_sources_each_removed_alone() {
+        let registry = SessionRegistry::default();
+        let mut a = record("tool:lookup", "127.77.0.1");
+        a.labels = [("session".to_string(), "sesn_1".to_string())].into();
+        let mut b = record("tool:lookup", "127.77.0.2");
+        b.labels = [("session".to_string(), "sesn_2".to_string())].into();
+        registry.register(a, true).unwrap();
+        registry.register(b, true).unwrap();
+        let first = registry.lookup("127.77.0.1".parse().unwrap());
+        let second = registry.lookup("127.77.0.2".parse().unwrap());
+        assert_eq!(
+            (first.id.as_str(), second.id.as_str()),
+            ("tool:lookup", "tool:lookup")
+        );
+        assert_eq!(first.labels["session"], "sesn_1");
+        assert_eq!(second.labels["session"], "sesn_2");
+        // Another id's source is not removed by this id, nor taken by it.
+        registry
+            .register(record("sesn_a", "10.200.0.2"), false)
+            .unwrap();
+        assert!(
+            registry
+                .remove_source("tool:lookup", "10.200.0.2".parse().unwrap())
+                .is_none()
+        );
+        assert!(
+            registry
+                .register(record("tool:lookup", "10.200.0.2"), true)
+                .is_err()
+        );
+        registry.count_decision("tool:lookup", true);
+        assert!(
+            registry
+                .remove_source("tool:lookup", "127.77.0.1".parse().unwrap())
+                .is_some()
+        );
+        assert_eq!(registry.lookup("127.77.0.1".parse().unwrap()).id, "unknown");
+        assert!(registry.contains("tool:lookup"));
+        assert_eq!(
+            registry
+                .listing()
+                .iter()
+                .find(|l| l.record.id == "tool:lookup")
+                .unwrap()
+                .egress
+                .allowed,
+            1
+        );
+        assert!(
+            registry
+                .remove_source("tool:lookup", "127.77.0.2".parse().unwrap())
+                .is_some()
+        );
+        assert!(!registry.contains("tool:lookup"));
+        // An unshared registration moves the session, dropping its shared sources too.
+        registry
+            .register(record("tool:x", "127.77.0.3"), true)
+            .unwrap();
+        registry
+            .register(record("tool:x", "127.77.0.4"), true)
+            .unwrap();
+        registry
+            .register(record("tool:x", "127.77.0.5"), false)
+            .unwrap();
+        assert_eq!(registry.lookup("127.77.0.3".parse().unwrap()).id, "unknown");
+        assert_eq!(registry.lookup("127.77.0.5".parse().unwrap()).id, "tool:x");
     }
 }

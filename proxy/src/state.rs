@@ -140,6 +140,19 @@ impl GatewayState {
         removed
     }
 
+    /// Removes one source of session `id`; its placeholders go with its last source.
+    pub fn remove_session_source(
+        &self,
+        id: &str,
+        source: std::net::IpAddr,
+    ) -> Option<crate::sessions::SessionRecord> {
+        let removed = self.sessions.remove_source(id, source);
+        if removed.is_some() && !self.sessions.contains(id) {
+            self.placeholders.remove_session(id);
+        }
+        removed
+    }
+
     /// After minting for `session`: if it was removed meanwhile, the mint is undone.
     pub fn forget_placeholders_if_gone(&self, session: &str) -> bool {
         if self.sessions.contains(session) {

@@ -163,12 +163,14 @@ pub async fn run(
         .await;
 }
 
-/// SIGKILL to the process group `pgid` (the command and everything it started). `kill(1)`
-/// rather than libc: the workspace forbids `unsafe`, and this happens once per timeout.
+/// SIGKILL to the process group `pgid` (the command and everything it started). A system
+/// call (rustix, safe), not `kill(1)`: an image need not have one (the default image does not:
+/// no procps), and a timeout that cannot kill is no timeout.
 fn kill_group(pgid: u32) {
-    let _ = std::process::Command::new("kill")
-        .args(["-KILL", "--", &format!("-{pgid}")])
-        .status();
+    let Some(pgid) = rustix::process::Pid::from_raw(pgid as i32) else {
+        return;
+    };
+    let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
 }
 
 async fn pump<R: AsyncRead + Unpin>(mut from: R, stream: Stream, events: mpsc::Sender<ExecEvent>) {

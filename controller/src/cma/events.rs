@@ -228,7 +228,16 @@ pub struct ToolUse {
 /// empty content.
 pub fn tool_result(call: &ToolUse, is_error: bool, text: &str) -> Value {
     let text = if text.is_empty() { "(no output)" } else { text };
-    let content = serde_json::json!([{"type": "text", "text": text}]);
+    tool_result_content(
+        call,
+        is_error,
+        vec![serde_json::json!({"type": "text", "text": text})],
+    )
+}
+
+/// The result event for `call` with these content blocks (text and images, as a custom tool's
+/// handler may answer).
+pub fn tool_result_content(call: &ToolUse, is_error: bool, content: Vec<Value>) -> Value {
     if call.custom {
         serde_json::json!({"type": "user.custom_tool_result", "custom_tool_use_id": call.id, "is_error": is_error, "content": content})
     } else {

@@ -18,13 +18,24 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use super::client::{CmaClient, CmaError, Work};
-use super::events::{SessionEvent, StreamItem, ToolUse, tool_result};
+use super::events::{SessionEvent, StreamItem, ToolUse, tool_result_content};
+use crate::tools::reply::ToolReply;
 use cordon_sandbox_agent::tools::{ToolCall, ToolResult};
 
 /// Runs a tool call somewhere (the session's sandbox agent; a fake in tests).
 #[async_trait]
 pub trait ToolExecutor: Send + Sync {
     async fn call(&self, call: &ToolCall) -> ToolResult;
+
+    /// Answers an `agent.custom_tool_use` (`call.custom`): the operator's custom tools
+    /// (docs/TOOLS.md). An executor that serves none says so.
+    async fn custom(&self, call: &ToolUse) -> ToolReply {
+        ToolReply::error(format!(
+            "[cordon] {:?} is a custom tool, and this environment serves no custom tools \
+             ([controller] tools is not set)",
+            call.name
+        ))
+    }
 }
 
 /// How a run ended.
@@ -219,24 +230,21 @@ async fn answer(
     state: &mut State,
     call: &ToolUse,
 ) -> Result<(), CmaError> {
-    // A custom tool is the client's own, not the toolset's: never run it in the sandbox,
-    // even when its name is one of the toolset's.
-    let result = if call.custom {
-        ToolResult::error(format!(
-            "{:?} is a custom tool; this environment serves only the CMA toolset ({})",
-            call.name,
-            cordon_sandbox_agent::tools::TOOLS.join(", ")
-        ))
+    // A custom tool is the operator's, not the toolset's: never run in the session's
+    // sandbox, even when its name is one of the toolset's.
+    let reply = if call.custom {
+        tools.custom(call).await
     } else {
-        tools
+        let result = tools
             .call(&ToolCall {
                 name: call.name.clone(),
                 input: call.input.clone(),
             })
-            .await
+            .await;
+        ToolReply::text(result.is_error, result.text)
     };
     state.calls_run += 1;
-    let event = tool_result(call, result.is_error, &result.text);
+    let event = tool_result_content(call, reply.is_error, reply.content);
     let mut attempt = 0;
     loop {
         attempt += 1;

@@ -19,11 +19,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use super::client::{CmaClient, Heartbeat, MAX_BLOCK_MS, Work, retrying};
+use super::events::ToolUse;
 use super::runner::{RunEnd, RunnerConfig, ToolExecutor, run_session};
 use super::tools::SessionTools;
 use crate::metrics::{ControllerMetrics, tool_label};
 use crate::sandbox::{Runtime, agent_endpoint};
 use crate::store::Store;
+use crate::tools::reply::ToolReply;
 use cordon_sandbox_agent::tools::{ToolCall, ToolResult};
 
 /// How a work item ended.
@@ -141,6 +143,8 @@ pub struct Service {
     pub wake: Arc<Notify>,
     /// Shared with the webhook receiver and the admin API.
     pub stops: Arc<SessionStops>,
+    /// The operator's custom tools (`[controller] tools`), if any.
+    pub custom_tools: Option<Arc<crate::tools::CustomTools>>,
 }
 
 impl Service {
@@ -413,7 +417,9 @@ impl Service {
                 Ok(tools) => Counted {
                     inner: tools,
                     service: self,
-                    work_id: &work.id,
+                    work,
+                    session,
+                    agent_id: tokio::sync::OnceCell::new(),
                 },
                 Err(e) => return WorkEnd::Failed(e.to_string()),
             };
@@ -460,11 +466,23 @@ impl Service {
     }
 }
 
-/// The sandbox's tools, counted per work item (store) and per tool and outcome (metrics).
+/// The sandbox's tools, counted per work item (store) and per tool and outcome (metrics), and
+/// the operator's custom tools.
 struct Counted<'a> {
     inner: SessionTools,
     service: &'a Service,
-    work_id: &'a str,
+    work: &'a Work,
+    session: &'a str,
+    /// The session's agent, read once, at its first custom tool call.
+    agent_id: tokio::sync::OnceCell<Option<String>>,
+}
+
+impl Counted<'_> {
+    fn count(&self) {
+        if let Err(e) = self.service.store.count_tool_call(&self.work.id) {
+            tracing::warn!(work = %self.work.id, error = %e, "cannot count the tool call");
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -477,9 +495,38 @@ impl ToolExecutor for Counted<'_> {
             .tool_calls
             .with_label_values(&[tool_label(&call.name), outcome])
             .inc();
-        if let Err(e) = self.service.store.count_tool_call(self.work_id) {
-            tracing::warn!(work = %self.work_id, error = %e, "cannot count the tool call");
-        }
+        self.count();
         result
+    }
+
+    async fn custom(&self, call: &ToolUse) -> ToolReply {
+        let Some(tools) = &self.service.custom_tools else {
+            return ToolReply::error(format!(
+                "[cordon] {:?} is a custom tool, and this environment serves no custom tools \
+                 ([controller] tools is not set)",
+                call.name
+            ));
+        };
+        let agent_id = self
+            .agent_id
+            .get_or_init(|| async {
+                match self.service.client.session_agent(self.work, self.session).await {
+                    Ok(agent) => agent,
+                    Err(e) => {
+                        tracing::warn!(session = %self.session, error = %e, "cannot read the session's agent; custom tool calls go without it");
+                        None
+                    }
+                }
+            })
+            .await
+            .clone();
+        let context = crate::tools::CallContext {
+            session: self.session.to_string(),
+            agent_id,
+            tool_use_id: call.id.clone(),
+        };
+        let reply = tools.call(context, &call.name, call.input.clone()).await;
+        self.count();
+        reply
     }
 }

@@ -55,13 +55,26 @@ pub enum BundleError {
     Spec(#[from] oci_spec::OciSpecError),
 }
 
+/// A host file or directory bound into a sandbox (a custom tool's declared mounts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostMount {
+    /// Absolute, existing.
+    pub source: PathBuf,
+    /// Absolute, inside the sandbox.
+    pub target: String,
+    pub writable: bool,
+}
+
 /// What a bundle needs to know about its session.
 #[derive(Debug)]
 pub struct BundleInput<'a> {
     pub config: &'a SandboxConfig,
     pub names: &'a SessionNames,
     pub token: &'a str,
-    pub workspace: &'a Path,
+    /// The session's workspace; `None`: an empty in-memory `/workspace` (a tool call's).
+    pub workspace: Option<&'a Path>,
+    /// Host paths bound in besides Cordon's own (a custom tool's mounts).
+    pub mounts: &'a [HostMount],
     /// Whether the sandbox gets its own network namespace (runsc netstack) or uses the one it
     /// is started in (host networking inside the session netns).
     pub own_network_namespace: bool,
@@ -354,7 +367,6 @@ fn spec(files: &Path, input: &BundleInput<'_>) -> Result<Spec, BundleError> {
         bind(&files.join("resolv.conf"), "/etc/resolv.conf", false)?,
         bind(&files.join("ca-bundle.crt"), CA_BUNDLE_PATH, false)?,
         bind(&files.join("cordon-ca.crt"), CORDON_CA_PATH, false)?,
-        bind(input.workspace, WORKSPACE, true)?,
         MountBuilder::default()
             .destination("/tmp")
             .typ("tmpfs")
@@ -362,6 +374,18 @@ fn spec(files: &Path, input: &BundleInput<'_>) -> Result<Spec, BundleError> {
             .options(vec!["nosuid".into(), "nodev".into(), "mode=1777".into()])
             .build()?,
     ]);
+    mounts.push(match input.workspace {
+        Some(workspace) => bind(workspace, WORKSPACE, true)?,
+        None => MountBuilder::default()
+            .destination(WORKSPACE)
+            .typ("tmpfs")
+            .source("tmpfs")
+            .options(vec!["nosuid".into(), "nodev".into(), "mode=0755".into()])
+            .build()?,
+    });
+    for mount in input.mounts {
+        mounts.push(bind(&mount.source, &mount.target, mount.writable)?);
+    }
     if statx {
         mounts.push(bind(
             &files.join("statx-compat.so"),

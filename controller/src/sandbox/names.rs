@@ -37,9 +37,28 @@ pub fn is_warm_id(id: &str) -> bool {
         .is_some_and(|rest| !rest.is_empty() && valid_session_id(rest))
 }
 
-/// Whether `id` may name a sandbox's host resources: a session id or a pool id.
+/// A custom tool call's sandbox id: `.tool` and 12 random letters and digits (apart from
+/// session ids, as pool ids are).
+pub fn new_tool_id() -> String {
+    use rand::Rng;
+    let suffix: String = rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(12)
+        .map(char::from)
+        .collect();
+    format!(".tool{suffix}")
+}
+
+/// Whether `id` is a custom tool call's sandbox id.
+pub fn is_tool_id(id: &str) -> bool {
+    id.strip_prefix(".tool")
+        .is_some_and(|rest| !rest.is_empty() && valid_session_id(rest))
+}
+
+/// Whether `id` may name a sandbox's host resources: a session id, a pool id or a tool
+/// call's id.
 pub fn valid_sandbox_id(id: &str) -> bool {
-    valid_session_id(id) || is_warm_id(id)
+    valid_session_id(id) || is_warm_id(id) || is_tool_id(id)
 }
 
 /// How many /30s the pool holds.

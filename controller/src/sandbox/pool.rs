@@ -164,7 +164,8 @@ impl Runtime {
                         return problems;
                     }
                     let _sandbox = self.locks.lock(&id).await;
-                    self.start_sandbox(&id, &root, true, Instant::now()).await
+                    self.start_sandbox(&id, &root, true, &[], Instant::now())
+                        .await
                 };
                 match started {
                     Ok(started) => self.warm_up(&id, started.agent).await,

@@ -122,8 +122,17 @@ impl Runtime {
                 continue;
             };
             let ours = self.config.address_pool.contains(&source);
-            if ours && !live_records.iter().any(|r| r.id == session.id) {
-                match self.proxy.unregister(&session.id).await {
+            // A tool call's sandbox is registered under its tool's identity, by address.
+            let held = live_records.iter().any(|r| {
+                r.id == session.id
+                    || (super::names::is_tool_id(&r.id) && self.names(r).sandbox_addr == source)
+            });
+            if ours && !held {
+                match self
+                    .proxy
+                    .unregister_source(&session.id, session.source)
+                    .await
+                {
                     Ok(()) => report
                         .removed
                         .push(format!("proxy registration {}", session.id)),

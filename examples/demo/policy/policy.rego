@@ -22,3 +22,18 @@ decision := {
 	input.destination.host == "api.example.test"
 	input.attributes.request.http.method in {"GET", "HEAD"}
 }
+
+# The ticket_search custom tool (examples/tools/tools.toml) calls the desk's search endpoint
+# under an identity of its own, "tool:ticket_search" (its labels name the calling session):
+# POST to that one path, with the token injected. Sessions themselves may not POST there.
+decision := {
+	"allowed": true,
+	"reason": sprintf("ticket_search for session %s", [input.session.labels.session]),
+	"inject": [{"secret": "example-api", "header": "authorization"}],
+} if {
+	input.session.id == "tool:ticket_search"
+	input.connection.stage == "request"
+	input.destination.host == "api.example.test"
+	input.attributes.request.http.method == "POST"
+	input.attributes.request.http.path == "/v1/tickets/search"
+}

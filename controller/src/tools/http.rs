@@ -1,0 +1,313 @@
+//! An `http` tool call: the input JSON sent to a private service through the proxy's explicit
+//! listener, as session `tool:<name>` (with labels naming the calling session), so the Rego
+//! policy decides, `allow_private` and `connect_to` apply, and the proxy injects the service's
+//! credentials. The response body is the result.
+//!
+//! The proxy tells sessions apart by source address; each call connects from an address of its
+//! own in 127.77.0.0/16, registered for the call's duration. `http://` URLs are sent in
+//! absolute form; `https://` ones through a CONNECT tunnel, with TLS to the proxy's
+//! interception (Cordon's CA is the only root trusted), so the proxy sees and governs the
+//! request as it does a sandbox's.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+use super::file::{HttpHandler, Tool};
+use super::{Answer, CallContext, Outcome, reply, tail};
+use crate::proxy_admin::ProxyAdmin;
+
+/// How the controller reaches the proxy for http tools.
+#[derive(Debug, Clone)]
+pub struct ProxyRoute {
+    /// The proxy's explicit listener.
+    pub explicit: SocketAddr,
+    /// Cordon's interception CA, the only root an https tool call trusts.
+    pub roots: Arc<rustls::RootCertStore>,
+}
+
+impl ProxyRoute {
+    /// Reads the CA certificate at `ca_cert`.
+    pub fn new(explicit: SocketAddr, ca_cert: &std::path::Path) -> Result<Self, String> {
+        use rustls::pki_types::pem::PemObject;
+        let pem = std::fs::read(ca_cert).map_err(|e| {
+            format!(
+                "cannot read the interception CA {} (start cordon-proxy once to make it): {e}",
+                ca_cert.display()
+            )
+        })?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| format!("{}: {e}", ca_cert.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: {e}", ca_cert.display()))?;
+        }
+        // A listener on every address is reached on loopback.
+        let explicit = if explicit.ip().is_unspecified() {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), explicit.port())
+        } else {
+            explicit
+        };
+        Ok(Self {
+            explicit,
+            roots: Arc::new(roots),
+        })
+    }
+}
+
+/// The next source address for a call: 127.77.0.1 .. 127.77.255.254, in turn. Concurrent calls
+/// never share one (at most 64 per tool run at once, far fewer than 65 534).
+fn next_source() -> IpAddr {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed) % 65_534 + 1;
+    IpAddr::V4(Ipv4Addr::new(127, 77, (n >> 8) as u8, (n & 0xff) as u8))
+}
+
+#[derive(Debug)]
+enum Failure {
+    /// The proxy refused (policy, SSRF guard, credentials): its status and body.
+    Refused(u16, String, String),
+    /// Cordon could not make the request.
+    Failed(String),
+}
+
+/// Makes one call of `tool`.
+pub async fn call(
+    admin: &ProxyAdmin,
+    route: &ProxyRoute,
+    tool: &Tool,
+    handler: &HttpHandler,
+    context: &CallContext,
+    input: &Value,
+) -> Answer {
+    let proxy_id = CallContext::proxy_id(&tool.name);
+    let source = next_source();
+    if let Err(e) = admin
+        .register_shared(
+            &proxy_id,
+            source,
+            context.agent_id.as_deref(),
+            &context.labels(&tool.name),
+        )
+        .await
+    {
+        return Answer::error(
+            Outcome::Failed,
+            format!("[cordon] the tool's call could not be registered with the proxy: {e}"),
+        );
+    }
+    let sent = tokio::time::timeout(
+        tool.timeout,
+        send(route, source, tool, handler, context, input),
+    )
+    .await;
+    if let Err(e) = admin.unregister_source(&proxy_id, source).await {
+        tracing::warn!(tool = %tool.name, error = %e, "removing an http tool call's proxy registration");
+    }
+    match sent {
+        Err(_) => Answer::error(
+            Outcome::Timeout,
+            format!(
+                "[cordon] tool {}: {} did not answer within timeout_ms ({} ms)",
+                tool.name,
+                handler.url,
+                tool.timeout.as_millis()
+            ),
+        ),
+        Ok(Err(Failure::Failed(why))) => Answer::error(
+            Outcome::Failed,
+            format!("[cordon] tool {}: {why}", tool.name),
+        ),
+        Ok(Err(Failure::Refused(status, class, body))) => Answer::error(
+            Outcome::Refused,
+            format!(
+                "[cordon] tool {}: the proxy refused the call to {} ({status}, {class}): {}",
+                tool.name,
+                handler.url,
+                tail(&body, 1024)
+            ),
+        ),
+        Ok(Ok((status, body))) if (200..300).contains(&status) => {
+            Answer::new(Outcome::Ok, reply::parse(&body))
+        }
+        Ok(Ok((status, body))) => Answer::error(
+            Outcome::Error,
+            format!(
+                "[cordon] tool {}: {} answered {status}:\n{}",
+                tool.name,
+                handler.url,
+                tail(&body, 4096)
+            ),
+        ),
+    }
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn send(
+    route: &ProxyRoute,
+    source: IpAddr,
+    tool: &Tool,
+    handler: &HttpHandler,
+    context: &CallContext,
+    input: &Value,
+) -> Result<(u16, String), Failure> {
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        Failure::Failed(format!("{what} ({}): {e}", route.explicit))
+    };
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| failed("socket", &e))?;
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .map_err(|e| failed("binding the call's source address", &e))?;
+    let stream = socket
+        .connect(route.explicit)
+        .await
+        .map_err(|e| failed("cannot reach the proxy's explicit listener", &e))?;
+    stream.set_nodelay(true).ok();
+    let url = &handler.url;
+    let host = url.host().unwrap_or_default();
+    let https = url.scheme_str() == Some("https");
+    let port = url.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let authority = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let (mut sender, target) = if https {
+        let tunnel = connect_tunnel(stream, &authority).await?;
+        let server = rustls::pki_types::ServerName::try_from(host.to_string())
+            .map_err(|e| Failure::Failed(format!("{host} is not a TLS server name: {e}")))?;
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| failed("TLS", &e))?
+        .with_root_certificates(route.roots.clone())
+        .with_no_client_auth();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(server, tunnel)
+            .await
+            .map_err(|e| failed(&format!("TLS to {authority} through the proxy"), &e))?;
+        let sender = handshake(TokioIo::new(tls)).await?;
+        let path = url.path_and_query().map_or("/", |p| p.as_str()).to_string();
+        (sender, path)
+    } else {
+        (handshake(TokioIo::new(stream)).await?, url.to_string())
+    };
+    let mut request = http::Request::builder()
+        .method(handler.method.clone())
+        .uri(target)
+        .header(http::header::HOST, &authority)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(
+            http::header::ACCEPT,
+            "application/json, text/plain;q=0.9, */*;q=0.1",
+        )
+        .header("x-cordon-session", &context.session)
+        .header("x-cordon-tool", &tool.name)
+        .header("x-cordon-tool-use-id", &context.tool_use_id);
+    if let Some(agent) = &context.agent_id {
+        request = request.header("x-cordon-agent-id", agent);
+    }
+    for (name, value) in &handler.headers {
+        request = request.header(name, value);
+    }
+    let request = request
+        .body(Full::new(Bytes::from(input.to_string())))
+        .map_err(|e| Failure::Failed(format!("building the request: {e}")))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| failed("the request failed", &e))?;
+    let status = response.status().as_u16();
+    let refusal = response
+        .headers()
+        .get("cordon-error")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = Limited::new(response.into_body(), tool.max_output_bytes)
+        .collect()
+        .await
+        .map_err(|e| {
+            Failure::Failed(if e.is::<http_body_util::LengthLimitError>() {
+                format!(
+                    "the answer is larger than max_output_kb ({} KiB); raise it in the tools file",
+                    tool.max_output_bytes / 1024
+                )
+            } else {
+                format!("reading the answer: {e}")
+            })
+        })?
+        .to_bytes();
+    let body = String::from_utf8_lossy(&body).into_owned();
+    match refusal {
+        Some(class) => Err(Failure::Refused(status, class, body)),
+        None => Ok((status, body)),
+    }
+}
+
+async fn handshake<T>(io: T) -> Result<Sender, Failure>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| Failure::Failed(format!("HTTP to the proxy: {e}")))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "http tool connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+/// `CONNECT authority` on `stream`; the tunnel once the proxy accepts it.
+async fn connect_tunnel(
+    stream: tokio::net::TcpStream,
+    authority: &str,
+) -> Result<TokioIo<hyper::upgrade::Upgraded>, Failure> {
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| Failure::Failed(format!("HTTP to the proxy: {e}")))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.with_upgrades().await {
+            tracing::debug!(error = %e, "http tool tunnel ended");
+        }
+    });
+    let request = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(authority)
+        .header(http::header::HOST, authority)
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| Failure::Failed(format!("building the CONNECT: {e}")))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| Failure::Failed(format!("CONNECT {authority} through the proxy: {e}")))?;
+    if response.status() != http::StatusCode::OK {
+        let status = response.status().as_u16();
+        let class = response
+            .headers()
+            .get("cordon-error")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("refused")
+            .to_string();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+            .unwrap_or_default();
+        return Err(Failure::Refused(status, class, body));
+    }
+    let upgraded = hyper::upgrade::on(response)
+        .await
+        .map_err(|e| Failure::Failed(format!("the CONNECT tunnel to {authority}: {e}")))?;
+    Ok(TokioIo::new(upgraded))
+}
