@@ -1,5 +1,5 @@
-//! `cordon-controller tools ...`: check the custom tools file, print its CMA `tools` entries
-//! (docs/TOOLS.md).
+//! `cordon-controller tools ...` and `agents sync`: check the custom tools file, print its CMA
+//! `tools` entries, register them on an agent (docs/TOOLS.md).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -28,6 +28,23 @@ pub(crate) enum ToolsAction {
         common: Common,
         #[arg(long)]
         file: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AgentsAction {
+    /// Adds or updates the tools file's tools on a CMA agent through the Agents API (with the
+    /// organization API key in ANTHROPIC_API_KEY), leaving the agent's other tools as they
+    /// were; tools Cordon added earlier that the file no longer declares are removed.
+    Sync {
+        #[command(flatten)]
+        common: Common,
+        /// The agent (`agent_...`).
+        #[arg(long)]
+        agent: String,
+        /// Print the change, make none.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -104,6 +121,67 @@ pub(crate) fn run(action: ToolsAction) -> Result<ExitCode, ExitCode> {
             let text = serde_json::to_string_pretty(&set.agent_entries()).unwrap_or_default();
             println!("{text}");
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub(crate) async fn agents(action: AgentsAction) -> Result<ExitCode, ExitCode> {
+    use cordon_controller::cma::agent_tools::sync;
+    use cordon_controller::cma::client::{CmaClient, Key};
+    let AgentsAction::Sync {
+        common,
+        agent,
+        dry_run,
+    } = action;
+    let usage = |message: String| {
+        eprintln!("cordon-controller: {message}");
+        ExitCode::from(64)
+    };
+    if agent.is_empty() || agent.contains(['/', '?', '#']) || agent.contains(char::is_whitespace) {
+        return Err(usage(format!(
+            "--agent {agent:?} is not an agent id (agent_...)"
+        )));
+    }
+    let key = std::env::var("ANTHROPIC_API_KEY")
+        .ok()
+        .filter(|k| !k.trim().is_empty())
+        .ok_or_else(|| {
+            usage(
+                "ANTHROPIC_API_KEY is not set: export the organization API key \
+                 (sk-ant-api03-...), which the Agents API takes"
+                    .into(),
+            )
+        })?;
+    let set = load(&common, None)?;
+    let file = cordon_config::read(&common.config).map_err(|e| usage(e.to_string()))?;
+    let base_url = &file.sections.controller.base_url;
+    let client =
+        CmaClient::new(base_url, "", Key::new(key), "cordon-agents-sync").map_err(usage)?;
+    match sync(&client, &agent, &set.agent_entries(), dry_run).await {
+        Ok((plan, version)) => {
+            println!("agent {agent} (version {}):", plan.version.unwrap_or(0));
+            println!("{plan}");
+            if dry_run {
+                println!("dry run: nothing changed");
+            } else if plan.is_noop() {
+                println!("agent {agent} already has these tools");
+            } else {
+                println!(
+                    "agent {agent} updated to version {}",
+                    version.map_or("?".to_string(), |v| v.to_string())
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("cordon-controller: {e}");
+            Err(ExitCode::from(if e.is_not_found() {
+                66
+            } else if e.is_unavailable() {
+                69
+            } else {
+                70
+            }))
         }
     }
 }

@@ -2,6 +2,7 @@
 //! webhook verification and the receiver, and the work-queue client. The session runner and
 //! the simulator come next.
 
+pub mod agent_tools;
 pub mod client;
 pub mod events;
 pub mod receiver;

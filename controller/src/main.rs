@@ -9,6 +9,7 @@
 //! cordon-controller serve --config cordon.toml      # CMA: webhooks, work queue, admin API
 //! cordon-controller sessions --config cordon.toml [--json] [--stop ID]
 //! cordon-controller tools check|schema --config cordon.toml [--file tools.toml]
+//! cordon-controller agents sync --config cordon.toml --agent ID [--dry-run]
 //! ```
 //!
 //! Exit codes: 0 success (exec: the command's own status), 64 bad configuration or arguments,
@@ -62,6 +63,11 @@ enum Command {
     Tools {
         #[command(subcommand)]
         action: cli_tools::ToolsAction,
+    },
+    /// CMA agents: register the custom tools file's tools on one (`sync`).
+    Agents {
+        #[command(subcommand)]
+        action: cli_tools::AgentsAction,
     },
     /// Lists the sessions of the running controller (`serve`): sandbox state, work item,
     /// tool calls, egress decisions. `--stop ID` stops serving one.
@@ -187,6 +193,7 @@ async fn main() -> ExitCode {
         Command::Serve { common } => serve(common).await,
         Command::Sessions { common, json, stop } => sessions(common, json, stop).await,
         Command::Tools { action } => cli_tools::run(action),
+        Command::Agents { action } => cli_tools::agents(action).await,
     };
     match result {
         Ok(code) | Err(code) => code,

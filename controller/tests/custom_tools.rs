@@ -213,8 +213,8 @@ async fn custom_tools_run_sandboxed_and_every_failure_is_a_result() {
     }
     assert!(!metrics.contains("not_in_the_file"));
 
-    // The proxy saw the tool as tool:context and refused its request; nothing of any tool
-    // call stays registered.
+    // The proxy saw the tool as tool:context, labelled with the calling session, and refused
+    // its request; nothing of any tool call stays registered.
     let audit = std::fs::read_to_string(world.dir.path().join("state/audit.log")).unwrap();
     let refused: Vec<serde_json::Value> = audit
         .lines()
@@ -222,9 +222,10 @@ async fn custom_tools_run_sandboxed_and_every_failure_is_a_result() {
         .filter(|r: &serde_json::Value| r["session"] == "tool:context" && r["kind"] == "request")
         .collect();
     assert!(
-        refused
-            .iter()
-            .any(|r| r["decision"] == "deny" && r["host"] == "blocked.example.test"),
+        refused.iter().any(|r| r["decision"] == "deny"
+            && r["host"] == "blocked.example.test"
+            && r["labels"]["session"] == "sesn_tools"
+            && r["labels"]["tool"] == "context"),
         "{refused:?}"
     );
     wait_for_teardown(&world, "sesn_tools");

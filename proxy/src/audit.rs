@@ -32,6 +32,10 @@ pub struct AuditRecord<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connection_id: Option<&'a str>,
     pub session: &'a str,
+    /// The labels the session was registered with (a custom tool's calls: the calling
+    /// session); omitted when it has none.
+    #[serde(skip_serializing_if = "labels_empty")]
+    pub labels: Option<&'a std::collections::BTreeMap<String, String>>,
     pub source: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub original_destination: Option<std::net::SocketAddr>,
@@ -75,6 +79,10 @@ pub struct AuditRecord<'a> {
     pub bytes_down: u64,
     pub policy_us: u64,
     pub duration_ms: u64,
+}
+
+fn labels_empty(labels: &Option<&std::collections::BTreeMap<String, String>>) -> bool {
+    labels.is_none_or(|l| l.is_empty())
 }
 
 fn is_zero(n: &u64) -> bool {

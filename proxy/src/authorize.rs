@@ -526,6 +526,7 @@ impl Authorizer {
             decision_id: &ctx.id,
             connection_id: conn.map(|c| c.id.as_str()),
             session: conn.map_or("unknown", |c| c.session.id.as_str()),
+            labels: conn.map(|c| &c.session.labels),
             source: conn.map_or("", |c| c.source.as_str()),
             original_destination: conn.and_then(|c| c.input.original_destination),
             mode: conn.map_or("explicit", |c| c.input.mode.as_str()),

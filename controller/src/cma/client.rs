@@ -297,6 +297,21 @@ impl CmaClient {
         })
     }
 
+    /// A call of CMA's control-plane API (the Agents API: [`super::agent_tools`]) with this
+    /// client's key, which must then be the organization API key: the JSON answer.
+    pub async fn api(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, CmaError> {
+        let (_, bytes) = self.call(method, path, &self.key, body, false).await?;
+        serde_json::from_slice(&bytes).map_err(|e| CmaError::Protocol {
+            url: format!("{}{path}", self.base),
+            message: e.to_string(),
+        })
+    }
+
     fn work_path(&self, work_id: &str, action: &str) -> String {
         format!(
             "/v1/environments/{}/work/{work_id}/{action}",

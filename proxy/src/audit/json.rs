@@ -21,6 +21,18 @@ pub(super) fn record(r: &AuditRecord<'_>, out: &mut Vec<u8>) {
         key_str(out, b",\"connection_id\":", v);
     }
     key_str(out, b",\"session\":", r.session);
+    if let Some(labels) = r.labels.filter(|l| !l.is_empty()) {
+        out.extend_from_slice(b",\"labels\":{");
+        for (n, (key, value)) in labels.iter().enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            string(out, key);
+            out.push(b':');
+            string(out, value);
+        }
+        out.push(b'}');
+    }
     key_str(out, b",\"source\":", r.source);
     if let Some(v) = r.original_destination {
         out.extend_from_slice(b",\"original_destination\":");
@@ -176,12 +188,18 @@ mod tests {
     #[test]
     fn a_full_record_matches_serde_json() {
         let placeholders = vec!["github->authorization".to_string()];
+        let labels = [
+            ("session".to_string(), "sesn_01".to_string()),
+            ("tool".to_string(), "quote \" here".to_string()),
+        ]
+        .into();
         same_as_serde(&AuditRecord {
             time: "2026-11-27T08:12:03.123456789Z".into(),
             kind: "request",
             decision_id: "a1b2-7",
             connection_id: Some("a1b2-1"),
-            session: "sesn_01",
+            session: "tool:lookup",
+            labels: Some(&labels),
             source: "10.0.0.2:40000",
             original_destination: Some("192.0.2.1:443".parse().unwrap()),
             mode: "transparent",
