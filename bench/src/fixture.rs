@@ -32,6 +32,33 @@ pub(crate) fn free_port() -> Result<u16, String> {
 /// The proxy, killed on drop.
 pub(crate) struct ProxyProcess(pub(crate) Child);
 
+impl ProxyProcess {
+    /// Starts `cordon-proxy --config config` and waits until every port in `ports` (on
+    /// 127.0.0.1) accepts connections.
+    pub(crate) async fn start(config: &std::path::Path, ports: &[u16]) -> Result<Self, String> {
+        let proxy = ProxyProcess(
+            std::process::Command::new(binary("cordon-proxy")?)
+                .arg("--config")
+                .arg(config)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .map_err(|e| e.to_string())?,
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while ports
+            .iter()
+            .any(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_err())
+        {
+            if std::time::Instant::now() > deadline {
+                return Err("the proxy did not start".into());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Ok(proxy)
+    }
+}
+
 impl Drop for ProxyProcess {
     fn drop(&mut self) {
         let _ = self.0.kill();

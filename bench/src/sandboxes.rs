@@ -8,7 +8,7 @@
 //! CLI adds its own process start (a few milliseconds) on top.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cordon_controller::config::SandboxConfig;
@@ -16,7 +16,7 @@ use cordon_controller::http::HttpClient;
 use cordon_controller::sandbox::Runtime;
 use hdrhistogram::Histogram;
 
-use crate::fixture::{ProxyProcess, binary, free_port, images_dir, percentile};
+use crate::fixture::{ProxyProcess, free_port, images_dir, percentile};
 
 const POLICY: &str = "package cordon.egress\nimport rego.v1\ndefault decision := false\n";
 
@@ -69,22 +69,7 @@ pub async fn run(count: usize, out: &Path, doc: Option<&Path>) -> Result<String,
         ),
     )
     .map_err(|e| e.to_string())?;
-    let _proxy = ProxyProcess(
-        Command::new(binary("cordon-proxy")?)
-            .arg("--config")
-            .arg(&config_path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| e.to_string())?,
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", admin)).is_err() {
-        if Instant::now() > deadline {
-            return Err("the proxy did not start".into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let _proxy = ProxyProcess::start(&config_path, &[admin]).await?;
     let config = SandboxConfig::load(&config_path).map_err(|e| e.to_string())?;
     let mut report = Report::default();
     // Cold, concurrent and resume phases on one runtime; the warm pool on a second one (the

@@ -11,7 +11,6 @@
 //! audit.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,7 +28,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::fixture::{ProxyProcess, binary, free_port, images_dir, percentile};
+use crate::fixture::{ProxyProcess, free_port, images_dir, percentile};
 
 const POLICY: &str = r#"package cordon.egress
 import rego.v1
@@ -153,24 +152,7 @@ pub async fn run(calls: usize, out: &Path, doc: Option<&Path>) -> Result<String,
         ),
     )
     .map_err(|e| e.to_string())?;
-    let _proxy = ProxyProcess(
-        Command::new(binary("cordon-proxy")?)
-            .arg("--config")
-            .arg(&config_path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| e.to_string())?,
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", admin)).is_err()
-        || std::net::TcpStream::connect(("127.0.0.1", explicit)).is_err()
-    {
-        if Instant::now() > deadline {
-            return Err("the proxy did not start".into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let _proxy = ProxyProcess::start(&config_path, &[admin, explicit]).await?;
     let config = SandboxConfig::load(&config_path).map_err(|e| e.to_string())?;
     let tools_config = ToolsConfig::load(&config_path, &config).map_err(|e| e.to_string())?;
     let mut runtime = Runtime::open(config).map_err(|e| e.to_string())?;

@@ -43,6 +43,36 @@ impl CallContext {
         format!("tool:{tool}")
     }
 
+    /// Tells the proxy that traffic from `source` is `tool`'s call on behalf of this context,
+    /// until [`CallContext::unregister`].
+    pub async fn register(
+        &self,
+        admin: &crate::proxy_admin::ProxyAdmin,
+        tool: &str,
+        source: std::net::IpAddr,
+    ) -> Result<(), crate::proxy_admin::ProxyAdminError> {
+        admin
+            .register_shared(
+                &Self::proxy_id(tool),
+                source,
+                self.agent_id.as_deref(),
+                &self.labels(tool),
+            )
+            .await
+    }
+
+    /// Forgets `source` as `tool`'s; a failure is logged (the proxy drops the registration
+    /// when the controller reconciles).
+    pub async fn unregister(
+        admin: &crate::proxy_admin::ProxyAdmin,
+        tool: &str,
+        source: std::net::IpAddr,
+    ) {
+        if let Err(e) = admin.unregister_source(&Self::proxy_id(tool), source).await {
+            tracing::warn!(tool, error = %e, "removing a tool call's proxy registration");
+        }
+    }
+
     /// The labels a call's traffic carries to the policy (`input.session.labels`).
     pub fn labels(&self, tool: &str) -> BTreeMap<String, String> {
         BTreeMap::from([

@@ -86,17 +86,8 @@ pub async fn call(
     context: &CallContext,
     input: &Value,
 ) -> Answer {
-    let proxy_id = CallContext::proxy_id(&tool.name);
     let source = next_source();
-    if let Err(e) = admin
-        .register_shared(
-            &proxy_id,
-            source,
-            context.agent_id.as_deref(),
-            &context.labels(&tool.name),
-        )
-        .await
-    {
+    if let Err(e) = context.register(admin, &tool.name, source).await {
         return Answer::error(
             Outcome::Failed,
             format!("[cordon] the tool's call could not be registered with the proxy: {e}"),
@@ -107,9 +98,7 @@ pub async fn call(
         send(route, source, tool, handler, context, input),
     )
     .await;
-    if let Err(e) = admin.unregister_source(&proxy_id, source).await {
-        tracing::warn!(tool = %tool.name, error = %e, "removing an http tool call's proxy registration");
-    }
+    CallContext::unregister(admin, &tool.name, source).await;
     match sent {
         Err(_) => Answer::error(
             Outcome::Timeout,

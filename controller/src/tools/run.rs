@@ -73,31 +73,16 @@ pub async fn call(
     context: &CallContext,
     input: &Value,
 ) -> Answer {
-    let proxy_id = CallContext::proxy_id(&tool.name);
     let source = std::net::IpAddr::V4(sandbox.started.sandbox_address);
-    let answer = match runtime
-        .proxy_admin()
-        .register_shared(
-            &proxy_id,
-            source,
-            context.agent_id.as_deref(),
-            &context.labels(&tool.name),
-        )
-        .await
-    {
+    let admin = runtime.proxy_admin();
+    let answer = match context.register(admin, &tool.name, source).await {
         Ok(()) => execute(tool, handler, &sandbox, context, input).await,
         Err(e) => Answer::error(
             Outcome::Failed,
             format!("[cordon] the tool's sandbox could not be registered with the proxy: {e}"),
         ),
     };
-    if let Err(e) = runtime
-        .proxy_admin()
-        .unregister_source(&proxy_id, source)
-        .await
-    {
-        tracing::warn!(tool = %tool.name, error = %e, "removing a tool call's proxy registration");
-    }
+    CallContext::unregister(admin, &tool.name, source).await;
     discard(runtime, &sandbox.started.id).await;
     answer
 }
