@@ -174,7 +174,13 @@ pub(crate) async fn agents(action: AgentsAction) -> Result<ExitCode, ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("cordon-controller: {e}");
+            let hint = if e.is_unauthorized() {
+                "\n(the Agents API takes the organization API key, sk-ant-api03-..., in \
+                 ANTHROPIC_API_KEY; an environment key is refused)"
+            } else {
+                ""
+            };
+            eprintln!("cordon-controller: {e}{hint}");
             Err(ExitCode::from(if e.is_not_found() {
                 66
             } else if e.is_unavailable() {

@@ -213,7 +213,11 @@ async fn a_concurrent_edit_is_kept_and_errors_say_what_to_do() {
 
     let wrong = setup.sync("sk-ant-api03-wrong", &["--agent", "agent_ops"]);
     assert_eq!(wrong.status.code(), Some(69), "{}", text(&wrong));
-    assert!(text(&wrong).contains("invalid API key"), "{}", text(&wrong));
+    assert!(
+        text(&wrong).contains("invalid API key") && text(&wrong).contains("organization API key"),
+        "{}",
+        text(&wrong)
+    );
     let environment_key = setup.sync(
         &WorldConfig::default().environment_key,
         &["--agent", "agent_ops"],

@@ -53,6 +53,17 @@ impl SyncError {
         }
     }
 
+    /// A 401 or 403: the key is wrong, or not the organization's.
+    pub fn is_unauthorized(&self) -> bool {
+        matches!(
+            self,
+            SyncError::Cma(CmaError::Status {
+                status: 401 | 403,
+                ..
+            })
+        )
+    }
+
     pub fn is_not_found(&self) -> bool {
         matches!(self, SyncError::Cma(CmaError::Status { status: 404, .. }))
     }

@@ -5,7 +5,7 @@
 //!
 //! Every call gets a fresh sandbox, so no call sees another's files or processes. A sandbox
 //! may be started before the call that uses it ([`Prepared`], the tool's warm sandboxes); it is
-//! stopped after that one call.
+//! stopped after that one call, while its answer is posted.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -63,27 +63,27 @@ pub async fn discard(runtime: &Runtime, id: &str) {
     }
 }
 
-/// Runs one call of `tool` in `sandbox`, then stops the sandbox. The proxy knows the sandbox as
-/// the tool's for exactly as long as the call runs.
+/// Runs one call of `tool` in `sandbox`. The proxy knows the sandbox as the tool's for exactly
+/// as long as the call runs; the caller stops the sandbox ([`discard`]) once the answer is on
+/// its way, so the model does not wait for the teardown.
 pub async fn call(
     runtime: &Arc<Runtime>,
     tool: &Tool,
     handler: &RunHandler,
-    sandbox: Prepared,
+    sandbox: &Prepared,
     context: &CallContext,
     input: &Value,
 ) -> Answer {
     let source = std::net::IpAddr::V4(sandbox.started.sandbox_address);
     let admin = runtime.proxy_admin();
     let answer = match context.register(admin, &tool.name, source).await {
-        Ok(()) => execute(tool, handler, &sandbox, context, input).await,
+        Ok(()) => execute(tool, handler, sandbox, context, input).await,
         Err(e) => Answer::error(
             Outcome::Failed,
             format!("[cordon] the tool's sandbox could not be registered with the proxy: {e}"),
         ),
     };
     CallContext::unregister(admin, &tool.name, source).await;
-    discard(runtime, &sandbox.started.id).await;
     answer
 }
 

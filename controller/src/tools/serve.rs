@@ -376,7 +376,7 @@ impl CustomTools {
         context: CallContext,
         input: Value,
     ) -> Answer {
-        let Ok(_permit) = served.permits.clone().acquire_owned().await else {
+        let Ok(permit) = served.permits.clone().acquire_owned().await else {
             return Answer::error(Outcome::Failed, "[cordon] the tool is no longer served");
         };
         let tool = &served.tool;
@@ -412,7 +412,16 @@ impl CustomTools {
                         Err(e) => return Answer::error(Outcome::Failed, format!("[cordon] {e}")),
                     },
                 };
-                run::call(&self.runtime, tool, handler, sandbox, &context, &input).await
+                let answer =
+                    run::call(&self.runtime, tool, handler, &sandbox, &context, &input).await;
+                // The permit is given back once the sandbox is gone, so `concurrency` bounds
+                // the tool's sandboxes, not only its calls.
+                let runtime = self.runtime.clone();
+                tokio::spawn(async move {
+                    run::discard(&runtime, &sandbox.started.id).await;
+                    drop(permit);
+                });
+                answer
             }
         }
     }
