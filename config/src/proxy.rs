@@ -75,6 +75,8 @@ pub struct PolicySection {
     pub eval_timeout_ms: Option<u64>,
     pub connect_stage: String,
     pub evaluator: String,
+    /// `enforce` (default) or `report`: decide, record what would be denied, let it through.
+    pub mode: String,
 }
 
 impl Default for PolicySection {
@@ -85,6 +87,7 @@ impl Default for PolicySection {
             eval_timeout_ms: None,
             connect_stage: "evaluate".into(),
             evaluator: "auto".into(),
+            mode: "enforce".into(),
         }
     }
 }

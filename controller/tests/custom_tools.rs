@@ -278,5 +278,41 @@ async fn custom_tools_run_sandboxed_and_every_failure_is_a_result() {
     let entries: serde_json::Value = serde_json::from_slice(&schema.stdout).unwrap();
     assert_eq!(entries.as_array().unwrap().len(), 7);
     assert_eq!(entries[0]["type"], "custom");
+
+    // SIGHUP reloads a file whose modification time did not change (a checkout, a copy that
+    // keeps times), which the poll alone would miss.
+    let path = dir.join("tools.toml");
+    let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(
+        "\n[[tool]]\nname = \"hup\"\ndescription = \"x\"\ninput_schema = { type = \"object\" }\n[tool.run]\ncommand = [\"true\"]\n",
+    );
+    std::fs::write(&path, text).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(modified)
+        .unwrap();
+    let hup = "cordon_controller_custom_tool_calls_total{outcome=\"ok\",tool=\"hup\"} 0";
+    std::thread::sleep(cordon_controller::tools::serve::WATCH_INTERVAL * 2);
+    assert!(!controller.admin("/metrics").contains(hup));
+    let pid = controller.child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !controller.admin("/metrics").contains(hup) {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload\n{}",
+            logs(&world)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     drop(controller);
 }

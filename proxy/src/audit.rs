@@ -55,6 +55,9 @@ pub struct AuditRecord<'a> {
     pub protocol: Option<&'static str>,
     /// allow | deny | error
     pub decision: &'static str,
+    /// The policy denied, and report mode let it through (`decision` is then `allow`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub would_deny: bool,
     /// Closed set. Requests: policy | policy_failure | fronting | bad_request | ssrf | resolve |
     /// upstream | upstream_timeout | credential | exfiltration | internal. Connections: policy |
     /// policy_failure | bad_request | bad_client_hello | timeout | no_sni | raw_tcp |

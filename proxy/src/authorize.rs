@@ -67,6 +67,8 @@ pub struct RequestContext {
     scrubber: Option<Scrubber>,
     /// A refusal decided after the request was forwarded, for `fail_to_proxy` to write.
     late_refusal: Option<Refusal>,
+    /// The policy denied and report mode let the request through.
+    would_deny: bool,
 }
 
 /// A credential to set on the upstream request. Its value prints as `<redacted>`.
@@ -272,7 +274,16 @@ impl Authorizer {
             .metrics
             .policy_eval
             .observe(ctx.policy_time.as_secs_f64());
-        if !decision.is_allowed() {
+        if !decision.is_allowed() && self.state.config.reports(&conn.session) {
+            // Report mode: recorded as would-deny and let through, with nothing the decision
+            // named injected (the policy granted nothing). Every other check still applies.
+            ctx.would_deny = true;
+            self.state
+                .metrics
+                .would_deny
+                .with_label_values(&["request"])
+                .inc();
+        } else if !decision.is_allowed() {
             let refusal = Refusal {
                 status: decision.deny_status(),
                 class: if decision.failure.is_some() {
@@ -288,10 +299,16 @@ impl Authorizer {
             ctx.decision = Some(decision);
             return Err(refusal);
         }
+        // A denial let through in report mode grants nothing: no credential is injected.
+        let inject = if ctx.would_deny {
+            Vec::new()
+        } else {
+            decision.inject.clone()
+        };
         // Credentials named by the decision: each must be in the store and bound to this
         // destination (the binding is a second lock the policy cannot open). Any refusal
         // refuses the request: it is never forwarded without the credential it asked for.
-        for credential in &decision.inject {
+        for credential in &inject {
             let destination = Destination {
                 host: &destination.host,
                 method: header.method.as_str(),
@@ -495,6 +512,9 @@ impl Authorizer {
                     .as_deref()
                     .unwrap_or(refusal.reason.as_str()),
             ),
+            (None, Some(d)) if ctx.would_deny && d.failure.is_some() => {
+                ("allow", "policy_failure", d.reason.as_str())
+            }
             (None, Some(d)) => ("allow", "policy", d.reason.as_str()),
             (None, None) => ("error", "internal", "no decision was made"),
         };
@@ -537,6 +557,8 @@ impl Authorizer {
             path: ctx.path.as_deref(),
             protocol,
             decision,
+            // A request another check refused after all is recorded as that refusal.
+            would_deny: ctx.would_deny && ctx.refusal.is_none(),
             reason_class: class,
             reason,
             policy_generation: ctx.decision.as_ref().map_or_else(

@@ -42,6 +42,20 @@ pub enum ConnectStage {
     Intercept,
 }
 
+/// What a policy denial does (`[policy] mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyMode {
+    /// Refuse (the default).
+    Enforce,
+    /// Let the request or connection through and record that the policy would have denied
+    /// it (audit `would_deny`, `cordon_proxy_would_deny_total`). Credential bindings, the SSRF
+    /// guard and every other check still refuse.
+    Report,
+}
+
+/// The session label that puts one session in report mode under `mode = "enforce"`.
+pub const REPORT_LABEL: (&str, &str) = ("policy_mode", "report");
+
 /// The whole proxy configuration.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
@@ -49,6 +63,7 @@ pub struct ProxyConfig {
     pub state_dir: PathBuf,
     pub policy: PolicyConfig,
     pub connect_stage: ConnectStage,
+    pub policy_mode: PolicyMode,
     pub tls: TlsConfig,
     pub upstream: UpstreamConfig,
     pub audit_path: AuditTarget,
@@ -121,6 +136,13 @@ pub enum ConfigError {
 }
 
 impl ProxyConfig {
+    /// Whether a denial for `session` is only reported: `mode = "report"`, or the session's
+    /// label `policy_mode = "report"`.
+    pub fn reports(&self, session: &cordon_policy::SessionInput) -> bool {
+        self.policy_mode == PolicyMode::Report
+            || session.labels.get(REPORT_LABEL.0).map(String::as_str) == Some(REPORT_LABEL.1)
+    }
+
     /// Reads and validates a config file. Relative paths in it are relative to the file's
     /// directory, so a config works wherever the proxy is started from. `[sandbox]` and
     /// `[controller]` are the controller's: only their shape is checked here.
@@ -241,6 +263,17 @@ fn validate(file: &cordon_config::ConfigFile, errors: &mut Vec<String>) -> Optio
         }
     };
 
+    let policy_mode = match raw.policy.mode.as_str() {
+        "enforce" => PolicyMode::Enforce,
+        "report" => PolicyMode::Report,
+        other => {
+            errors.push(format!(
+                "policy.mode = {other:?}: expected \"enforce\" or \"report\""
+            ));
+            PolicyMode::Enforce
+        }
+    };
+
     let no_sni = match raw.tls.no_sni.as_str() {
         "deny" => NoSniAction::Deny,
         "original_destination" => NoSniAction::OriginalDestination,
@@ -346,6 +379,7 @@ fn validate(file: &cordon_config::ConfigFile, errors: &mut Vec<String>) -> Optio
         state_dir,
         policy,
         connect_stage,
+        policy_mode,
         tls,
         upstream,
         audit_path,

@@ -184,6 +184,22 @@ impl Gateway {
         };
         if let Some(d) = &decision
             && !d.is_allowed()
+            && self.state.config.reports(&session)
+        {
+            // Report mode: recorded, counted, and the connection goes on to the request stage.
+            self.state
+                .metrics
+                .would_deny
+                .with_label_values(&["connect"])
+                .inc();
+            let class = if d.failure.is_some() {
+                "policy_failure"
+            } else {
+                "policy"
+            };
+            self.audit_reported_connection(&connection, &session, class, &d.reason, started);
+        } else if let Some(d) = &decision
+            && !d.is_allowed()
         {
             let class = if d.failure.is_some() {
                 "policy_failure"
@@ -598,6 +614,40 @@ impl Gateway {
         reason: &str,
         started: Instant,
     ) -> String {
+        self.connection_record(connection, session, decision, false, class, reason, started)
+    }
+
+    /// Records a connection the policy denied and report mode let through.
+    fn audit_reported_connection(
+        &self,
+        connection: &ConnectionInput,
+        session: &cordon_policy::SessionInput,
+        class: &'static str,
+        reason: &str,
+        started: Instant,
+    ) {
+        self.connection_record(
+            connection,
+            &session.id,
+            "allow",
+            true,
+            class,
+            reason,
+            started,
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn connection_record(
+        &self,
+        connection: &ConnectionInput,
+        session: &str,
+        decision: &'static str,
+        would_deny: bool,
+        class: &'static str,
+        reason: &str,
+        started: Instant,
+    ) -> String {
         let id = self.state.next_decision_id();
         let destination = cordon_policy::PolicyInput {
             stage: cordon_policy::Stage::Connect,
@@ -622,6 +672,7 @@ impl Gateway {
             host: destination.as_ref().map(|d| d.host.as_str()),
             port: destination.as_ref().map(|d| d.port),
             decision,
+            would_deny,
             reason_class: class,
             reason,
             policy_generation: self.state.policy.generation().info().id.to_string().into(),

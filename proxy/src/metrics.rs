@@ -34,6 +34,9 @@ pub struct ProxyMetrics {
     pub credentials: IntCounterVec,
     /// `outcome` = answered | refused: queries to the sandboxes' DNS stub.
     pub dns_queries: IntCounterVec,
+    /// `stage` = connect | request: denials let through because the policy only reports
+    /// (`[policy] mode = "report"`, or a session's `policy_mode` label).
+    pub would_deny: IntCounterVec,
     /// Children counted on every request, resolved once: `with_label_values` hashes its
     /// labels and takes a lock on each call.
     pub bytes_upstream: IntCounter,
@@ -134,6 +137,16 @@ impl ProxyMetrics {
             ),
             &["outcome"],
         )?;
+        let would_deny = IntCounterVec::new(
+            Opts::new(
+                "cordon_proxy_would_deny_total",
+                "Policy denials let through in report mode, by stage",
+            ),
+            &["stage"],
+        )?;
+        for stage in ["connect", "request"] {
+            would_deny.with_label_values(&[stage]);
+        }
         let build_info = IntGaugeVec::new(
             Opts::new("cordon_build_info", "Build information (value 1)"),
             &["version"],
@@ -155,6 +168,7 @@ impl ProxyMetrics {
             Box::new(policy_reloads.clone()),
             Box::new(credentials.clone()),
             Box::new(dns_queries.clone()),
+            Box::new(would_deny.clone()),
             Box::new(build_info),
         ] {
             registry.register(collector)?;
@@ -181,6 +195,7 @@ impl ProxyMetrics {
             policy_reloads,
             credentials,
             dns_queries,
+            would_deny,
         })
     }
 

@@ -58,6 +58,9 @@ pub(super) fn record(r: &AuditRecord<'_>, out: &mut Vec<u8>) {
         key_str(out, b",\"protocol\":", v);
     }
     key_str(out, b",\"decision\":", r.decision);
+    if r.would_deny {
+        out.extend_from_slice(b",\"would_deny\":true");
+    }
     key_str(out, b",\"reason_class\":", r.reason_class);
     key_str(out, b",\"reason\":", r.reason);
     key_str(out, b",\"policy_generation\":", &r.policy_generation);
@@ -210,6 +213,7 @@ mod tests {
             path: Some("/repos/x/y"),
             protocol: Some("http1"),
             decision: "allow",
+            would_deny: true,
             reason_class: "policy",
             reason: "listed",
             policy_generation: "gen-3".into(),

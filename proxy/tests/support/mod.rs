@@ -79,7 +79,8 @@ impl Proxy {
         Self::start_with(policy, upstream, upstream_ca, hosts, extra, "")
     }
 
-    /// [`Proxy::start`] with `proxy_extra` lines added to the `[proxy]` section.
+    /// [`Proxy::start`] with `proxy_extra` lines added to the `[proxy]` section (lines
+    /// `policy.KEY = VALUE` go to `[policy]`).
     pub fn start_with(
         policy: &str,
         upstream: SocketAddr,
@@ -138,6 +139,15 @@ impl Proxy {
         proxy_extra: &str,
         env: &[(&str, &str)],
     ) -> Proxy {
+        // `[policy]` keys may ride in `proxy_extra` as `policy.KEY = ...` lines.
+        let (policy_extra, proxy_extra): (Vec<&str>, Vec<&str>) = proxy_extra
+            .lines()
+            .partition(|l| l.trim_start().starts_with("policy."));
+        let policy_extra: String = policy_extra
+            .iter()
+            .map(|l| format!("{}\n", l.trim_start().trim_start_matches("policy.")))
+            .collect();
+        let proxy_extra = proxy_extra.join("\n");
         std::fs::write(dir.path().join("upstream-ca.pem"), upstream_ca).unwrap();
         let (explicit, transparent, admin, metrics) =
             (free_port(), free_port(), free_port(), free_port());
@@ -149,7 +159,7 @@ impl Proxy {
             "[proxy]\nexplicit_listen = \"127.0.0.1:{explicit}\"\ntransparent_listen = \"0.0.0.0:{transparent}\"\n\
              admin_listen = \"127.0.0.1:{admin}\"\n\
              metrics_listen = \"127.0.0.1:{metrics}\"\nstate_dir = \"state\"\n{proxy_extra}\n\
-             [policy]\nbundle = \"{bundle}\"\n[tls]\nupstream_extra_roots = [\"upstream-ca.pem\"]\n\
+             [policy]\nbundle = \"{bundle}\"\n{policy_extra}[tls]\nupstream_extra_roots = [\"upstream-ca.pem\"]\n\
              [upstream]\nconnect_timeout_ms = 2000\n[upstream.connect_to]\n{routes}{extra}"
         );
         // Each audit record written at once, so a test reads every record of the requests it
