@@ -99,6 +99,9 @@ pub struct Secret {
     /// What this secret's placeholders start with, so tools that check a token's shape accept
     /// them (`ghp_`, `npm_`, `sk-ant-`). Not secret.
     pub placeholder_prefix: String,
+    /// The request headers (lower-case) a placeholder of this secret is swapped in; one found
+    /// in any other header is refused as exfiltration. Default: `authorization`.
+    pub swap_headers: Vec<String>,
 }
 
 impl Secret {

@@ -76,7 +76,7 @@ fn store(dir: &Path) -> std::path::PathBuf {
         "[secrets.github]\nvalue_file = \"github-token\"\nhosts = [\"allowed.test\", \"chunky.test\"]\n\
          format = \"bearer\"\nmethods = [\"GET\", \"POST\"]\nplaceholder_prefix = \"ghp_\"\n\
          [secrets.git]\nvalue_file = \"git-token\"\nhosts = [\"git.test\"]\nformat = \"basic\"\n\
-         basic_user = \"x-access-token\"\n",
+         basic_user = \"x-access-token\"\nheaders = [\"authorization\", \"x-api-token\"]\n",
     );
     store
 }
@@ -271,9 +271,19 @@ fn placeholders_are_swapped_only_toward_bound_hosts_of_their_session() {
         "{body}"
     );
 
-    // A placeholder in any other header is swapped too.
+    // A placeholder in another header the secret names is swapped too; in a header it does
+    // not name (one a service might log or reflect transformed), refused as exfiltration.
     proxy.curl(&["-H", &format!("x-api-token: {git}"), "https://git.test/api"]);
     assert!(last_received(&received).contains(&format!("x-api-token: {GIT_TOKEN}")));
+    let before = received.lock().unwrap().len();
+    let body = text(&proxy.curl(&[
+        "-H",
+        &format!("user-agent: tool/{git}"),
+        "https://git.test/api",
+    ]));
+    assert!(body.contains("cordon-error: exfiltration"), "{body}");
+    assert!(body.contains("user-agent header"), "{body}");
+    assert_eq!(received.lock().unwrap().len(), before);
 
     // Exfiltration: to a host outside the binding, in a header or in the URL.
     let before = received.lock().unwrap().len();
@@ -320,7 +330,7 @@ fn placeholders_are_swapped_only_toward_bound_hosts_of_their_session() {
     );
     let metrics = proxy.metrics_text();
     assert!(
-        metrics.contains("cordon_proxy_credentials_total{action=\"exfiltration\"} 3"),
+        metrics.contains("cordon_proxy_credentials_total{action=\"exfiltration\"} 4"),
         "{metrics}"
     );
     assert!(

@@ -67,6 +67,8 @@ struct SecretEntry {
     allow_plaintext: bool,
     #[serde(default = "default_placeholder_prefix")]
     placeholder_prefix: String,
+    /// The headers placeholders are swapped in; default `["authorization"]`.
+    headers: Option<Vec<String>>,
 }
 
 fn default_placeholder_prefix() -> String {
@@ -216,8 +218,39 @@ fn secret(name: &str, entry: SecretEntry, base: &Path) -> Result<Secret, String>
             "placeholder_prefix {prefix:?} must be at most 32 letters, digits, '_', '-' or '.'"
         ));
     }
+    let swap_headers = match &entry.headers {
+        // Every format Cordon presents is an authorization scheme, or (raw) most often one.
+        None => vec!["authorization".to_string()],
+        Some(list) if list.is_empty() => {
+            return Err(
+                "headers is empty: name the headers its placeholders may be sent in, or leave \
+                 it out for [\"authorization\"]"
+                    .into(),
+            );
+        }
+        Some(list) => {
+            let mut names = Vec::with_capacity(list.len());
+            for header in list {
+                let lower = header.to_ascii_lowercase();
+                if http::HeaderName::from_bytes(lower.as_bytes()).is_err()
+                    || matches!(
+                        lower.as_str(),
+                        "host" | "cookie" | "content-length" | "transfer-encoding" | "connection"
+                    )
+                    || lower.starts_with("proxy-")
+                {
+                    return Err(format!(
+                        "headers: {header:?} is not a header a credential may be sent in"
+                    ));
+                }
+                names.push(lower);
+            }
+            names
+        }
+    };
     Ok(Secret {
         name: name.to_string(),
+        swap_headers,
         placeholder_prefix: entry.placeholder_prefix,
         value: SecretValue::new(value),
         binding: Binding {

@@ -2,9 +2,11 @@
 //! where the request goes, and plan the swap of the rest for real values.
 //!
 //! Placeholders are looked for in every header value (and inside `Basic` credentials, which
-//! git over HTTPS sends as base64 `user:password`) and in the request target. Only headers are
-//! swapped; a placeholder in the URL is left as it is (it is worthless), but it still counts
-//! as an attempt to send the secret there.
+//! git over HTTPS sends as base64 `user:password`) and in the request target. Only the headers
+//! a secret names (`headers`, default `authorization`) are swapped; one in any other header is
+//! refused, since a header the service stores or reflects transformed could carry the value
+//! back. A placeholder in the URL is left as it is (it is worthless), but it still counts as an
+//! attempt to send the secret there.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -38,6 +40,17 @@ pub enum SwapError {
         secret: String,
         host: String,
         location: &'static str,
+    },
+    #[error(
+        "a placeholder for secret {secret:?} was sent in the {header} header, which is not one \
+         of the secret's headers ({allowed}): treated as an exfiltration attempt (a header the \
+         service stores or reflects could carry the value back in a form the scrubber does not \
+         know); set headers = [...] on the secret if the service reads it there"
+    )]
+    Header {
+        secret: String,
+        header: String,
+        allowed: String,
     },
     #[error("placeholder for {0}")]
     Binding(InjectError),
@@ -93,8 +106,20 @@ pub fn plan_swaps(
         for value in headers.get_all(name) {
             let bytes = value.as_bytes();
             let mut secrets_used = Vec::new();
+            let in_header = |secret: &Secret| -> Result<(), SwapError> {
+                if secret.swap_headers.iter().any(|h| h == name.as_str()) {
+                    Ok(())
+                } else {
+                    Err(SwapError::Header {
+                        secret: secret.name.clone(),
+                        header: name.as_str().to_string(),
+                        allowed: secret.swap_headers.join(", "),
+                    })
+                }
+            };
             let mut new = replace(index, bytes, |owner| {
                 let secret = admit(owner, "headers")?;
+                in_header(secret)?;
                 secrets_used.push(secret.name.clone());
                 Ok(secret.value.expose().as_bytes())
             })?;
@@ -106,6 +131,7 @@ pub fn plan_swaps(
                 let found: Vec<_> = index.find(&decoded).collect();
                 if let Some(first) = found.first() {
                     let secret = admit(first.owner, "headers")?;
+                    in_header(secret)?;
                     let expected = match &secret.presentation {
                         Presentation::Basic { user } => Some(format!("{user}:")),
                         _ => None,
@@ -189,6 +215,7 @@ mod tests {
                 user: "x-access-token".into(),
             },
             placeholder_prefix: "ghp_".into(),
+            swap_headers: vec!["authorization".into(), "x-token".into()],
         }])
     }
 
@@ -242,14 +269,41 @@ mod tests {
     }
 
     #[test]
+    fn a_header_the_secret_does_not_name_is_refused() {
+        let placeholders = Placeholders::default();
+        let ph = placeholders.get_or_mint("s1", "git", "ghp_");
+        for (header, value) in [
+            ("user-agent", format!("agent {ph}")),
+            (
+                "x-request-id",
+                format!("Basic {}", STANDARD.encode(format!("x-access-token:{ph}"))),
+            ),
+        ] {
+            let e = plan_swaps(
+                &placeholders.index(),
+                &secrets(),
+                "s1",
+                to("github.com"),
+                &headers(&[(header, &value)]),
+                "/",
+            )
+            .unwrap_err();
+            assert!(e.is_exfiltration(), "{e}");
+            let shown = e.to_string();
+            assert!(
+                shown.contains(header) && shown.contains("authorization, x-token"),
+                "{shown}"
+            );
+            assert!(!shown.contains(&ph), "{shown}");
+        }
+    }
+
+    #[test]
     fn basic_is_swapped_only_in_the_shape_git_sends() {
         let placeholders = Placeholders::default();
         let ph = placeholders.get_or_mint("s1", "git", "ghp_");
         let index = placeholders.index();
         for (name, pair) in [
-            // Another header: a bound host that echoes it would return the value in a form
-            // the scrubber does not know.
-            ("x-echo", format!("x-access-token:{ph}")),
             // Another user name, or anything around the placeholder.
             ("authorization", format!("zz{ph}")),
             ("authorization", format!("someone:{ph}")),
