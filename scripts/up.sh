@@ -207,16 +207,19 @@ echo
 echo "== sessions (cordon-controller sessions)"
 "$bin/cordon-controller" sessions --config "$dir/cordon.toml" || true
 echo
-echo "== what the proxy decided for sesn_demo ($dir/audit.log)"
+echo "== what the proxy decided for sesn_demo and its custom tools ($dir/audit.log)"
 python3 - "$dir/audit.log" <<'PY'
 import json, sys
 for line in open(sys.argv[1], encoding="utf-8"):
     r = json.loads(line)
-    if r.get("session") != "sesn_demo" or r.get("kind") != "request":
+    # The session's own requests, and its custom tools' (session tool:<name>, labelled with it).
+    ours = r.get("session") == "sesn_demo" or r.get("labels", {}).get("session") == "sesn_demo"
+    if not ours or r.get("kind") != "request":
         continue
     creds = "  injected " + ",".join(r["credentials"]) if r.get("credentials") else ""
+    who = "" if r["session"] == "sesn_demo" else f'  [{r["session"]}]'
     print(f'  {r["decision"]:<5} {r.get("method", "")} https://{r.get("host", "")}{r.get("path", "")}'
-          f' -> {r.get("status", "-")} ({r["reason"]}){creds}')
+          f' -> {r.get("status", "-")} ({r["reason"]}){creds}{who}')
 PY
 echo
 echo "== custom tool calls (controller audit log, $dir/controller/audit.jsonl) and their results"

@@ -222,6 +222,10 @@ impl Authorizer {
         // before the policy runs; the rest are swapped for real values upstream.
         let secrets = self.state.secrets.current();
         let bare_path = ctx.path.clone().unwrap_or_default();
+        // A WebSocket (HTTP/1 `Upgrade`, or HTTP/2's extended CONNECT): its stream is not
+        // scrubbed, so secrets go on it only where their binding says so.
+        let upgrade = header.headers.contains_key(http::header::UPGRADE)
+            || header.method == http::Method::CONNECT;
         let index = self.state.placeholders.index();
         if !index.is_empty() {
             let to = Destination {
@@ -229,6 +233,7 @@ impl Authorizer {
                 method: header.method.as_str(),
                 path: &bare_path,
                 tls: conn.tls,
+                upgrade,
             };
             ctx.swaps = plan_swaps(
                 &index,
@@ -314,6 +319,7 @@ impl Authorizer {
                 method: header.method.as_str(),
                 path: &bare_path,
                 tls: conn.tls,
+                upgrade,
             };
             match secrets.resolve(&credential.secret, destination) {
                 Ok(secret) => ctx.injections.push(Injection {

@@ -71,6 +71,9 @@ pub struct Binding {
     /// Allow injection on a plaintext (non-intercepted-TLS) leg. Off by default: a token on
     /// plain HTTP is readable by anything on the path.
     pub allow_plaintext: bool,
+    /// Allow the secret on a request that upgrades the connection (WebSocket). Off by default:
+    /// an upgraded stream is not scrubbed, so an echo there would reach the sandbox.
+    pub allow_upgrade: bool,
 }
 
 impl Binding {
@@ -132,6 +135,8 @@ pub struct Destination<'a> {
     pub path: &'a str,
     /// Whether the leg to the sandbox is intercepted TLS.
     pub tls: bool,
+    /// Whether the request asks to upgrade the connection (`Upgrade:`, a WebSocket).
+    pub upgrade: bool,
 }
 
 /// Why a credential was not injected. Messages name the secret and the destination, never the
@@ -148,6 +153,11 @@ pub enum InjectError {
     PathNotBound { secret: String },
     #[error("secret {secret:?} would travel over plaintext HTTP; its binding does not allow that")]
     Plaintext { secret: String },
+    #[error(
+        "secret {secret:?} would travel on a request that upgrades the connection (WebSocket), \
+         whose stream Cordon does not scrub; set allow_upgrade = true on the secret to accept that"
+    )]
+    Upgrade { secret: String },
     #[error("{method} echoes request headers back; no credential is injected into it")]
     EchoingMethod { method: String },
     #[error(
@@ -240,6 +250,11 @@ impl SecretSet {
         }
         if !destination.tls && !binding.allow_plaintext {
             return Err(InjectError::Plaintext {
+                secret: name.to_string(),
+            });
+        }
+        if destination.upgrade && !binding.allow_upgrade {
+            return Err(InjectError::Upgrade {
                 secret: name.to_string(),
             });
         }

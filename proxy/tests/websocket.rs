@@ -29,7 +29,17 @@ decision := {"allowed": true, "reason": "socket allowed"} if {
 
 /// Opens a CONNECT tunnel and a TLS session (trusting the interception CA) to `host`.
 fn tunnel(proxy: &Proxy, host: &str) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
-    let mut tcp = TcpStream::connect(("127.0.0.1", proxy.explicit)).unwrap();
+    // The admin port answers first; the explicit listener may take a moment longer.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut tcp = loop {
+        match TcpStream::connect(("127.0.0.1", proxy.explicit)) {
+            Ok(tcp) => break tcp,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("the explicit listener never answered: {e}"),
+        }
+    };
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         tcp,
@@ -105,4 +115,63 @@ fn websocket_upgrades_are_decided_then_relayed() {
     let head = read_head(&mut tls);
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
     assert!(head.contains("cordon-error: policy"), "{head}");
+}
+
+const INJECTING: &str = r#"package cordon.egress
+import rego.v1
+
+default decision := {"allowed": false, "reason": "default deny"}
+
+decision := {"allowed": true, "reason": "connect"} if input.connection.stage == "connect"
+
+decision := {"allowed": true, "reason": "socket", "inject": [{"secret": secret, "header": "authorization"}]} if {
+	input.connection.stage == "request"
+	secret := {"/socket": "ws", "/socket-open": "ws-open"}[input.attributes.request.http.path]
+}
+"#;
+
+/// An upgraded stream is not scrubbed, so a secret goes on a WebSocket upgrade only when its
+/// binding says `allow_upgrade`; otherwise the upgrade is refused (`credential`) before it
+/// reaches the upstream.
+#[test]
+fn secrets_go_on_upgrades_only_where_their_binding_allows() {
+    use std::os::unix::fs::PermissionsExt;
+    let pki = test_pki(&["ws.test"]);
+    let upstream = spawn_upgrade_echo(&pki);
+    let secrets = tempfile::tempdir().unwrap();
+    let store = secrets.path().join("secrets.toml");
+    std::fs::write(
+        &store,
+        "[secrets.ws]\nvalue_env = \"CORDON_TEST_WS\"\nhosts = [\"ws.test\"]\nformat = \"bearer\"\n\
+         [secrets.ws-open]\nvalue_env = \"CORDON_TEST_WS\"\nhosts = [\"ws.test\"]\n\
+         format = \"bearer\"\nallow_upgrade = true\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(secrets.path().join("policy.rego"), INJECTING).unwrap();
+    let proxy = Proxy::start_bundle(
+        &secrets.path().join("policy.rego"),
+        upstream,
+        &pki.ca_pem,
+        &["ws.test"],
+        &format!("[credentials]\nstore = \"{}\"\n", store.display()),
+        &[("CORDON_TEST_WS", "ws-token-for-the-test")],
+    );
+
+    let mut tls = tunnel(&proxy, "ws.test");
+    write!(tls, "GET /socket HTTP/1.1\r\nHost: ws.test\r\n{UPGRADE}").unwrap();
+    let head = read_head(&mut tls);
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    assert!(head.contains("cordon-error: credential"), "{head}");
+
+    let mut tls = tunnel(&proxy, "ws.test");
+    write!(
+        tls,
+        "GET /socket-open HTTP/1.1\r\nHost: ws.test\r\n{UPGRADE}"
+    )
+    .unwrap();
+    let head = read_head(&mut tls);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let audit = std::fs::read_to_string(proxy.path("state/audit.log")).unwrap();
+    assert!(audit.contains("allow_upgrade"), "{audit}");
 }

@@ -163,10 +163,17 @@ async fn send(
     let host = url.host().unwrap_or_default();
     let https = url.scheme_str() == Some("https");
     let port = url.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let authority = if host.contains(':') {
-        format!("[{host}]:{port}")
+    let bracketed = if host.contains(':') {
+        format!("[{host}]")
     } else {
-        format!("{host}:{port}")
+        host.to_string()
+    };
+    let authority = format!("{bracketed}:{port}");
+    // As clients send it: the port only when it is not the scheme's.
+    let host_header = if url.port_u16().is_some() {
+        authority.clone()
+    } else {
+        bracketed
     };
     let (mut sender, target) = if https {
         let tunnel = connect_tunnel(stream, &authority).await?;
@@ -192,7 +199,7 @@ async fn send(
     let mut request = http::Request::builder()
         .method(handler.method.clone())
         .uri(target)
-        .header(http::header::HOST, &authority)
+        .header(http::header::HOST, &host_header)
         .header(http::header::CONTENT_TYPE, "application/json")
         .header(
             http::header::ACCEPT,

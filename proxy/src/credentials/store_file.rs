@@ -9,6 +9,7 @@
 //! # methods = ["GET", "POST"]
 //! # path_prefixes = ["/repos/acme/"]
 //! # allow_plaintext = false
+//! # allow_upgrade = false
 //! ```
 //!
 //! The file holds no values itself, but it says where they are, so it must not be readable by
@@ -65,6 +66,8 @@ struct SecretEntry {
     path_prefixes: Vec<String>,
     #[serde(default)]
     allow_plaintext: bool,
+    #[serde(default)]
+    allow_upgrade: bool,
     #[serde(default = "default_placeholder_prefix")]
     placeholder_prefix: String,
     /// The headers placeholders are swapped in; default `["authorization"]`.
@@ -262,6 +265,7 @@ fn secret(name: &str, entry: SecretEntry, base: &Path) -> Result<Secret, String>
                 .collect(),
             path_prefixes: entry.path_prefixes,
             allow_plaintext: entry.allow_plaintext,
+            allow_upgrade: entry.allow_upgrade,
         },
         presentation,
     })

@@ -210,6 +210,7 @@ mod tests {
                 methods: vec![],
                 path_prefixes: vec![],
                 allow_plaintext: false,
+                allow_upgrade: false,
             },
             presentation: Presentation::Basic {
                 user: "x-access-token".into(),
@@ -225,6 +226,7 @@ mod tests {
             method: "GET",
             path: "/",
             tls: true,
+            upgrade: false,
         }
     }
 

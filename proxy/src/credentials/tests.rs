@@ -24,6 +24,7 @@ fn to(host: &str, method: &str, path: &str, tls: bool) -> Destination<'static> {
         method: Box::leak(method.to_string().into_boxed_str()),
         path: Box::leak(path.to_string().into_boxed_str()),
         tls,
+        upgrade: false,
     }
 }
 
