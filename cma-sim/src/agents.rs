@@ -126,6 +126,7 @@ impl World {
         beta: Option<&str>,
         version: Option<&str>,
     ) -> Result<(), ApiError> {
+        self.outage()?;
         let unauthorized = |message: &str| ApiError::new(401, "authentication_error", message);
         let bearer = authorization.and_then(|v| v.strip_prefix("Bearer "));
         let key = match (bearer, api_key) {

@@ -28,6 +28,7 @@ impl World {
         version: Option<&str>,
         scope: Scope<'_>,
     ) -> Result<(), ApiError> {
+        self.outage()?;
         let bearer = authorization.and_then(|v| v.strip_prefix("Bearer "));
         if bearer.is_some() && api_key.is_some() {
             return Err(ApiError::new(

@@ -29,6 +29,8 @@
 //! poll_errors = 1                      # polls answered 503
 //! send_errors = 1                      # event posts answered 500
 //! stream_drops = 1                     # event streams closed after their first event
+//! outage_after_results = 2             # after 2 tool results, every call answers 503 ...
+//! outage_ms = 60000                    # ... for this long (default a minute)
 //! ```
 //!
 //! Steps run one after another, as an agent would issue them: the next tool call is emitted

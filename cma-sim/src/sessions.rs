@@ -184,6 +184,15 @@ impl World {
                 }
                 echoed.push(push(&mut inner, id, event));
             }
+            inner.results_recorded += results.len() as u32;
+            if let Some(after) = inner.faults.outage_after_results
+                && inner.results_recorded >= after
+                && inner.outage_until.is_none()
+            {
+                let length = std::time::Duration::from_millis(inner.faults.outage_ms);
+                tracing::info!(ms = inner.faults.outage_ms, "simulated outage begins");
+                inner.outage_until = Some(std::time::Instant::now() + length);
+            }
             if let Some(session) = inner.sessions.get_mut(id) {
                 for (call, index, text) in results {
                     let is_error = echoed

@@ -172,6 +172,17 @@ pub struct Faults {
     /// edit of that agent, so an update based on them conflicts (409).
     #[serde(default)]
     pub agent_edit_races: u32,
+    /// Once this many tool results are recorded, every API call answers 503 for `outage_ms`
+    /// (a CMA outage in the middle of a session). Unset: none.
+    #[serde(default)]
+    pub outage_after_results: Option<u32>,
+    /// How long the outage lasts.
+    #[serde(default = "default_outage_ms")]
+    pub outage_ms: u64,
+}
+
+fn default_outage_ms() -> u64 {
+    60_000
 }
 
 #[derive(Debug, Default)]
@@ -187,6 +198,10 @@ pub(crate) struct Inner {
     /// A random prefix that makes this run's event ids unique across runs.
     pub(crate) run: String,
     pub(crate) faults: Faults,
+    /// Tool results recorded so far (for `outage_after_results`).
+    pub(crate) results_recorded: u32,
+    /// Until when the API answers 503, once the outage began.
+    pub(crate) outage_until: Option<std::time::Instant>,
 }
 
 /// A webhook the delivery task should send: (event type, session id).
@@ -228,6 +243,18 @@ pub(crate) fn random_token(prefix: &str) -> String {
 }
 
 impl World {
+    /// A 503 while the simulated outage lasts.
+    pub(crate) fn outage(&self) -> Result<(), ApiError> {
+        match self.lock().outage_until {
+            Some(until) if std::time::Instant::now() < until => Err(ApiError::new(
+                503,
+                "overloaded_error",
+                "simulated outage ([faults] outage_after_results)",
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// A world playing `scenario`; webhooks to deliver go to `webhooks`.
     pub fn new(
         scenario: &Scenario,

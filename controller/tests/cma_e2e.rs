@@ -353,3 +353,57 @@ async fn a_session_that_idles_finds_its_workspace_when_it_resumes() {
         "{metrics}"
     );
 }
+
+const OUTAGE: &str = r#"
+environment_id = "env_outage"
+
+[[sessions]]
+id = "sesn_outage"
+
+[[sessions.steps]]
+tool = "bash"
+input = { command = "echo one >> /workspace/calls; echo one" }
+expect = { is_error = false, contains = ["one"] }
+
+[[sessions.steps]]
+tool = "bash"
+input = { command = "echo two >> /workspace/calls; echo two" }
+expect = { is_error = false, contains = ["two"] }
+
+[[sessions.steps]]
+tool = "bash"
+input = { command = "echo three >> /workspace/calls; cat /workspace/calls" }
+expect = { is_error = false, matches = "^one\ntwo\nthree\n?$" }
+
+[faults]
+outage_after_results = 1
+outage_ms = 10000
+"#;
+
+/// CMA answers 503 to everything for 10 s in the middle of a session (after the first
+/// result): the controller rides it out (heartbeats and the result post retried, the lease
+/// held), posts the second result once CMA is back, and the session ends with every call run
+/// once and answered once, on one sandbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cma_outage_mid_session_loses_and_repeats_no_answer() {
+    let scenario = Scenario::parse(OUTAGE).unwrap();
+    let (sim, world, controller) = start(&scenario, 247).await;
+    let report = sim.wait(Duration::from_secs(240)).await;
+    assert_passed(&report, &world);
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    let steps = &report.sessions[0].steps;
+    assert!(
+        steps.iter().all(|s| s.outcome == "passed"),
+        "{}",
+        report.summary()
+    );
+    assert_eq!(report.work.len(), 1, "{}", report.summary());
+    assert_eq!(report.work[0].lease_expiries, 0, "{}", report.summary());
+    wait_for_teardown(&world, "sesn_outage");
+    let metrics = controller.admin("/metrics");
+    assert!(
+        metrics.contains("cordon_controller_work_items_total{end=\"terminated\"} 1")
+            && metrics.contains("cordon_controller_sandbox_starts_total{kind=\"cold\"} 1"),
+        "{metrics}"
+    );
+}

@@ -54,6 +54,9 @@ pub struct RunnerConfig {
     /// Reconnect backoff: starts at `backoff_start`, doubles, at most `backoff_max`.
     pub backoff_start: Duration,
     pub backoff_max: Duration,
+    /// How long a tool result's post is retried through CMA errors before the run gives up
+    /// (and the work item, once its lease lapses, is served again from the history).
+    pub result_post_patience: Duration,
 }
 
 impl Default for RunnerConfig {
@@ -62,6 +65,7 @@ impl Default for RunnerConfig {
             max_idle: Duration::from_secs(60),
             backoff_start: Duration::from_millis(500),
             backoff_max: Duration::from_secs(10),
+            result_post_patience: Duration::from_secs(120),
         }
     }
 }
@@ -176,7 +180,16 @@ pub async fn run_session(
         // Calls answered later in the same history are not due.
         due.retain(|c| !state.answered.contains(&c.id));
         for call in due {
-            answer(client, work, session, tools, &mut state, &call).await?;
+            answer(
+                client,
+                work,
+                session,
+                tools,
+                &mut state,
+                &call,
+                config.result_post_patience,
+            )
+            .await?;
         }
         if state.terminated {
             stream.abort();
@@ -200,7 +213,16 @@ pub async fn run_session(
                 Some(StreamItem::Event(event)) => {
                     backoff = config.backoff_start;
                     if let Some(call) = state.observe(&event) {
-                        answer(client, work, session, tools, &mut state, &call).await?;
+                        answer(
+                            client,
+                            work,
+                            session,
+                            tools,
+                            &mut state,
+                            &call,
+                            config.result_post_patience,
+                        )
+                        .await?;
                     }
                     if state.terminated {
                         stream.abort();
@@ -220,8 +242,7 @@ pub async fn run_session(
     }
 }
 
-/// Runs `call` and posts its result, retrying the post (CMA: 3 tries; a 4xx other than 408 or
-/// 429 is final).
+/// Runs `call` and posts its result, retrying the post through retryable errors.
 async fn answer(
     client: &CmaClient,
     work: &Work,
@@ -229,6 +250,7 @@ async fn answer(
     tools: &dyn ToolExecutor,
     state: &mut State,
     call: &ToolUse,
+    patience: Duration,
 ) -> Result<(), CmaError> {
     // A custom tool is the operator's, not the toolset's: never run in the session's
     // sandbox, even when its name is one of the toolset's.
@@ -245,16 +267,27 @@ async fn answer(
     };
     state.calls_run += 1;
     let event = tool_result_content(call, reply.is_error, reply.content);
-    let mut attempt = 0;
+    // A result is work done: keep trying to post it through an outage (a 4xx other than 408
+    // or 429 is final), for as long as `result_post_patience` allows. The lease decides
+    // meanwhile: when it is lost, the heartbeat ends the whole run.
+    let began = tokio::time::Instant::now();
+    let mut wait = Duration::from_millis(500);
     loop {
-        attempt += 1;
         match client.send_events(work, session, vec![event.clone()]).await {
             Ok(()) => {
                 state.answered.insert(call.id.clone());
                 return Ok(());
             }
-            Err(e) if e.is_retryable() && attempt < 3 => {
-                tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+            // Not a 409: for a result it means the call is answered or gone, and a repeat
+            // could answer it twice.
+            Err(e)
+                if e.is_retryable()
+                    && !matches!(e, CmaError::Status { status: 409, .. })
+                    && began.elapsed() + wait < patience =>
+            {
+                tracing::warn!(session, call = %call.id, error = %e, retry_in_ms = wait.as_millis() as u64, "posting a tool result failed; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
             }
             Err(e) => return Err(e),
         }
