@@ -284,6 +284,12 @@ async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
                 Some(tools)
             }
         };
+        // The proxy keeps registrations in memory: after it restarts, running sessions are
+        // registered again within this interval.
+        tokio::spawn(runtime.clone().keep_registered(
+            std::time::Duration::from_secs(2),
+            metrics.registrations_restored.clone(),
+        ));
         let worker = format!("cordon-{}", std::process::id());
         let client = cordon_controller::cma::client::CmaClient::new(
             &work.base_url,

@@ -27,6 +27,8 @@ pub struct ControllerMetrics {
     pub sandbox_starts: IntCounterVec,
     /// Tool calls a resource limit stopped, by `limit` = memory | pids | workspace_disk.
     pub sandbox_limit_hits: IntCounterVec,
+    /// Sessions registered with the proxy again after it lost them (it restarted).
+    pub registrations_restored: IntCounter,
     /// Custom tool calls, by `tool` (a name tools.toml declares, or `undeclared`) and
     /// `outcome` (see [`CUSTOM_TOOL_OUTCOMES`]).
     pub custom_tool_calls: IntCounterVec,
@@ -124,6 +126,11 @@ impl ControllerMetrics {
             ),
             &["limit"],
         )?;
+        let registrations_restored = IntCounter::new(
+            "cordon_controller_proxy_registrations_restored_total",
+            "Running sessions registered with the proxy again after it lost them (it restarted)",
+        )?;
+        registry.register(Box::new(registrations_restored.clone()))?;
         let custom_tool_calls = IntCounterVec::new(
             Opts::new(
                 "cordon_controller_custom_tool_calls_total",
@@ -191,6 +198,7 @@ impl ControllerMetrics {
             work_items,
             sandbox_starts,
             sandbox_limit_hits,
+            registrations_restored,
             custom_tool_calls,
             custom_tool_duration,
         })

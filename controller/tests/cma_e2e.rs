@@ -407,3 +407,58 @@ async fn a_cma_outage_mid_session_loses_and_repeats_no_answer() {
         "{metrics}"
     );
 }
+
+const PROXY_RESTART: &str = r#"
+environment_id = "env_proxy_restart"
+
+[[sessions]]
+id = "sesn_proxy_restart"
+
+[[sessions.steps]]
+tool = "bash"
+input = { command = "curl -sS -o /dev/null -w 'first=%{http_code}' https://api.example.test/v1/user" }
+expect = { is_error = false, contains = ["first=200"] }
+
+# The test restarts the proxy during this sleep.
+[[sessions.steps]]
+tool = "bash"
+input = { command = "sleep 8; curl -sS -o /dev/null -w 'after=%{http_code}' https://api.example.test/v1/user" }
+expect = { is_error = false, contains = ["after=200"] }
+"#;
+
+/// The proxy restarts mid-session (its registrations live in memory): the controller notices
+/// the session's registration is gone and registers it again, so the session's next request
+/// is its own again (allowed, token injected), not an unknown source's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_restart_mid_session_keeps_the_sessions_identity() {
+    let scenario = Scenario::parse(PROXY_RESTART).unwrap();
+    let (sim, mut world, controller) = start(&scenario, 248).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while sim.world.report().sessions[0].steps[0].outcome != "passed" {
+        assert!(Instant::now() < deadline, "{}", logs(&world));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The second call is sleeping in the sandbox: restart the proxy under it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    world.stop_proxy();
+    world.start_proxy();
+    let report = sim.wait(Duration::from_secs(120)).await;
+    assert_passed(&report, &world);
+    let audit = std::fs::read_to_string(world.dir.path().join("state/audit.log")).unwrap();
+    let after: Vec<serde_json::Value> = records_of(&audit, "sesn_proxy_restart");
+    assert_eq!(after.len(), 2, "both requests are the session's: {audit}");
+    assert!(
+        after
+            .iter()
+            .all(|r| r["credentials"][0] == "example-api->authorization"),
+        "{after:?}"
+    );
+    assert!(
+        controller
+            .admin("/metrics")
+            .contains("cordon_controller_proxy_registrations_restored_total 1"),
+        "{}",
+        controller.admin("/metrics")
+    );
+    wait_for_teardown(&world, "sesn_proxy_restart");
+}

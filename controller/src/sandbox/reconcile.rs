@@ -20,6 +20,57 @@ pub struct Reconciled {
 }
 
 impl Runtime {
+    /// Registers again, with the proxy, every running session's sandbox that the proxy does
+    /// not list under its id and address (it restarted, and registrations live in its
+    /// memory). Until then the proxy treats the sandbox as no session's, so the policy refuses
+    /// its traffic: fail closed, but the session cannot work. Returns the ids restored.
+    pub async fn restore_registrations(&self) -> Result<Vec<String>, SandboxError> {
+        let registered = self.proxy.sessions().await.map_err(SandboxError::Proxy)?;
+        let mut restored = Vec::new();
+        for record in self.store.live()? {
+            if record.warm
+                || super::names::is_tool_id(&record.id)
+                || record.state != SessionState::Running
+            {
+                continue;
+            }
+            let source = IpAddr::V4(self.names(&record).sandbox_addr);
+            if registered
+                .iter()
+                .any(|r| r.id == record.id && r.source == source)
+            {
+                continue;
+            }
+            // Under the session's lock, and only if it still runs.
+            match self.reregister(&record.id).await {
+                Ok(()) => restored.push(record.id),
+                Err(SandboxError::NotRunning { .. } | SandboxError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(restored)
+    }
+
+    /// [`Runtime::restore_registrations`] every `interval`, forever; what was restored is
+    /// logged and counted in `restored`.
+    pub async fn keep_registered(
+        self: std::sync::Arc<Self>,
+        interval: Duration,
+        restored: prometheus::IntCounter,
+    ) {
+        loop {
+            tokio::time::sleep(interval).await;
+            match self.restore_registrations().await {
+                Ok(ids) if !ids.is_empty() => {
+                    restored.inc_by(ids.len() as u64);
+                    tracing::warn!(sessions = ?ids, "the proxy had lost these sessions' registrations (restarted?); registered them again");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "checking the proxy's registrations"),
+            }
+        }
+    }
+
     /// Makes the host match the records: removes prefixed resources no live session owns,
     /// and marks failed (and cleans up) live sessions whose sandbox is gone. Waits until no
     /// other operation runs, and holds every other one off until it is done.
