@@ -80,7 +80,7 @@ impl Proxy {
     }
 
     /// [`Proxy::start`] with `proxy_extra` lines added to the `[proxy]` section (lines
-    /// `policy.KEY = VALUE` go to `[policy]`).
+    /// `policy.KEY = VALUE` go to `[policy]`, `upstream.KEY = VALUE` to `[upstream]`).
     pub fn start_with(
         policy: &str,
         upstream: SocketAddr,
@@ -139,13 +139,22 @@ impl Proxy {
         proxy_extra: &str,
         env: &[(&str, &str)],
     ) -> Proxy {
-        // `[policy]` keys may ride in `proxy_extra` as `policy.KEY = ...` lines.
-        let (policy_extra, proxy_extra): (Vec<&str>, Vec<&str>) = proxy_extra
+        // `[policy]` and `[upstream]` keys may ride in `proxy_extra` as `policy.KEY = ...` and
+        // `upstream.KEY = ...` lines.
+        let section = |prefix: &str| -> String {
+            proxy_extra
+                .lines()
+                .filter_map(|l| l.trim_start().strip_prefix(prefix))
+                .map(|l| format!("{l}\n"))
+                .collect()
+        };
+        let (policy_extra, upstream_extra) = (section("policy."), section("upstream."));
+        let proxy_extra: Vec<&str> = proxy_extra
             .lines()
-            .partition(|l| l.trim_start().starts_with("policy."));
-        let policy_extra: String = policy_extra
-            .iter()
-            .map(|l| format!("{}\n", l.trim_start().trim_start_matches("policy.")))
+            .filter(|l| {
+                let l = l.trim_start();
+                !l.starts_with("policy.") && !l.starts_with("upstream.")
+            })
             .collect();
         let proxy_extra = proxy_extra.join("\n");
         std::fs::write(dir.path().join("upstream-ca.pem"), upstream_ca).unwrap();
@@ -160,7 +169,7 @@ impl Proxy {
              admin_listen = \"127.0.0.1:{admin}\"\n\
              metrics_listen = \"127.0.0.1:{metrics}\"\nstate_dir = \"state\"\n{proxy_extra}\n\
              [policy]\nbundle = \"{bundle}\"\n{policy_extra}[tls]\nupstream_extra_roots = [\"upstream-ca.pem\"]\n\
-             [upstream]\nconnect_timeout_ms = 2000\n[upstream.connect_to]\n{routes}{extra}"
+             [upstream]\nconnect_timeout_ms = 2000\n{upstream_extra}[upstream.connect_to]\n{routes}{extra}"
         );
         // Each audit record written at once, so a test reads every record of the requests it
         // made, and the leak check sees them all; tests/audit_log.rs covers buffering.
