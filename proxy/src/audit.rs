@@ -120,6 +120,9 @@ struct Shared {
 
 struct Sink {
     out: Box<dyn Write + Send>,
+    /// The log file again (a second handle), to cut off a batch written in part: a full disk
+    /// must not leave half a record. `None` for standard output.
+    file: Option<std::fs::File>,
     /// The previous batch's buffer, swapped in for `pending` so neither reallocates.
     spare: Vec<u8>,
 }
@@ -138,14 +141,19 @@ thread_local! {
 impl AuditLog {
     /// Opens the target; `flush_interval` `None` writes every record at once.
     pub fn open(target: &AuditTarget, flush_interval: Option<Duration>) -> std::io::Result<Self> {
-        let out: Box<dyn Write + Send> = match target {
-            AuditTarget::Stdout => Box::new(std::io::stdout()),
-            AuditTarget::File(path) => Box::new(open_append(path)?),
+        let (out, file): (Box<dyn Write + Send>, _) = match target {
+            AuditTarget::Stdout => (Box::new(std::io::stdout()), None),
+            AuditTarget::File(path) => {
+                let file = open_append(path)?;
+                let again = file.try_clone()?;
+                (Box::new(file), Some(again))
+            }
         };
         let shared = Arc::new(Shared {
             pending: Mutex::new(Vec::new()),
             sink: Mutex::new(Sink {
                 out,
+                file,
                 spare: Vec::new(),
             }),
             immediate: AtomicBool::new(flush_interval.is_none()),
@@ -224,11 +232,27 @@ impl Shared {
             }
             std::mem::swap(&mut *pending, &mut sink.spare);
         }
-        if let Err(e) = sink
-            .out
-            .write_all(&sink.spare)
-            .and_then(|()| sink.out.flush())
-        {
+        let mut written = 0;
+        let result = loop {
+            if written == sink.spare.len() {
+                break sink.out.flush();
+            }
+            match sink.out.write(&sink.spare[written..]) {
+                Ok(0) => break Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        if let Err(e) = result {
+            // Whole records or none: what part of this batch reached the file is cut off
+            // again, so the log never holds half a line (a full disk, say).
+            if written > 0
+                && let Some(file) = &sink.file
+                && let Ok(meta) = file.metadata()
+            {
+                let _ = file.set_len(meta.len().saturating_sub(written as u64));
+            }
             let records = sink.spare.iter().filter(|b| **b == b'\n').count();
             tracing::error!(error = %e, records, "cannot write the audit log; these records are lost");
         }

@@ -137,3 +137,85 @@ fn an_overlong_interval_is_refused() {
         "{stderr}"
     );
 }
+
+/// A tmpfs of `size` mounted at a `cordon-test-` directory, unmounted and removed on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = std::path::PathBuf::from(format!(
+            "/var/tmp/cordon-test-{}-audit-disk",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let disk = SmallDisk(dir);
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "cordon-test"])
+            .arg(&disk.0)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount needs root");
+        disk
+    }
+
+    /// Fills the disk up with a file of its own; returns it.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let block = vec![b'x'; 4096];
+        while file.write_all(&block).is_ok() {}
+        let _ = file.write_all(b"x");
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// The audit log's disk fills up: the proxy keeps serving, says on standard error how many
+/// records it lost, leaves no half record in the file, and records again once there is room.
+#[test]
+fn a_full_disk_loses_whole_records_only_and_recovers() {
+    let disk = SmallDisk::mount("64k");
+    let pki = test_pki(&["allowed.test"]);
+    let upstream = spawn_upstream(&pki);
+    let audit = disk.0.join("audit.log");
+    let proxy = Proxy::start(
+        POLICY,
+        upstream,
+        &pki.ca_pem,
+        &["allowed.test"],
+        &format!(
+            "[audit]\npath = \"{}\"\nflush_interval_ms = 0\n",
+            audit.display()
+        ),
+    );
+    get(&proxy, "/before");
+    let filler = disk.fill();
+    for n in 0..20 {
+        get(&proxy, &format!("/while-full/{n}"));
+    }
+    let log = std::fs::read_to_string(proxy.path("proxy.log")).unwrap();
+    assert!(
+        log.contains("cannot write the audit log; these records are lost"),
+        "{log}"
+    );
+    std::fs::remove_file(filler).unwrap();
+    get(&proxy, "/after");
+    let text = std::fs::read_to_string(&audit).unwrap();
+    assert!(text.ends_with('\n'), "a half record at the end");
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let paths: Vec<&str> = records.iter().filter_map(|r| r["path"].as_str()).collect();
+    assert!(
+        paths.contains(&"/before") && paths.contains(&"/after"),
+        "{paths:?}"
+    );
+}
