@@ -797,8 +797,22 @@ impl Runtime {
         record: &SessionRecord,
         problems: &mut Vec<String>,
     ) {
-        if !record.warm
-            && !is_tool_id(&record.id)
+        if is_tool_id(&record.id) {
+            // A tool call's sandbox is registered under its tool's identity, by its caller; if
+            // the caller could not remove that (a crash, a failed DELETE), it goes here, so
+            // the address is free for the next sandbox that gets it.
+            let address = std::net::IpAddr::V4(self.names(record).sandbox_addr);
+            match self.proxy.sessions().await {
+                Ok(registered) => {
+                    for r in registered.into_iter().filter(|r| r.source == address) {
+                        if let Err(e) = self.proxy.unregister_source(&r.id, address).await {
+                            problems.push(format!("proxy registration {}: {e}", r.id));
+                        }
+                    }
+                }
+                Err(e) => problems.push(format!("proxy registrations: {e}")),
+            }
+        } else if !record.warm
             && let Err(e) = self.proxy.unregister(&record.id).await
         {
             problems.push(format!("proxy registration: {e}"));

@@ -266,7 +266,8 @@ async fn answer(
         ToolReply::text(result.is_error, result.text)
     };
     state.calls_run += 1;
-    let event = tool_result_content(call, reply.is_error, reply.content);
+    let mut event = tool_result_content(call, reply.is_error, reply.content);
+    let mut refused_once = false;
     // A result is work done: keep trying to post it through an outage (a 4xx other than 408
     // or 429 is final), for as long as `result_post_patience` allows. The lease decides
     // meanwhile: when it is lost, the heartbeat ends the whole run.
@@ -288,6 +289,29 @@ async fn answer(
                 tracing::warn!(session, call = %call.id, error = %e, retry_in_ms = wait.as_millis() as u64, "posting a tool result failed; retrying");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            // CMA refused the result itself (a 4xx that is not about timing or state: too
+            // large, a block it does not take). Answer the call with an error saying so, once,
+            // rather than leave it unanswered for every later work item to run again.
+            Err(CmaError::Status {
+                status,
+                kind,
+                message,
+                ..
+            }) if (400..500).contains(&status)
+                && !matches!(status, 401 | 403 | 404 | 408 | 409 | 412 | 429)
+                && !refused_once =>
+            {
+                refused_once = true;
+                tracing::warn!(session, call = %call.id, status, %kind, %message, "CMA refused a tool result; answering with an error instead");
+                event = tool_result_content(
+                    call,
+                    true,
+                    vec![serde_json::json!({"type": "text", "text": format!(
+                        "[cordon] the tool ran, but CMA refused its result ({status} {kind}: \
+                         {message}); it was not delivered"
+                    )})],
+                );
             }
             Err(e) => return Err(e),
         }

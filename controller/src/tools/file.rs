@@ -78,7 +78,7 @@ fn post() -> String {
 }
 
 /// One declared tool, checked.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Tool {
     pub name: String,
     pub description: String,
@@ -91,7 +91,7 @@ pub struct Tool {
 }
 
 /// What answers a call.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Handler {
     /// A program run in a short-lived sandbox of its own.
     Run(RunHandler),
@@ -108,7 +108,7 @@ impl Handler {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RunHandler {
     /// `None`: `[sandbox] image`.
     pub image: Option<String>,
@@ -123,7 +123,7 @@ pub struct RunHandler {
 /// A host file or directory the tool's sandbox sees.
 pub use crate::sandbox::bundle::HostMount as Mount;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HttpHandler {
     pub url: http::Uri,
     pub method: http::Method,
@@ -141,6 +141,8 @@ pub struct ToolSet {
 /// What the checks compare a file against: what the host has and must not hand out.
 #[derive(Debug, Clone, Default)]
 pub struct Context {
+    /// `[sandbox] danger_host_rootfs`: sandboxes run on the host's `/`, which run tools refuse.
+    pub host_rootfs: bool,
     /// The images in the store, by name (a `run` tool's image must be one of them).
     pub images: BTreeMap<String, ImageInfo>,
     /// `[sandbox] image`, for a run tool that names none.
@@ -161,8 +163,12 @@ pub struct ImageInfo {
     pub path: String,
 }
 
+/// CMA's toolset tools that run at Anthropic, not in the environment: names a custom tool may
+/// not take either.
+const CMA_SERVER_TOOLS: [&str; 2] = ["web_fetch", "web_search"];
+
 /// Targets inside a sandbox that Cordon owns.
-const RESERVED_TARGETS: [&str; 10] = [
+const RESERVED_TARGETS: [&str; 11] = [
     "/",
     "/proc",
     "/dev",
@@ -172,6 +178,7 @@ const RESERVED_TARGETS: [&str; 10] = [
     "/etc/resolv.conf",
     "/etc/ssl/certs/ca-certificates.crt",
     "/usr/local/share/ca-certificates/cordon.crt",
+    "/usr/local/lib/cordon/statx-compat.so",
     "/tmp",
 ];
 
@@ -209,6 +216,7 @@ pub fn parse(text: &str, base: &Path, context: &Context) -> Result<ToolSet, Vec<
             }
         }
     }
+    errors.extend(overlapping_writable_mounts(&tools));
     if errors.is_empty() {
         Ok(ToolSet { tools, path: None })
     } else {
@@ -216,9 +224,44 @@ pub fn parse(text: &str, base: &Path, context: &Context) -> Result<ToolSet, Vec<
     }
 }
 
-/// Whether CMA accepts `name` for a custom tool: 1-128 letters, digits, `_` and `-`.
+/// A writable mount whose source holds, or is held by, another mount's source (of any tool):
+/// a call could swap a path the other mount binds for a link elsewhere on the host.
+fn overlapping_writable_mounts(tools: &BTreeMap<String, Tool>) -> Vec<String> {
+    let mounts: Vec<(&str, &Mount)> = tools
+        .values()
+        .filter_map(|t| match &t.handler {
+            Handler::Run(run) => Some(run.mounts.iter().map(move |m| (t.name.as_str(), m))),
+            Handler::Http(_) => None,
+        })
+        .flatten()
+        .collect();
+    let mut problems = Vec::new();
+    for (i, (tool, writable)) in mounts.iter().enumerate() {
+        if !writable.writable {
+            continue;
+        }
+        for (j, (other_tool, other)) in mounts.iter().enumerate() {
+            if i != j
+                && (other.source.starts_with(&writable.source)
+                    || writable.source.starts_with(&other.source))
+            {
+                problems.push(format!(
+                    "tool {tool:?}: the writable mount {} overlaps tool {other_tool:?}'s mount \
+                     {}; a call could replace what the other mount binds. Give writable \
+                     mounts sources of their own",
+                    writable.source.display(),
+                    other.source.display()
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// Whether CMA accepts `name` for a custom tool, and the proxy its identity `tool:<name>`:
+/// 1-123 letters, digits, `_` and `-` (CMA takes 128; the proxy's ids are at most 128).
 pub fn valid_name(name: &str) -> bool {
-    (1..=128).contains(&name.len())
+    (1..=123).contains(&name.len())
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
@@ -232,7 +275,8 @@ fn check_tool(
 ) -> Option<Tool> {
     if !valid_name(&raw.name) {
         problems.push(format!(
-            "name {:?}: CMA accepts 1-128 letters, digits, '_' and '-'",
+            "name {:?}: use 1-123 letters, digits, '_' and '-' (CMA's rule, less the proxy \
+             identity's `tool:` prefix)",
             raw.name
         ));
     }
@@ -243,7 +287,9 @@ fn check_tool(
                 .into(),
         );
     }
-    if cordon_sandbox_agent::tools::TOOLS.contains(&raw.name.as_str()) {
+    if cordon_sandbox_agent::tools::TOOLS.contains(&raw.name.as_str())
+        || CMA_SERVER_TOOLS.contains(&raw.name.as_str())
+    {
         problems.push(format!(
             "name {:?} is a tool of CMA's own toolset; choose another",
             raw.name
@@ -362,6 +408,14 @@ fn check_run(
     context: &Context,
     problems: &mut Vec<String>,
 ) -> Option<RunHandler> {
+    if context.host_rootfs {
+        problems.push(
+            "run tools need images, and [sandbox] danger_host_rootfs runs sandboxes on the \
+             host's own /: a tool would see the host, not only its mounts. Unset \
+             danger_host_rootfs, or use an http tool"
+                .into(),
+        );
+    }
     let image = raw.image.clone().unwrap_or(context.default_image.clone());
     let image_info = context.images.get(&image);
     if image_info.is_none() {
@@ -436,10 +490,13 @@ fn check_run(
             ));
             continue;
         }
-        if RESERVED_TARGETS
-            .iter()
-            .any(|r| target == *r || (*r != "/" && target.starts_with(&format!("{r}/"))))
-        {
+        // At, below, or above (a mount over /etc would hide resolv.conf and the CA bundle).
+        if RESERVED_TARGETS.iter().any(|r| {
+            target == *r
+                || (*r != "/"
+                    && (target.starts_with(&format!("{r}/"))
+                        || r.starts_with(&format!("{target}/"))))
+        }) {
             problems.push(format!(
                 "{what}: target {target} is Cordon's or the kernel's inside the sandbox; \
                  choose another (for example /data or /tool)"

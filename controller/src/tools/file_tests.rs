@@ -15,6 +15,7 @@ fn context(dir: &Path) -> Context {
         path: "/usr/bin:/bin".into(),
     };
     Context {
+        host_rootfs: false,
         images: [
             ("default".to_string(), info.clone()),
             ("python".to_string(), info),
@@ -203,4 +204,50 @@ fn an_empty_file_serves_no_tools_and_unknown_keys_are_named() {
     )
     .unwrap_err();
     assert!(errors[0].contains("unknown field `timeout`"), "{errors:?}");
+}
+
+#[test]
+fn writable_mounts_may_not_overlap_and_targets_may_not_cover_cordons() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("reports/templates")).unwrap();
+    let text = r#"
+        [[tool]]
+        name = "writer"
+        description = "x"
+        input_schema = { type = "object" }
+        [tool.run]
+        command = ["true"]
+        mounts = [{ source = "reports", target = "/reports", writable = true }]
+
+        [[tool]]
+        name = "reader"
+        description = "x"
+        input_schema = { type = "object" }
+        [tool.run]
+        command = ["true"]
+        mounts = [{ source = "reports/templates", target = "/templates" }]
+
+        [[tool]]
+        name = "hider"
+        description = "x"
+        input_schema = { type = "object" }
+        [tool.run]
+        command = ["true"]
+        mounts = [{ source = "reports/templates", target = "/etc" }]
+    "#;
+    let errors = parse(text, dir.path(), &context(dir.path())).unwrap_err();
+    let all = errors.join("\n");
+    assert!(all.contains("tool \"writer\": the writable mount"), "{all}");
+    assert!(all.contains("Cordon's or the kernel's"), "{all}");
+    let mut host = context(dir.path());
+    host.host_rootfs = true;
+    let errors = parse(
+        "[[tool]]\nname = \"t\"\ndescription = \"x\"\ninput_schema = { type = \"object\" }\n[tool.run]\ncommand = [\"true\"]\n",
+        dir.path(),
+        &host,
+    )
+    .unwrap_err();
+    assert!(errors[0].contains("danger_host_rootfs"), "{errors:?}");
+    let long = "a".repeat(124);
+    assert!(!valid_name(&long) && valid_name(&long[..123]));
 }

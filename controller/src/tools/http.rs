@@ -61,12 +61,20 @@ impl ProxyRoute {
     }
 }
 
-/// The next source address for a call: 127.77.0.1 .. 127.77.255.254, in turn. Concurrent calls
-/// never share one (at most 64 per tool run at once, far fewer than 65 534).
+/// The next source address for a call: 127.77.0.1 .. 127.77.255.254, in turn from a random
+/// start (a restarted controller does not begin where a crashed one left registrations).
+/// Concurrent calls never share one: 65 534 calls would have to start within one call's
+/// `timeout_ms`.
 fn next_source() -> IpAddr {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed) % 65_534 + 1;
+    static NEXT: std::sync::OnceLock<AtomicU32> = std::sync::OnceLock::new();
+    let next = NEXT.get_or_init(|| AtomicU32::new(rand::random::<u32>() % 65_534));
+    let n = next.fetch_add(1, Ordering::Relaxed) % 65_534 + 1;
     IpAddr::V4(Ipv4Addr::new(127, 77, (n >> 8) as u8, (n & 0xff) as u8))
+}
+
+/// Whether `source` is one [`next_source`] hands out.
+pub fn is_call_source(source: IpAddr) -> bool {
+    matches!(source, IpAddr::V4(v4) if v4.octets()[..2] == [127, 77])
 }
 
 #[derive(Debug)]
@@ -75,6 +83,8 @@ enum Failure {
     Refused(u16, String, String),
     /// Cordon could not make the request.
     Failed(String),
+    /// The service answered more than `max_output_kb`.
+    TooLarge(String),
 }
 
 /// Makes one call of `tool`.
@@ -88,9 +98,11 @@ pub async fn call(
 ) -> Answer {
     let source = next_source();
     if let Err(e) = context.register(admin, &tool.name, source).await {
+        tracing::error!(tool = %tool.name, error = %e, "registering an http tool call with the proxy");
         return Answer::error(
             Outcome::Failed,
-            format!("[cordon] the tool's call could not be registered with the proxy: {e}"),
+            "[cordon] the tool's call could not be registered with the proxy (the operator's \
+             log says why)",
         );
     }
     let sent = tokio::time::timeout(
@@ -108,6 +120,10 @@ pub async fn call(
                 handler.url,
                 tool.timeout.as_millis()
             ),
+        ),
+        Ok(Err(Failure::TooLarge(why))) => Answer::error(
+            Outcome::Error,
+            format!("[cordon] tool {}: {why}", tool.name),
         ),
         Ok(Err(Failure::Failed(why))) => Answer::error(
             Outcome::Failed,
@@ -231,14 +247,14 @@ async fn send(
         .collect()
         .await
         .map_err(|e| {
-            Failure::Failed(if e.is::<http_body_util::LengthLimitError>() {
-                format!(
+            if e.is::<http_body_util::LengthLimitError>() {
+                Failure::TooLarge(format!(
                     "the answer is larger than max_output_kb ({} KiB); raise it in the tools file",
                     tool.max_output_bytes / 1024
-                )
+                ))
             } else {
-                format!("reading the answer: {e}")
-            })
+                Failure::Failed(format!("reading the answer: {e}"))
+            }
         })?
         .to_bytes();
     let body = String::from_utf8_lossy(&body).into_owned();

@@ -38,11 +38,37 @@ pub async fn prepare(
     default_image: &str,
     handler: &RunHandler,
 ) -> Result<Prepared, String> {
+    // Sources were checked when the file was loaded; a path swapped for a link since (by a
+    // process with write access to its parent) must not bind somewhere else of the host.
+    for mount in &handler.mounts {
+        match std::fs::canonicalize(&mount.source) {
+            Ok(now) if now == mount.source => {}
+            Ok(_) => {
+                tracing::error!(source = %mount.source.display(), "a tool's mount source now resolves elsewhere (a link was put in its path); refusing the call");
+                return Err(format!(
+                    "the tool's mount for {} changed since the tools file was loaded, so the \
+                     call was refused (the operator's log says more)",
+                    mount.target
+                ));
+            }
+            Err(e) => {
+                tracing::error!(source = %mount.source.display(), error = %e, "a tool's mount source is gone");
+                return Err(format!(
+                    "the tool's mount for {} is missing on the host (the operator's log says \
+                     more)",
+                    mount.target
+                ));
+            }
+        }
+    }
     let image = handler.image.as_deref().unwrap_or(default_image);
     let started = runtime
         .start_tool(Some(image), &handler.mounts)
         .await
-        .map_err(|e| format!("the tool's sandbox did not start: {e}"))?;
+        .map_err(|e| {
+            tracing::error!(error = %e, "a tool's sandbox did not start");
+            "the tool's sandbox did not start (the operator's log says why)".to_string()
+        })?;
     match agent_endpoint(runtime.config(), &started.id) {
         Ok((agent, token)) => Ok(Prepared {
             started,
@@ -51,7 +77,8 @@ pub async fn prepare(
         }),
         Err(e) => {
             discard(runtime, &started.id).await;
-            Err(format!("the tool's sandbox has no agent: {e}"))
+            tracing::error!(error = %e, "a tool's sandbox has no agent");
+            Err("the tool's sandbox did not start (the operator's log says why)".into())
         }
     }
 }
@@ -78,10 +105,14 @@ pub async fn call(
     let admin = runtime.proxy_admin();
     let answer = match context.register(admin, &tool.name, source).await {
         Ok(()) => execute(tool, handler, sandbox, context, input).await,
-        Err(e) => Answer::error(
-            Outcome::Failed,
-            format!("[cordon] the tool's sandbox could not be registered with the proxy: {e}"),
-        ),
+        Err(e) => {
+            tracing::error!(tool = %tool.name, error = %e, "registering a tool's sandbox with the proxy");
+            Answer::error(
+                Outcome::Failed,
+                "[cordon] the tool's sandbox could not be registered with the proxy (the \
+                 operator's log says why)",
+            )
+        }
     };
     CallContext::unregister(admin, &tool.name, source).await;
     answer

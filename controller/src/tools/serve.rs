@@ -40,6 +40,8 @@ struct Served {
     permits: Arc<Semaphore>,
     /// Sandboxes started ahead of calls (`warm`), each used by one call.
     warm: Mutex<Vec<Prepared>>,
+    /// Warm sandboxes being started now.
+    starting: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -129,8 +131,14 @@ impl CustomTools {
                 self.config.ca_cert.display()
             ));
         }
+        let previous = self.generation();
         let mut tools = BTreeMap::new();
         for (name, tool) in set.tools {
+            // Unchanged: the same permits (calls in flight keep counting) and warm sandboxes.
+            if let Some(served) = previous.tools.get(&name).filter(|s| s.tool == tool) {
+                tools.insert(name, served.clone());
+                continue;
+            }
             match InputCheck::new(&tool.input_schema) {
                 Ok(check) => {
                     let permits = Arc::new(Semaphore::new(tool.concurrency as usize));
@@ -141,6 +149,7 @@ impl CustomTools {
                             check,
                             permits,
                             warm: Mutex::default(),
+                            starting: Default::default(),
                         }),
                     );
                 }
@@ -153,15 +162,25 @@ impl CustomTools {
         self.metrics
             .declare_custom_tools(tools.keys().map(String::as_str));
         let names: Vec<String> = tools.keys().cloned().collect();
-        let previous = std::mem::replace(
-            &mut *self.current.write().unwrap_or_else(|e| e.into_inner()),
-            Arc::new(Generation { tools, modified }),
-        );
-        // The previous set's warm sandboxes were made for its definitions.
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) =
+            Arc::new(Generation { tools, modified });
+        // The warm sandboxes of tools that changed or went were made for old definitions.
+        let current = self.generation();
+        let stale: Vec<Arc<Served>> = previous
+            .tools
+            .iter()
+            .filter(|(name, served)| {
+                current
+                    .tools
+                    .get(*name)
+                    .is_none_or(|now| !Arc::ptr_eq(now, served))
+            })
+            .map(|(_, served)| served.clone())
+            .collect();
         let runtime = self.runtime.clone();
         tokio::spawn(async move {
-            for served in previous.tools.values() {
-                drain_warm(&runtime, served).await;
+            for served in stale {
+                drain_warm(&runtime, &served).await;
             }
         });
         tracing::info!(path = %path.display(), tools = ?names, "custom tools loaded");
@@ -215,7 +234,8 @@ impl CustomTools {
                 Handler::Run(run) => run.warm as usize,
                 Handler::Http(_) => 0,
             };
-            let have = served.warm.lock().unwrap_or_else(|e| e.into_inner()).len();
+            let have = served.warm.lock().unwrap_or_else(|e| e.into_inner()).len()
+                + served.starting.load(std::sync::atomic::Ordering::SeqCst);
             for _ in have..want {
                 self.refill(served.clone());
             }
@@ -229,8 +249,15 @@ impl CustomTools {
         };
         let handler = handler.clone();
         let this = self.clone();
+        served
+            .starting
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         tokio::spawn(async move {
-            match run::prepare(&this.runtime, &this.config.default_image, &handler).await {
+            let prepared = run::prepare(&this.runtime, &this.config.default_image, &handler).await;
+            served
+                .starting
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            match prepared {
                 Ok(prepared) => {
                     // Still served? A reload may have replaced the tool meanwhile.
                     let current = this.generation();
@@ -263,6 +290,19 @@ impl CustomTools {
     }
 
     async fn remove_leftovers(&self) {
+        // An http call's registration a crash left behind (its source is on loopback, which
+        // the sandbox reconcile does not look at).
+        let admin = self.runtime.proxy_admin();
+        if let Ok(registered) = admin.sessions().await {
+            for r in registered
+                .iter()
+                .filter(|r| r.id.starts_with("tool:") && super::http::is_call_source(r.source))
+            {
+                if let Err(e) = admin.unregister_source(&r.id, r.source).await {
+                    tracing::warn!(tool = %r.id, error = %e, "removing a stale http tool registration");
+                }
+            }
+        }
         let Ok(list) = self.runtime.list() else {
             return;
         };

@@ -21,6 +21,7 @@ pub struct ToolsConfig {
     pub ca_cert: PathBuf,
     /// `[sandbox] image`, for run tools that name none.
     pub default_image: String,
+    host_rootfs: bool,
     images_dir: PathBuf,
     forbidden: Vec<PathBuf>,
 }
@@ -53,6 +54,27 @@ impl ToolsConfig {
         ];
         forbidden.extend(file.credentials_store());
         forbidden.extend(raw.webhook_secret_file.as_ref().map(|p| file.resolve(p)));
+        // What would let a tool change what runs, or read what it must not: the tools file
+        // (a writable mount over it would rewrite the tools), the policy, the sandbox agent,
+        // the audit logs.
+        forbidden.extend(raw.tools.as_ref().map(|p| file.resolve(p)));
+        forbidden.extend(raw.audit_log.as_ref().map(|p| file.resolve(p)));
+        forbidden.extend(
+            file.sections
+                .policy
+                .bundle
+                .as_ref()
+                .map(|p| file.resolve(p)),
+        );
+        forbidden.extend(
+            file.sections
+                .audit
+                .path
+                .as_ref()
+                .filter(|p| p.as_os_str() != "-")
+                .map(|p| file.resolve(p)),
+        );
+        forbidden.push(sandbox.agent.clone());
         Ok(Self {
             path: raw.tools.as_ref().map(|p| file.resolve(p)),
             audit_log: raw.audit_log.as_ref().map_or_else(
@@ -62,6 +84,7 @@ impl ToolsConfig {
             explicit,
             ca_cert: file.ca_cert(),
             default_image: sandbox.image.clone(),
+            host_rootfs: sandbox.danger_host_rootfs,
             images_dir: sandbox.images_dir.clone(),
             forbidden,
         })
@@ -92,6 +115,7 @@ impl ToolsConfig {
             })
             .unwrap_or_default();
         Context {
+            host_rootfs: self.host_rootfs,
             images,
             default_image: self.default_image.clone(),
             forbidden: self.forbidden.clone(),

@@ -13,6 +13,14 @@ use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorType, Result};
 
 use super::{Authorizer, PROXY_HEADERS, RequestContext};
+
+/// The context headers of a custom tool's requests (docs/TOOLS.md), set by the proxy only.
+const TOOL_HEADERS: [&str; 4] = [
+    "x-cordon-session",
+    "x-cordon-tool",
+    "x-cordon-tool-use-id",
+    "x-cordon-agent-id",
+];
 use crate::respond::{Refusal, RefusalClass};
 
 impl Authorizer {
@@ -96,6 +104,28 @@ impl Authorizer {
         }
         for name in PROXY_HEADERS {
             upstream_request.remove_header(name);
+        }
+        // A custom tool's context headers say which session called it; only the proxy sets
+        // them, from the registration, so a sandbox cannot claim another session's call.
+        for name in TOOL_HEADERS {
+            upstream_request.remove_header(name);
+        }
+        if let Some(conn) = &ctx.conn
+            && conn.session.id.starts_with("tool:")
+        {
+            let labels = &conn.session.labels;
+            for (name, value) in [
+                ("x-cordon-session", labels.get("session")),
+                ("x-cordon-tool", labels.get("tool")),
+                ("x-cordon-tool-use-id", labels.get("tool_use_id")),
+                ("x-cordon-agent-id", conn.session.agent_id.as_ref()),
+            ] {
+                if let Some(value) = value
+                    && let Ok(value) = http::HeaderValue::from_str(value)
+                {
+                    upstream_request.insert_header(name, value)?;
+                }
+            }
         }
         for (name, values) in &ctx.swaps.headers {
             upstream_request.remove_header(name);

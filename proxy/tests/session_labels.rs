@@ -1,6 +1,8 @@
-//! Report-only rollout (`[policy] mode = "report"`, or a session's `policy_mode = "report"`
-//! label): what the policy denies goes through, recorded as `would_deny` in the audit log and
-//! counted; the SSRF guard still refuses; sessions without the label stay enforced.
+//! What a registration's identity and labels do at the proxy: report-only rollout
+//! (`[policy] mode = "report"`, or a session's `policy_mode = "report"` label: what the policy
+//! denies goes through, recorded as `would_deny` and counted; the SSRF guard still refuses;
+//! sessions without the label stay enforced), and the context headers of a custom tool's
+//! requests, which only the proxy sets.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -136,4 +138,47 @@ fn an_unknown_mode_is_a_configuration_error() {
             .contains("policy.mode = \"audit\": expected \"enforce\" or \"report\""),
         "{out:?}"
     );
+}
+
+/// A custom tool's context headers (`x-cordon-*`) come from the proxy only: a session's own are
+/// dropped, and a tool identity's are set from its registration, whatever the client sent.
+#[test]
+fn tool_context_headers_cannot_be_forged() {
+    let pki = test_pki(&HOSTS);
+    let upstream = spawn_upstream(&pki);
+    let proxy = Proxy::start(POLICY, upstream, &pki.ca_pem, &HOSTS, "");
+    proxy.admin(
+        "PUT",
+        "/sessions/sesn_plain",
+        Some(r#"{"source": "127.0.0.1"}"#),
+    );
+    let forged = [
+        "-H",
+        "x-cordon-session: sesn_victim",
+        "-H",
+        "x-cordon-tool: lookup",
+    ];
+    let out = proxy.curl(&[&forged[..], &["https://allowed.test/echo"]].concat());
+    assert!(reached(&out), "{}", text(&out));
+    // The upstream echoes the head it received.
+    assert!(!text(&out).contains("sesn_victim"), "{}", text(&out));
+    assert!(!text(&out).contains("x-cordon-tool"), "{}", text(&out));
+
+    proxy.admin("DELETE", "/sessions/sesn_plain", None);
+    proxy.admin(
+        "PUT",
+        "/sessions/tool:lookup",
+        Some(
+            r#"{"source": "127.0.0.1", "agent_id": "agent_1", "labels": {"session": "sesn_real", "tool": "lookup", "tool_use_id": "tu_1"}}"#,
+        ),
+    );
+    let out = proxy.curl(&[&forged[..], &["https://allowed.test/echo"]].concat());
+    let echoed = text(&out);
+    assert!(
+        echoed.contains("x-cordon-session: sesn_real")
+            && echoed.contains("x-cordon-tool-use-id: tu_1")
+            && echoed.contains("x-cordon-agent-id: agent_1"),
+        "{echoed}"
+    );
+    assert!(!echoed.contains("sesn_victim"), "{echoed}");
 }
