@@ -144,6 +144,13 @@ pub async fn run_session(
     config: &RunnerConfig,
 ) -> Result<(RunEnd, u64), CmaError> {
     let mut state = State::default();
+    let serving = Serving {
+        client,
+        work,
+        session,
+        tools,
+        patience: config.result_post_patience,
+    };
     let mut backoff = config.backoff_start;
     loop {
         // The stream first, so nothing emitted during the reconcile is lost.
@@ -180,16 +187,7 @@ pub async fn run_session(
         // Calls answered later in the same history are not due.
         due.retain(|c| !state.answered.contains(&c.id));
         for call in due {
-            answer(
-                client,
-                work,
-                session,
-                tools,
-                &mut state,
-                &call,
-                config.result_post_patience,
-            )
-            .await?;
+            answer(&serving, &mut state, &call).await?;
         }
         if state.terminated {
             stream.abort();
@@ -213,16 +211,7 @@ pub async fn run_session(
                 Some(StreamItem::Event(event)) => {
                     backoff = config.backoff_start;
                     if let Some(call) = state.observe(&event) {
-                        answer(
-                            client,
-                            work,
-                            session,
-                            tools,
-                            &mut state,
-                            &call,
-                            config.result_post_patience,
-                        )
-                        .await?;
+                        answer(&serving, &mut state, &call).await?;
                     }
                     if state.terminated {
                         stream.abort();
@@ -242,16 +231,25 @@ pub async fn run_session(
     }
 }
 
-/// Runs `call` and posts its result, retrying the post through retryable errors.
-async fn answer(
-    client: &CmaClient,
-    work: &Work,
-    session: &str,
-    tools: &dyn ToolExecutor,
-    state: &mut State,
-    call: &ToolUse,
+/// What answering a call needs besides the call.
+struct Serving<'a> {
+    client: &'a CmaClient,
+    work: &'a Work,
+    session: &'a str,
+    tools: &'a dyn ToolExecutor,
+    /// [`RunnerConfig::result_post_patience`].
     patience: Duration,
-) -> Result<(), CmaError> {
+}
+
+/// Runs `call` and posts its result, retrying the post through retryable errors.
+async fn answer(serving: &Serving<'_>, state: &mut State, call: &ToolUse) -> Result<(), CmaError> {
+    let Serving {
+        client,
+        work,
+        session,
+        tools,
+        patience,
+    } = *serving;
     // A custom tool is the operator's, not the toolset's: never run in the session's
     // sandbox, even when its name is one of the toolset's.
     let reply = if call.custom {
