@@ -11,6 +11,15 @@ use cordon_controller::tools::setup::ToolsConfig;
 
 use crate::Common;
 
+/// `println!` that stops quietly when standard output is closed (`tools schema | head`)
+/// instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum ToolsAction {
     /// Loads the tools file as `serve` does and reports every problem at once (exit 65), or
@@ -80,7 +89,7 @@ pub(crate) fn run(action: ToolsAction) -> Result<ExitCode, ExitCode> {
         ToolsAction::Check { common, file } => {
             let set = load(&common, file.as_deref())?;
             let path = set.path.as_deref().unwrap_or(Path::new("?"));
-            println!("{}: {} tool(s), no errors", path.display(), set.tools.len());
+            say!("{}: {} tool(s), no errors", path.display(), set.tools.len());
             for tool in set.tools.values() {
                 let what = match &tool.handler {
                     Handler::Run(run) => format!(
@@ -107,7 +116,7 @@ pub(crate) fn run(action: ToolsAction) -> Result<ExitCode, ExitCode> {
                     ),
                     Handler::Http(http) => format!("http {} {}", http.method, http.url),
                 };
-                println!(
+                say!(
                     "  {:<24} {what}; timeout {} ms, concurrency {}",
                     tool.name,
                     tool.timeout.as_millis(),
@@ -119,7 +128,7 @@ pub(crate) fn run(action: ToolsAction) -> Result<ExitCode, ExitCode> {
         ToolsAction::Schema { common, file } => {
             let set = load(&common, file.as_deref())?;
             let text = serde_json::to_string_pretty(&set.agent_entries()).unwrap_or_default();
-            println!("{text}");
+            say!("{text}");
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -159,14 +168,14 @@ pub(crate) async fn agents(action: AgentsAction) -> Result<ExitCode, ExitCode> {
         CmaClient::new(base_url, "", Key::new(key), "cordon-agents-sync").map_err(usage)?;
     match sync(&client, &agent, &set.agent_entries(), dry_run).await {
         Ok((plan, version)) => {
-            println!("agent {agent} (version {}):", plan.version.unwrap_or(0));
-            println!("{plan}");
+            say!("agent {agent} (version {}):", plan.version.unwrap_or(0));
+            say!("{plan}");
             if dry_run {
-                println!("dry run: nothing changed");
+                say!("dry run: nothing changed");
             } else if plan.is_noop() {
-                println!("agent {agent} already has these tools");
+                say!("agent {agent} already has these tools");
             } else {
-                println!(
+                say!(
                     "agent {agent} updated to version {}",
                     version.map_or("?".to_string(), |v| v.to_string())
                 );
