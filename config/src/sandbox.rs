@@ -13,6 +13,9 @@ pub struct SandboxSection {
     pub address_pool: String,
     pub agent_port: u16,
     pub agent: Option<PathBuf>,
+    /// A statically linked agent for images without glibc (default: the one `make` builds
+    /// beside the programs, when `agent` is not set either).
+    pub static_agent: Option<PathBuf>,
     pub image: String,
     pub images_dir: Option<PathBuf>,
     pub agent_images: std::collections::BTreeMap<String, String>,
@@ -41,6 +44,7 @@ impl Default for SandboxSection {
             address_pool: "10.200.0.0/16".into(),
             agent_port: 7070,
             agent: None,
+            static_agent: None,
             image: DEFAULT_IMAGE.into(),
             images_dir: None,
             agent_images: Default::default(),

@@ -34,8 +34,11 @@ pub struct SandboxConfig {
     /// Each session gets one /30 of this network.
     pub address_pool: Ipv4Net,
     pub agent_port: u16,
-    /// The `cordon-sandbox-agent` binary on the host, bind-mounted into every sandbox.
+    /// The `cordon-sandbox-agent` binary on the host, bind-mounted into every sandbox whose
+    /// image it can run on.
     pub agent: PathBuf,
+    /// A statically linked agent, for images without glibc when `agent` is linked against it.
+    pub static_agent: Option<PathBuf>,
     /// The image sessions run on unless `agent_images` names another for their agent.
     pub image: String,
     /// The image store (an OCI image layout, docs/SANDBOXES.md).
@@ -291,12 +294,21 @@ impl SandboxConfig {
                     .into(),
             );
         }
-        let agent = match &raw.agent {
-            Some(p) => resolve(p),
-            None => std::env::current_exe()
-                .ok()
-                .and_then(|e| e.parent().map(agent_beside))
-                .unwrap_or_else(|| PathBuf::from("cordon-sandbox-agent")),
+        let beside = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(agents_beside));
+        let (agent, static_agent) = match (&raw.agent, &raw.static_agent) {
+            (Some(agent), static_agent) => (resolve(agent), static_agent.as_deref().map(resolve)),
+            (None, explicit) => {
+                let (dynamic, found) =
+                    beside.unwrap_or_else(|| (PathBuf::from("cordon-sandbox-agent"), None));
+                let static_agent = explicit.as_deref().map(resolve).or(found);
+                // Without a dynamic build, the static one serves every image.
+                match (dynamic.is_file(), static_agent) {
+                    (false, Some(only)) => (only, None),
+                    (_, static_agent) => (dynamic, static_agent),
+                }
+            }
         };
         let state_dir = file.state_dir().join("controller");
         let workspace_root = raw
@@ -321,6 +333,7 @@ impl SandboxConfig {
             address_pool,
             agent_port: raw.agent_port,
             agent,
+            static_agent,
             image: raw.image.clone(),
             agent_images: raw.agent_images.clone(),
             danger_host_rootfs: raw.danger_host_rootfs,
@@ -494,20 +507,20 @@ impl ServiceConfig {
 /// The target triple the statically linked sandbox agent is built for (`make build`).
 pub const STATIC_AGENT_TARGET: &str = "x86_64-unknown-linux-gnu";
 
-/// The sandbox agent that goes with the programs in `dir` (a cargo profile directory such as
-/// `target/release`): the statically linked build (`<target>/x86_64-unknown-linux-gnu/<profile>`,
-/// which `make build` and `make test` make) when there is one, since it runs on every image
-/// whatever its libc; else the dynamically linked one beside the programs, which needs an
-/// image with glibc.
-pub fn agent_beside(dir: &std::path::Path) -> PathBuf {
-    if let (Some(target), Some(profile)) = (dir.parent(), dir.file_name()) {
-        let static_agent = target
+/// The sandbox agents that go with the programs in `dir` (a cargo profile directory such as
+/// `target/release`): the one beside the programs (dynamically linked: the smaller footprint,
+/// for images with glibc), and the statically linked build
+/// (`<target>/x86_64-unknown-linux-gnu/<profile>`, which `make build` and `make test` make), if
+/// there is one, for images without glibc.
+pub fn agents_beside(dir: &std::path::Path) -> (PathBuf, Option<PathBuf>) {
+    let static_agent = dir.parent().zip(dir.file_name()).map(|(target, profile)| {
+        target
             .join(STATIC_AGENT_TARGET)
             .join(profile)
-            .join("cordon-sandbox-agent");
-        if static_agent.is_file() {
-            return static_agent;
-        }
-    }
-    dir.join("cordon-sandbox-agent")
+            .join("cordon-sandbox-agent")
+    });
+    (
+        dir.join("cordon-sandbox-agent"),
+        static_agent.filter(|p| p.is_file()),
+    )
 }

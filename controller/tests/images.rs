@@ -481,16 +481,15 @@ fn a_missing_image_is_refused_and_a_relative_config_path_works() {
 }
 
 /// An Alpine-style image: no glibc, only a statically linked busybox (Debian's
-/// busybox-static). The statically linked agent `make` builds runs there; the bash tool runs
+/// busybox-static). The statically linked agent `make` builds runs there (the dynamic one,
+/// `[sandbox] agent`, serves glibc images); the bash tool runs
 /// the image's `/bin/sh`, and the file tools work.
 #[test]
 fn an_image_without_glibc_runs_the_static_agent() {
-    let agent = support::agent();
-    assert!(
-        !cordon_controller::sandbox::bundle::is_dynamic(&agent),
-        "{} is dynamically linked: run `make test`, which builds the static agent",
-        agent.display()
-    );
+    let agent = support::agents()
+        .1
+        .expect("the static agent is not built: run `make test`, which builds it");
+    assert!(!cordon_controller::sandbox::bundle::is_dynamic(&agent));
     let busybox = std::fs::read("/bin/busybox").expect("busybox-static (make deps installs it)");
     assert!(!cordon_controller::sandbox::bundle::is_dynamic(Path::new(
         "/bin/busybox"

@@ -80,6 +80,8 @@ pub struct BundleInput<'a> {
     pub own_network_namespace: bool,
     /// The root filesystem: an image's unpacked root, or `/` with `danger_host_rootfs`.
     pub root: &'a Path,
+    /// The sandbox agent binary to bind in (one that runs on this root).
+    pub agent: &'a Path,
     /// The image's own environment (`KEY=VALUE`), under Cordon's variables.
     pub image_env: &'a [String],
     /// Hide the gateway's secrets (the root is the host's own).
@@ -362,7 +364,7 @@ fn spec(files: &Path, input: &BundleInput<'_>) -> Result<Spec, BundleError> {
         .build()?;
     let mut mounts = oci_spec::runtime::get_default_mounts();
     mounts.extend([
-        bind(&config.agent, AGENT_PATH, false)?,
+        bind(input.agent, AGENT_PATH, false)?,
         bind(&files.join("agent-token"), TOKEN_PATH, false)?,
         bind(&files.join("resolv.conf"), "/etc/resolv.conf", false)?,
         bind(&files.join("ca-bundle.crt"), CA_BUNDLE_PATH, false)?,

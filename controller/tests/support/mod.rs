@@ -33,11 +33,12 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// The sandbox agent the controller would pick beside these binaries: the statically linked
-/// build when `make` made one, as in production.
-pub fn agent() -> PathBuf {
+/// The sandbox agents the controller would find beside these binaries, as in production: the
+/// dynamically linked one (for images with glibc) and the statically linked one `make` builds
+/// (for images without), if built.
+pub fn agents() -> (PathBuf, Option<PathBuf>) {
     let dir = binary("cordon-sandbox-agent");
-    cordon_controller::config::agent_beside(dir.parent().unwrap())
+    cordon_controller::config::agents_beside(dir.parent().unwrap())
 }
 
 pub fn text(bytes: &[u8]) -> String {
@@ -198,7 +199,7 @@ impl World {
                  [upstream.connect_to]\n{connect_to}\
                  [dns]\nlisten = \"0.0.0.0:{}\"\n\
                  [sandbox]\nname_prefix = \"{prefix}\"\ninterface_prefix = \"{interface_prefix}\"\n\
-                 address_pool = \"{pool}\"\nagent_port = {agent_port}\nagent = \"{agent}\"\n\
+                 address_pool = \"{pool}\"\nagent_port = {agent_port}\nagent = \"{agent}\"\n{static_agent}\
                  images_dir = \"{images}\"\n{}\n{}\n",
                 ports.explicit,
                 ports.transparent,
@@ -212,7 +213,11 @@ impl World {
                     format!("memory_mb = 512\n{}", setup.sandbox_extra)
                 },
                 setup.extra_toml,
-                agent = agent().display(),
+                agent = agents().0.display(),
+                static_agent = agents()
+                    .1
+                    .map(|p| format!("static_agent = \"{}\"\n", p.display()))
+                    .unwrap_or_default(),
                 images = test_images().display(),
             ),
         )
