@@ -208,7 +208,7 @@ impl Store {
         warm: bool,
     ) -> Result<SessionRecord, StoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         refuse_live(&tx, id)?;
         let taken: Vec<u32> = {
             let mut stmt = tx.prepare(

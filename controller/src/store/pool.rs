@@ -14,7 +14,7 @@ impl Store {
     /// created, so a session with one starts cold and mounts it). `None`: start cold.
     pub fn claim_warm(&self, id: &str, digest: &str) -> Result<Option<SessionRecord>, StoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         super::refuse_live(&tx, id)?;
         let has_workspace: bool = tx.query_row(
             "SELECT EXISTS(SELECT 1 FROM workspaces WHERE session_id = ?1)",

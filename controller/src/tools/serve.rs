@@ -31,6 +31,8 @@ use crate::sandbox::Runtime;
 
 /// How often the tools file's modification time is checked.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
+/// Every this many checks (30 s), tools short of warm sandboxes are topped up.
+const WARM_CHECK_POLLS: u32 = 15;
 
 /// One tool as served.
 #[derive(Debug)]
@@ -201,7 +203,13 @@ impl CustomTools {
             return;
         };
         self.fill_warm();
+        let mut polls = 0u32;
         loop {
+            // Warm sandboxes that failed to start are tried again now and then.
+            polls += 1;
+            if polls.is_multiple_of(WARM_CHECK_POLLS) {
+                self.fill_warm();
+            }
             let signalled = tokio::select! {
                 () = tokio::time::sleep(WATCH_INTERVAL) => false,
                 Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
@@ -230,15 +238,20 @@ impl CustomTools {
     /// Starts the warm sandboxes each run tool asks for that it does not have.
     fn fill_warm(self: &Arc<Self>) {
         for served in self.generation().tools.values() {
-            let want = match &served.tool.handler {
-                Handler::Run(run) => run.warm as usize,
-                Handler::Http(_) => 0,
-            };
-            let have = served.warm.lock().unwrap_or_else(|e| e.into_inner()).len()
-                + served.starting.load(std::sync::atomic::Ordering::SeqCst);
-            for _ in have..want {
-                self.refill(served.clone());
-            }
+            self.top_up(served);
+        }
+    }
+
+    /// Starts the warm sandboxes `served` asks for beyond those it has or is starting.
+    fn top_up(self: &Arc<Self>, served: &Arc<Served>) {
+        let want = match &served.tool.handler {
+            Handler::Run(run) => run.warm as usize,
+            Handler::Http(_) => 0,
+        };
+        let have = served.warm.lock().unwrap_or_else(|e| e.into_inner()).len()
+            + served.starting.load(std::sync::atomic::Ordering::SeqCst);
+        for _ in have..want {
+            self.refill(served.clone());
         }
     }
 
@@ -440,11 +453,10 @@ impl CustomTools {
             },
             Handler::Run(handler) => {
                 let warm = served.warm.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                // Top the tool's warm sandboxes up, whether this call took one or found none.
+                self.top_up(&served);
                 let sandbox = match warm {
-                    Some(prepared) => {
-                        self.refill(served.clone());
-                        prepared
-                    }
+                    Some(prepared) => prepared,
                     None => match run::prepare(&self.runtime, &self.config.default_image, handler)
                         .await
                     {

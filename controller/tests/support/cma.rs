@@ -180,7 +180,13 @@ pub fn wait_for_teardown_leaving(world: &World, session: &str, others: usize) {
         !world.netns_exists(session),
         "the sandbox of {session} is still there"
     );
-    assert_eq!(world.containers().len(), others, "{:?}", world.containers());
+    assert_eq!(
+        world.containers().len(),
+        others,
+        "{:?}\n{}",
+        world.containers(),
+        logs(world)
+    );
 }
 
 pub fn logs(world: &World) -> String {
