@@ -230,6 +230,8 @@ async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
     let listener = bind(config.listen).await?;
     let admin_listener = bind(config.admin_listen).await?;
     let mut sandbox_config = None;
+    // Kept to stop their warm sandboxes at shutdown.
+    let mut served_tools = None;
     if let Some(work) = &config.work {
         let sandbox = SandboxConfig::load(&common.config).map_err(|e| {
             eprintln!("cordon-controller: {e}");
@@ -281,6 +283,7 @@ async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
                     tools.names().join(", ")
                 );
                 tokio::spawn(tools.clone().watch());
+                served_tools = Some(tools.clone());
                 Some(tools)
             }
         };
@@ -341,11 +344,37 @@ async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
         }
     });
     let app = cordon_controller::cma::receiver::router(receiver, config.max_body_bytes);
-    axum::serve(listener, app).await.map_err(|e| {
-        eprintln!("cordon-controller: {e}");
-        ExitCode::from(70)
-    })?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop_signal())
+        .await
+        .map_err(|e| {
+            eprintln!("cordon-controller: {e}");
+            ExitCode::from(70)
+        })?;
+    // Sessions' sandboxes stay for a restarted controller to resume; warm tool sandboxes hold
+    // nothing and are started again by the next `serve`.
+    if let Some(tools) = served_tools {
+        tools.shutdown().await;
+    }
+    eprintln!("cordon-controller: stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM or SIGINT.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
 }
 
 /// `cordon-controller sessions`: the running controller's sessions, or a stop.

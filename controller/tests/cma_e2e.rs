@@ -148,6 +148,23 @@ async fn a_webhook_starts_a_session_that_runs_in_a_sandbox_and_ends_cleanly() {
         table.contains("sesn_demo") && table.contains("terminated"),
         "{table}"
     );
+    // Stopped with SIGTERM (as `make up`'s Ctrl-C does), the controller stops the warm tool
+    // sandbox on its way out: nothing keeps running.
+    let mut controller = controller;
+    let pid = controller.child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while controller.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(world.containers().is_empty(), "{:?}", world.containers());
     drop(controller);
 }
 
