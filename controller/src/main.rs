@@ -230,8 +230,9 @@ async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
     let listener = bind(config.listen).await?;
     let admin_listener = bind(config.admin_listen).await?;
     let mut sandbox_config = None;
-    // Kept to stop their warm sandboxes at shutdown.
+    // Kept to stop warm tool sandboxes, and the firewall if nothing is left, at shutdown.
     let mut served_tools = None;
+    let mut served_runtime = None;
     if let Some(work) = &config.work {
         let sandbox = SandboxConfig::load(&common.config).map_err(|e| {
             eprintln!("cordon-controller: {e}");
@@ -254,6 +255,7 @@ async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
         // serve lives as long as its sandboxes: they run detached, reaped by it.
         runtime.detach_sandboxes().map_err(|e| fail(&e))?;
         let runtime = Arc::new(runtime);
+        served_runtime = Some(runtime.clone());
         let tools = ToolsConfig::load(&common.config, runtime.config()).map_err(|e| {
             eprintln!("cordon-controller: {e}");
             ExitCode::from(64)
@@ -352,9 +354,15 @@ async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
             ExitCode::from(70)
         })?;
     // Sessions' sandboxes stay for a restarted controller to resume; warm tool sandboxes hold
-    // nothing and are started again by the next `serve`.
+    // nothing and are started again by the next `serve`. With no sandbox left, the firewall
+    // table goes too.
     if let Some(tools) = served_tools {
         tools.shutdown().await;
+    }
+    if let Some(runtime) = served_runtime
+        && let Err(e) = runtime.release_firewall_if_idle().await
+    {
+        eprintln!("cordon-controller: {e}");
     }
     eprintln!("cordon-controller: stopped");
     Ok(ExitCode::SUCCESS)

@@ -149,7 +149,7 @@ async fn a_webhook_starts_a_session_that_runs_in_a_sandbox_and_ends_cleanly() {
         "{table}"
     );
     // Stopped with SIGTERM (as `make up`'s Ctrl-C does), the controller stops the warm tool
-    // sandbox on its way out: nothing keeps running.
+    // sandbox on its way out: nothing keeps running, and no firewall table stays loaded.
     let mut controller = controller;
     let pid = controller.child.id().to_string();
     assert!(
@@ -165,6 +165,12 @@ async fn a_webhook_starts_a_session_that_runs_in_a_sandbox_and_ends_cleanly() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(world.containers().is_empty(), "{:?}", world.containers());
+    // With no sandbox left, its firewall table went too.
+    let table = std::process::Command::new("nft")
+        .args(["list", "table", "inet", &world.prefix])
+        .output()
+        .unwrap();
+    assert!(!table.status.success(), "the table {} stays", world.prefix);
     drop(controller);
 }
 

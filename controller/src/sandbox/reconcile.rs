@@ -208,20 +208,7 @@ impl Runtime {
                 problems.push(e.to_string());
             }
         }
-        // The table goes only when nothing it guards is left: a sandbox interface that
-        // survived a failed stop stays behind its drop rules.
-        let leftovers = network::list_host_interfaces(&self.config.interface_prefix);
-        if leftovers.is_empty() {
-            let firewall = self.firewall.clone();
-            if let Err(e) = blocking(move || firewall.remove()).await {
-                problems.push(e.to_string());
-            }
-        } else {
-            problems.push(format!(
-                "the firewall table stays: interfaces {} remain",
-                leftovers.join(", ")
-            ));
-        }
+        problems.extend(self.remove_firewall().await.err());
         if problems.is_empty() {
             Ok(())
         } else {
@@ -230,5 +217,37 @@ impl Runtime {
                 problems,
             })
         }
+    }
+
+    /// Removes the firewall table if no live sandbox needs it (a controller stopping with
+    /// nothing left to guard: `make up`'s Ctrl-C); else leaves it. Returns whether it went.
+    pub async fn release_firewall_if_idle(&self) -> Result<bool, SandboxError> {
+        let _whole = self.whole.write().await;
+        if !self.store.live()?.is_empty() {
+            return Ok(false);
+        }
+        self.remove_firewall()
+            .await
+            .map(|()| true)
+            .map_err(|problem| SandboxError::Teardown {
+                id: "*".into(),
+                problems: vec![problem],
+            })
+    }
+
+    /// The table goes only when nothing it guards is left: a sandbox interface that
+    /// survived a failed stop stays behind its drop rules. The caller holds every lock.
+    async fn remove_firewall(&self) -> Result<(), String> {
+        let leftovers = network::list_host_interfaces(&self.config.interface_prefix);
+        if !leftovers.is_empty() {
+            return Err(format!(
+                "the firewall table stays: interfaces {} remain",
+                leftovers.join(", ")
+            ));
+        }
+        let firewall = self.firewall.clone();
+        blocking(move || firewall.remove())
+            .await
+            .map_err(|e| e.to_string())
     }
 }
