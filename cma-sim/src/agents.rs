@@ -229,15 +229,7 @@ impl World {
         page: Option<&str>,
         include_archived: bool,
     ) -> Result<Value, ApiError> {
-        let start = match page {
-            None => 0,
-            Some(cursor) => cursor
-                .strip_prefix("page_")
-                .and_then(|n| n.parse::<usize>().ok())
-                .ok_or_else(|| {
-                    ApiError::invalid(format!("page {cursor:?} is not a cursor this API returned"))
-                })?,
-        };
+        let start = crate::world::page_start(page)?;
         let inner = self.lock();
         let agents: Vec<&Value> = inner
             .agents

@@ -46,15 +46,7 @@ impl World {
                 "limit must be between 1 and {MAX_PAGE}"
             )));
         }
-        let start = match page {
-            None => 0,
-            Some(cursor) => cursor
-                .strip_prefix("page_")
-                .and_then(|n| n.parse::<usize>().ok())
-                .ok_or_else(|| {
-                    ApiError::invalid(format!("page {cursor:?} is not a cursor this API returned"))
-                })?,
-        };
+        let start = crate::world::page_start(page)?;
         let inner = self.lock();
         let session = inner
             .sessions

@@ -232,6 +232,19 @@ pub(crate) fn now() -> String {
         .unwrap_or_else(|_| now.unix_timestamp().to_string())
 }
 
+/// Where a listing starts: 0, or the `page_<n>` cursor a previous page returned.
+pub(crate) fn page_start(page: Option<&str>) -> Result<usize, ApiError> {
+    match page {
+        None => Ok(0),
+        Some(cursor) => cursor
+            .strip_prefix("page_")
+            .and_then(|n| n.parse::<usize>().ok())
+            .ok_or_else(|| {
+                ApiError::invalid(format!("page {cursor:?} is not a cursor this API returned"))
+            }),
+    }
+}
+
 pub(crate) fn random_token(prefix: &str) -> String {
     use rand::Rng as _;
     let suffix: String = rand::rng()

@@ -305,15 +305,16 @@ impl Authorizer {
             return Err(refusal);
         }
         // A denial let through in report mode grants nothing: no credential is injected.
-        let inject = if ctx.would_deny {
-            Vec::new()
+        let inject: &[_] = if ctx.would_deny {
+            &[]
         } else {
-            decision.inject.clone()
+            &decision.inject
         };
         // Credentials named by the decision: each must be in the store and bound to this
         // destination (the binding is a second lock the policy cannot open). Any refusal
         // refuses the request: it is never forwarded without the credential it asked for.
-        for credential in &inject {
+        let mut refused = None;
+        for credential in inject {
             let destination = Destination {
                 host: &destination.host,
                 method: header.method.as_str(),
@@ -328,11 +329,15 @@ impl Authorizer {
                     value: crate::credentials::SecretValue::new(secret.header_value()),
                 }),
                 Err(e) => {
-                    ctx.decision = Some(decision);
-                    ctx.injections.clear();
-                    return Err(Refusal::new(403, RefusalClass::Credential, e.to_string()));
+                    refused = Some(Refusal::new(403, RefusalClass::Credential, e.to_string()));
+                    break;
                 }
             }
+        }
+        if let Some(refusal) = refused {
+            ctx.decision = Some(decision);
+            ctx.injections.clear();
+            return Err(refusal);
         }
         ctx.decision = Some(decision);
         ctx.scrubber = self.scrubber_for(&conn, &secrets, &destination.host);

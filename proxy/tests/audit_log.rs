@@ -207,6 +207,15 @@ fn a_full_disk_loses_whole_records_only_and_recovers() {
     );
     std::fs::remove_file(filler).unwrap();
     get(&proxy, "/after");
+    // Its record is written as the request ends, which can trail the answer a little.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&audit)
+        .unwrap_or_default()
+        .contains("\"path\":\"/after\"")
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let text = std::fs::read_to_string(&audit).unwrap();
     assert!(text.ends_with('\n'), "a half record at the end");
     let records: Vec<serde_json::Value> = text

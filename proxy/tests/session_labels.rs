@@ -26,12 +26,21 @@ fn reached(out: &std::process::Output) -> bool {
     t.contains("HTTP/2 200") || t.contains("HTTP/1.1 200 OK")
 }
 
+/// The audit records for `host` of `kind`, once there are any (a record is written as its
+/// request ends, which can be a moment after the client has the whole answer).
 fn records(proxy: &Proxy, host: &str, kind: &str) -> Vec<serde_json::Value> {
-    proxy
-        .audit_records()
-        .into_iter()
-        .filter(|r| r["host"] == host && r["kind"] == kind)
-        .collect()
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let found: Vec<serde_json::Value> = proxy
+            .audit_records()
+            .into_iter()
+            .filter(|r| r["host"] == host && r["kind"] == kind)
+            .collect();
+        if !found.is_empty() || std::time::Instant::now() > deadline {
+            return found;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 #[test]

@@ -27,8 +27,8 @@ use crate::proxy_admin::ProxyAdmin;
 pub struct ProxyRoute {
     /// The proxy's explicit listener.
     pub explicit: SocketAddr,
-    /// Cordon's interception CA, the only root an https tool call trusts.
-    pub roots: Arc<rustls::RootCertStore>,
+    /// TLS to the proxy's interception: Cordon's CA is the only root trusted. Built once.
+    pub tls: Arc<rustls::ClientConfig>,
 }
 
 impl ProxyRoute {
@@ -54,9 +54,16 @@ impl ProxyRoute {
         } else {
             explicit
         };
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
         Ok(Self {
             explicit,
-            roots: Arc::new(roots),
+            tls: Arc::new(tls),
         })
     }
 }
@@ -195,14 +202,7 @@ async fn send(
         let tunnel = connect_tunnel(stream, &authority).await?;
         let server = rustls::pki_types::ServerName::try_from(host.to_string())
             .map_err(|e| Failure::Failed(format!("{host} is not a TLS server name: {e}")))?;
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| failed("TLS", &e))?
-        .with_root_certificates(route.roots.clone())
-        .with_no_client_auth();
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        let tls = tokio_rustls::TlsConnector::from(route.tls.clone())
             .connect(server, tunnel)
             .await
             .map_err(|e| failed(&format!("TLS to {authority} through the proxy"), &e))?;
