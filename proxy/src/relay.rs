@@ -3,22 +3,40 @@
 //! Pingora's proxy is general: per request it boxes a future of about 13 KiB, runs the two
 //! directions as separate futures joined by channels, returns the upstream connection to a
 //! shared pool (spawning a task to watch it while idle) and takes it back for the next request.
-//! For the common agent request (a small GET over a kept-alive connection) that machinery cost
-//! more CPU than the policy decision. The relay serves such requests itself with Pingora's own
-//! HTTP/1 codec and the same admission and filter phases (`crate::authorize`), and keeps each
-//! client connection's upstream connection to itself between requests.
+//! For the common agent request (a small GET or POST over a kept-alive connection) that
+//! machinery cost more CPU than the policy decision. The relay serves such requests itself with
+//! Pingora's own HTTP/1 codec and the same admission, filter, body-counting and audit phases
+//! (`crate::authorize`), and keeps each client connection's upstream connection to itself
+//! between requests.
 //!
 //! An upstream connection the client connection stops using (it closes, idles for more than
 //! half a second, or asks for another destination) goes to a shared pool like Pingora's, so a
 //! client that opens a connection per request still reuses upstream connections.
 //!
 //! Which requests qualify is decided from the raw head before anything is consumed
-//! (`head.rs`): plain, bodyless GET and HEAD in origin form. Everything else, and a request the
+//! (`head.rs`): GET, HEAD, POST, PUT, PATCH, DELETE and OPTIONS in origin form, with no body or
+//! a body framed one unambiguous way (one plain `Content-Length`, or `Transfer-Encoding:
+//! chunked` alone). Everything else (`Expect`, upgrades, other framings), and a request the
 //! relay cannot finish the same way (an upstream that only speaks HTTP/2), is handed to
 //! Pingora's proxy together with the bytes already read, so the two paths never disagree on
 //! what a request means. HTTP/2 client connections go to Pingora directly (`gateway.rs`).
+//!
+//! Bodies. The request head goes upstream first, then the body as it arrives from the client
+//! (Pingora's body reader: its framing, its 60 s read timeout per read), then the response is
+//! read. What the relay promises about a request with a body:
+//! - It is sent once. Only a bodyless GET or HEAD is resent after a kept upstream connection
+//!   turns out to have been closed; a POST that may have reached the upstream fails with 502
+//!   instead. A kept connection is checked before any request is written, so one the upstream
+//!   had closed is replaced before a byte is sent, not after.
+//! - A client that stops mid-body gets a 400 in the audit log, and the upstream connection that
+//!   carried the partial body is dropped, never kept or pooled: the next request on it would be
+//!   read as the rest of the body.
+//! - Bytes past the body are the next request's (pipelining), served after this response.
+//! - The body is sent before the response is read, not both at once as in Pingora's proxy. An
+//!   upstream that answers early is heard once the body is through; one that stops reading
+//!   mid-body fails the request after the upstream read timeout.
 
-mod head;
+pub(crate) mod head;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -188,6 +206,11 @@ impl Relay {
         let replay = read.clone();
         let mut session = Session::new_http1(stream);
         session.set_keepalive(Some(IDLE.as_secs()));
+        if let Session::H1(h1) = &mut session {
+            // The bytes past this request's body are the next request's, handed back by
+            // `finish`; without this Pingora closes a connection a client pipelined on.
+            h1.set_pipelining_enabled(true);
+        }
         session.set_pipelined_prefix(read);
         if !matches!(session.read_request().await, Ok(true)) {
             // Pingora's parser is stricter than the head check: its own path answers.
@@ -197,6 +220,11 @@ impl Relay {
             // After the read: it sets keep-alive from the request's own headers.
             session.set_keepalive(None);
         }
+        // Only a bodyless GET or HEAD is ever sent twice (see `exchange`'s caller below).
+        let resendable = matches!(
+            session.req_header().method,
+            http::Method::GET | http::Method::HEAD
+        ) && session.is_body_empty();
         if conn.tls
             && self
                 .authorizer
@@ -252,27 +280,33 @@ impl Relay {
             Ok(request) => request,
             Err(e) => return self.failed(session, ctx, e).await,
         };
-        let mut sent = exchange(&mut upstream, request).await;
+        let mut sent = self
+            .exchange(&mut session, &mut upstream, request, &mut ctx)
+            .await;
         if reused
+            && resendable
             && let Err(e) = &sent
             && stale(e)
         {
-            // A kept-alive upstream connection may have closed while idle; GET and HEAD may be
-            // sent again, once, on a fresh one. (Built again rather than copied up front: the
-            // copy would cost every request.)
+            // A kept-alive upstream connection may have closed while idle; a bodyless GET or
+            // HEAD may be sent again, once, on a fresh one. Nothing else is: once any byte of
+            // a POST may have reached the upstream, only the upstream knows whether it acted.
+            // (Built again rather than copied up front: the copy would cost every request.)
             sent = match (
                 self.connect(&peer).await,
                 self.upstream_request(&session, &ctx),
             ) {
                 (Ok(fresh), Ok(request)) => {
                     upstream = fresh;
-                    exchange(&mut upstream, request).await
+                    self.exchange(&mut session, &mut upstream, request, &mut ctx)
+                        .await
                 }
                 (Err(e), _) | (_, Err(e)) => Err(e),
             };
         }
         if let Err(e) = sent {
-            return self.failed(session, ctx, e.into_up()).await;
+            // The upstream connection is dropped here, never kept: a request may be half sent.
+            return self.failed(session, ctx, e).await;
         }
 
         if let Err(e) = self.respond(&mut session, &mut upstream, &mut ctx).await {
@@ -282,6 +316,54 @@ impl Relay {
         *held = upstream.reuse().await.map(|stream| Held { peer, stream });
         self.authorizer.audit(&session, &ctx);
         finish(session).await
+    }
+
+    /// Sends the request (its body read from the client as it arrives, through the request
+    /// body phase) and reads the response head. Errors say which side failed: a client that
+    /// stops mid-body is the downstream's, everything else the upstream's.
+    ///
+    /// The body is sent before the response is read, not both at once as Pingora's proxy does:
+    /// an upstream that answers early is heard once the body is through, and one that stops
+    /// reading mid-body fails the request after the upstream read timeout (the relay's write
+    /// timeout, see `upstream_session`) rather than holding it forever.
+    ///
+    /// Interim (1xx) responses are not passed on: the request asked for none (`Expect` goes to
+    /// Pingora), and a 101 without an `Upgrade` request is the upstream's error.
+    async fn exchange(
+        &self,
+        session: &mut Session,
+        upstream: &mut UpstreamSession,
+        request: Box<RequestHeader>,
+        ctx: &mut RequestContext,
+    ) -> Result<()> {
+        upstream
+            .write_request_header(request)
+            .await
+            .map_err(Error::into_up)?;
+        while !session.is_body_done() {
+            let body = session
+                .read_request_body()
+                .await
+                .map_err(Error::into_down)?;
+            self.authorizer.count_request_body(body.as_ref(), ctx);
+            let Some(body) = body else { break };
+            upstream.write_body(&body).await.map_err(Error::into_up)?;
+        }
+        upstream.finish_body().await.map_err(Error::into_up)?;
+        loop {
+            upstream.read_response().await.map_err(Error::into_up)?;
+            match upstream.resp_header().map(|h| h.status.as_u16()) {
+                Some(101) => {
+                    return Error::e_explain(
+                        ErrorType::InvalidHTTPHeader,
+                        "101 Switching Protocols to a request that asked for no upgrade",
+                    )
+                    .map_err(Error::into_up);
+                }
+                Some(100..=199) => continue,
+                _ => return Ok(()),
+            }
+        }
     }
 
     /// The request for the upstream: the client's, less `Connection`, through the rewrite phase.
@@ -425,7 +507,8 @@ impl Relay {
 /// fix): what Pingora's codec marks as safe to retry on a reused connection (closed before any
 /// response byte, or a socket error rather than a TLS one), and a failed write of the request.
 fn stale(e: &Error) -> bool {
-    matches!(e.retry, RetryType::ReusedOnly) || e.etype() == &ErrorType::WriteError
+    e.esource() != &pingora::ErrorSource::Downstream
+        && (matches!(e.retry, RetryType::ReusedOnly) || e.etype() == &ErrorType::WriteError)
 }
 
 /// Whether a kept upstream connection is still fit for a request: nothing to read on it (no
@@ -439,32 +522,15 @@ fn still_clean(stream: &mut Stream) -> bool {
     read.poll(&mut cx).is_pending()
 }
 
+/// An upstream session with the peer's timeouts. A write that makes no progress for the read
+/// timeout fails too: the relay sends a request body before it reads the response, so an
+/// upstream that stops reading (it answered early, or it streams its answer as it reads) must
+/// not hold the request forever.
 fn upstream_session(stream: Stream, peer: &HttpPeer) -> UpstreamSession {
     let mut session = UpstreamSession::new_with_options(stream, peer);
     session.read_timeout = peer.options.read_timeout;
-    session.write_timeout = peer.options.write_timeout;
+    session.write_timeout = peer.options.write_timeout.or(peer.options.read_timeout);
     session
-}
-
-/// Sends a bodyless request and reads the response head. Interim (1xx) responses are not
-/// passed on: the request asked for none (`Expect` goes to Pingora), and a 101 without an
-/// `Upgrade` request is the upstream's error.
-async fn exchange(upstream: &mut UpstreamSession, request: Box<RequestHeader>) -> Result<()> {
-    upstream.write_request_header(request).await?;
-    upstream.finish_body().await?;
-    loop {
-        upstream.read_response().await?;
-        match upstream.resp_header().map(|h| h.status.as_u16()) {
-            Some(101) => {
-                return Error::e_explain(
-                    ErrorType::InvalidHTTPHeader,
-                    "101 Switching Protocols to a request that asked for no upgrade",
-                );
-            }
-            Some(100..=199) => continue,
-            _ => return Ok(()),
-        }
-    }
 }
 
 /// Pingora's HTTP/1 rule: a body the upstream frames by closing its connection goes to the

@@ -1,7 +1,7 @@
 //! The HTTP/1.1 relay (`proxy/src/relay.rs`) as clients see it: one kept upstream connection
 //! per client connection and pooled across them, a kept connection the upstream closed
 //! replaced without the client noticing, the upstream's framing carried over faithfully, and requests the relay does not
-//! take (bodies, refusals) served on the same client connection by Pingora's proxy.
+//! take (other methods, `Expect`, upgrades) served on the same client connection by Pingora's proxy.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -241,8 +241,8 @@ fn carries_the_upstreams_framing_over() {
 #[test]
 fn serves_what_it_does_not_relay_on_the_same_connection() {
     let (proxy, seen) = started();
-    // A refusal, a POST with a body (Pingora's proxy), then a plain GET again (the relay), all
-    // on one client connection. `--next` resets curl's options, so each transfer names the
+    // A refusal, a request with a method the relay leaves alone (Pingora's proxy), then a plain
+    // GET again (the relay), all on one client connection. `--next` resets curl's options, so each transfer names the
     // proxy and CA again.
     let via = format!("http://127.0.0.1:{}", proxy.explicit);
     let ca = proxy.ca();
@@ -259,12 +259,18 @@ fn serves_what_it_does_not_relay_on_the_same_connection() {
     ];
     let mut args = vec!["--http1.1", "https://allowed.test/forbidden"];
     args.extend(again);
-    args.extend(["-d", "a body", "https://allowed.test/post"]);
+    args.extend([
+        "-X",
+        "PROPFIND",
+        "-d",
+        "a body",
+        "https://allowed.test/post",
+    ]);
     args.extend(again);
     args.push("https://allowed.test/get");
     let out = text(&proxy.curl(&args));
     assert_eq!(statuses(&out), vec!["403", "200", "200"], "{out}");
-    assert!(out.contains("POST /post HTTP/1.1"), "{out}");
+    assert!(out.contains("PROPFIND /post HTTP/1.1"), "{out}");
     assert!(
         out.ends_with("a body") || out.contains("a bodyHTTP/1.1"),
         "{out}"

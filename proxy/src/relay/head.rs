@@ -1,8 +1,12 @@
 //! Which HTTP/1.1 requests the relay takes itself: the next request's head is parsed from the
-//! bytes read so far, and only a plain, bodyless, idempotent request in origin form qualifies.
-//! Everything else (bodies, upgrades, `Expect`, hop-by-hop headers beyond `Connection:
-//! keep-alive|close`, HTTP/1.0, absolute form, anything malformed or large) goes to Pingora's
-//! full proxy with the same bytes, so each rule here only ever narrows what the relay sees.
+//! bytes read so far, and only a plain request in origin form qualifies: a common method, and a
+//! body framed in exactly one unambiguous way (none, one `Content-Length` of plain digits, or
+//! `Transfer-Encoding: chunked` alone). Everything else (both framings at once, duplicate or
+//! odd `Content-Length`s, other transfer codings, upgrades, `Expect`, hop-by-hop headers beyond
+//! `Connection: keep-alive|close`, HTTP/1.0, absolute form, anything malformed or large) goes to
+//! Pingora's full proxy with the same bytes, so each rule here only ever narrows what the relay
+//! sees. That is the request smuggling defence: the relay only frames a body the same way every
+//! HTTP/1.1 parser must, and the upstream request carries the client's own framing header.
 
 /// A head this large, still incomplete, is Pingora's to read (and refuse if it must).
 pub(super) const MAX_HEAD: usize = 16 * 1024;
@@ -10,9 +14,13 @@ pub(super) const MAX_HEAD: usize = 16 * 1024;
 /// Headers parsed at most; a request with more is Pingora's.
 const MAX_HEADERS: usize = 64;
 
+/// Digits a `Content-Length` may have here: 18 always fit a `u64`, so no value can wrap in
+/// any parser along the way (Pingora's own check then refuses what its `usize` cannot hold).
+const MAX_LENGTH_DIGITS: usize = 18;
+
 /// What the bytes read so far hold.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Head {
+pub(crate) enum Head {
     /// Not a complete head yet.
     Partial,
     /// A complete head the relay handles.
@@ -22,7 +30,7 @@ pub(super) enum Head {
 }
 
 /// Classifies the start of `bytes`.
-pub(super) fn classify(bytes: &[u8]) -> Head {
+pub(crate) fn classify(bytes: &[u8]) -> Head {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(bytes) {
@@ -34,15 +42,18 @@ pub(super) fn classify(bytes: &[u8]) -> Head {
 }
 
 fn plain(request: &httparse::Request<'_, '_>) -> bool {
-    // GET and HEAD carry no body and may be resent on a fresh upstream connection when a
-    // kept-alive one turns out to be closed.
-    if !matches!(request.method, Some("GET" | "HEAD")) || request.version != Some(1) {
+    // Which requests are resent after a stale upstream connection is the relay's business
+    // (only bodyless GET and HEAD); here only the framing matters. CONNECT, TRACE and
+    // extension methods stay with Pingora.
+    let head = match request.method {
+        Some("HEAD") => true,
+        Some("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS") => false,
+        _ => return false,
+    };
+    if request.version != Some(1) || !request.path.is_some_and(|p| p.starts_with('/')) {
         return false;
     }
-    if !request.path.is_some_and(|p| p.starts_with('/')) {
-        return false;
-    }
-    let mut hosts = 0;
+    let (mut hosts, mut lengths, mut codings) = (0, 0, 0);
     for header in request.headers.iter() {
         let name = header.name;
         if name.eq_ignore_ascii_case("host") {
@@ -52,11 +63,23 @@ fn plain(request: &httparse::Request<'_, '_>) -> bool {
                 return false;
             }
         } else if name.eq_ignore_ascii_case("content-length") {
-            if header.value.trim_ascii() != b"0" {
+            lengths += 1;
+            let value = header.value.trim_ascii();
+            // Plain digits only: no sign, no list ("4, 4"), nothing a parser could read two
+            // ways. A HEAD carries no body (Pingora's path judges one that says it has).
+            if value.is_empty()
+                || value.len() > MAX_LENGTH_DIGITS
+                || !value.iter().all(u8::is_ascii_digit)
+                || (head && value.iter().any(|b| *b != b'0'))
+            {
+                return false;
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            codings += 1;
+            if head || !header.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
                 return false;
             }
         } else if [
-            "transfer-encoding",
             "upgrade",
             "expect",
             "te",
@@ -71,7 +94,8 @@ fn plain(request: &httparse::Request<'_, '_>) -> bool {
             return false;
         }
     }
-    hosts == 1
+    // One framing at most, each named once: both at once is the classic smuggling shape.
+    hosts == 1 && lengths + codings <= 1
 }
 
 /// `Connection` naming only `keep-alive` or `close`: no other header is hop-by-hop.
@@ -108,6 +132,24 @@ mod tests {
     }
 
     #[test]
+    fn bodies_framed_one_plain_way_are_relayed() {
+        for request in [
+            "POST /v1/messages HTTP/1.1\r\nHost: a.test\r\nContent-Length: 2\r\n\r\nhi",
+            "POST / HTTP/1.1\r\nHost: a.test\r\ncontent-length: 0\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a.test\r\n\r\n",
+            "PUT / HTTP/1.1\r\nHost: a.test\r\nContent-Length:  007 \r\n\r\n",
+            "POST /git-upload-pack HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: Chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 2\r\n\r\nhi",
+            "PATCH / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 2\r\n\r\nhi",
+            "DELETE / HTTP/1.1\r\nHost: a.test\r\n\r\n",
+            "OPTIONS / HTTP/1.1\r\nHost: a.test\r\n\r\n",
+            "HEAD / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 0\r\n\r\n",
+        ] {
+            assert_eq!(head(request), Head::Relay, "{request:?}");
+        }
+    }
+
+    #[test]
     fn incomplete_heads_wait_until_too_large() {
         assert_eq!(head(""), Head::Partial);
         assert_eq!(head("GET / HTTP/1.1\r\nHost: a.test\r\n"), Head::Partial);
@@ -118,11 +160,26 @@ mod tests {
     #[test]
     fn anything_else_goes_to_pingora() {
         for request in [
-            // a body, or a method that may carry one
-            "POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 2\r\n\r\nhi",
-            "GET / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 2\r\n\r\nhi",
-            "GET / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "DELETE / HTTP/1.1\r\nHost: a.test\r\n\r\n",
+            // bodies framed twice or ambiguously (request smuggling shapes)
+            "POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nhi",
+            "POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 2, 2\r\n\r\nhi",
+            "POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: +2\r\n\r\nhi",
+            "POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 0x2\r\n\r\nhi",
+            "POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length:\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1234567890123456789\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: xchunked\r\n\r\n",
+            "HEAD / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 2\r\n\r\nhi",
+            "HEAD / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n",
+            // methods the relay leaves alone
+            "CONNECT a.test:443 HTTP/1.1\r\nHost: a.test\r\n\r\n",
+            "TRACE / HTTP/1.1\r\nHost: a.test\r\n\r\n",
+            "PROPFIND / HTTP/1.1\r\nHost: a.test\r\n\r\n",
+            "post / HTTP/1.1\r\nHost: a.test\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a.test\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
             // upgrades and interim responses
             "GET / HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a.test\r\nExpect: 100-continue\r\n\r\n",
