@@ -206,16 +206,21 @@ async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
         eprintln!("cordon-controller: {e}");
         ExitCode::from(64)
     })?;
-    let open_store = || {
-        cordon_controller::store::Store::open(&config.state_dir.join("state.db")).map_err(|e| {
-            eprintln!("cordon-controller: {e}");
-            ExitCode::from(69)
-        })
-    };
     let metrics = cordon_controller::metrics::ControllerMetrics::new().map_err(|e| {
         eprintln!("cordon-controller: metrics: {e}");
         ExitCode::from(70)
     })?;
+    // Every store reports its failed writes to the one set of metrics: a full disk is one
+    // episode in the log and `cordon_controller_store_disk_full`.
+    let open_store = || {
+        let store = cordon_controller::store::Store::open(&config.state_dir.join("state.db"))
+            .map_err(|e| {
+                eprintln!("cordon-controller: {e}");
+                ExitCode::from(69)
+            })?;
+        store.report_to(metrics.store.clone());
+        Ok::<_, ExitCode>(store)
+    };
     let receiver = Arc::new(cordon_controller::cma::receiver::Receiver::new(
         config.webhook_secret.clone(),
         open_store()?,
@@ -252,6 +257,7 @@ async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
             return Err(ExitCode::from(64));
         }
         let mut runtime = Runtime::open(sandbox).map_err(|e| fail(&e))?;
+        runtime.store().report_to(metrics.store.clone());
         // serve lives as long as its sandboxes: they run detached, reaped by it.
         runtime.detach_sandboxes().map_err(|e| fail(&e))?;
         let runtime = Arc::new(runtime);

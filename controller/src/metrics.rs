@@ -34,6 +34,10 @@ pub struct ControllerMetrics {
     pub custom_tool_calls: IntCounterVec,
     /// A custom tool call's wall time, from the call to its result, by `tool`.
     pub custom_tool_duration: HistogramVec,
+    /// The state database's failed writes (`cordon_controller_store_write_errors_total`, by
+    /// `kind` = disk_full | other) and whether its disk is full now
+    /// (`cordon_controller_store_disk_full`); every store the controller opens reports here.
+    pub store: crate::store::StoreHealth,
 }
 
 /// How a custom tool call ended: `ok`; `error` (the handler answered with an error, exited
@@ -148,6 +152,20 @@ impl ControllerMetrics {
         )?;
         registry.register(Box::new(custom_tool_calls.clone()))?;
         registry.register(Box::new(custom_tool_duration.clone()))?;
+        let store_write_errors = IntCounterVec::new(
+            Opts::new(
+                "cordon_controller_store_write_errors_total",
+                "Writes to the state database that failed and were rolled back, by kind",
+            ),
+            &["kind"],
+        )?;
+        let store_disk_full = IntGauge::new(
+            "cordon_controller_store_disk_full",
+            "1 while the state database's disk is full (its writes are refused), else 0",
+        )?;
+        registry.register(Box::new(store_write_errors.clone()))?;
+        registry.register(Box::new(store_disk_full.clone()))?;
+        let store = crate::store::StoreHealth::new(store_write_errors, store_disk_full);
         custom_tool_calls.with_label_values(&["undeclared", "undeclared"]);
         registry.register(Box::new(sandbox_starts.clone()))?;
         registry.register(Box::new(sandbox_limit_hits.clone()))?;
@@ -201,6 +219,7 @@ impl ControllerMetrics {
             registrations_restored,
             custom_tool_calls,
             custom_tool_duration,
+            store,
         })
     }
 

@@ -237,6 +237,11 @@ impl Runtime {
         })
     }
 
+    /// The session records this runtime keeps (to wire their failures into the metrics).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     pub fn config(&self) -> &SandboxConfig {
         &self.config
     }

@@ -3,14 +3,16 @@
 //! A slot is held by a live session (`starting` or `running`) only; a partial unique index makes
 //! the database refuse two live sessions on one slot, whatever the code does.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+mod health;
 mod pool;
 mod work;
 mod workspaces;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+pub use health::StoreHealth;
 pub use work::{OpenWork, WorkSummary};
 
 /// Where a session is in its life.
@@ -94,7 +96,13 @@ pub struct WorkspaceRecord {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("state database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(#[source] rusqlite::Error),
+    /// SQLite could not grow the database or its WAL: the write was rolled back whole.
+    #[error(
+        "the state disk is full: the controller's database cannot take this write, and nothing \
+         of it was recorded; free space on the disk that holds [proxy] state_dir"
+    )]
+    DiskFull(#[source] rusqlite::Error),
     #[error("state database: cannot create {path}: {source}")]
     Create {
         path: std::path::PathBuf,
@@ -111,12 +119,38 @@ pub enum StoreError {
     PoolExhausted(u32),
 }
 
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        // SQLITE_FULL is ENOSPC (or the page limit) on the database or its WAL; growing the
+        // WAL's shared-memory index fails as IOERR_SHMSIZE on a full disk.
+        let full = e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+            || matches!(&e, rusqlite::Error::SqliteFailure(f, _)
+                if f.extended_code == rusqlite::ffi::SQLITE_IOERR_SHMSIZE);
+        if full {
+            StoreError::DiskFull(e)
+        } else {
+            StoreError::Sqlite(e)
+        }
+    }
+}
+
+impl StoreError {
+    /// The disk holding the database is full: trying again once there is room can succeed.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::DiskFull(_))
+    }
+}
+
 /// The database.
 #[derive(Debug)]
 pub struct Store {
     /// Behind a mutex so a `&Store` may be held across awaits on any thread (rusqlite's
     /// connection is `Send` but not `Sync`).
     conn: std::sync::Mutex<Connection>,
+    path: PathBuf,
+    /// Where failed writes are reported (the controller's metrics and log); unset in the CLI,
+    /// which prints the error itself.
+    health: std::sync::OnceLock<StoreHealth>,
 }
 
 const SCHEMA: &str = "
@@ -158,6 +192,39 @@ impl Store {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Reports this database's failed writes (and the end of a full-disk episode) to `health`.
+    pub fn report_to(&self, health: StoreHealth) {
+        let _ = self.health.set(health);
+    }
+
+    /// Runs `change`, every write's one way in: a failed change leaves no transaction open
+    /// behind it (SQLite may or may not have rolled back on SQLITE_FULL; the connection is
+    /// kept, so an open one would swallow every later write), and its failure, or a write
+    /// that ends a full-disk episode, is reported.
+    fn write<T>(
+        &self,
+        change: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn();
+        let before = conn.total_changes();
+        let result = change(&mut conn);
+        if result.is_err() && !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        // A change that wrote rows proves there is room again; one that wrote nothing (a
+        // duplicate delivery) proves nothing.
+        let wrote = result.is_ok() && conn.total_changes() > before;
+        drop(conn);
+        if let Some(health) = self.health.get() {
+            match &result {
+                Err(e) => health.failed(&self.path, e),
+                Ok(_) if wrote => health.wrote(&self.path),
+                Ok(_) => {}
+            }
+        }
+        result
+    }
+
     /// Opens (creating) the database at `path`; the file is made readable by its owner only.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent() {
@@ -195,6 +262,8 @@ impl Store {
         }
         Ok(Self {
             conn: std::sync::Mutex::new(conn),
+            path: path.into(),
+            health: std::sync::OnceLock::new(),
         })
     }
 
@@ -207,47 +276,59 @@ impl Store {
         token: &str,
         warm: bool,
     ) -> Result<SessionRecord, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        refuse_live(&tx, id)?;
-        let taken: Vec<u32> = {
-            let mut stmt = tx.prepare(
+        self.write(|conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            refuse_live(&tx, id)?;
+            let taken: Vec<u32> = {
+                let mut stmt = tx.prepare(
                 "SELECT slot FROM sessions WHERE state IN ('starting', 'running') ORDER BY slot",
             )?;
-            stmt.query_map([], |r| r.get(0))?
-                .collect::<Result<_, _>>()?
-        };
-        let slot = (0..slots)
-            .find(|s| taken.binary_search(s).is_err())
-            .ok_or(StoreError::PoolExhausted(slots))?;
-        let at = now();
-        tx.execute("DELETE FROM sessions WHERE id = ?1", [id])?;
-        tx.execute(
-            "INSERT INTO sessions (id, slot, state, token, created_at, updated_at, pool)
+                stmt.query_map([], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?
+            };
+            let slot = (0..slots)
+                .find(|s| taken.binary_search(s).is_err())
+                .ok_or(StoreError::PoolExhausted(slots))?;
+            let at = now();
+            tx.execute("DELETE FROM sessions WHERE id = ?1", [id])?;
+            tx.execute(
+                "INSERT INTO sessions (id, slot, state, token, created_at, updated_at, pool)
              VALUES (?1, ?2, 'starting', ?3, ?4, ?4, ?5)",
-            params![id, slot, token, at, warm],
-        )?;
-        tx.commit()?;
-        drop(conn);
+                params![id, slot, token, at, warm],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })?;
         self.get(id)?
             .ok_or(StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows))
     }
 
     /// Records a webhook delivery; `false` when its event id was recorded before (a
-    /// duplicate delivery, which CMA's retries make common).
+    /// duplicate delivery, which CMA's retries make common). `ends_session`: the event ends
+    /// session `session_id`, whose workspace retention clock starts in the same transaction,
+    /// so a delivery acknowledged as recorded has had all its effect.
     pub fn record_webhook(
         &self,
         id: &str,
         kind: &str,
         session_id: Option<&str>,
         created_at: Option<&str>,
+        ends_session: bool,
     ) -> Result<bool, StoreError> {
-        let inserted = self.conn().execute(
-            "INSERT OR IGNORE INTO webhook_events (id, type, session_id, created_at, received_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![id, kind, session_id, created_at, now()],
-        )?;
-        Ok(inserted == 1)
+        self.write(|conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let at = now();
+            let inserted = tx.execute(
+                "INSERT OR IGNORE INTO webhook_events (id, type, session_id, created_at, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id, kind, session_id, created_at, at],
+            )? == 1;
+            if let (true, true, Some(session)) = (inserted, ends_session, session_id) {
+                workspaces::end(&tx, session, &at)?;
+            }
+            tx.commit()?;
+            Ok(inserted)
+        })
     }
 
     /// Recorded webhook deliveries, newest first.
@@ -276,29 +357,35 @@ impl Store {
         state: SessionState,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
-        self.conn().execute(
-            "UPDATE sessions SET state = ?2, error = ?3, updated_at = ?4 WHERE id = ?1",
-            params![id, state.as_str(), error, now()],
-        )?;
-        Ok(())
+        self.write(|conn| {
+            conn.execute(
+                "UPDATE sessions SET state = ?2, error = ?3, updated_at = ?4 WHERE id = ?1",
+                params![id, state.as_str(), error, now()],
+            )?;
+            Ok(())
+        })
     }
 
     /// Records the image session `id` runs on.
     pub fn set_image(&self, id: &str, image: &str, digest: &str) -> Result<(), StoreError> {
-        self.conn().execute(
-            "UPDATE sessions SET image = ?2, image_digest = ?3 WHERE id = ?1",
-            params![id, image, digest],
-        )?;
-        Ok(())
+        self.write(|conn| {
+            conn.execute(
+                "UPDATE sessions SET image = ?2, image_digest = ?3 WHERE id = ?1",
+                params![id, image, digest],
+            )?;
+            Ok(())
+        })
     }
 
     pub fn set_running(&self, id: &str, network_mode: &str) -> Result<(), StoreError> {
-        self.conn().execute(
-            "UPDATE sessions SET state = 'running', network_mode = ?2, error = NULL,
-             updated_at = ?3 WHERE id = ?1",
-            params![id, network_mode, now()],
-        )?;
-        Ok(())
+        self.write(|conn| {
+            conn.execute(
+                "UPDATE sessions SET state = 'running', network_mode = ?2, error = NULL,
+                 updated_at = ?3 WHERE id = ?1",
+                params![id, network_mode, now()],
+            )?;
+            Ok(())
+        })
     }
 
     pub fn get(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {

@@ -6,7 +6,11 @@
 //! | 200 `{"status":"duplicate"}` | verified, its event id was recorded before |
 //! | 400 `{"error"}` | not a JSON event, or over the size limit (413) |
 //! | 401 `{"error"}` | a Standard Webhooks header is missing, the timestamp is off, no signature matches |
+//! | 503 `{"error"}` | the state disk is full: nothing of it was recorded (CMA retries) |
 //! | 500 `{"error"}` | it could not be recorded (CMA retries) |
+//!
+//! An answer of 200 means the delivery and its effect on the records (a terminated or deleted
+//! session's workspace retention clock) are committed together.
 
 use std::sync::{Arc, Mutex};
 
@@ -42,6 +46,7 @@ fn unix_now() -> i64 {
 
 impl Receiver {
     pub fn new(secret: WebhookSecret, store: Store, metrics: ControllerMetrics) -> Self {
+        store.report_to(metrics.store.clone());
         Self {
             secret,
             store: Mutex::new(store),
@@ -112,6 +117,12 @@ async fn webhook(
             serde_json::json!({"error": "expected {\"type\":\"event\"} whose id equals webhook-id"}),
         );
     }
+    // The session gets no more work: its workspace's retention clock starts, whether or not a
+    // sandbox of it is running now.
+    let ends_session = matches!(
+        delivery.data.kind.as_str(),
+        "session.status_terminated" | "session.deleted"
+    );
     let recorded = {
         let store = receiver.store.lock().unwrap_or_else(|e| e.into_inner());
         store.record_webhook(
@@ -119,20 +130,9 @@ async fn webhook(
             &delivery.data.kind,
             delivery.data.id.as_deref(),
             delivery.created_at.as_deref(),
+            ends_session,
         )
     };
-    if let ("session.status_terminated" | "session.deleted", Ok(true), Some(session)) = (
-        delivery.data.kind.as_str(),
-        &recorded,
-        delivery.data.id.as_deref(),
-    ) {
-        // The session gets no more work: its workspace's retention clock starts, whether or
-        // not a sandbox of it is running now.
-        let store = receiver.store.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = store.workspace_ended(session) {
-            tracing::error!(session = %session, error = %e, "cannot record the session's end");
-        }
-    }
     match recorded {
         Ok(true) => {
             tracing::info!(event = %delivery.id, kind = %delivery.data.kind, session = ?delivery.data.id, "webhook accepted");
@@ -151,6 +151,20 @@ async fn webhook(
         Ok(false) => {
             receiver.count("duplicate");
             answer(StatusCode::OK, serde_json::json!({"status": "duplicate"}))
+        }
+        Err(e) if e.is_disk_full() => {
+            // Logged once per episode by the store; each refusal is counted there.
+            receiver.count("error");
+            tracing::debug!(event = %delivery.id, "webhook not recorded: the state disk is full");
+            let mut response = answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error": "the state disk is full: the delivery was not recorded; retry later"}),
+            );
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("30"),
+            );
+            response
         }
         Err(e) => {
             receiver.count("error");

@@ -170,18 +170,27 @@ impl Service {
                 tracing::info!(work = %work.id, session = %work.data.id, "the session is being served; not claiming a second work item for it now");
                 continue;
             }
-            if let Err(e) = retrying("ack", || self.client.ack(&work)).await {
-                tracing::warn!(work = %work.id, error = %e, "ack failed");
-                continue;
-            }
+            // Recorded before it is acknowledged: an item CMA sees as taken is one a restart
+            // can resume. Serving one that could not be recorded would break that promise.
             if let Err(e) = self
                 .store
                 .begin_work(&work.id, &work.data.id, &work.to_stored())
             {
-                // Serving an item that a restart could not resume would break the promise
-                // that a restart loses nothing; give it back instead.
-                tracing::error!(work = %work.id, error = %e, "cannot record the work item; stopping it");
-                let _ = retrying("work stop", || self.client.stop(&work, true)).await;
+                // Unacknowledged, it stays queued and is offered again at the next drain.
+                // Nothing else could be recorded now either: a full disk is logged once per
+                // episode by the store.
+                if e.is_disk_full() {
+                    tracing::warn!(work = %work.id, "the state disk is full; the work item stays queued");
+                } else {
+                    tracing::error!(work = %work.id, error = %e, "cannot record the work item; it stays queued");
+                }
+                return serving;
+            }
+            if let Err(e) = retrying("ack", || self.client.ack(&work)).await {
+                tracing::warn!(work = %work.id, error = %e, "ack failed");
+                if let Err(e) = self.store.forget_work(&work.id) {
+                    tracing::error!(work = %work.id, error = %e, "cannot forget the unacknowledged work item");
+                }
                 continue;
             }
             let service = self.clone();

@@ -13,59 +13,63 @@ impl Store {
     /// the session has no workspace of its own yet (a sandbox's workspace is fixed when it is
     /// created, so a session with one starts cold and mounts it). `None`: start cold.
     pub fn claim_warm(&self, id: &str, digest: &str) -> Result<Option<SessionRecord>, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        super::refuse_live(&tx, id)?;
-        let has_workspace: bool = tx.query_row(
-            "SELECT EXISTS(SELECT 1 FROM workspaces WHERE session_id = ?1)",
-            [id],
-            |r| r.get(0),
-        )?;
-        if has_workspace {
-            return Ok(None);
-        }
-        let Some(warm): Option<String> = tx
-            .query_row(
-                "SELECT id FROM sessions WHERE pool = 1 AND state = 'running'
-                 AND image_digest = ?1 ORDER BY created_at, id LIMIT 1",
-                [digest],
+        let claimed = self.write(|conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            super::refuse_live(&tx, id)?;
+            let has_workspace: bool = tx.query_row(
+                "SELECT EXISTS(SELECT 1 FROM workspaces WHERE session_id = ?1)",
+                [id],
                 |r| r.get(0),
-            )
-            .optional()?
-        else {
-            return Ok(None);
-        };
-        tx.execute("DELETE FROM sessions WHERE id = ?1", [id])?;
-        tx.execute(
-            "UPDATE sessions SET id = ?1, sandbox_id = ?2, pool = 0, updated_at = ?3
+            )?;
+            if has_workspace {
+                return Ok(false);
+            }
+            let Some(warm): Option<String> = tx
+                .query_row(
+                    "SELECT id FROM sessions WHERE pool = 1 AND state = 'running'
+                 AND image_digest = ?1 ORDER BY created_at, id LIMIT 1",
+                    [digest],
+                    |r| r.get(0),
+                )
+                .optional()?
+            else {
+                return Ok(false);
+            };
+            tx.execute("DELETE FROM sessions WHERE id = ?1", [id])?;
+            tx.execute(
+                "UPDATE sessions SET id = ?1, sandbox_id = ?2, pool = 0, updated_at = ?3
              WHERE id = ?2",
-            params![id, warm, now()],
-        )?;
-        tx.execute(
-            "UPDATE workspaces SET session_id = ?1, dir = COALESCE(dir, ?2), ended_at = NULL
+                params![id, warm, now()],
+            )?;
+            tx.execute(
+                "UPDATE workspaces SET session_id = ?1, dir = COALESCE(dir, ?2), ended_at = NULL
              WHERE session_id = ?2",
-            params![id, warm],
-        )?;
-        tx.commit()?;
-        drop(conn);
-        self.get(id)
+                params![id, warm],
+            )?;
+            tx.commit()?;
+            Ok(true)
+        })?;
+        if claimed { self.get(id) } else { Ok(None) }
     }
 
     /// Takes warm sandbox `warm` out of the pool so it can be stopped; `false` when a
     /// session claimed it first.
     pub fn retire_warm(&self, warm: &str) -> Result<bool, StoreError> {
-        let changed = self.conn().execute(
-            "UPDATE sessions SET pool = 0, updated_at = ?2 WHERE id = ?1 AND pool = 1",
-            params![warm, now()],
-        )?;
-        Ok(changed == 1)
+        self.write(|conn| {
+            let changed = conn.execute(
+                "UPDATE sessions SET pool = 0, updated_at = ?2 WHERE id = ?1 AND pool = 1",
+                params![warm, now()],
+            )?;
+            Ok(changed == 1)
+        })
     }
 
     /// Removes a record (a warm sandbox that was stopped without serving a session).
     pub fn forget_session(&self, id: &str) -> Result<(), StoreError> {
-        self.conn()
-            .execute("DELETE FROM sessions WHERE id = ?1", [id])?;
-        Ok(())
+        self.write(|conn| {
+            conn.execute("DELETE FROM sessions WHERE id = ?1", [id])?;
+            Ok(())
+        })
     }
 
     /// The warm sandboxes in the pool (starting or running), oldest first.

@@ -60,50 +60,69 @@ impl Store {
         item: &str,
     ) -> Result<(), StoreError> {
         let at = now();
-        self.conn().execute(
-            "INSERT INTO work (id, session_id, item, state, created_at, updated_at)
+        self.write(|conn| {
+            conn.execute(
+                "INSERT INTO work (id, session_id, item, state, created_at, updated_at)
              VALUES (?1, ?2, ?3, 'serving', ?4, ?4)
              ON CONFLICT(id) DO UPDATE SET item = ?3, state = 'serving', end_reason = NULL,
              updated_at = ?4",
-            params![work_id, session_id, item, at],
-        )?;
-        Ok(())
+                params![work_id, session_id, item, at],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Forgets `work_id`, recorded by [`Store::begin_work`] but never acknowledged to CMA
+    /// (the ack failed): it stays queued there, and a restart must not resume it.
+    pub fn forget_work(&self, work_id: &str) -> Result<(), StoreError> {
+        self.write(|conn| {
+            conn.execute("DELETE FROM work WHERE id = ?1", [work_id])?;
+            Ok(())
+        })
     }
 
     /// The heartbeat token that now holds the item's lease.
     pub fn set_heartbeat(&self, work_id: &str, token: &str) -> Result<(), StoreError> {
-        self.conn().execute(
-            "UPDATE work SET last_heartbeat = ?2, updated_at = ?3 WHERE id = ?1",
-            params![work_id, token, now()],
-        )?;
-        Ok(())
+        self.write(|conn| {
+            conn.execute(
+                "UPDATE work SET last_heartbeat = ?2, updated_at = ?3 WHERE id = ?1",
+                params![work_id, token, now()],
+            )?;
+            Ok(())
+        })
     }
 
     /// Counts one answered tool call.
     pub fn count_tool_call(&self, work_id: &str) -> Result<(), StoreError> {
-        self.conn().execute(
-            "UPDATE work SET tool_calls = tool_calls + 1, updated_at = ?2 WHERE id = ?1",
-            params![work_id, now()],
-        )?;
-        Ok(())
+        self.write(|conn| {
+            conn.execute(
+                "UPDATE work SET tool_calls = tool_calls + 1, updated_at = ?2 WHERE id = ?1",
+                params![work_id, now()],
+            )?;
+            Ok(())
+        })
     }
 
     /// Keeps the proxy's egress counts for the item's session (taken before teardown).
     pub fn set_egress(&self, work_id: &str, allowed: u64, denied: u64) -> Result<(), StoreError> {
-        self.conn().execute(
+        self.write(|conn| {
+            conn.execute(
             "UPDATE work SET egress_allowed = ?2, egress_denied = ?3, updated_at = ?4 WHERE id = ?1",
             params![work_id, allowed as i64, denied as i64, now()],
         )?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Records how the item ended; it is no longer resumed.
     pub fn end_work(&self, work_id: &str, reason: &str) -> Result<(), StoreError> {
-        self.conn().execute(
-            "UPDATE work SET state = 'ended', end_reason = ?2, updated_at = ?3 WHERE id = ?1",
-            params![work_id, reason, now()],
-        )?;
-        Ok(())
+        self.write(|conn| {
+            conn.execute(
+                "UPDATE work SET state = 'ended', end_reason = ?2, updated_at = ?3 WHERE id = ?1",
+                params![work_id, reason, now()],
+            )?;
+            Ok(())
+        })
     }
 
     /// Items still being served (a controller restart resumes them).

@@ -17,16 +17,28 @@ fn workspace_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<WorkspaceRecord> {
     })
 }
 
+/// Starts session `id`'s workspace retention clock at `at` (if not started already).
+pub(super) fn end(conn: &rusqlite::Connection, id: &str, at: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO workspaces (session_id, created_at, ended_at) VALUES (?1, ?2, ?2)
+         ON CONFLICT(session_id) DO UPDATE SET ended_at = COALESCE(ended_at, ?2)",
+        params![id, at],
+    )?;
+    Ok(())
+}
+
 impl Store {
     /// Records that session `id` has the workspace `dir` (again: a later start reopens an
     /// ended one, keeping the name it was first given).
     pub fn workspace_used(&self, id: &str, dir: &str) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO workspaces (session_id, created_at, dir) VALUES (?1, ?2, ?3)
+        self.write(|conn| {
+            conn.execute(
+                "INSERT INTO workspaces (session_id, created_at, dir) VALUES (?1, ?2, ?3)
              ON CONFLICT(session_id) DO UPDATE SET ended_at = NULL",
-            params![id, now(), dir],
-        )?;
-        Ok(())
+                params![id, now(), dir],
+            )?;
+            Ok(())
+        })
     }
 
     /// The name of session `id`'s workspace under the workspace root, if it has one recorded.
@@ -43,12 +55,7 @@ impl Store {
 
     /// Starts session `id`'s workspace retention clock (if not started already).
     pub fn workspace_ended(&self, id: &str) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO workspaces (session_id, created_at, ended_at) VALUES (?1, ?2, ?2)
-             ON CONFLICT(session_id) DO UPDATE SET ended_at = COALESCE(ended_at, ?2)",
-            params![id, now()],
-        )?;
-        Ok(())
+        self.write(|conn| end(conn, id, &now()))
     }
 
     pub fn workspaces(&self) -> Result<Vec<WorkspaceRecord>, StoreError> {
@@ -73,8 +80,9 @@ impl Store {
     }
 
     pub fn forget_workspace(&self, id: &str) -> Result<(), StoreError> {
-        self.conn()
-            .execute("DELETE FROM workspaces WHERE session_id = ?1", [id])?;
-        Ok(())
+        self.write(|conn| {
+            conn.execute("DELETE FROM workspaces WHERE session_id = ?1", [id])?;
+            Ok(())
+        })
     }
 }
