@@ -9,7 +9,8 @@
 # It reuses `cordon-bench compare`'s set-up (test PKI, nginx upstream, cordon.toml) by running
 # scenario 1 briefly with --keep-work, then starts the proxy under callgrind on that work
 # directory, warms 8 keep-alive connections up, and counts N requests of scenario 1's shape
-# (bench policy) and of scenario 5's (agent-egress policy, credential injection).
+# (bench policy), of scenario 5's (agent-egress policy, credential injection) and of scenario
+# 8's (a 4 KiB POST body, bench policy).
 #   CORDON_BIN  the binary to measure (default: the release build)
 #   N           requests counted per scenario (default 2000)
 set -euo pipefail
@@ -60,7 +61,7 @@ measure() {
     shift 3
     sed "s#^bundle = .*#bundle = \"$bundle\"#" "$work/cordon.toml" >"$work/$label.toml"
     rm -rf "$work/cordon-state" "$work/cordon-audit.log"
-    CORDON_LOG=warn CORDON_BENCH_GITHUB_TOKEN=bench-github-token \
+    CORDON_LOG=warn CORDON_BENCH_GITHUB_TOKEN=bench-github-token CORDON_BENCH_GIT_TOKEN=bench-git-token \
         valgrind --tool=callgrind --instr-atstart=no \
         --callgrind-out-file="$scratch/$label.callgrind.%p" \
         "$cordon" --config "$work/$label.toml" >/dev/null 2>"$scratch/valgrind.log" &
@@ -84,6 +85,9 @@ measure() {
 measure scenario-1 "$PWD/bench/peers/cordon/policy" "https://bench.test:$upstream/"
 measure scenario-5 "$PWD/examples/policies/agent-egress" \
     "https://api.github.com:$upstream/repos/rust-lang/rust" -H 'accept: application/vnd.github+json'
+# Scenario 8's shape: a 4 KiB POST body (the bench policy).
+measure scenario-8 "$PWD/bench/peers/cordon/policy" "https://bench.test:$upstream/" \
+    --post-bytes 4096 -H 'content-type: application/json'
 
 shopt -s nullglob
 profiles=("$scratch"/*.callgrind.*.*)

@@ -2,14 +2,17 @@
 //! under test in turn with an equivalent allow rule, runs the scenarios' load through it, and
 //! collects the figures, the system's CPU time and memory into [`results::Results`].
 
+mod git;
 mod machine;
 mod pki;
 mod process;
 mod profile;
 pub mod results;
 pub mod scenarios;
+mod stream;
 pub mod systems;
 mod template;
+mod upstream;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -61,7 +64,22 @@ pub async fn run(options: &CompareOptions) -> anyhow::Result<Results> {
         .context("chmod work dir")?;
     let pki = pki::create(&work)?;
     let (upstream, upstream_port) = start_upstream(options, &work, &pki).await?;
+    // Scenarios 9 and 10's upstreams live in this process (on the load CPUs, like nginx).
+    let wants = |s| options.scenarios.contains(&s);
+    let llm = match wants(Scenario::LlmStream) {
+        true => Some(stream::start(&pki).await?),
+        false => None,
+    };
+    let (forge, repo) = match wants(Scenario::GitClone) {
+        true => {
+            let repo = git::repository(&cache_dir())?;
+            (Some(git::start(&pki, repo.clone()).await?), Some(repo))
+        }
+        false => (None, None),
+    };
     let env = Env {
+        llm_port: llm.as_ref().map(|u| u.port),
+        git_port: forge.as_ref().map(|u| u.port),
         work: work.clone(),
         peers: options.peers.clone(),
         repo: options.repo.clone(),
@@ -125,17 +143,35 @@ pub async fn run(options: &CompareOptions) -> anyhow::Result<Results> {
                         )?),
                         _ => None,
                     };
-                    let row = measure(
-                        system,
-                        scenario,
-                        r,
-                        &upstream,
-                        &options.settings,
-                        options.idle_timeout,
-                        upstream_port,
-                        ticks,
-                    )
-                    .await;
+                    let row = match scenario {
+                        Scenario::LlmStream => {
+                            measure_stream(system, r, &env, &options.settings, ticks).await
+                        }
+                        Scenario::GitClone => {
+                            measure_clone(
+                                system,
+                                r,
+                                &env,
+                                repo.as_deref(),
+                                &options.settings,
+                                ticks,
+                            )
+                            .await
+                        }
+                        _ => {
+                            measure(
+                                system,
+                                scenario,
+                                r,
+                                &upstream,
+                                &options.settings,
+                                options.idle_timeout,
+                                upstream_port,
+                                ticks,
+                            )
+                            .await
+                        }
+                    };
                     if let Some(profile) = profile {
                         profile.finish()?;
                     }
@@ -145,7 +181,7 @@ pub async fn run(options: &CompareOptions) -> anyhow::Result<Results> {
             }
         }
     }
-    drop(upstream);
+    drop((upstream, llm, forge));
     let machine = machine::describe(
         &options.repo,
         &[
@@ -153,6 +189,7 @@ pub async fn run(options: &CompareOptions) -> anyhow::Result<Results> {
             ("squid", &options.squid_bin, &["-v"]),
             ("mitmdump", &options.mitmdump_bin, &["--version"]),
             ("openssl", Path::new("openssl"), &["version"]),
+            ("git", Path::new("git"), &["--version"]),
         ],
     );
     if options.keep_work {
@@ -314,12 +351,147 @@ async fn start_upstream(
 /// Squid's hosts_file: every bench name on loopback.
 fn write_hosts(work: &Path, unique_hosts: u64) -> anyhow::Result<()> {
     let mut hosts = format!(
-        "127.0.0.1 {} {}\n",
+        "127.0.0.1 {} {} {} {}\n",
         scenarios::BENCH_HOST,
-        scenarios::API_HOST
+        scenarios::API_HOST,
+        scenarios::LLM_HOST,
+        scenarios::GIT_HOST
     );
     for n in 0..unique_hosts {
         hosts.push_str(&format!("127.0.0.1 h{n}.bench.test\n"));
     }
     std::fs::write(work.join("hosts"), hosts).context("writing the hosts file")
+}
+
+/// Where generated fixtures are kept between runs: `~/.cache/cordon`.
+fn cache_dir() -> PathBuf {
+    PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache/cordon")
+}
+
+/// The CPU seconds `running`'s process used while `work` ran, and `work`'s output.
+async fn with_cpu<T>(
+    running: &Running,
+    ticks: f64,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<(T, Option<f64>)> {
+    let process = running.process.as_ref();
+    let before = process.map(|p| p.cpu_seconds(ticks));
+    let out = work.await?;
+    let used = before.zip(process).map(|(b, p)| p.cpu_seconds(ticks) - b);
+    Ok((out, used))
+}
+
+/// Scenario 9 (`stream.rs`): the figure is the p99 event delay, the latency columns the time
+/// to first event.
+async fn measure_stream(
+    system: System,
+    running: &Running,
+    env: &Env,
+    settings: &Settings,
+    ticks: f64,
+) -> anyhow::Result<Row> {
+    let port = env
+        .llm_port
+        .context("the model API upstream is not running")?;
+    let tls = client_tls(&running.roots, Protocol::Http1)?;
+    let (report, cpu) = with_cpu(
+        running,
+        ticks,
+        stream::run(running.route, port, &tls, settings.connections),
+    )
+    .await?;
+    let mut row = empty_row(system);
+    let delay = &report.event_delay_us;
+    row.figure = Some(delay.value_at_quantile(0.99) as f64);
+    row.proxy_cpu_s = cpu;
+    row.note = Some(format!(
+        "{} events, delay p50 {} us, p99 {} us, max {} us; time to first event over {} answers{}",
+        report.events,
+        delay.value_at_quantile(0.5),
+        delay.value_at_quantile(0.99),
+        delay.max(),
+        report.first_event_us.len(),
+        match report.errors.first() {
+            Some(e) => format!("; {} errors: {e}", report.errors.len()),
+            None => String::new(),
+        }
+    ));
+    row.load = Some(report.load());
+    Ok(row)
+}
+
+/// Scenario 10 (`git.rs`): clones back to back for the run's duration (at least two); the
+/// figure is the pack's MiB over the median clone time.
+async fn measure_clone(
+    system: System,
+    running: &Running,
+    env: &Env,
+    repo: Option<&Path>,
+    settings: &Settings,
+    ticks: f64,
+) -> anyhow::Result<Row> {
+    let port = env.git_port.context("the git forge is not running")?;
+    let repo = repo.context("no repository")?;
+    let scratch = tempfile::Builder::new()
+        .prefix("cordon-bench-clone.")
+        .tempdir()
+        .context("clone directory")?;
+    let password = running.git_password.as_deref().unwrap_or(git::GIT_TOKEN);
+    let via = git::CloneRoute {
+        route: running.route,
+        port,
+        roots: &running.roots,
+        password,
+    };
+    // One clone first, unmeasured: the forge's pack files and git's own files are then in the
+    // page cache for every system alike.
+    git::clone_once(&via, scratch.path()).await?;
+    let budget = Duration::from_secs_f64(settings.duration_s);
+    let (times, cpu) = with_cpu(running, ticks, async {
+        let started = std::time::Instant::now();
+        let mut times = Vec::new();
+        while times.len() < 2 || started.elapsed() < budget {
+            times.push(git::clone_once(&via, scratch.path()).await?);
+        }
+        anyhow::Ok(times)
+    })
+    .await?;
+    let mib = git::pack_mib(repo);
+    let mut sorted: Vec<f64> = times.iter().map(Duration::as_secs_f64).collect();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let total: f64 = sorted.iter().sum();
+    let mut row = empty_row(system);
+    row.figure = Some(mib / median);
+    row.proxy_cpu_s = cpu;
+    row.per_proxy_cpu_s = cpu
+        .filter(|c| *c > 0.0)
+        .map(|c| mib * times.len() as f64 / c);
+    row.note = Some(format!(
+        "{} clones of {mib:.1} MiB, median {median:.2} s (fastest {:.2} s, slowest {:.2} s)",
+        times.len(),
+        sorted[0],
+        sorted[sorted.len() - 1],
+    ));
+    let micros = |s: f64| (s * 1e6) as u64;
+    row.load = Some(crate::load::LoadReport {
+        ok: times.len() as u64,
+        errors: 0,
+        error_samples: Vec::new(),
+        statuses: Default::default(),
+        connections: 0,
+        body_bytes: (mib * 1024.0 * 1024.0) as u64 * times.len() as u64,
+        elapsed_s: total,
+        requests_per_s: times.len() as f64 / total,
+        connections_per_s: 0.0,
+        body_bytes_per_s: mib * 1024.0 * 1024.0 * times.len() as f64 / total,
+        latency: crate::load::LatencySummary {
+            p50_us: micros(median),
+            p90_us: micros(sorted[(sorted.len() * 9 / 10).min(sorted.len() - 1)]),
+            p99_us: micros(sorted[sorted.len() - 1]),
+            max_us: micros(sorted[sorted.len() - 1]),
+            mean_us: total / sorted.len() as f64 * 1e6,
+        },
+    });
+    Ok(row)
 }

@@ -16,6 +16,8 @@ fn config(route: Route, port: u16, ca_pem: &str, dir: &tempfile::TempDir) -> Loa
         host: "bench.test".into(),
         port,
         path: "/small".into(),
+        method: http::Method::GET,
+        body: bytes::Bytes::new(),
         headers: Vec::new(),
         protocol: Protocol::Http1,
         reuse: ConnectionReuse::KeepAlive,

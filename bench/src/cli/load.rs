@@ -39,6 +39,9 @@ pub(crate) struct LoadArgs {
     /// Stop after this many requests (or at --duration, whichever comes first).
     #[arg(long, short = 'n')]
     requests: Option<u64>,
+    /// Send POSTs with a body of this many bytes (`x` repeated) instead of GETs.
+    #[arg(long)]
+    post_bytes: Option<usize>,
     /// Extra request header, `name: value` (repeatable).
     #[arg(long, short = 'H')]
     header: Vec<String>,
@@ -91,6 +94,12 @@ impl LoadArgs {
             path: uri
                 .path_and_query()
                 .map_or("/".into(), |p| p.as_str().into()),
+            method: if self.post_bytes.is_some() {
+                http::Method::POST
+            } else {
+                http::Method::GET
+            },
+            body: bytes::Bytes::from(vec![b'x'; self.post_bytes.unwrap_or(0)]),
             headers,
             protocol,
             reuse: if self.new_connection {

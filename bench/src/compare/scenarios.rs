@@ -1,4 +1,6 @@
-//! The seven scenarios: what load each sends and which figure it reports.
+//! The scenarios: what load each sends and which figure it reports. Scenarios 8 to 10 are the
+//! traffic agents send most: POSTs, streamed model answers (`stream.rs`) and git clones
+//! (`git.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,9 +20,12 @@ pub enum Scenario {
     PolicyInjection,
     Http2,
     Idle,
+    PostSmall,
+    LlmStream,
+    GitClone,
 }
 
-pub const ALL: [Scenario; 7] = [
+pub const ALL: [Scenario; 10] = [
     Scenario::KeepAlive,
     Scenario::NewConnection,
     Scenario::UniqueHosts,
@@ -28,6 +33,9 @@ pub const ALL: [Scenario; 7] = [
     Scenario::PolicyInjection,
     Scenario::Http2,
     Scenario::Idle,
+    Scenario::PostSmall,
+    Scenario::LlmStream,
+    Scenario::GitClone,
 ];
 
 /// Bench names; the unique hosts of scenario 3 are `h<n>.bench.test`.
@@ -37,6 +45,11 @@ pub const API_HOST: &str = "api.github.com";
 pub const API_PATH: &str = "/repos/rust-lang/rust";
 pub const LARGE_PATH: &str = "/10m";
 pub const LARGE_BYTES: u64 = 10 * 1024 * 1024;
+/// Scenario 8's request body: about a model API call's JSON.
+pub const POST_BYTES: usize = 4096;
+/// Scenarios 9 and 10 have upstreams of their own (`stream.rs`, `git.rs`), on their own ports.
+pub const LLM_HOST: &str = "llm.bench.test";
+pub const GIT_HOST: &str = "git.bench.test";
 
 impl Scenario {
     pub fn number(self) -> u8 {
@@ -56,6 +69,9 @@ impl Scenario {
             Self::PolicyInjection => "policy_injection",
             Self::Http2 => "http2_multiplexed",
             Self::Idle => "idle_connections",
+            Self::PostSmall => "post_small",
+            Self::LlmStream => "llm_stream",
+            Self::GitClone => "git_clone",
         }
     }
 
@@ -83,12 +99,29 @@ impl Scenario {
                 s.h2_connections, s.h2_streams
             ),
             Self::Idle => format!("{} idle keep-alive connections held", s.idle_connections),
+            Self::PostSmall => format!(
+                "POSTs with a 4 KiB body, {} keep-alive connections",
+                s.connections
+            ),
+            Self::LlmStream => format!(
+                "Streamed model answers (SSE): {} streams of an event every {} ms for {} s, and \
+                 time to first event",
+                s.connections,
+                super::stream::INTERVAL.as_millis(),
+                super::stream::STREAM.as_secs()
+            ),
+            Self::GitClone => format!(
+                "git clone of a {} MiB repository with a placeholder credential",
+                super::git::REPO_MIB
+            ),
         }
     }
 
     pub fn unit(self) -> &'static str {
         match self {
-            Self::KeepAlive | Self::PolicyInjection | Self::Http2 => "req/s",
+            Self::KeepAlive | Self::PolicyInjection | Self::Http2 | Self::PostSmall => "req/s",
+            Self::LlmStream => "us event delay p99",
+            Self::GitClone => "MiB/s",
             Self::NewConnection | Self::UniqueHosts => "connections/s",
             Self::LargeDownload => "MiB/s",
             Self::Idle => "KiB/connection",
@@ -96,7 +129,7 @@ impl Scenario {
     }
 
     pub fn higher_is_better(self) -> bool {
-        self != Self::Idle
+        !matches!(self, Self::Idle | Self::LlmStream)
     }
 
     /// The load for this scenario along `route`, to the upstream's `port`.
@@ -106,6 +139,8 @@ impl Scenario {
             host: BENCH_HOST.into(),
             port,
             path: "/".into(),
+            method: http::Method::GET,
+            body: bytes::Bytes::new(),
             headers: Vec::new(),
             protocol: Protocol::Http1,
             reuse: ConnectionReuse::KeepAlive,
@@ -116,7 +151,15 @@ impl Scenario {
             tls: tls.http1.clone(),
         };
         match self {
-            Self::KeepAlive | Self::Idle => {}
+            Self::KeepAlive | Self::Idle | Self::LlmStream | Self::GitClone => {}
+            Self::PostSmall => {
+                config.method = http::Method::POST;
+                config.body = bytes::Bytes::from(vec![b'x'; POST_BYTES]);
+                config.headers = vec![(
+                    HeaderName::from_static("content-type"),
+                    HeaderValue::from_static("application/json"),
+                )];
+            }
             Self::NewConnection => config.reuse = ConnectionReuse::PerRequest,
             Self::UniqueHosts => {
                 config.reuse = ConnectionReuse::PerRequest;
@@ -182,6 +225,6 @@ mod tests {
             assert_eq!(Scenario::from_number(s.number()), Some(s));
         }
         assert_eq!(Scenario::from_number(0), None);
-        assert_eq!(Scenario::from_number(8), None);
+        assert_eq!(Scenario::from_number(11), None);
     }
 }

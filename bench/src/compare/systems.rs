@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::pki::Pki;
 use super::process::{Process, free_port};
-use super::scenarios::{API_HOST, BENCH_HOST, Scenario};
+use super::scenarios::{API_HOST, BENCH_HOST, GIT_HOST, LLM_HOST, Scenario};
 use super::template::render;
 use crate::load::Route;
 
@@ -53,6 +53,9 @@ impl System {
     pub fn skips(self, scenario: Scenario) -> Option<&'static str> {
         match (self, scenario) {
             (Self::Squid, Scenario::Http2) => Some("Squid 5 does not speak HTTP/2 to clients"),
+            (Self::Mitmproxy, Scenario::LlmStream | Scenario::GitClone) => {
+                Some("not measured: the mitmdump addon sends every name to nginx")
+            }
             (Self::CordonTransparent, Scenario::KeepAlive | Scenario::NewConnection) => None,
             (Self::CordonTransparent, _) => {
                 Some("the transparent row is measured for scenarios 1 and 2 only")
@@ -89,6 +92,9 @@ pub(crate) struct Env {
     pub repo: PathBuf,
     pub pki: Pki,
     pub upstream_port: u16,
+    /// Scenario 9's model API and scenario 10's git forge, when those scenarios run.
+    pub llm_port: Option<u16>,
+    pub git_port: Option<u16>,
     pub unique_hosts: u64,
     pub proxy_cpus: Option<String>,
     pub cordon_bin: PathBuf,
@@ -103,6 +109,9 @@ pub(crate) struct Running {
     pub route: Route,
     /// The PEM roots the load generator verifies this route's certificates with.
     pub roots: PathBuf,
+    /// What git sends as its password (scenario 10): Cordon's placeholder for the `git`
+    /// secret; None for the others, which get the real token.
+    pub git_password: Option<String>,
 }
 
 pub(crate) async fn start(system: System, variant: Variant, env: &Env) -> anyhow::Result<Running> {
@@ -111,6 +120,7 @@ pub(crate) async fn start(system: System, variant: Variant, env: &Env) -> anyhow
             process: None,
             route: Route::Direct(loopback(env.upstream_port)),
             roots: env.pki.upstream_ca.clone(),
+            git_password: None,
         }),
         System::Cordon | System::CordonTransparent => start_cordon(system, variant, env).await,
         System::Squid => start_squid(env).await,
@@ -145,6 +155,11 @@ async fn start_cordon(system: System, variant: Variant, env: &Env) -> anyhow::Re
     for n in 0..env.unique_hosts {
         let _ = writeln!(connect_to, "\"h{n}.bench.test:{up}\" = \"127.0.0.1:{up}\"");
     }
+    for (host, port) in [(LLM_HOST, env.llm_port), (GIT_HOST, env.git_port)] {
+        if let Some(port) = port {
+            let _ = writeln!(connect_to, "\"{host}:{port}\" = \"127.0.0.1:{port}\"");
+        }
+    }
     let config = render(
         &env.peers.join("cordon/cordon.toml"),
         &[
@@ -177,6 +192,10 @@ async fn start_cordon(system: System, variant: Variant, env: &Env) -> anyhow::Re
                 "CORDON_BENCH_GITHUB_TOKEN".into(),
                 "bench-github-token".into(),
             ),
+            (
+                "CORDON_BENCH_GIT_TOKEN".into(),
+                super::git::GIT_TOKEN.into(),
+            ),
         ],
         &env.work,
     )?;
@@ -184,6 +203,7 @@ async fn start_cordon(system: System, variant: Variant, env: &Env) -> anyhow::Re
     process.wait_listening(loopback(admin), &env.work).await?;
     // The agent-egress policy denies connections from addresses no session holds.
     register_session(loopback(admin)).await?;
+    let git_password = Some(mint_git_placeholder(loopback(admin)).await?);
     let route = match system {
         System::CordonTransparent => Route::Direct(loopback(transparent)),
         _ => Route::Connect(loopback(port)),
@@ -192,14 +212,39 @@ async fn start_cordon(system: System, variant: Variant, env: &Env) -> anyhow::Re
         process: Some(process),
         route,
         roots: env.pki.intercept_ca.clone(),
+        git_password,
     })
 }
 
 /// `PUT /sessions/sesn_bench {"source":"127.0.0.1"}` on the admin API.
 async fn register_session(admin: SocketAddr) -> anyhow::Result<()> {
     let body = r#"{"source":"127.0.0.1","agent_id":"bench"}"#;
+    admin_call(admin, "PUT", "/sessions/sesn_bench", body).await?;
+    Ok(())
+}
+
+/// The bench session's placeholder for the `git` secret (scenario 10).
+async fn mint_git_placeholder(admin: SocketAddr) -> anyhow::Result<String> {
+    let body = r#"{"secrets":["git"]}"#;
+    let answer = admin_call(admin, "POST", "/sessions/sesn_bench/placeholders", body).await?;
+    let json = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let value: serde_json::Value =
+        serde_json::from_str(json).with_context(|| format!("minting a placeholder: {answer}"))?;
+    value["placeholders"]["git"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("minting a placeholder: {answer}"))
+}
+
+/// One admin API call; the whole answer, which must be a 200.
+async fn admin_call(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<String> {
     let request = format!(
-        "PUT /sessions/sesn_bench HTTP/1.1\r\nHost: {admin}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     let mut tcp = tokio::net::TcpStream::connect(admin)
@@ -210,11 +255,11 @@ async fn register_session(admin: SocketAddr) -> anyhow::Result<()> {
         .context("admin API")?;
     let mut answer = Vec::new();
     tcp.read_to_end(&mut answer).await.context("admin API")?;
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
     if !answer.starts_with("HTTP/1.1 200") {
-        bail!("registering the bench session failed: {answer}");
+        bail!("{method} {path} on the admin API failed: {answer}");
     }
-    Ok(())
+    Ok(answer)
 }
 
 async fn start_squid(env: &Env) -> anyhow::Result<Running> {
@@ -307,6 +352,7 @@ async fn start_peer(
         process: Some(process),
         route: Route::Connect(loopback(port)),
         roots: env.pki.intercept_ca.clone(),
+        git_password: None,
     })
 }
 

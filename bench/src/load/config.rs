@@ -43,6 +43,9 @@ pub struct LoadConfig {
     /// The port in the CONNECT target and `:authority`/`Host`.
     pub port: u16,
     pub path: String,
+    /// GET, or POST with `body` (sent with a `Content-Length`).
+    pub method: http::Method,
+    pub body: bytes::Bytes,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub protocol: Protocol,
     pub reuse: ConnectionReuse,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use http::Request;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
@@ -15,8 +15,8 @@ use super::connect::open_tls;
 /// One verified connection's request handle.
 #[derive(Debug, Clone)]
 pub(crate) enum Sender {
-    Http1(Arc<tokio::sync::Mutex<http1::SendRequest<Empty<Bytes>>>>),
-    Http2(http2::SendRequest<Empty<Bytes>>),
+    Http1(Arc<tokio::sync::Mutex<http1::SendRequest<Full<Bytes>>>>),
+    Http2(http2::SendRequest<Full<Bytes>>),
 }
 
 impl Sender {
@@ -43,7 +43,7 @@ impl Sender {
         }
     }
 
-    /// One GET; the status and the body's length once it has been read to the end.
+    /// One request (GET, or POST with the body); the status and the body's length once it has been read to the end.
     pub(crate) async fn get(
         &mut self,
         config: &LoadConfig,
@@ -52,12 +52,16 @@ impl Sender {
         let authority = format!("{host}:{}", config.port);
         let response = match self {
             Self::Http1(sender) => {
-                let mut request =
-                    Request::get(config.path.as_str()).header(http::header::HOST, &authority);
+                let mut request = Request::builder()
+                    .method(config.method.clone())
+                    .uri(config.path.as_str())
+                    .header(http::header::HOST, &authority);
                 for (name, value) in &config.headers {
                     request = request.header(name, value);
                 }
-                let request = request.body(Empty::new()).context("building the request")?;
+                let request = request
+                    .body(Full::new(config.body.clone()))
+                    .context("building the request")?;
                 let mut sender = sender.lock().await;
                 sender.ready().await.context("connection closed")?;
                 sender
@@ -67,11 +71,13 @@ impl Sender {
             }
             Self::Http2(sender) => {
                 let uri = format!("https://{authority}{}", config.path);
-                let mut request = Request::get(uri);
+                let mut request = Request::builder().method(config.method.clone()).uri(uri);
                 for (name, value) in &config.headers {
                     request = request.header(name, value);
                 }
-                let request = request.body(Empty::new()).context("building the request")?;
+                let request = request
+                    .body(Full::new(config.body.clone()))
+                    .context("building the request")?;
                 sender.ready().await.context("connection closed")?;
                 sender
                     .send_request(request)

@@ -1,4 +1,4 @@
-//! The targets Cordon must show (issue 7), checked against one run's results.
+//! The targets Cordon must show (issues 7 and 19), checked against one run's results.
 
 use crate::compare::results::{Results, Row, ScenarioResult};
 
@@ -71,6 +71,50 @@ pub fn check(results: &Results) -> Vec<Target> {
             .map(|(c, d)| format!("Cordon {c:.0} us, direct {d:.0} us: +{:.0} us", c - d)),
         met: c.zip(d).map(|(c, d)| c - d <= 150.0),
     });
+    let post = scenario(results, "post_small");
+    let per_cpu = |system| post.and_then(|s| row(s, system)?.per_proxy_cpu_s);
+    let (cordon, squid) = (per_cpu("cordon"), per_cpu("squid"));
+    targets.push(Target {
+        name: "4 KiB POSTs per proxy CPU-second",
+        wanted: ">= 2x Squid".into(),
+        measured: cordon
+            .zip(squid)
+            .map(|(c, s)| format!("Cordon {c:.0}, Squid {s:.0}: {:.2}x", c / s)),
+        met: cordon.zip(squid).map(|(c, s)| c >= 2.0 * s),
+    });
+    // Scenario 9: the latency columns hold the time to first event, the figure the p99 delay
+    // of each event from the upstream's stamp to the client.
+    let stream = scenario(results, "llm_stream");
+    let first = |system| {
+        stream
+            .and_then(|s| row(s, system)?.load.as_ref())
+            .map(|l| l.latency.p50_us as f64)
+    };
+    let (c, d) = (first("cordon"), first("direct"));
+    targets.push(Target {
+        name: "streamed answer: added time to first event, p50",
+        wanted: "<= 100 us".into(),
+        measured: c
+            .zip(d)
+            .map(|(c, d)| format!("Cordon {c:.0} us, direct {d:.0} us: {:+.0} us", c - d)),
+        met: c.zip(d).map(|(c, d)| c - d <= 100.0),
+    });
+    let delay = |system| stream.and_then(|s| row(s, system)?.figure);
+    let (c, d) = (delay("cordon"), delay("direct"));
+    targets.push(Target {
+        name: "streamed answer: added delay of each event, p99",
+        wanted: "<= 50 us".into(),
+        measured: c
+            .zip(d)
+            .map(|(c, d)| format!("Cordon {c:.0} us, direct {d:.0} us: {:+.0} us", c - d)),
+        met: c.zip(d).map(|(c, d)| c - d <= 50.0),
+    });
+    targets.push(ratio_to_direct(
+        "git_clone",
+        0.8,
+        "git clone of 50 MiB with a placeholder credential",
+        ">= 80% of direct",
+    ));
     targets
 }
 
@@ -151,8 +195,20 @@ mod tests {
             ),
         ]);
         let met: Vec<Option<bool>> = check(&r).iter().map(|t| t.met).collect();
-        // 40 >= 2 x 20; 89% < 90%; 50% >= 50%; no latency figures in this input.
-        assert_eq!(met, vec![Some(true), Some(false), Some(true), None]);
+        // 40 >= 2 x 20; 89% < 90%; 50% >= 50%; no latency figures or new scenarios here.
+        assert_eq!(
+            met,
+            vec![
+                Some(true),
+                Some(false),
+                Some(true),
+                None,
+                None,
+                None,
+                None,
+                None
+            ]
+        );
     }
 
     #[test]
