@@ -5,11 +5,12 @@
 #   squid-openssl: Squid with ssl-bump (a peer); its system service is stopped, the bench runs
 #     its own instance in the foreground on 127.0.0.1 with a private config
 #   linux-perf: profiles of the proxy where a target is missed
+#   git: scenario 10 clones through the proxies from `git http-backend` (git's own CGI program)
 #   python3-venv: mitmproxy (mitmdump, a peer) from PyPI in its own virtualenv,
 #     $CORDON_BENCH_VENV (default ~/.cache/cordon/venv-bench), apart from the test venv
 set -euo pipefail
 
-packages=(nginx-light squid-openssl linux-perf python3-venv openssl util-linux procps)
+packages=(nginx-light squid-openssl linux-perf python3-venv openssl util-linux procps git)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -14,12 +14,13 @@ pub mod systems;
 mod template;
 mod upstream;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::load::{self, ConnectionReuse, Protocol, client_tls};
+use crate::load::{self, ConnectionReuse, Protocol, Route, client_tls};
 use process::Process;
 use results::{IdleResult, Results, Row, ScenarioResult, Settings};
 use scenarios::{LARGE_BYTES, Scenario, Tls};
@@ -394,10 +395,15 @@ async fn measure_stream(
         .llm_port
         .context("the model API upstream is not running")?;
     let tls = client_tls(&running.roots, Protocol::Http1)?;
+    // Direct means the model API itself, not nginx.
+    let route = match (system, running.route) {
+        (System::Direct, Route::Direct(a)) => Route::Direct(SocketAddr::new(a.ip(), port)),
+        (_, route) => route,
+    };
     let (report, cpu) = with_cpu(
         running,
         ticks,
-        stream::run(running.route, port, &tls, settings.connections),
+        stream::run(route, port, &tls, settings.connections),
     )
     .await?;
     let mut row = empty_row(system);
