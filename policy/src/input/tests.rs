@@ -82,6 +82,12 @@ fn parses_ipv6_authorities_with_and_without_ports() {
     assert_eq!(parse_authority("[2001:db8::1]", 443).unwrap().port, 443);
     assert_eq!(parse_authority("2001:db8::1", 443), None);
     assert_eq!(parse_authority("[not-an-ip]:1", 443), None);
+    let v6 = parse_authority("[2001:DB8::1]:8443", 443).unwrap();
+    assert_eq!(
+        v6.to_string(),
+        "[2001:db8::1]:8443",
+        "printed back with its brackets"
+    );
 }
 
 #[test]
@@ -96,6 +102,16 @@ fn normalises_host_case_and_trailing_dot_and_rejects_junk() {
         "host:0",
         "host:x",
         "a/b",
+        // Found by fuzzing: only letters, digits, `-`, `_` and `.` make a name.
+        "\rypo<43",
+        "a\tb",
+        "ex%61mple.com",
+        "a,b.com",
+        "a*.com",
+        "..",
+        "a..:443",
+        ".a.com",
+        "a..b",
     ] {
         assert_eq!(parse_authority(bad, 80), None, "{bad}");
     }

@@ -11,9 +11,21 @@ pub struct Authority {
     pub port: u16,
 }
 
+/// `host:port`, the IPv6 address in brackets: the form [`parse_authority`] reads back.
+impl std::fmt::Display for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
 /// Parses `host`, `host:port`, `[v6]` or `[v6]:port`. `None` for anything that is not a plain
-/// authority (user info, an empty host, a bad port, an unbracketed IPv6 address): the caller
-/// treats that as a malformed request rather than guessing.
+/// authority (user info, an empty host, a bad port, an unbracketed IPv6 address, a name with
+/// characters other than letters, digits, `-`, `_` and `.`): the caller treats that as a
+/// malformed request rather than guessing.
 pub fn parse_authority(authority: &str, default_port: u16) -> Option<Authority> {
     if authority.is_empty() || authority.contains(['@', '/', '?', '#', ' ']) {
         return None;
@@ -34,6 +46,20 @@ pub fn parse_authority(authority: &str, default_port: u16) -> Option<Authority> 
     };
     let host = host.strip_suffix('.').unwrap_or(host);
     if host.is_empty() || port == 0 {
+        return None;
+    }
+    // An allow-list (found by fuzzing: control characters and `<` passed the old deny-list).
+    // Names are compared and matched as text by policy, so nothing may ride along in one.
+    // Empty labels (`a..b`, `.a`, `a..`) are not names either: they would print differently
+    // from what they parse to.
+    if !authority.starts_with('[')
+        && (!host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            || host.starts_with('.')
+            || host.ends_with('.')
+            || host.contains(".."))
+    {
         return None;
     }
     Some(Authority {
