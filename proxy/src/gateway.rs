@@ -25,6 +25,9 @@ use crate::intercept::client_hello::{FirstBytes, MAX_CLIENT_HELLO, classify};
 use crate::intercept::leaf_cache::{FixedResolver, SniResolver};
 use crate::relay::Relay;
 use crate::state::GatewayState;
+use preamble::Preamble;
+
+pub(crate) mod preamble;
 
 /// Where a transparent connection was going. A seam: production reads SO_ORIGINAL_DST from the
 /// socket; tests without root substitute a fixed address.
@@ -62,9 +65,6 @@ impl std::fmt::Debug for Gateway {
             .finish_non_exhaustive()
     }
 }
-
-/// Largest CONNECT head accepted.
-const MAX_CONNECT_HEAD: usize = 8 * 1024;
 
 /// Why a connection was refused before any request.
 struct Refused {
@@ -350,52 +350,24 @@ impl Gateway {
                     ));
                 }
                 head.extend_from_slice(&buf[..n]);
-                let mut headers = [httparse::EMPTY_HEADER; 64];
-                let mut request = httparse::Request::new(&mut headers);
-                match request.parse(&head) {
-                    Ok(httparse::Status::Complete(len)) => {
-                        if request.method != Some("CONNECT") {
-                            // Absolute-form plain HTTP: the HTTP layer reads the request again.
-                            let target =
-                                request
-                                    .path
-                                    .and_then(|p| p.split_once("://"))
-                                    .map(|(_, rest)| {
-                                        rest.split(['/', '?']).next().unwrap_or("").to_string()
-                                    });
-                            stream.rewind(&head);
-                            connection.connect_target = target.and_then(|t| {
-                                parse_authority(&t, 80).map(|a| format!("{}:{}", a.host, a.port))
-                            });
-                            return Ok(FirstBytes::Http);
-                        }
-                        let target = request.path.unwrap_or("").to_string();
-                        break (target, len);
+                match preamble::parse(&head) {
+                    Preamble::Partial => continue,
+                    Preamble::Connect { target, consumed } => break (target, consumed),
+                    Preamble::Plain { target } => {
+                        // The HTTP layer reads the request again.
+                        stream.rewind(&head);
+                        connection.connect_target = target;
+                        return Ok(FirstBytes::Http);
                     }
-                    Ok(httparse::Status::Partial) if head.len() < MAX_CONNECT_HEAD => continue,
-                    Ok(httparse::Status::Partial) => {
-                        return Err(Refused::new(
-                            "bad_request",
-                            "CONNECT request head larger than 8 KiB",
-                        ));
+                    Preamble::BadTarget(reason) => {
+                        let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\ncordon-error: bad_request\r\ncontent-length: 0\r\n\r\n").await;
+                        let _ = stream.flush().await;
+                        return Err(Refused::new("bad_request", reason));
                     }
-                    Err(e) => {
-                        return Err(Refused::new(
-                            "bad_request",
-                            format!("malformed proxy request: {e}"),
-                        ));
-                    }
+                    Preamble::Malformed(reason) => return Err(Refused::new("bad_request", reason)),
                 }
             };
-            let Some(authority) = parse_authority(&target, 0).filter(|a| a.port != 0) else {
-                let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\ncordon-error: bad_request\r\ncontent-length: 0\r\n\r\n").await;
-                let _ = stream.flush().await;
-                return Err(Refused::new(
-                    "bad_request",
-                    format!("CONNECT target {target:?} is not host:port"),
-                ));
-            };
-            connection.connect_target = Some(format!("{}:{}", authority.host, authority.port));
+            connection.connect_target = Some(target);
             *tunnel = true;
             // pingora's TCP stream buffers writes: flush, or the client waits for the answer.
             stream

@@ -28,3 +28,25 @@ pub mod server;
 pub mod sessions;
 pub mod state;
 pub mod upstream;
+
+/// Entry points for the fuzz targets in `fuzz/`: the parsers of untrusted input that are not
+/// public API, callable with raw bytes. Not for other use.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// The relay's classification of a request head (`relay/head.rs`).
+    pub fn relay_head(bytes: &[u8]) {
+        let _ = crate::relay::head::classify(bytes);
+    }
+
+    /// An explicit listener's CONNECT (or absolute-form) head (`gateway/preamble.rs`). Returns
+    /// the normalised tunnel target of a complete CONNECT head.
+    pub fn connect_head(bytes: &[u8]) -> Option<String> {
+        match crate::gateway::preamble::parse(bytes) {
+            crate::gateway::preamble::Preamble::Connect { target, consumed } => {
+                assert!(consumed <= bytes.len(), "the head is inside what was read");
+                Some(target)
+            }
+            _ => None,
+        }
+    }
+}
