@@ -15,8 +15,8 @@
 //!
 //! Which requests qualify is decided from the raw head before anything is consumed
 //! (`head.rs`): GET, HEAD, POST, PUT, PATCH, DELETE and OPTIONS in origin form, with no body or
-//! a body framed one unambiguous way (one plain `Content-Length`, or `Transfer-Encoding:
-//! chunked` alone). Everything else (`Expect`, upgrades, other framings), and a request the
+//! one plain `Content-Length` of at most 64 KiB (a model API call, a git fetch negotiation).
+//! Everything else (`Expect`, upgrades, chunked or larger bodies), and a request the
 //! relay cannot finish the same way (an upstream that only speaks HTTP/2), is handed to
 //! Pingora's proxy together with the bytes already read, so the two paths never disagree on
 //! what a request means. HTTP/2 client connections go to Pingora directly (`gateway.rs`).
@@ -32,9 +32,9 @@
 //!   carried the partial body is dropped, never kept or pooled: the next request on it would be
 //!   read as the rest of the body.
 //! - Bytes past the body are the next request's (pipelining), served after this response.
-//! - The body is sent before the response is read, not both at once as in Pingora's proxy. An
-//!   upstream that answers early is heard once the body is through; one that stops reading
-//!   mid-body fails the request after the upstream read timeout.
+//! - The body is sent before the response is read, not both at once as in Pingora's proxy,
+//!   which is why only bodies the sockets' buffers absorb whole qualify: an upstream that
+//!   answers before reading the body, or stops reading it, is still heard at once.
 
 pub(crate) mod head;
 

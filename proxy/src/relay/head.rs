@@ -1,11 +1,11 @@
 //! Which HTTP/1.1 requests the relay takes itself: the next request's head is parsed from the
-//! bytes read so far, and only a plain request in origin form qualifies: a common method, and a
-//! body framed in exactly one unambiguous way (none, one `Content-Length` of plain digits, or
-//! `Transfer-Encoding: chunked` alone). Everything else (both framings at once, duplicate or
-//! odd `Content-Length`s, other transfer codings, upgrades, `Expect`, hop-by-hop headers beyond
-//! `Connection: keep-alive|close`, HTTP/1.0, absolute form, anything malformed or large) goes to
-//! Pingora's full proxy with the same bytes, so each rule here only ever narrows what the relay
-//! sees. That is the request smuggling defence: the relay only frames a body the same way every
+//! bytes read so far, and only a plain request in origin form qualifies: a common method, and
+//! no body or one framed the one unambiguous way (a single `Content-Length` of plain digits, at
+//! most [`MAX_RELAY_BODY`]). Everything else (`Transfer-Encoding` of any kind, duplicate or odd
+//! `Content-Length`s, larger bodies, upgrades, `Expect`, hop-by-hop headers beyond `Connection:
+//! keep-alive|close`, HTTP/1.0, absolute form, anything malformed or large) goes to Pingora's
+//! full proxy with the same bytes, so each rule here only ever narrows what the relay sees.
+//! That is the request smuggling defence: the relay only frames a body the same way every
 //! HTTP/1.1 parser must, and the upstream request carries the client's own framing header.
 
 /// A head this large, still incomplete, is Pingora's to read (and refuse if it must).
@@ -17,6 +17,13 @@ const MAX_HEADERS: usize = 64;
 /// Digits a `Content-Length` may have here: 18 always fit a `u64`, so no value can wrap in
 /// any parser along the way (Pingora's own check then refuses what its `usize` cannot hold).
 const MAX_LENGTH_DIGITS: usize = 18;
+
+/// The largest body the relay carries. The relay sends a body before it reads the response;
+/// a body this small is absorbed whole by the sockets' buffers (Linux's default TCP receive
+/// buffer alone is 128 KiB), so an upstream that answers before reading it, or stops reading,
+/// is still heard at once. Larger bodies, and chunked ones of unknown length (a git push), go
+/// to Pingora's proxy, which moves both directions at once.
+pub(crate) const MAX_RELAY_BODY: u64 = 64 * 1024;
 
 /// What the bytes read so far hold.
 #[derive(Debug, PartialEq, Eq)]
@@ -53,7 +60,7 @@ fn plain(request: &httparse::Request<'_, '_>) -> bool {
     if request.version != Some(1) || !request.path.is_some_and(|p| p.starts_with('/')) {
         return false;
     }
-    let (mut hosts, mut lengths, mut codings) = (0, 0, 0);
+    let (mut hosts, mut lengths) = (0, 0);
     for header in request.headers.iter() {
         let name = header.name;
         if name.eq_ignore_ascii_case("host") {
@@ -74,12 +81,14 @@ fn plain(request: &httparse::Request<'_, '_>) -> bool {
             {
                 return false;
             }
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            codings += 1;
-            if head || !header.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+            let length = std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok());
+            if length.is_none_or(|l| l > MAX_RELAY_BODY) {
                 return false;
             }
         } else if [
+            "transfer-encoding",
             "upgrade",
             "expect",
             "te",
@@ -94,8 +103,8 @@ fn plain(request: &httparse::Request<'_, '_>) -> bool {
             return false;
         }
     }
-    // One framing at most, each named once: both at once is the classic smuggling shape.
-    hosts == 1 && lengths + codings <= 1
+    // One length, named once: two that disagree are the classic smuggling shape.
+    hosts == 1 && lengths <= 1
 }
 
 /// `Connection` naming only `keep-alive` or `close`: no other header is hop-by-hop.
@@ -138,9 +147,9 @@ mod tests {
             "POST / HTTP/1.1\r\nHost: a.test\r\ncontent-length: 0\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: a.test\r\n\r\n",
             "PUT / HTTP/1.1\r\nHost: a.test\r\nContent-Length:  007 \r\n\r\n",
-            "POST /git-upload-pack HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: Chunked\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 2\r\n\r\nhi",
             "PATCH / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 2\r\n\r\nhi",
+            "POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 65536\r\n\r\n",
             "DELETE / HTTP/1.1\r\nHost: a.test\r\n\r\n",
             "OPTIONS / HTTP/1.1\r\nHost: a.test\r\n\r\n",
             "HEAD / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 0\r\n\r\n",
@@ -174,6 +183,9 @@ mod tests {
             "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: xchunked\r\n\r\n",
             "HEAD / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 2\r\n\r\nhi",
             "HEAD / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n",
+            // bodies of unknown length, or larger than the sockets absorb
+            "POST /git-receive-pack HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 65537\r\n\r\n",
             // methods the relay leaves alone
             "CONNECT a.test:443 HTTP/1.1\r\nHost: a.test\r\n\r\n",
             "TRACE / HTTP/1.1\r\nHost: a.test\r\n\r\n",
