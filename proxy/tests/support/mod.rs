@@ -198,8 +198,13 @@ impl Proxy {
             metrics,
             produced: Mutex::default(),
         };
+        // Every listener, not just the admin one: Pingora binds the data-plane listeners on its
+        // own thread, after the admin API is up (a test that connected at once was refused).
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", admin)).is_err() {
+        while ![admin, explicit, transparent, metrics]
+            .iter()
+            .all(|port| listening(*port))
+        {
             assert!(Instant::now() < deadline, "proxy did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -390,5 +395,21 @@ pub fn spawn_h2_upstream(pki: &TestPki) -> SocketAddr {
                 let _ = stream.send_data(bytes::Bytes::from(body), true);
             }
         }
+    })
+}
+
+/// Whether a TCP socket listens on `port` (read from /proc, so nothing connects to it and no
+/// connection shows up in the proxy's audit log).
+fn listening(port: u16) -> bool {
+    let port = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
+        std::fs::read_to_string(table).is_ok_and(|text| {
+            text.lines().skip(1).any(|line| {
+                let mut fields = line.split_whitespace();
+                let local = fields.nth(1).unwrap_or("");
+                let state = fields.nth(1).unwrap_or("");
+                local.ends_with(&port) && state == "0A"
+            })
+        })
     })
 }
