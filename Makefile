@@ -13,7 +13,7 @@ CORDON_IMAGES ?= $(HOME)/.cache/cordon/images
 export CORDON_IMAGES
 export CORDON_TEST_IMAGES ?= $(CORDON_IMAGES)
 
-.PHONY: up test bench bench-policy bench-instructions bench-tools deps build fmt lint unit policy-tests clean
+.PHONY: up test fuzz fuzz-smoke bench bench-policy bench-instructions bench-tools deps build fmt lint unit policy-tests clean
 
 deps:
 	@scripts/install-deps.sh
@@ -36,7 +36,7 @@ up: build
 	@scripts/up.sh
 
 # Order matters for CI, which reads the last summary line: the test runner's summary comes last.
-test: deps fmt lint policy-tests unit
+test: deps fmt lint policy-tests fuzz-smoke unit
 
 fmt:
 	$(CARGO) fmt --all -- --check
@@ -58,6 +58,17 @@ unit:
 	else \
 		$(CARGO) test --workspace --locked --no-fail-fast; \
 	fi
+
+# Every fuzz target (fuzz/, docs/SECURITY.md "Fuzzing") for FUZZ_SECONDS each (default 60),
+# release with AddressSanitizer; the corpus grows in ~/.cache/cordon/fuzz across runs.
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	scripts/fuzz.sh $(FUZZ_SECONDS)
+
+# A short run of every fuzz target, part of make test: a dev build (overflow checks, no
+# sanitizer) and 10 s each on top of the committed seeds and the corpus so far.
+fuzz-smoke:
+	scripts/fuzz.sh --smoke 10
 
 # The example bundles' own Rego tests, run the way users run them.
 policy-tests:

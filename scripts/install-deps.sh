@@ -11,6 +11,7 @@
 #   (a loop-mounted ext4 filesystem per workspace)
 #   python3-venv: a virtualenv ($CORDON_VENV, default ~/.cache/cordon/venv) with the reference
 #   CMA libraries from PyPI (standardwebhooks, anthropic) the controller's tests check against
+#   cargo-fuzz (crates.io): builds and runs the fuzz targets in fuzz/ (make fuzz, make test)
 set -euo pipefail
 
 packages=(build-essential cmake pkg-config curl git ca-certificates openssl iproute2 nftables prometheus runsc python3 python3-venv util-linux busybox-static mmdebstrap e2fsprogs mount)
@@ -35,4 +36,9 @@ if ! "$venv/bin/python" -c 'import standardwebhooks, anthropic' 2>/dev/null; the
     echo "creating $venv (standardwebhooks, anthropic from PyPI)"
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check 'standardwebhooks>=1.0' 'anthropic>=2.10'
+fi
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "installing cargo-fuzz (crates.io)"
+    cargo install --locked --quiet cargo-fuzz@0.13.2
 fi
