@@ -158,57 +158,72 @@ impl Proxy {
             .collect();
         let proxy_extra = proxy_extra.join("\n");
         std::fs::write(dir.path().join("upstream-ca.pem"), upstream_ca).unwrap();
-        let (explicit, transparent, admin, metrics) =
-            (free_port(), free_port(), free_port(), free_port());
-        let routes: String = hosts
-            .iter()
-            .map(|h| format!("\"{h}:443\" = \"{upstream}\"\n"))
-            .collect();
-        let config = format!(
-            "[proxy]\nexplicit_listen = \"127.0.0.1:{explicit}\"\ntransparent_listen = \"0.0.0.0:{transparent}\"\n\
-             admin_listen = \"127.0.0.1:{admin}\"\n\
-             metrics_listen = \"127.0.0.1:{metrics}\"\nstate_dir = \"state\"\n{proxy_extra}\n\
-             [policy]\nbundle = \"{bundle}\"\n{policy_extra}[tls]\nupstream_extra_roots = [\"upstream-ca.pem\"]\n\
-             [upstream]\nconnect_timeout_ms = 2000\n{upstream_extra}[upstream.connect_to]\n{routes}{extra}"
-        );
-        // Each audit record written at once, so a test reads every record of the requests it
-        // made, and the leak check sees them all; tests/audit_log.rs covers buffering.
-        let config = if extra.contains("[audit]") {
-            config
-        } else {
-            format!("{config}\n[audit]\nflush_interval_ms = 0\n")
-        };
-        std::fs::write(dir.path().join("cordon.toml"), config).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_cordon-proxy"))
-            .arg("--config")
-            .arg(dir.path().join("cordon.toml"))
-            .env("CORDON_LOG", "warn")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            // A file, not a pipe nobody reads (a full pipe would stall the proxy).
-            .stderr(std::fs::File::create(dir.path().join("proxy.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let proxy = Proxy {
-            child,
-            dir,
-            explicit,
-            transparent,
-            admin,
-            metrics,
-            produced: Mutex::default(),
-        };
-        // Every listener, not just the admin one: Pingora binds the data-plane listeners on its
-        // own thread, after the admin API is up (a test that connected at once was refused).
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while ![admin, explicit, transparent, metrics]
-            .iter()
-            .all(|port| listening(*port))
-        {
-            assert!(Instant::now() < deadline, "proxy did not start");
-            std::thread::sleep(Duration::from_millis(50));
+        // A port picked free can be taken by another test's process before the proxy binds
+        // it: the proxy then fails to start, or (worse) the test would talk to the other
+        // process. So the proxy counts as started only once its own process holds all four
+        // listeners, and a start that lost a port race is tried again on new ports.
+        for attempt in 1..=3 {
+            let (explicit, transparent, admin, metrics) =
+                (free_port(), free_port(), free_port(), free_port());
+            let routes: String = hosts
+                .iter()
+                .map(|h| format!("\"{h}:443\" = \"{upstream}\"\n"))
+                .collect();
+            let config = format!(
+                "[proxy]\nexplicit_listen = \"127.0.0.1:{explicit}\"\ntransparent_listen = \"0.0.0.0:{transparent}\"\n\
+                 admin_listen = \"127.0.0.1:{admin}\"\n\
+                 metrics_listen = \"127.0.0.1:{metrics}\"\nstate_dir = \"state\"\n{proxy_extra}\n\
+                 [policy]\nbundle = \"{bundle}\"\n{policy_extra}[tls]\nupstream_extra_roots = [\"upstream-ca.pem\"]\n\
+                 [upstream]\nconnect_timeout_ms = 2000\n{upstream_extra}[upstream.connect_to]\n{routes}{extra}"
+            );
+            // Each audit record written at once, so a test reads every record of the requests
+            // it made, and the leak check sees them all; tests/audit_log.rs covers buffering.
+            let config = if extra.contains("[audit]") {
+                config
+            } else {
+                format!("{config}\n[audit]\nflush_interval_ms = 0\n")
+            };
+            std::fs::write(dir.path().join("cordon.toml"), config).unwrap();
+            let mut child = Command::new(env!("CARGO_BIN_EXE_cordon-proxy"))
+                .arg("--config")
+                .arg(dir.path().join("cordon.toml"))
+                .env("CORDON_LOG", "warn")
+                .envs(env.iter().copied())
+                .stdout(Stdio::null())
+                // A file, not a pipe nobody reads (a full pipe would stall the proxy).
+                .stderr(std::fs::File::create(dir.path().join("proxy.log")).unwrap())
+                .spawn()
+                .unwrap();
+            let ports = [admin, explicit, transparent, metrics];
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let started = loop {
+                if listening(child.id(), &ports) {
+                    break true;
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break false;
+                }
+                assert!(Instant::now() < deadline, "proxy did not start");
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            if started {
+                return Proxy {
+                    child,
+                    dir,
+                    explicit,
+                    transparent,
+                    admin,
+                    metrics,
+                    produced: Mutex::default(),
+                };
+            }
+            let log = std::fs::read_to_string(dir.path().join("proxy.log")).unwrap_or_default();
+            assert!(
+                attempt < 3 && log.contains("in use"),
+                "the proxy exited at start (attempt {attempt}):\n{log}"
+            );
         }
-        proxy
+        unreachable!("the loop returns or panics")
     }
 
     /// The proxy's process id (for signals).
@@ -398,18 +413,40 @@ pub fn spawn_h2_upstream(pki: &TestPki) -> SocketAddr {
     })
 }
 
-/// Whether a TCP socket listens on `port` (read from /proc, so nothing connects to it and no
-/// connection shows up in the proxy's audit log).
-fn listening(port: u16) -> bool {
-    let port = format!(":{port:04X}");
-    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
-        std::fs::read_to_string(table).is_ok_and(|text| {
-            text.lines().skip(1).any(|line| {
-                let mut fields = line.split_whitespace();
-                let local = fields.nth(1).unwrap_or("");
-                let state = fields.nth(1).unwrap_or("");
-                local.ends_with(&port) && state == "0A"
-            })
+/// Whether the process `pid` itself listens on every TCP port in `ports` (read from /proc:
+/// nothing connects, so no connection shows up in the proxy's audit log).
+fn listening(pid: u32, ports: &[u16]) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    let sockets: std::collections::HashSet<String> = fds
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_str()?;
+            Some(
+                link.strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_string(),
+            )
         })
-    })
+        .collect();
+    let mut held = std::collections::HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            let port = local
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if *state == "0A" && sockets.contains(*inode) {
+                held.extend(port);
+            }
+        }
+    }
+    ports.iter().all(|p| held.contains(p))
 }
