@@ -109,7 +109,7 @@ for t in "${targets[@]}"; do
     corpus="$fuzz_dir/corpus/$t"
     artifacts="$fuzz_dir/artifacts/$t/"
     mkdir -p "$corpus" "$artifacts"
-    log="$fuzz_dir/$t.log"
+    log="$fuzz_dir/$t-$mode.log"
     result=ok
     # -timeout: an input that takes more than 10 s is a finding (a hang), as is one that needs
     # more than libFuzzer's default 2 GiB.
@@ -118,12 +118,12 @@ for t in "${targets[@]}"; do
         result=crash
         failed+=("$t")
     fi
-    runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo 0)
+    runs=$(grep -ao 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo 0)
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$t" "$seconds" "${runs:-0}" "$result" "$mode" >>"$ledger"
     printf '%-14s %8s %14s %12s %s\n' "$t" "$seconds" "${runs:-0}" "$(( ${runs:-0} / seconds ))" "$result"
     if [[ $result != ok ]]; then
-        grep -E 'panicked|ERROR: (libFuzzer|AddressSanitizer)|Test unit written|SUMMARY' "$log" | head -8 >&2 || true
-        input=$(grep -o "Test unit written to [^ ]*" "$log" | tail -1 | cut -d' ' -f5 || true)
+        grep -aE 'panicked|ERROR: (libFuzzer|AddressSanitizer)|Test unit written|SUMMARY' "$log" | head -8 >&2 || true
+        input=$(grep -ao "Test unit written to [^ ]*" "$log" | tail -1 | cut -d' ' -f5 || true)
         echo "fuzz: $t failed (log $log); replay: $bin_dir/$t ${input:-<input>}" >&2
     fi
 done
