@@ -8,8 +8,9 @@
 //!
 //! Within a bundle, `*.rego` files are modules; `data.json`, `data.yaml` and `data.yml` are data
 //! documents placed at their directory's path (`roles/data.json` becomes `data.roles`); `.manifest`
-//! carries `revision`, `roots` and `rego_version`. Everything else is ignored. Every problem is
-//! reported at load time with the file it is in; nothing is deferred to evaluation.
+//! carries `revision`, `roots`, `rego_version` and, under `metadata.cordon.request_body`, the
+//! policy's opt-in to request bodies ([`RequestBodyConfig`]). Everything else is ignored. Every
+//! problem is reported at load time with the file it is in; nothing is deferred to evaluation.
 
 mod archive;
 mod data;
@@ -19,7 +20,10 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-pub use manifest::Manifest;
+pub use manifest::{
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_DECODED_BODY_BYTES, MAX_BODY_BYTES_CEILING,
+    MAX_DECODED_BODY_BYTES_CEILING, Manifest, OverLimit, RequestBodyConfig,
+};
 
 /// Upper bound on the bytes a bundle may hold, so a hostile archive (a decompression bomb)
 /// cannot exhaust memory at load time. Real egress bundles are kilobytes.

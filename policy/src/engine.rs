@@ -23,9 +23,9 @@ use regorus::languages::rego::compiler::Compiler;
 use regorus::utils::limits::ExecutionTimerConfig;
 use regorus::{CompiledPolicy, Engine, Value};
 
-use crate::bundle::{Bundle, BundleLoadError};
+use crate::bundle::{Bundle, BundleLoadError, RequestBodyConfig};
 use crate::decision::{Decision, DecisionFailure};
-use crate::input::PolicyInput;
+use crate::input::{BodyInput, PolicyInput};
 
 /// The query a decision is read from unless configured otherwise.
 pub const DEFAULT_QUERY: &str = "data.cordon.egress.decision";
@@ -135,6 +135,9 @@ pub struct GenerationInfo {
     /// Modules served (test modules excluded).
     pub modules: usize,
     pub loaded_at: SystemTime,
+    /// The manifest's `metadata.cordon.request_body`: whether (and within which limits) the
+    /// proxy reads request bodies for this generation. `None`: decide on headers alone.
+    pub request_body: Option<RequestBodyConfig>,
 }
 
 /// One compiled bundle: immutable, shared by every decision made while it is current.
@@ -194,6 +197,7 @@ impl Generation {
             path,
             modules: bundle.modules.iter().filter(|m| !m.is_test()).count(),
             loaded_at: SystemTime::now(),
+            request_body: bundle.manifest.request_body.clone(),
         };
         Ok(Self {
             info,
@@ -210,6 +214,12 @@ impl Generation {
         &self.info
     }
 
+    /// Whether this generation's policy reads request bodies, and with what limits: the
+    /// proxy's question before it buffers a body (docs/POLICY.md, "Request bodies").
+    pub fn request_body(&self) -> Option<&RequestBodyConfig> {
+        self.info.request_body.as_ref()
+    }
+
     /// Decides one connection or request.
     pub fn decide(&self, input: &PolicyInput) -> Decision {
         self.decide_value(input.to_value())
@@ -223,6 +233,21 @@ impl Generation {
         request: &crate::input::RequestInput,
     ) -> Decision {
         self.decide_value(connection.request(request))
+    }
+
+    /// [`Generation::decide`] with the request's body in the input.
+    pub fn decide_with_body(&self, input: &PolicyInput, body: &BodyInput) -> Decision {
+        self.decide_value(input.to_value_with_body(Some(body)))
+    }
+
+    /// [`Generation::decide_request`] with the request's body in the input.
+    pub fn decide_request_with_body(
+        &self,
+        connection: &crate::input::ConnectionDocument,
+        request: &crate::input::RequestInput,
+        body: &BodyInput,
+    ) -> Decision {
+        self.decide_value(connection.request_with_body(request, body))
     }
 
     /// Decides from a whole input document (what `opa eval --input` takes).

@@ -19,13 +19,20 @@
 //! input.connection                    {stage, mode, transport, source, original_destination,
 //!                                      sni, connect_target, dns_name}
 //! ```
+//!
+//! When the bundle asks for request bodies (`metadata.cordon.request_body` in its manifest)
+//! and the proxy passes a [`BodyInput`], the request stage also has
+//! `attributes.request.http.body`, `parsed_body`, `truncated_body` and `input.cordon`
+//! (`body_error`, `jsonrpc`, `graphql`, `git`): see [`body`].
 
+pub mod body;
 mod document;
 mod uri;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+pub use body::{BodyInput, BodyLimits, BodyRequest};
 pub use document::ConnectionDocument;
 pub use uri::{Authority, parse_authority, parse_path, parse_query};
 
@@ -228,13 +235,24 @@ pub struct PolicyInput {
 impl PolicyInput {
     /// The input document as regorus values, ready for evaluation.
     pub fn to_value(&self) -> regorus::Value {
-        document::build(self)
+        document::build(self, None)
+    }
+
+    /// The input document with a request body's fields (request stage only; `None` is
+    /// [`PolicyInput::to_value`]).
+    pub fn to_value_with_body(&self, body: Option<&BodyInput>) -> regorus::Value {
+        document::build(self, body)
     }
 
     /// The input document as JSON, exactly what the policy sees (for `cordon-policy eval` and
     /// for debugging a policy with `opa eval --input`).
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self.to_value()).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// [`PolicyInput::to_json`] with a request body's fields.
+    pub fn to_json_with_body(&self, body: Option<&BodyInput>) -> serde_json::Value {
+        serde_json::to_value(self.to_value_with_body(body)).unwrap_or(serde_json::Value::Null)
     }
 
     /// The host name and port being reached: the request's authority at stage `request`; at

@@ -1,9 +1,17 @@
-//! The bundle `.manifest`: revision, roots and Rego version, as OPA defines them.
+//! The bundle `.manifest`: revision, roots and Rego version, as OPA defines them, and Cordon's
+//! own settings under `metadata.cordon`.
+
+mod request_body;
 
 use serde::Deserialize;
 
-/// What a bundle's `.manifest` says. Keys Cordon does not use (`metadata`, `wasm`) are ignored,
-/// as opa ignores keys it does not know.
+pub use request_body::{
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_DECODED_BODY_BYTES, MAX_BODY_BYTES_CEILING,
+    MAX_DECODED_BODY_BYTES_CEILING, OverLimit, RequestBodyConfig,
+};
+
+/// What a bundle's `.manifest` says. Keys Cordon does not use (`wasm`, `metadata` other than
+/// `metadata.cordon`) are ignored, as opa ignores keys it does not know.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Manifest {
     /// Names the policy generation in decisions, audit records and metrics.
@@ -16,17 +24,25 @@ pub struct Manifest {
     /// `0` for pre-1.0 Rego syntax (`allow { ... }` without `if`), `1` (the default) for Rego v1.
     #[serde(default)]
     pub rego_version: Option<u8>,
+    /// OPA's free-form object; Cordon reads `metadata.cordon` and nothing else of it.
+    #[serde(default)]
+    metadata: Option<serde_json::Value>,
+    /// `metadata.cordon.request_body`: the policy wants request bodies, with these limits.
+    /// `None`: requests are decided without their bodies.
+    #[serde(skip)]
+    pub request_body: Option<RequestBodyConfig>,
 }
 
 impl Manifest {
     pub(super) fn parse(bytes: &[u8]) -> Result<Self, String> {
-        let manifest: Manifest =
+        let mut manifest: Manifest =
             serde_json::from_slice(bytes).map_err(|e| format!("not a valid manifest: {e}"))?;
         if let Some(version) = manifest.rego_version
             && version > 1
         {
             return Err(format!("rego_version must be 0 or 1, not {version}"));
         }
+        manifest.request_body = request_body::parse(manifest.metadata.as_ref())?;
         Ok(manifest)
     }
 

@@ -204,3 +204,94 @@ fn test_modules_are_recognised_by_name() {
     assert!(module("cordon/egress_test.rego").is_test());
     assert!(!module("cordon/egress.rego").is_test());
 }
+
+fn manifest_error(manifest: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "p.rego", MODULE);
+    write(dir.path(), ".manifest", manifest);
+    Bundle::load(dir.path()).unwrap_err().to_string()
+}
+
+fn request_body(manifest: &str) -> Option<RequestBodyConfig> {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "p.rego", MODULE);
+    write(dir.path(), ".manifest", manifest);
+    Bundle::load(dir.path()).unwrap().manifest.request_body
+}
+
+#[test]
+fn bundles_do_not_read_bodies_unless_the_manifest_asks() {
+    assert_eq!(request_body(r#"{"revision": "r1"}"#), None);
+    assert_eq!(request_body(r#"{"metadata": {"team": "x"}}"#), None);
+    assert_eq!(request_body(r#"{"metadata": {"cordon": {}}}"#), None);
+}
+
+#[test]
+fn request_body_defaults_and_settings_are_read_from_metadata_cordon() {
+    let defaults = request_body(r#"{"metadata": {"cordon": {"request_body": {}}}}"#).unwrap();
+    assert_eq!(defaults, RequestBodyConfig::default());
+    assert_eq!(defaults.max_bytes, DEFAULT_MAX_BODY_BYTES);
+    assert_eq!(defaults.over_limit, OverLimit::Deny);
+
+    let config = request_body(
+        r#"{"revision": "r2", "metadata": {"owner": "sec", "cordon": {"request_body": {
+            "max_bytes": 16384, "max_decoded_bytes": 65536, "over_limit": "truncate",
+            "hosts": ["MCP.example.com", "*.openai.com"]}}}}"#,
+    )
+    .unwrap();
+    assert_eq!(config.max_bytes, 16384);
+    assert_eq!(config.max_decoded_bytes, 65536);
+    assert_eq!(config.over_limit, OverLimit::Truncate);
+    assert!(config.wants("mcp.example.com"));
+    assert!(config.wants("api.openai.com"));
+    assert!(!config.wants("openai.com"));
+    assert!(!config.wants("evilopenai.com"));
+    assert!(!config.wants("pypi.org"));
+    assert!(defaults.wants("pypi.org"));
+
+    // A max_bytes above the decoded default raises the decoded default with it.
+    let big = request_body(r#"{"metadata": {"cordon": {"request_body": {"max_bytes": 2097152}}}}"#);
+    assert_eq!(big.unwrap().max_decoded_bytes, 2097152);
+}
+
+#[test]
+fn request_body_mistakes_name_the_key_and_the_fix() {
+    let err = manifest_error(r#"{"metadata": {"cordon": {"request_body": {"max_byte": 1}}}}"#);
+    assert!(
+        err.contains("metadata.cordon") && err.contains("max_byte"),
+        "{err}"
+    );
+    assert!(err.contains("max_bytes"), "expected the known keys: {err}");
+
+    let err = manifest_error(r#"{"metadata": {"cordon": {"requestbody": {}}}}"#);
+    assert!(err.contains("requestbody"), "{err}");
+
+    let err =
+        manifest_error(r#"{"metadata": {"cordon": {"request_body": {"over_limit": "allow"}}}}"#);
+    assert!(err.contains("deny") && err.contains("truncate"), "{err}");
+
+    let err = manifest_error(r#"{"metadata": {"cordon": {"request_body": {"max_bytes": 0}}}}"#);
+    assert!(
+        err.contains("metadata.cordon.request_body.max_bytes must be between 1"),
+        "{err}"
+    );
+
+    let err = manifest_error(
+        r#"{"metadata": {"cordon": {"request_body": {"max_bytes": 8192, "max_decoded_bytes": 4096}}}}"#,
+    );
+    assert!(
+        err.contains("max_decoded_bytes (4096) is less than max_bytes"),
+        "{err}"
+    );
+
+    let err = manifest_error(
+        r#"{"metadata": {"cordon": {"request_body": {"hosts": ["https://x.example/"]}}}}"#,
+    );
+    assert!(
+        err.contains("hosts") && err.contains("is not a host name"),
+        "{err}"
+    );
+
+    let err = manifest_error(r#"{"metadata": ["not", "an", "object"]}"#);
+    assert!(err.contains("metadata must be a JSON object"), "{err}");
+}

@@ -1,5 +1,7 @@
 //! Building the input document (as regorus values, no JSON round trip on the hot path).
 
+mod body;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::LazyLock;
@@ -7,7 +9,8 @@ use std::sync::LazyLock;
 use regorus::Value;
 
 use super::{
-    ConnectionInput, PolicyInput, RequestInput, SessionInput, Stage, parse_path, parse_query,
+    BodyInput, ConnectionInput, PolicyInput, RequestInput, SessionInput, Stage, parse_path,
+    parse_query,
 };
 
 /// `{}`: `parsed_query` of a request without a query string.
@@ -22,11 +25,12 @@ static VERSION: LazyLock<Value> = LazyLock::new(|| {
     ])
 });
 
-pub(super) fn build(input: &PolicyInput) -> Value {
+pub(super) fn build(input: &PolicyInput, body: Option<&BodyInput>) -> Value {
     let cached = ConnectionDocument::new(&input.connection, &input.session);
-    match (&input.request, input.stage) {
-        (Some(request), Stage::Request) => cached.request(request),
-        (request, stage) => cached.document(stage, request.as_ref(), input.destination()),
+    match (&input.request, input.stage, body) {
+        (Some(request), Stage::Request, Some(body)) => cached.request_with_body(request, body),
+        (Some(request), Stage::Request, None) => cached.request(request),
+        (request, stage, _) => cached.document(stage, request.as_ref(), input.destination()),
     }
 }
 
@@ -144,6 +148,14 @@ impl ConnectionDocument {
         let default_port = if request.scheme == "http" { 80 } else { 443 };
         let destination = super::parse_authority(&request.authority, default_port);
         self.document(Stage::Request, Some(request), destination)
+    }
+
+    /// The request-stage document for a request whose body the policy asked for
+    /// (docs/POLICY.md, "Request bodies"): the same document plus the body's fields.
+    pub fn request_with_body(&self, request: &RequestInput, body: &BodyInput) -> Value {
+        let mut document = self.request(request);
+        body::apply(&mut document, body);
+        document
     }
 
     fn document(
@@ -430,4 +442,38 @@ fixed_strings! {
     http10 = "HTTP/1.0",
     http11 = "HTTP/1.1",
     http2 = "HTTP/2",
+    // Request bodies (document/body.rs).
+    body = "body",
+    body_error = "body_error",
+    parsed_body = "parsed_body",
+    truncated_body = "truncated_body",
+    partial_body_header = "x-envoy-auth-partial-body",
+    true_ = "true",
+    false_ = "false",
+    cordon = "cordon",
+    kind = "kind",
+    message = "message",
+    jsonrpc = "jsonrpc",
+    graphql = "graphql",
+    git = "git",
+    params = "params",
+    notification = "notification",
+    response = "response",
+    invalid = "invalid",
+    operation = "operation",
+    operations = "operations",
+    type_ = "type",
+    fields = "fields",
+    name = "name",
+    query = "query",
+    mutation = "mutation",
+    subscription = "subscription",
+    commands = "commands",
+    old = "old",
+    new = "new",
+    ref_ = "ref",
+    action = "action",
+    create = "create",
+    update = "update",
+    delete_ref = "delete",
 }

@@ -319,3 +319,150 @@ fn the_request_document_is_exactly_the_envoy_shape() {
     assert!(doc["attributes"]["request"]["http"].get("id").is_none());
     assert_eq!(doc["attributes"]["request"]["http"]["host"], "example.org");
 }
+
+fn mcp_call() -> (PolicyInput, BodyInput) {
+    let mut input = request(
+        "/mcp",
+        &[
+            ("Content-Type", "application/json"),
+            // A client cannot vouch for its own body: Cordon's value replaces this.
+            ("X-Envoy-Auth-Partial-Body", "false"),
+        ],
+    );
+    let http = input.request.as_mut().unwrap();
+    http.method = "POST".into();
+    let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search"}}"#;
+    let limits = BodyLimits {
+        max_bytes: 40,
+        max_decoded_bytes: 40,
+    };
+    let parsed = BodyInput::parse(body, false, &BodyRequest::of(http), limits);
+    (input, parsed)
+}
+
+#[test]
+fn without_a_body_the_document_is_unchanged() {
+    let input = request("/mcp", &[("content-type", "application/json")]);
+    assert_eq!(input.to_value_with_body(None), input.to_value());
+    assert!(json(&input).get("truncated_body").is_none());
+    assert!(json(&input).get("cordon").is_none());
+}
+
+#[test]
+fn a_truncated_body_is_text_only_with_the_partial_body_header_set() {
+    let (input, body) = mcp_call();
+    let doc = input.to_json_with_body(Some(&body));
+    let http = &doc["attributes"]["request"]["http"];
+    assert_eq!(http["body"], r#"{"jsonrpc":"2.0","id":1,"method":"tools/"#);
+    assert_eq!(http["headers"]["x-envoy-auth-partial-body"], "true");
+    assert_eq!(doc["truncated_body"], true);
+    assert!(doc.get("parsed_body").is_none());
+    assert_eq!(doc["cordon"]["body_error"]["kind"], "too_large");
+    assert!(doc["cordon"].get("jsonrpc").is_none());
+}
+
+#[test]
+fn a_whole_body_gives_parsed_body_and_the_conveniences_with_exact_keys() {
+    let (input, _) = mcp_call();
+    let http = input.request.as_ref().unwrap();
+    let raw = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search"}}"#;
+    let body = BodyInput::parse(raw, false, &BodyRequest::of(http), BodyLimits::default());
+    let doc = input.to_json_with_body(Some(&body));
+    let expected_http_body = std::str::from_utf8(raw).unwrap();
+    assert_eq!(
+        doc["attributes"]["request"]["http"]["body"],
+        expected_http_body
+    );
+    assert_eq!(
+        doc["attributes"]["request"]["http"]["headers"]["x-envoy-auth-partial-body"],
+        "false"
+    );
+    assert_eq!(doc["truncated_body"], false);
+    assert_eq!(
+        doc["parsed_body"],
+        serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "search"}})
+    );
+    assert_eq!(
+        doc["cordon"],
+        serde_json::json!({"jsonrpc": {"kind": "request", "method": "tools/call", "id": 1, "params": {"name": "search"}}})
+    );
+    // The rest of the document is the body-less one.
+    let mut without = doc.clone();
+    let root = without.as_object_mut().unwrap();
+    for key in ["parsed_body", "truncated_body", "cordon"] {
+        root.remove(key);
+    }
+    let http = without["attributes"]["request"]["http"]
+        .as_object_mut()
+        .unwrap();
+    http.remove("body");
+    http["headers"]["x-envoy-auth-partial-body"] = "false".into();
+    assert_eq!(without, input.to_json());
+}
+
+#[test]
+fn the_connection_document_builds_the_same_body_document() {
+    let (input, body) = mcp_call();
+    let cached = ConnectionDocument::new(&input.connection, &input.session);
+    assert_eq!(
+        cached.request_with_body(input.request.as_ref().unwrap(), &body),
+        input.to_value_with_body(Some(&body))
+    );
+}
+
+#[test]
+fn git_and_graphql_conveniences_have_their_documented_shapes() {
+    let mut input = request("/acme/widgets.git/git-receive-pack", &[]);
+    input.request.as_mut().unwrap().method = "POST".into();
+    let old = "1".repeat(40);
+    let line = format!("{old} {} refs/heads/main\0report-status\n", "0".repeat(40));
+    let body = format!("{:04x}{line}0000PACK", line.len() + 4);
+    let http = input.request.as_ref().unwrap();
+    let parsed = BodyInput::parse(
+        body.as_bytes(),
+        false,
+        &BodyRequest::of(http),
+        BodyLimits::default(),
+    );
+    let doc = input.to_json_with_body(Some(&parsed));
+    assert_eq!(
+        doc["cordon"]["git"],
+        serde_json::json!({"commands": [
+            {"old": old, "new": "0".repeat(40), "ref": "refs/heads/main", "action": "delete"}
+        ]})
+    );
+
+    let mut input = request("/graphql", &[("content-type", "application/json")]);
+    input.request.as_mut().unwrap().method = "POST".into();
+    let http = input.request.as_ref().unwrap();
+    let body = br#"{"query": "mutation Add { addStar(input: {}) { clientMutationId } }"}"#;
+    let parsed = BodyInput::parse(body, false, &BodyRequest::of(http), BodyLimits::default());
+    let doc = input.to_json_with_body(Some(&parsed));
+    let op = serde_json::json!({"type": "mutation", "name": "Add", "fields": ["addStar"]});
+    assert_eq!(
+        doc["cordon"]["graphql"],
+        serde_json::json!({"operation": op, "operations": [op]})
+    );
+}
+
+#[test]
+fn form_bodies_are_objects_of_arrays_in_parsed_body() {
+    let mut input = request(
+        "/login",
+        &[("content-type", "application/x-www-form-urlencoded")],
+    );
+    input.request.as_mut().unwrap().method = "POST".into();
+    let http = input.request.as_ref().unwrap();
+    let parsed = BodyInput::parse(
+        b"user=alice&scope=a&scope=b",
+        false,
+        &BodyRequest::of(http),
+        BodyLimits::default(),
+    );
+    let doc = input.to_json_with_body(Some(&parsed));
+    assert_eq!(
+        doc["parsed_body"],
+        serde_json::json!({"user": ["alice"], "scope": ["a", "b"]})
+    );
+    assert!(doc.get("cordon").is_none());
+}
