@@ -248,6 +248,14 @@ fn request_body_defaults_and_settings_are_read_from_metadata_cordon() {
     assert!(!config.wants("evilopenai.com"));
     assert!(!config.wants("pypi.org"));
     assert!(defaults.wants("pypi.org"));
+    assert_eq!(
+        defaults.over_limit_for("POST", "/v1/messages"),
+        OverLimit::Deny
+    );
+    assert_eq!(
+        defaults.over_limit_for("POST", "/acme/app.git/git-receive-pack"),
+        OverLimit::Truncate
+    );
 
     // A max_bytes above the decoded default raises the decoded default with it.
     let big = request_body(r#"{"metadata": {"cordon": {"request_body": {"max_bytes": 2097152}}}}"#);

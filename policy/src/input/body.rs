@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 
 use regorus::Value;
 
-pub use git::{GitCommand, GitPush, GitRefAction};
+pub use git::{GitCommand, GitPush, GitRefAction, is_receive_pack};
 pub use graphql::{GraphQl, GraphQlOperation, GraphQlOperationType, GraphQlRequest};
 pub use jsonrpc::{JsonRpc, JsonRpcKind, JsonRpcMessage};
 

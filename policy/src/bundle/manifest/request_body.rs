@@ -76,6 +76,17 @@ impl RequestBodyConfig {
             })
     }
 
+    /// What to do with a body of this request longer than `max_bytes`. A git push is always
+    /// read as a prefix: its ref updates come before the pack, and are whole once their
+    /// flush-pkt has arrived (`input.cordon.git`), however large the pack behind them.
+    pub fn over_limit_for(&self, method: &str, path: &str) -> OverLimit {
+        if crate::input::body::is_receive_pack(method, path) {
+            OverLimit::Truncate
+        } else {
+            self.over_limit
+        }
+    }
+
     /// The limits the body parser applies.
     pub fn limits(&self) -> crate::input::BodyLimits {
         crate::input::BodyLimits {

@@ -59,8 +59,8 @@ impl GitCommand {
     }
 }
 
-/// Whether a request is a smart-HTTP push.
-pub(super) fn is_receive_pack(method: &str, path: &str) -> bool {
+/// Whether a request is a smart-HTTP push (`POST .../git-receive-pack`).
+pub fn is_receive_pack(method: &str, path: &str) -> bool {
     let path = path.split(['?', '#']).next().unwrap_or("");
     method.eq_ignore_ascii_case("POST") && path.ends_with("/git-receive-pack")
 }
