@@ -11,6 +11,9 @@
 //!   `input.connection` and `input.destination`.
 //! - [`decision`]: reading the policy's answer (a boolean or an OPA-Envoy decision object with
 //!   Cordon's extensions) into a typed [`Decision`], failing closed on anything unexpected.
+//! - [`input::body`]: request bodies for bundles that ask for them in their manifest
+//!   ([`RequestBodyConfig`]): the raw text, `parsed_body` and convenience fields (JSON-RPC,
+//!   GraphQL, git push commands) from bytes the proxy buffered, with decompression bounded.
 //! - [`engine`]: compiling a bundle once per generation into a regorus RVM program, evaluating it
 //!   without a global lock, and swapping generations atomically on reload (a failed reload keeps
 //!   the last good generation).
@@ -28,13 +31,13 @@ pub mod input;
 mod rules;
 pub mod testing;
 
-pub use bundle::{Bundle, BundleLoadError};
+pub use bundle::{Bundle, BundleLoadError, OverLimit, RequestBodyConfig};
 pub use decision::{CredentialRef, Decision, DecisionFailure, HeaderValue, Outcome, TlsHandling};
 pub use engine::{
     DEFAULT_QUERY, EvalLimits, EvalPath, EvaluatorChoice, Generation, GenerationInfo, PolicyConfig,
     PolicyEngine, PolicyLoadError,
 };
 pub use input::{
-    ConnectionInput, HttpProtocol, ListenerMode, PolicyInput, RequestInput, SessionInput, Stage,
-    Transport,
+    BodyInput, BodyLimits, BodyRequest, ConnectionInput, HttpProtocol, ListenerMode, PolicyInput,
+    RequestInput, SessionInput, Stage, Transport,
 };
