@@ -156,3 +156,80 @@ pub fn spawn_recording_upstream(pki: &TestPki) -> (SocketAddr, Received) {
     });
     (address, received)
 }
+
+/// `git http-backend`, set up as a CGI program for one smart-HTTP request: the fake forges of
+/// the git tests and benchmarks run it per request and write the request body to its stdin.
+/// `header` gives a request header's value ("" when absent); `user` is the authenticated user
+/// the forge reports (`REMOTE_USER`).
+pub fn git_http_backend(
+    root: &std::path::Path,
+    method: &str,
+    uri: &str,
+    header: impl Fn(&str) -> String,
+    content_length: usize,
+    user: &str,
+) -> tokio::process::Command {
+    let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
+    let mut command = tokio::process::Command::new("git");
+    command
+        .arg("http-backend")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("GIT_PROJECT_ROOT", root)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", root)
+        .env("REQUEST_METHOD", method)
+        .env("PATH_INFO", path)
+        .env("QUERY_STRING", query)
+        .env("CONTENT_TYPE", header("content-type"))
+        .env("CONTENT_LENGTH", content_length.to_string())
+        .env("HTTP_CONTENT_ENCODING", header("content-encoding"))
+        .env("GIT_PROTOCOL", header("git-protocol"))
+        .env("REMOTE_USER", user)
+        .env("REMOTE_ADDR", "127.0.0.1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    command
+}
+
+/// Where a CGI program's head ends in `out` (a blank line, CRLF or LF): the head's length and
+/// where the body starts. `None` while no blank line has come.
+pub fn cgi_head_end(out: &[u8]) -> Option<(usize, usize)> {
+    let crlf = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, i + 4));
+    let lf = out
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .map(|i| (i, i + 2));
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// A CGI head's status (its `Status:` line, 200 without one, 500 if unreadable) and its other
+/// headers, in order.
+pub fn cgi_head(head: &[u8]) -> (u16, Vec<(String, String)>) {
+    let mut status = 200;
+    let mut headers = Vec::new();
+    for line in String::from_utf8_lossy(head).lines() {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("status") {
+            status = value
+                .split_whitespace()
+                .next()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(500);
+        } else {
+            headers.push((name.trim().to_string(), value.to_string()));
+        }
+    }
+    (status, headers)
+}

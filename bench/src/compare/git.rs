@@ -156,29 +156,18 @@ async fn cgi(root: &Path, request: Request<Incoming>) -> anyhow::Result<Response
             .unwrap_or("")
             .to_owned()
     };
-    let mut child = tokio::process::Command::new("git")
-        .arg("http-backend")
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("GIT_PROJECT_ROOT", root)
-        .env("GIT_HTTP_EXPORT_ALL", "1")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("HOME", root)
-        .env("REQUEST_METHOD", parts.method.as_str())
-        .env("PATH_INFO", parts.uri.path())
-        .env("QUERY_STRING", parts.uri.query().unwrap_or(""))
-        .env("CONTENT_TYPE", header("content-type"))
-        .env("CONTENT_LENGTH", body.len().to_string())
-        .env("HTTP_CONTENT_ENCODING", header("content-encoding"))
-        .env("GIT_PROTOCOL", header("git-protocol"))
-        .env("REMOTE_USER", GIT_USER)
-        .env("REMOTE_ADDR", "127.0.0.1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("git http-backend")?;
+    let uri = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut child = cordon_testkit::git_http_backend(
+        root,
+        parts.method.as_str(),
+        uri,
+        header,
+        body.len(),
+        GIT_USER,
+    )
+    .kill_on_drop(true)
+    .spawn()
+    .context("git http-backend")?;
     let mut stdin = child.stdin.take().context("stdin")?;
     let mut stdout = child.stdout.take().context("stdout")?;
     tokio::spawn(async move {
@@ -187,33 +176,18 @@ async fn cgi(root: &Path, request: Request<Incoming>) -> anyhow::Result<Response
     // The CGI head: lines up to a blank one.
     let mut read = BytesMut::with_capacity(64 * 1024);
     let head_end = loop {
-        if let Some(i) = read.windows(4).position(|w| w == b"\r\n\r\n") {
-            break (i, i + 4);
-        }
-        if let Some(i) = read.windows(2).position(|w| w == b"\n\n") {
-            break (i, i + 2);
+        if let Some(end) = cordon_testkit::cgi_head_end(&read) {
+            break end;
         }
         if stdout.read_buf(&mut read).await.context("CGI output")? == 0 {
             bail!("http-backend ended before its head");
         }
     };
     let head = read.split_to(head_end.1);
+    let (status, headers) = cordon_testkit::cgi_head(&head[..head_end.0]);
     let mut response = Response::builder();
-    let mut status = 200;
-    for line in String::from_utf8_lossy(&head[..head_end.0]).lines() {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("status") {
-            status = value
-                .split_whitespace()
-                .next()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(500);
-        } else {
-            response = response.header(name.trim(), value);
-        }
+    for (name, value) in headers {
+        response = response.header(name, value);
     }
     let first = read.freeze();
     let rest = futures_util::stream::unfold(

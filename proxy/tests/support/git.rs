@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -91,66 +91,30 @@ async fn serve(root: &Path, expected: &str, request: Request<Incoming>) -> Respo
             .unwrap_or("")
             .to_string()
     };
-    let mut child = tokio::process::Command::new("git")
-        .arg("http-backend")
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("GIT_PROJECT_ROOT", root)
-        .env("GIT_HTTP_EXPORT_ALL", "1")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("HOME", root)
-        .env("REQUEST_METHOD", parts.method.as_str())
-        .env("PATH_INFO", parts.uri.path())
-        .env("QUERY_STRING", parts.uri.query().unwrap_or(""))
-        .env("CONTENT_TYPE", header("content-type"))
-        .env("CONTENT_LENGTH", body.len().to_string())
-        .env("HTTP_CONTENT_ENCODING", header("content-encoding"))
-        .env("GIT_PROTOCOL", header("git-protocol"))
-        .env("REMOTE_USER", "cordon-test")
-        .env("REMOTE_ADDR", "127.0.0.1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let uri = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut child = cordon_testkit::git_http_backend(
+        root,
+        parts.method.as_str(),
+        uri,
+        header,
+        body.len(),
+        "cordon-test",
+    )
+    .spawn()
+    .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(&body).await.unwrap();
     drop(stdin);
     let output = child.wait_with_output().await.unwrap();
-    cgi_response(&output.stdout)
-}
-
-/// A CGI program's output (headers, a blank line, the body) as an HTTP response.
-fn cgi_response(out: &[u8]) -> Response<Full<Bytes>> {
-    let (head_end, body_start) = match out.windows(4).position(|w| w == b"\r\n\r\n") {
-        Some(i) => (i, i + 4),
-        None => {
-            let i = out
-                .windows(2)
-                .position(|w| w == b"\n\n")
-                .unwrap_or(out.len());
-            (i, (i + 2).min(out.len()))
-        }
-    };
-    let mut response = Response::builder();
-    let mut status = 200;
-    for line in String::from_utf8_lossy(&out[..head_end]).lines() {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("status") {
-            status = value
-                .split_whitespace()
-                .next()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(500);
-        } else {
-            response = response.header(name.trim(), value);
-        }
+    let out = &output.stdout;
+    let (head_end, body_start) =
+        cordon_testkit::cgi_head_end(out).unwrap_or((out.len(), out.len()));
+    let (status, headers) = cordon_testkit::cgi_head(&out[..head_end]);
+    let mut response = Response::builder().status(status);
+    for (name, value) in headers {
+        response = response.header(name, value);
     }
     response
-        .status(status)
         .body(Full::new(Bytes::copy_from_slice(&out[body_start..])))
         .unwrap()
 }
