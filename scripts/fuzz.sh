@@ -3,6 +3,7 @@
 # each: docs/SECURITY.md, "Fuzzing".
 #
 #   scripts/fuzz.sh [--smoke] [SECONDS_PER_TARGET] [TARGET...]   (default: 60 s, every target)
+#   scripts/fuzz.sh --report        the executions so far per target, as a markdown table
 #
 # The default build is cargo-fuzz's: release with AddressSanitizer, the speed that reaches
 # millions of runs (a cold build is about 15 minutes on 2 cores). `--smoke` (what `make test`
@@ -26,6 +27,20 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+fuzz_dir="${CORDON_FUZZ_DIR:-$HOME/.cache/cordon/fuzz}"
+ledger="$fuzz_dir/ledger.tsv"
+
+# `--report`: the ledger's totals per target as the markdown table docs/SECURITY.md carries.
+if [[ "${1:-}" == --report ]]; then
+    [[ -f "$ledger" ]] || { echo "fuzz: no runs recorded yet ($ledger)" >&2; exit 1; }
+    echo "| target | executions | seconds | runs | failed runs |"
+    echo "|---|---:|---:|---:|---:|"
+    awk -F'\t' 'NR > 1 { runs[$2] += $4; secs[$2] += $3; n[$2]++; if ($5 != "ok") bad[$2]++ }
+        END { for (t in runs) printf "| `%s` | %d | %d | %d | %d |\n", t, runs[t], secs[t], n[t], bad[t] }' \
+        "$ledger" | sort
+    exit 0
+fi
+
 mode=full
 if [[ "${1:-}" == --smoke ]]; then
     mode=smoke
@@ -33,7 +48,6 @@ if [[ "${1:-}" == --smoke ]]; then
 fi
 seconds="${1:-60}"
 shift || true
-fuzz_dir="${CORDON_FUZZ_DIR:-$HOME/.cache/cordon/fuzz}"
 target_dir="${CORDON_FUZZ_TARGET_DIR:-$HOME/.cache/cordon/target-fuzz}"
 build_flags=()
 profile=release
@@ -71,7 +85,6 @@ if ! RUSTC_BOOTSTRAP=1 cargo fuzz build "${build_flags[@]}" --target-dir "$targe
 fi
 bin_dir="$target_dir/x86_64-unknown-linux-gnu/$profile"
 
-ledger="$fuzz_dir/ledger.tsv"
 [[ -f "$ledger" ]] || printf 'date\ttarget\tseconds\texecutions\tresult\tbuild\n' >"$ledger"
 
 # Runs "$@" with every filesystem read-only but the fuzz directory and a scratch tmpfs.
