@@ -99,5 +99,12 @@ bench-tools: build
 		--store $(HOME)/.cache/cordon/images
 	$(CARGO_TARGET_DIR)/release/cordon-bench tools --doc docs/BENCHMARKS.md
 
+# The leak soak (issue 19; docs/BENCHMARKS.md "Soak"): 200 sessions with churn, mixed traffic at
+# --rate for 10 minutes; fds, memory, connections, sessions and nftables judged. Proxy on CPU 1,
+# load and upstream on CPU 0. SOAK_RATE=<req/s> to aim elsewhere.
+SOAK_RATE ?= 10000
+bench-soak: build
+	taskset -c 0 $(BIN)/cordon-bench soak --rate $(SOAK_RATE) --doc docs/BENCHMARKS.md
+
 clean:
 	$(CARGO) clean

@@ -3,6 +3,7 @@
 mod compare;
 mod load;
 mod report;
+mod soak;
 
 use std::path::PathBuf;
 
@@ -38,6 +39,10 @@ enum Command {
         #[arg(long)]
         doc: Option<PathBuf>,
     },
+    /// Soak: sessions registered on their own loopback addresses, some coming and going, and
+    /// mixed traffic at a target rate for minutes; the proxy's descriptors, memory,
+    /// connections and sessions judged for leaks. Writes bench/results/soak-<date>.json.
+    Soak(soak::SoakArgs),
     /// Custom tool call overhead: a run tool warm and cold against the handler's own time, an
     /// http tool against the upstream direct. Needs root and runsc.
     Tools {
@@ -57,6 +62,7 @@ impl Cli {
             Command::Load(args) => args.run().await,
             Command::Compare(args) => args.run().await,
             Command::Report(args) => args.run(),
+            Command::Soak(args) => args.run().await,
             Command::Sandboxes { count, out, doc } => {
                 let report = cordon_bench::sandboxes::run(count, &out, doc.as_deref())
                     .await

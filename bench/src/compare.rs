@@ -3,9 +3,9 @@
 //! collects the figures, the system's CPU time and memory into [`results::Results`].
 
 mod git;
-mod machine;
-mod pki;
-mod process;
+pub(crate) mod machine;
+pub(crate) mod pki;
+pub(crate) mod process;
 mod profile;
 pub mod results;
 pub mod scenarios;
@@ -64,7 +64,14 @@ pub async fn run(options: &CompareOptions) -> anyhow::Result<Results> {
     std::fs::set_permissions(&work, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .context("chmod work dir")?;
     let pki = pki::create(&work)?;
-    let (upstream, upstream_port) = start_upstream(options, &work, &pki).await?;
+    let (upstream, upstream_port) = start_upstream(
+        &options.peers,
+        &options.nginx_bin,
+        options.settings.load_cpus.as_deref(),
+        &work,
+        &pki,
+    )
+    .await?;
     // Scenarios 9 and 10's upstreams live in this process (on the load CPUs, like nginx).
     let wants = |s| options.scenarios.contains(&s);
     let llm = match wants(Scenario::LlmStream) {
@@ -311,8 +318,12 @@ async fn measure(
     Ok(row)
 }
 
-async fn start_upstream(
-    options: &CompareOptions,
+/// Starts nginx (bench/peers/nginx.conf) on a free port with the run's upstream certificate,
+/// under `taskset -c cpus` when set; its process and port.
+pub(crate) async fn start_upstream(
+    peers: &Path,
+    nginx_bin: &Path,
+    cpus: Option<&str>,
     work: &Path,
     pki: &pki::Pki,
 ) -> anyhow::Result<(Process, u16)> {
@@ -320,7 +331,7 @@ async fn start_upstream(
     let body = vec![0x5au8; usize::try_from(LARGE_BYTES).context("size")?];
     std::fs::write(work.join("10m.bin"), body).context("writing the 10 MiB body")?;
     let config = template::render(
-        &options.peers.join("nginx.conf"),
+        &peers.join("nginx.conf"),
         &[
             ("PORT", port.to_string()),
             ("WORK", work.display().to_string()),
@@ -332,8 +343,8 @@ async fn start_upstream(
     std::fs::write(&path, config).context("writing nginx.conf")?;
     let mut nginx = Process::spawn(
         "nginx",
-        options.settings.load_cpus.as_deref(),
-        &options.nginx_bin,
+        cpus,
+        nginx_bin,
         &[
             "-c".into(),
             path.display().to_string(),

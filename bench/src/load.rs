@@ -13,7 +13,8 @@ mod run;
 mod sender;
 
 pub use config::{ConnectionReuse, LoadConfig, Protocol, Route, client_tls};
-pub use connect::open_tls;
+pub use connect::{open_tls, open_tls_from};
 pub use idle::{Held, hold};
 pub use report::{LatencySummary, LoadReport};
 pub use run::run;
+pub(crate) use sender::Sender;

@@ -13,6 +13,7 @@ fn config(route: Route, port: u16, ca_pem: &str, dir: &tempfile::TempDir) -> Loa
     std::fs::write(&ca, ca_pem).unwrap();
     LoadConfig {
         route,
+        source: None,
         host: "bench.test".into(),
         port,
         path: "/small".into(),

@@ -89,6 +89,7 @@ impl LoadArgs {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let config = LoadConfig {
             route,
+            source: None,
             host,
             port: uri.port_u16().unwrap_or(443),
             path: uri

@@ -136,6 +136,7 @@ impl Scenario {
     pub fn load(self, route: Route, port: u16, s: &Settings, tls: &Tls) -> LoadConfig {
         let mut config = LoadConfig {
             route,
+            source: None,
             host: BENCH_HOST.into(),
             port,
             path: "/".into(),

@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::pki::Pki;
 use super::process::{Process, free_port};
 use super::scenarios::{API_HOST, BENCH_HOST, GIT_HOST, LLM_HOST, Scenario};
 use super::template::render;
+use crate::admin::AdminClient;
 use crate::load::Route;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +112,9 @@ pub(crate) struct Running {
     /// What git sends as its password (scenario 10): Cordon's placeholder for the `git`
     /// secret; None for the others, which get the real token.
     pub git_password: Option<String>,
+    /// Cordon's admin API and metrics endpoint; None for the others.
+    pub admin: Option<AdminClient>,
+    pub metrics: Option<SocketAddr>,
 }
 
 pub(crate) async fn start(system: System, variant: Variant, env: &Env) -> anyhow::Result<Running> {
@@ -121,6 +124,8 @@ pub(crate) async fn start(system: System, variant: Variant, env: &Env) -> anyhow
             route: Route::Direct(loopback(env.upstream_port)),
             roots: env.pki.upstream_ca.clone(),
             git_password: None,
+            admin: None,
+            metrics: None,
         }),
         System::Cordon | System::CordonTransparent => start_cordon(system, variant, env).await,
         System::Squid => start_squid(env).await,
@@ -137,7 +142,8 @@ fn text(path: &Path) -> String {
 }
 
 async fn start_cordon(system: System, variant: Variant, env: &Env) -> anyhow::Result<Running> {
-    let (port, transparent, admin) = (free_port()?, free_port()?, free_port()?);
+    let (port, transparent, admin, metrics) =
+        (free_port()?, free_port()?, free_port()?, free_port()?);
     let bundle = match variant {
         Variant::Bench => env.peers.join("cordon/policy"),
         Variant::AgentEgress => env.repo.join("examples/policies/agent-egress"),
@@ -166,6 +172,7 @@ async fn start_cordon(system: System, variant: Variant, env: &Env) -> anyhow::Re
             ("PORT", port.to_string()),
             ("TRANSPARENT_PORT", transparent.to_string()),
             ("ADMIN_PORT", admin.to_string()),
+            ("METRICS_PORT", metrics.to_string()),
             ("WORK", text(&env.work)),
             ("BUNDLE", text(&bundle)),
             ("CA_CERT", text(&env.pki.intercept_ca)),
@@ -202,8 +209,15 @@ async fn start_cordon(system: System, variant: Variant, env: &Env) -> anyhow::Re
     process.wait_listening(loopback(port), &env.work).await?;
     process.wait_listening(loopback(admin), &env.work).await?;
     // The agent-egress policy denies connections from addresses no session holds.
-    register_session(loopback(admin)).await?;
-    let git_password = Some(mint_git_placeholder(loopback(admin)).await?);
+    let client = AdminClient {
+        address: loopback(admin),
+    };
+    client.register("sesn_bench", "127.0.0.1", "bench").await?;
+    let git_password = client
+        .placeholders("sesn_bench", &["git"])
+        .await?
+        .remove("git")
+        .context("minting the git placeholder")?;
     let route = match system {
         System::CordonTransparent => Route::Direct(loopback(transparent)),
         _ => Route::Connect(loopback(port)),
@@ -212,54 +226,10 @@ async fn start_cordon(system: System, variant: Variant, env: &Env) -> anyhow::Re
         process: Some(process),
         route,
         roots: env.pki.intercept_ca.clone(),
-        git_password,
+        git_password: Some(git_password),
+        admin: Some(client),
+        metrics: Some(loopback(metrics)),
     })
-}
-
-/// `PUT /sessions/sesn_bench {"source":"127.0.0.1"}` on the admin API.
-async fn register_session(admin: SocketAddr) -> anyhow::Result<()> {
-    let body = r#"{"source":"127.0.0.1","agent_id":"bench"}"#;
-    admin_call(admin, "PUT", "/sessions/sesn_bench", body).await?;
-    Ok(())
-}
-
-/// The bench session's placeholder for the `git` secret (scenario 10).
-async fn mint_git_placeholder(admin: SocketAddr) -> anyhow::Result<String> {
-    let body = r#"{"secrets":["git"]}"#;
-    let answer = admin_call(admin, "POST", "/sessions/sesn_bench/placeholders", body).await?;
-    let json = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
-    let value: serde_json::Value =
-        serde_json::from_str(json).with_context(|| format!("minting a placeholder: {answer}"))?;
-    value["placeholders"]["git"]
-        .as_str()
-        .map(str::to_owned)
-        .with_context(|| format!("minting a placeholder: {answer}"))
-}
-
-/// One admin API call; the whole answer, which must be a 200.
-async fn admin_call(
-    admin: SocketAddr,
-    method: &str,
-    path: &str,
-    body: &str,
-) -> anyhow::Result<String> {
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let mut tcp = tokio::net::TcpStream::connect(admin)
-        .await
-        .context("admin API")?;
-    tcp.write_all(request.as_bytes())
-        .await
-        .context("admin API")?;
-    let mut answer = Vec::new();
-    tcp.read_to_end(&mut answer).await.context("admin API")?;
-    let answer = String::from_utf8_lossy(&answer).into_owned();
-    if !answer.starts_with("HTTP/1.1 200") {
-        bail!("{method} {path} on the admin API failed: {answer}");
-    }
-    Ok(answer)
 }
 
 async fn start_squid(env: &Env) -> anyhow::Result<Running> {
@@ -353,6 +323,8 @@ async fn start_peer(
         route: Route::Connect(loopback(port)),
         roots: env.pki.intercept_ca.clone(),
         git_password: None,
+        admin: None,
+        metrics: None,
     })
 }
 

@@ -1,6 +1,6 @@
 //! What a load run does: where it connects, what it asks for, how hard and for how long.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +37,9 @@ pub enum ConnectionReuse {
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
     pub route: Route,
+    /// The local address connections are made from (a session's source address, which the
+    /// proxy maps to the session); None lets the kernel choose.
+    pub source: Option<IpAddr>,
     /// The request's host. `{n}` is replaced by a number unique to each connection, so every
     /// connection names a host never seen before (cold certificate minting).
     pub host: String,

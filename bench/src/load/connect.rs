@@ -1,12 +1,13 @@
 //! Opening one verified TLS connection: TCP, an optional CONNECT through an explicit proxy,
 //! then the TLS handshake with the request's host as SNI.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
@@ -21,10 +22,21 @@ pub async fn open_tls(
     port: u16,
     tls: &Arc<rustls::ClientConfig>,
 ) -> anyhow::Result<TlsStream<TcpStream>> {
+    open_tls_from(None, route, host, port, tls).await
+}
+
+/// [`open_tls`] from the local address `source` (any loopback address is usable on Linux).
+pub async fn open_tls_from(
+    source: Option<IpAddr>,
+    route: Route,
+    host: &str,
+    port: u16,
+    tls: &Arc<rustls::ClientConfig>,
+) -> anyhow::Result<TlsStream<TcpStream>> {
     let address = match route {
         Route::Direct(a) | Route::Connect(a) => a,
     };
-    let mut tcp = TcpStream::connect(address)
+    let mut tcp = connect_from(source, address)
         .await
         .with_context(|| format!("connecting to {address}"))?;
     tcp.set_nodelay(true).context("TCP_NODELAY")?;
@@ -37,6 +49,18 @@ pub async fn open_tls(
         .connect(name, tcp)
         .await
         .with_context(|| format!("TLS handshake for {host}"))
+}
+
+async fn connect_from(source: Option<IpAddr>, address: SocketAddr) -> std::io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect(address).await;
+    };
+    let socket = match source {
+        IpAddr::V4(_) => TcpSocket::new_v4()?,
+        IpAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(address).await
 }
 
 /// Sends `CONNECT host:port` and reads the proxy's answer head; anything but 2xx is an error.

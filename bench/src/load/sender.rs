@@ -10,7 +10,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use super::config::{LoadConfig, Protocol};
-use super::connect::open_tls;
+use super::connect::open_tls_from;
 
 /// One verified connection's request handle.
 #[derive(Debug, Clone)]
@@ -21,7 +21,8 @@ pub(crate) enum Sender {
 
 impl Sender {
     pub(crate) async fn connect(config: &LoadConfig, host: &str) -> anyhow::Result<Self> {
-        let tls = open_tls(config.route, host, config.port, &config.tls).await?;
+        let tls =
+            open_tls_from(config.source, config.route, host, config.port, &config.tls).await?;
         let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
         let io = TokioIo::new(tls);
         match config.protocol {
@@ -40,6 +41,15 @@ impl Sender {
                 tokio::spawn(connection);
                 Ok(Self::Http2(sender))
             }
+        }
+    }
+
+    /// True once the server has closed the connection (after a `connection: close` answer,
+    /// such as a refusal): the next request needs a new connection.
+    pub(crate) fn is_closed(&self) -> bool {
+        match self {
+            Self::Http1(sender) => sender.try_lock().is_ok_and(|s| s.is_closed()),
+            Self::Http2(sender) => sender.is_closed(),
         }
     }
 
