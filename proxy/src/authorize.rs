@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cordon_policy::input::parse_authority;
-use cordon_policy::{Decision, HttpProtocol, RequestInput};
+use cordon_policy::{Decision, HttpProtocol, RequestInput, SessionInput};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession as Session;
 use pingora::{Error, ErrorType, Result};
@@ -186,6 +186,25 @@ impl Authorizer {
         ctx.protocol = Some(protocol);
         ctx.host = Some(destination.host.clone());
         ctx.port = Some(destination.port);
+
+        // A connection outliving its session (a stopped sandbox's address reused, a session
+        // ended by its controller) would otherwise go on with the old session's identity and
+        // credentials: each request checks the registration still stands.
+        if conn.session.id != SessionInput::UNKNOWN_ID
+            && !self
+                .state
+                .sessions
+                .still_holds(conn.input.source.ip(), &conn.session.id)
+        {
+            return Err(Refusal::new(
+                403,
+                RefusalClass::SessionEnded,
+                format!(
+                    "session {} ended after this connection was opened; open a new connection",
+                    conn.session.id
+                ),
+            ));
+        }
 
         // No domain fronting: the TLS server name and the CONNECT target pin the host.
         if let Some(sni) = &conn.input.sni

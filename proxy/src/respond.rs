@@ -35,6 +35,9 @@ pub enum RefusalClass {
     Credential,
     /// A placeholder was sent outside its secret's binding, or by another session.
     Exfiltration,
+    /// The connection's session was deregistered (or its address given to another session)
+    /// after the connection was opened.
+    SessionEnded,
     /// A fault of the proxy itself.
     Internal,
 }
@@ -52,6 +55,7 @@ impl RefusalClass {
             RefusalClass::UpstreamTimeout => "upstream_timeout",
             RefusalClass::Credential => "credential",
             RefusalClass::Exfiltration => "exfiltration",
+            RefusalClass::SessionEnded => "session_ended",
             RefusalClass::Internal => "internal",
         }
     }
@@ -80,6 +84,7 @@ impl RefusalClass {
             RefusalClass::UpstreamTimeout => "upstream timed out",
             RefusalClass::Credential => "credential cannot be injected",
             RefusalClass::Exfiltration => "credential placeholder not allowed here",
+            RefusalClass::SessionEnded => "the session of this connection has ended",
             RefusalClass::Internal => "internal proxy error",
         }
     }

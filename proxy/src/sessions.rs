@@ -153,6 +153,17 @@ impl SessionRegistry {
         inner.by_id.contains_key(id)
     }
 
+    /// Whether `source` still belongs to session `id`: a connection keeps the session it was
+    /// opened under, and one that outlived its session (deregistered, or the address given to
+    /// another) must carry no more requests under it.
+    pub fn still_holds(&self, source: IpAddr, id: &str) -> bool {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        inner
+            .by_source
+            .get(&normalise(source))
+            .is_some_and(|r| r.id == id)
+    }
+
     /// The session of a source address, or `unknown`.
     pub fn lookup(&self, source: IpAddr) -> SessionInput {
         let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());

@@ -484,3 +484,59 @@ fn private(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
+
+/// A kept-alive connection outliving its session: once the session is deregistered, or its
+/// address given to another session, the connection carries no more requests under the old
+/// identity (and its credentials); a new connection gets the address's current session.
+#[test]
+fn a_connection_outliving_its_session_carries_no_more_requests() {
+    let (proxy, seen) = started("");
+    let register = |id: &str| {
+        proxy.admin(
+            "PUT",
+            &format!("/sessions/{id}"),
+            Some(r#"{"source": "127.0.0.1"}"#),
+        );
+    };
+    register("sesn_old");
+    runtime().block_on(async {
+        let mut tls = tunnel(&proxy).await;
+        let mut buf = Vec::new();
+        tls.write_all(&post("/before", "", b"1")).await.unwrap();
+        assert_eq!(response(&mut tls, &mut buf).await.unwrap().0, 200);
+        // The address passes to another session while the connection stays open.
+        proxy.admin("DELETE", "/sessions/sesn_old", None);
+        register("sesn_new");
+        tls.write_all(&post("/after", "", b"2")).await.unwrap();
+        let (status, body) = response(&mut tls, &mut buf).await.unwrap();
+        assert_eq!(status, 403, "{body}");
+        assert!(
+            body.contains("session_ended") || body.contains("has ended"),
+            "{body}"
+        );
+        // A new connection is the new session's.
+        let mut fresh = tunnel(&proxy).await;
+        let mut buf = Vec::new();
+        fresh.write_all(&post("/fresh", "", b"3")).await.unwrap();
+        assert_eq!(response(&mut fresh, &mut buf).await.unwrap().0, 200);
+    });
+    let paths: Vec<String> = seen
+        .requests()
+        .iter()
+        .map(|r| r.head.split(' ').nth(1).unwrap().to_string())
+        .collect();
+    assert_eq!(
+        paths,
+        ["/before", "/fresh"],
+        "nothing reached the upstream after the end"
+    );
+    let records = proxy.request_records(3);
+    let after = records
+        .iter()
+        .find(|r| r["path"] == "/after")
+        .unwrap_or_else(|| panic!("{records:#?}"));
+    assert_eq!(after["reason_class"], "session_ended", "{after}");
+    assert_eq!(after["session"], "sesn_old");
+    let fresh = records.iter().find(|r| r["path"] == "/fresh").unwrap();
+    assert_eq!(fresh["session"], "sesn_new");
+}
