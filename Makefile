@@ -13,7 +13,7 @@ CORDON_IMAGES ?= $(HOME)/.cache/cordon/images
 export CORDON_IMAGES
 export CORDON_TEST_IMAGES ?= $(CORDON_IMAGES)
 
-.PHONY: up test fuzz fuzz-smoke bench bench-policy bench-instructions bench-tools deps build fmt lint unit policy-tests clean
+.PHONY: up test fuzz fuzz-smoke bench bench-policy bench-instructions bench-tools bench-soak deps build fmt lint unit policy-tests clean
 
 deps:
 	@scripts/install-deps.sh
