@@ -236,6 +236,7 @@ impl Relay {
             return hand_back(session, replay);
         }
         let mut ctx = self.authorizer.context(Some(conn.clone()));
+        ctx.set_relayed();
         if self.authorizer.admit(&mut session, &mut ctx).await {
             self.authorizer.audit(&session, &ctx);
             return finish(session).await;
@@ -246,6 +247,9 @@ impl Relay {
         };
         if ctx.upstream_http2() {
             // Learned since the check above.
+            if ctx.body_was_read() {
+                return self.body_needs_http2(session, ctx).await;
+            }
             return hand_back(session, replay);
         }
         let kept = match held.take() {
@@ -269,6 +273,9 @@ impl Relay {
                             "{} refused HTTP/1.1 ({e}); offering h2 from now on",
                             peer.sni
                         );
+                        if ctx.body_was_read() {
+                            return self.body_needs_http2(session, ctx).await;
+                        }
                         return hand_back(session, replay);
                     }
                     return self.failed(session, ctx, e).await;
@@ -340,6 +347,11 @@ impl Relay {
             .write_request_header(request)
             .await
             .map_err(Error::into_up)?;
+        // The body read for the policy, if it was, then whatever of it is still to come.
+        if let Some(read) = ctx.take_body_replay() {
+            self.authorizer.count_request_body(Some(&read), ctx);
+            upstream.write_body(&read).await.map_err(Error::into_up)?;
+        }
         while !session.is_body_done() {
             let body = session
                 .read_request_body()
@@ -473,6 +485,18 @@ impl Relay {
                 _ => return None,
             }
         }
+    }
+
+    /// A request whose body was read for the policy cannot go to Pingora's proxy any more (the
+    /// body is no longer in the client stream), and only Pingora speaks HTTP/2 upstream: the
+    /// request fails, and the client's retry finds the host known as HTTP/2-only.
+    async fn body_needs_http2(&self, session: Session, ctx: Box<RequestContext>) -> Outcome {
+        let host = ctx.host().unwrap_or_default().to_string();
+        let e = Error::explain(
+            ErrorType::ConnectProxyFailure,
+            format!("{host} speaks only HTTP/2, learned after the body was read for the policy"),
+        );
+        self.failed(session, ctx, e.into_up()).await
     }
 
     async fn connect(&self, peer: &HttpPeer) -> Result<UpstreamSession> {

@@ -35,6 +35,9 @@ pub enum RefusalClass {
     Credential,
     /// A placeholder was sent outside its secret's binding, or by another session.
     Exfiltration,
+    /// A request body larger than the policy's bundle lets the proxy read (`over_limit =
+    /// "deny"`), or than the proxy can hold on the path that serves the request.
+    BodyTooLarge,
     /// A fault of the proxy itself.
     Internal,
 }
@@ -52,6 +55,7 @@ impl RefusalClass {
             RefusalClass::UpstreamTimeout => "upstream_timeout",
             RefusalClass::Credential => "credential",
             RefusalClass::Exfiltration => "exfiltration",
+            RefusalClass::BodyTooLarge => "body_too_large",
             RefusalClass::Internal => "internal",
         }
     }
@@ -80,6 +84,7 @@ impl RefusalClass {
             RefusalClass::UpstreamTimeout => "upstream timed out",
             RefusalClass::Credential => "credential cannot be injected",
             RefusalClass::Exfiltration => "credential placeholder not allowed here",
+            RefusalClass::BodyTooLarge => "request body too large for the egress policy",
             RefusalClass::Internal => "internal proxy error",
         }
     }
