@@ -59,9 +59,9 @@ pub struct AuditRecord<'a> {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub would_deny: bool,
     /// Closed set. Requests: policy | policy_failure | fronting | bad_request | ssrf | resolve |
-    /// upstream | upstream_timeout | credential | exfiltration | internal. Connections: policy |
-    /// policy_failure | bad_request | bad_client_hello | timeout | no_sni | raw_tcp |
-    /// tls_handshake | ssrf | resolve | upstream | upstream_timeout | internal.
+    /// upstream | upstream_timeout | credential | exfiltration | body_too_large | internal.
+    /// Connections: policy | policy_failure | bad_request | bad_client_hello | timeout | no_sni |
+    /// raw_tcp | tls_handshake | ssrf | resolve | upstream | upstream_timeout | internal.
     pub reason_class: &'static str,
     pub reason: &'a str,
     pub policy_generation: Cow<'a, str>,

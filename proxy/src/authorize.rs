@@ -1,5 +1,5 @@
-//! The per-request phases: admit each request (limits, host pinning, placeholders, policy,
-//! credentials, resolution and the SSRF guard) and observe it (audit, metrics) here; the phases
+//! The per-request phases: admit each request (limits, host pinning, placeholders, the body
+//! when the policy asks for it (`body.rs`), policy, credentials, resolution and the SSRF guard) and observe it (audit, metrics) here; the phases
 //! after admission in `phases.rs`. Pingora's proxy calls them through its `ProxyHttp` hooks
 //! (`hooks.rs`), the HTTP/1.1 relay (`crate::relay`) directly.
 

@@ -23,7 +23,9 @@
 //!
 //! Bodies. The request head goes upstream first, then the body as it arrives from the client
 //! (Pingora's body reader: its framing, its 60 s read timeout per read), then the response is
-//! read. What the relay promises about a request with a body:
+//! read. When the policy asks for the body (`crate::authorize::body`), admission has read it
+//! whole already, and the copy it kept is written instead. What the relay promises about a
+//! request with a body:
 //! - It is sent once. Only a bodyless GET or HEAD is resent after a kept upstream connection
 //!   turns out to have been closed; a POST that may have reached the upstream fails with 502
 //!   instead. A kept connection is checked before any request is written, so one the upstream

@@ -644,3 +644,53 @@ fn a_client_that_stalls_mid_body_is_refused_and_the_proxy_keeps_serving() {
     assert_eq!(stalled["reason_class"], "bad_request", "{stalled}");
     assert_eq!(stalled["body_read"], LIST.len() - 10, "{stalled}");
 }
+
+/// examples/policies/mcp-tools as shipped: its manifest asks for bodies on `mcp.example.com`.
+#[test]
+fn the_mcp_tools_example_decides_each_call() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let pki = test_pki(&["mcp.example.com"]);
+    let (upstream, seen) = spawn_upstream(&pki);
+    let proxy = Proxy::start_bundle(
+        &examples.join("policies/mcp-tools"),
+        upstream,
+        &pki.ca_pem,
+        &["mcp.example.com"],
+        "",
+        &[],
+    );
+    proxy.admin(
+        "PUT",
+        "/sessions/sesn_mcp",
+        Some("{\"source\": \"127.0.0.1\"}"),
+    );
+    let host = "mcp.example.com";
+    let search =
+        r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"search_issues"}}"#;
+    runtime().block_on(async {
+        for (body, status, reason) in [
+            (LIST.to_string(), 200, ""),
+            (search.to_string(), 200, ""),
+            (CALL_DENIED.to_string(), 403, "delete_repo"),
+            (
+                format!("[{LIST},{search},{CALL_DENIED}]"),
+                403,
+                "delete_repo",
+            ),
+            (
+                "not json".to_string(),
+                403,
+                "the MCP request body could not be read",
+            ),
+        ] {
+            let (got, answer) = exchange(&proxy, host, &post(host, "", body.as_bytes())).await;
+            assert_eq!(got, status, "{body}: {answer}");
+            assert!(answer.contains(reason), "{body}: {answer}");
+        }
+    });
+    let bodies: Vec<Vec<u8>> = seen.all().into_iter().map(|(_, body)| body).collect();
+    assert_eq!(
+        bodies,
+        vec![LIST.as_bytes().to_vec(), search.as_bytes().to_vec()]
+    );
+}
