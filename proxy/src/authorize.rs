@@ -312,7 +312,16 @@ impl Authorizer {
             Some(config) => {
                 let forwarder = ctx.forwarder.unwrap_or(body::BodyForwarder::Proxy);
                 let read_timeout = self.state.config.upstream.read_timeout;
-                let read = body::read(session, config, &request, forwarder, read_timeout).await;
+                // Boxed: the read's state would otherwise enlarge every request's future,
+                // including the many whose policy reads no body.
+                let read = Box::pin(body::read(
+                    session,
+                    config,
+                    &request,
+                    forwarder,
+                    read_timeout,
+                ))
+                .await;
                 // Recorded whether or not the read ended in a refusal: the audit says so.
                 let read = read.inspect_err(|_| {
                     ctx.body_read = Some(body::BodyRead {

@@ -694,3 +694,34 @@ fn the_mcp_tools_example_decides_each_call() {
         vec![LIST.as_bytes().to_vec(), search.as_bytes().to_vec()]
     );
 }
+
+/// A `max_bytes` above what Pingora's path can hold: bodies there are decided whole up to
+/// 64 KiB, and a longer one is refused under `over_limit = "deny"` with a reason that says so.
+#[test]
+fn pingora_path_reads_up_to_its_buffer_and_refuses_beyond_under_deny() {
+    let (proxy, seen, _bundle) = started(256 * 1024, "deny");
+    let padded = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{{"pad":"{}"}}}}"#,
+        "x".repeat(40 * 1024)
+    );
+    let long = prefixed_body(100 * 1024);
+    runtime().block_on(async {
+        let parts: Vec<&[u8]> = padded.as_bytes().chunks(7000).collect();
+        let (status, body) = exchange(
+            &proxy,
+            "allowed.test",
+            &post_chunked("allowed.test", &parts),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) =
+            exchange(&proxy, "allowed.test", &post("allowed.test", "", &long)).await;
+        assert_eq!(status, 413, "{body}");
+        assert!(body.contains("65536"), "{body}");
+    });
+    let bodies: Vec<Vec<u8>> = seen.all().into_iter().map(|(_, body)| body).collect();
+    assert!(
+        bodies == vec![padded.into_bytes()],
+        "the chunked body arrives byte for byte"
+    );
+}
