@@ -725,3 +725,31 @@ fn pingora_path_reads_up_to_its_buffer_and_refuses_beyond_under_deny() {
         "the chunked body arrives byte for byte"
     );
 }
+
+/// Bodies with a length just over Pingora's 64 KiB buffer: the proxy stops reading before a
+/// read that could both end the body and overflow the buffer, so each is decided on a prefix
+/// and forwarded whole, never refused for want of a copy.
+#[test]
+fn truncate_forwards_lengths_just_over_the_buffer_whole() {
+    let (proxy, seen, _bundle) = started(64 * 1024, "truncate");
+    let bodies: Vec<Vec<u8>> = [65 * 1024, 66 * 1024, 70 * 1024, 100 * 1024, 129 * 1024]
+        .into_iter()
+        .map(prefixed_body)
+        .collect();
+    runtime().block_on(async {
+        for body in &bodies {
+            let (status, answer) =
+                exchange(&proxy, "allowed.test", &post("allowed.test", "", body)).await;
+            assert_eq!(status, 200, "{} bytes: {answer}", body.len());
+        }
+    });
+    let received: Vec<Vec<u8>> = seen.all().into_iter().map(|(_, body)| body).collect();
+    assert_eq!(received.len(), bodies.len());
+    for (got, sent) in received.iter().zip(&bodies) {
+        assert!(
+            got == sent,
+            "a {}-byte body arrives byte for byte",
+            sent.len()
+        );
+    }
+}

@@ -14,7 +14,9 @@
 //!   most about that much. When the last read overflowed it anyway, the context keeps its own
 //!   copy and the request body phase puts it in front of the next bytes read from the client;
 //!   if the body had ended with that read there is no next read to carry it, and the request
-//!   is refused (413) rather than forwarded with bytes missing.
+//!   is refused (413) rather than forwarded with bytes missing. With a `Content-Length` the
+//!   proxy stops before a read that could do both ([`may_end_past_replay`]), so only bodies
+//!   without one (chunked, HTTP/2 without `content-length`) can meet that refusal.
 
 use std::time::Duration;
 
@@ -100,6 +102,13 @@ pub(super) async fn read(
     let mut buffer = BytesMut::new();
     let mut done = session.is_body_done();
     while !done && buffer.len() < limit {
+        if forwarder == BodyForwarder::Proxy
+            && declared.is_some_and(|total| may_end_past_replay(total, buffer.len()))
+        {
+            // The next read could both end the body and overflow Pingora's retry buffer,
+            // which would leave nothing to forward the body with: decide on what is here.
+            break;
+        }
         let chunk = match pingora::time::timeout(read_timeout, session.read_request_body()).await {
             Ok(Ok(chunk)) => chunk,
             failed => {
@@ -164,6 +173,15 @@ pub(super) async fn read(
         input,
         replay,
     })
+}
+
+/// Whether one more read of a body of `total` bytes, `read` of them read, could end the body
+/// with more than [`REPLAY_LIMIT`] bytes read. A read returns at most `REPLAY_LIMIT` bytes
+/// (pingora-core's HTTP/1 body buffer is the same 64 KiB, an HTTP/2 frame far less), so a read
+/// cannot end a body with more than that still to come.
+fn may_end_past_replay(total: u64, read: usize) -> bool {
+    let remaining = total.saturating_sub(read as u64);
+    total > REPLAY_LIMIT as u64 && remaining <= REPLAY_LIMIT as u64
 }
 
 fn is_expect_continue(session: &Session) -> bool {
