@@ -1,7 +1,8 @@
 //! The per-request phases: admit each request (limits, host pinning, placeholders, the body
-//! when the policy asks for it (`body.rs`), policy, credentials, resolution and the SSRF guard) and observe it (audit, metrics) here; the phases
-//! after admission in `phases.rs`. Pingora's proxy calls them through its `ProxyHttp` hooks
-//! (`hooks.rs`), the HTTP/1.1 relay (`crate::relay`) directly.
+//! when the policy asks for it (`body.rs`), policy, credentials, resolution and the SSRF
+//! guard) and observe it (audit, metrics) here; the phases after admission in `phases.rs`.
+//! Pingora's proxy calls them through its `ProxyHttp` hooks (`hooks.rs`), the HTTP/1.1 relay
+//! (`crate::relay`) directly.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
