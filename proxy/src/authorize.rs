@@ -305,10 +305,12 @@ impl Authorizer {
         };
         let generation = self.state.policy.generation();
         // Bodies are read only for a generation that asks, for this host: every other request
-        // keeps streaming its body after the decision, at no extra cost.
+        // keeps streaming its body after the decision, at no extra cost. An upgrade has no
+        // body to read: what follows it is the upgraded stream (an HTTP/2 WebSocket sends
+        // nothing until it is answered).
         let body = match generation
             .request_body()
-            .filter(|config| config.wants(&destination.host))
+            .filter(|config| !upgrade && config.wants(&destination.host))
         {
             Some(config) => {
                 let forwarder = ctx.forwarder.unwrap_or(body::BodyForwarder::Proxy);

@@ -232,3 +232,23 @@ fn stalled(read: usize, timeout: Duration) -> Refusal {
         ),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stops_only_before_a_read_that_could_end_the_body_past_the_buffer() {
+        let limit = REPLAY_LIMIT as u64;
+        // A body the buffer holds whole: any read is safe.
+        assert!(!may_end_past_replay(limit, 0));
+        assert!(!may_end_past_replay(1000, 10));
+        // More than a read's worth still to come: the next read cannot end the body.
+        assert!(!may_end_past_replay(3 * limit, 0));
+        assert!(!may_end_past_replay(limit + 2, 1));
+        // At most a read's worth left of a body larger than the buffer.
+        assert!(!may_end_past_replay(limit + 1, 0));
+        assert!(may_end_past_replay(limit + 1, 1));
+        assert!(may_end_past_replay(2 * limit, limit as usize));
+    }
+}
