@@ -405,6 +405,9 @@ fn refuses_bodies_over_the_limit_and_gzip_bombs_and_keeps_serving() {
     let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     gzip.write_all(&vec![0u8; 10 * 1024 * 1024]).unwrap();
     let bomb = gzip.finish().unwrap();
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gzip.write_all(LIST.as_bytes()).unwrap();
+    let list_gzip = gzip.finish().unwrap();
     assert!(bomb.len() < 16 * 1024, "{}", bomb.len());
     runtime().block_on(async {
         let (status, body) =
@@ -427,16 +430,21 @@ fn refuses_bodies_over_the_limit_and_gzip_bombs_and_keeps_serving() {
         .await;
         assert_eq!(status, 403);
         assert!(body.contains("decoded_too_large"), "{body}");
+        // The proxy keeps serving, and a compressed call the policy reads decoded is forwarded
+        // compressed, as sent.
         let (status, _) = exchange(
             &proxy,
             "allowed.test",
-            &post("allowed.test", "", LIST.as_bytes()),
+            &post("allowed.test", "content-encoding: gzip\r\n", &list_gzip),
         )
         .await;
         assert_eq!(status, 200, "the proxy keeps serving");
     });
     let bodies: Vec<Vec<u8>> = seen.all().into_iter().map(|(_, body)| body).collect();
-    assert_eq!(bodies, vec![LIST.as_bytes().to_vec()]);
+    assert!(
+        bodies == vec![list_gzip],
+        "the body arrives as the client sent it"
+    );
     let records = proxy.request_records(4);
     // The relay's refusal is the first record; Pingora's (chunked) may come after later ones.
     let refused = record_for(&records, "allowed.test", 0);
