@@ -761,3 +761,75 @@ fn truncate_forwards_lengths_just_over_the_buffer_whole() {
         );
     }
 }
+
+/// Reading the body changes nothing about credentials: a placeholder in the header of a call
+/// the policy allows on its body is swapped for the real value upstream.
+#[test]
+fn placeholders_are_still_swapped_on_requests_decided_on_their_body() {
+    use std::os::unix::fs::PermissionsExt;
+    let pki = test_pki(&["allowed.test"]);
+    let (upstream, seen) = spawn_upstream(&pki);
+    let bundle = bundle(64 * 1024, "deny");
+    let secrets = tempfile::tempdir().unwrap();
+    let private = |name: &str, text: &str| {
+        let path = secrets.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    };
+    private("github-token", support::GITHUB_TOKEN);
+    let store = private(
+        "secrets.toml",
+        "[secrets.github]\nvalue_file = \"github-token\"\nhosts = [\"allowed.test\"]\n\
+         format = \"bearer\"\nplaceholder_prefix = \"ghp_\"\n",
+    );
+    let proxy = Proxy::start_bundle(
+        bundle.path(),
+        upstream,
+        &pki.ca_pem,
+        &["allowed.test"],
+        &format!("[credentials]\nstore = \"{}\"\n", store.display()),
+        &[],
+    );
+    proxy.admin(
+        "PUT",
+        "/sessions/sesn_body",
+        Some("{\"source\": \"127.0.0.1\"}"),
+    );
+    let answer = proxy.admin(
+        "POST",
+        "/sessions/sesn_body/placeholders",
+        Some("{\"secrets\": [\"github\"]}"),
+    );
+    let value: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    let placeholder = value["placeholders"]["github"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let header = format!("authorization: Bearer {placeholder}\r\n");
+    runtime().block_on(async {
+        let (status, _) = exchange(
+            &proxy,
+            "allowed.test",
+            &post("allowed.test", &header, LIST.as_bytes()),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let (status, _) = exchange(
+            &proxy,
+            "allowed.test",
+            &post("allowed.test", &header, CALL_DENIED.as_bytes()),
+        )
+        .await;
+        assert_eq!(status, 403);
+    });
+    let seen = seen.all();
+    assert_eq!(seen.len(), 1, "the denied call never reaches the upstream");
+    let (head, body) = &seen[0];
+    let token = support::GITHUB_TOKEN.to_lowercase();
+    assert!(
+        head.contains(&format!("authorization: bearer {token}")),
+        "{head}"
+    );
+    assert_eq!(body, LIST.as_bytes());
+}
