@@ -59,9 +59,9 @@ pub struct AuditRecord<'a> {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub would_deny: bool,
     /// Closed set. Requests: policy | policy_failure | fronting | bad_request | ssrf | resolve |
-    /// upstream | upstream_timeout | credential | exfiltration | internal. Connections: policy |
-    /// policy_failure | bad_request | bad_client_hello | timeout | no_sni | raw_tcp |
-    /// tls_handshake | ssrf | resolve | upstream | upstream_timeout | internal.
+    /// upstream | upstream_timeout | credential | exfiltration | body_too_large | internal.
+    /// Connections: policy | policy_failure | bad_request | bad_client_hello | timeout | no_sni |
+    /// raw_tcp | tls_handshake | ssrf | resolve | upstream | upstream_timeout | internal.
     pub reason_class: &'static str,
     pub reason: &'a str,
     pub policy_generation: Cow<'a, str>,
@@ -78,6 +78,12 @@ pub struct AuditRecord<'a> {
     /// Real secret values found in the response and replaced by placeholders.
     #[serde(skip_serializing_if = "is_zero")]
     pub secrets_scrubbed: u64,
+    /// Request bodies read for the policy (its manifest asks): bytes read before the decision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_read: Option<u64>,
+    /// The policy saw only a prefix of the body (`truncated_body`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub body_truncated: bool,
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub policy_us: u64,

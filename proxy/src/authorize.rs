@@ -1,12 +1,14 @@
-//! The per-request phases: admit each request (limits, host pinning, placeholders, policy,
-//! credentials, resolution and the SSRF guard) and observe it (audit, metrics) here; the phases
-//! after admission in `phases.rs`. Pingora's proxy calls them through its `ProxyHttp` hooks
-//! (`hooks.rs`), the HTTP/1.1 relay (`crate::relay`) directly.
+//! The per-request phases: admit each request (limits, host pinning, placeholders, the body
+//! when the policy asks for it (`body.rs`), policy, credentials, resolution and the SSRF
+//! guard) and observe it (audit, metrics) here; the phases after admission in `phases.rs`.
+//! Pingora's proxy calls them through its `ProxyHttp` hooks (`hooks.rs`), the HTTP/1.1 relay
+//! (`crate::relay`) directly.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use cordon_policy::input::parse_authority;
 use cordon_policy::{Decision, HttpProtocol, RequestInput, SessionInput};
 use pingora::http::ResponseHeader;
@@ -69,6 +71,13 @@ pub struct RequestContext {
     late_refusal: Option<Refusal>,
     /// The policy denied and report mode let the request through.
     would_deny: bool,
+    /// Who forwards a body read for the policy (the relay sets it before admission).
+    forwarder: Option<body::BodyForwarder>,
+    /// The body was read for the policy: how much, and whether the policy saw all of it.
+    body_read: Option<body::BodyRead>,
+    /// Bytes read for the policy that must be sent upstream ahead of the rest of the body
+    /// (see `body.rs`).
+    body_replay: Option<Bytes>,
 }
 
 /// A credential to set on the upstream request. Its value prints as `<redacted>`.
@@ -84,6 +93,25 @@ impl RequestContext {
     /// refuses HTTP/1.1; see `upstream::protocols`).
     pub(crate) fn upstream_http2(&self) -> bool {
         self.upstream_h2
+    }
+
+    pub(crate) fn host(&self) -> Option<&str> {
+        self.host.as_deref()
+    }
+
+    /// The relay serves this request: it forwards a body read for the policy itself.
+    pub(crate) fn set_relayed(&mut self) {
+        self.forwarder = Some(body::BodyForwarder::Relay);
+    }
+
+    /// Whether the body was read for the policy (and so is no longer in the client stream).
+    pub(crate) fn body_was_read(&self) -> bool {
+        self.body_read.is_some()
+    }
+
+    /// The bytes read for the policy that the caller must send upstream before the rest.
+    pub(crate) fn take_body_replay(&mut self) -> Option<Bytes> {
+        self.body_replay.take()
     }
 }
 
@@ -119,7 +147,11 @@ impl Authorizer {
     }
 
     /// Decides the request; `Err` is the refusal to send.
-    async fn authorize(&self, session: &Session, ctx: &mut RequestContext) -> Result<(), Refusal> {
+    async fn authorize(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+    ) -> Result<(), Refusal> {
         let conn = match ctx.conn.clone() {
             Some(conn) => conn,
             None => self.connection(session).ok_or_else(|| {
@@ -290,9 +322,48 @@ impl Authorizer {
                 })
                 .collect(),
         };
-        let started = Instant::now();
         let generation = self.state.policy.generation();
-        let decision = generation.decide_request(&conn.document, &request);
+        // Bodies are read only for a generation that asks, for this host: every other request
+        // keeps streaming its body after the decision, at no extra cost. An upgrade has no
+        // body to read: what follows it is the upgraded stream (an HTTP/2 WebSocket sends
+        // nothing until it is answered).
+        let body = match generation
+            .request_body()
+            .filter(|config| !upgrade && config.wants(&destination.host))
+        {
+            Some(config) => {
+                let forwarder = ctx.forwarder.unwrap_or(body::BodyForwarder::Proxy);
+                let read_timeout = self.state.config.upstream.read_timeout;
+                // Boxed: the read's state would otherwise enlarge every request's future,
+                // including the many whose policy reads no body.
+                let read = Box::pin(body::read(
+                    session,
+                    config,
+                    &request,
+                    forwarder,
+                    read_timeout,
+                ))
+                .await;
+                // Recorded whether or not the read ended in a refusal: the audit says so.
+                let read = read.inspect_err(|_| {
+                    ctx.body_read = Some(body::BodyRead {
+                        bytes: session.body_bytes_read() as u64,
+                        truncated: false,
+                    });
+                })?;
+                ctx.body_read = Some(read.read);
+                ctx.body_replay = read.replay;
+                Some(read.input)
+            }
+            None => None,
+        };
+        let header = session.req_header();
+        let started = Instant::now();
+        let decision = match &body {
+            Some(body) => generation.decide_request_with_body(&conn.document, &request, body),
+            None => generation.decide_request(&conn.document, &request),
+        };
+        drop(body);
         ctx.policy_time = started.elapsed();
         self.state
             .metrics
@@ -604,6 +675,8 @@ impl Authorizer {
                 .collect(),
             placeholders: &ctx.swaps.swapped,
             secrets_scrubbed: scrubbed,
+            body_read: ctx.body_read.map(|b| b.bytes),
+            body_truncated: ctx.body_read.is_some_and(|b| b.truncated),
             bytes_up: ctx.bytes_up,
             bytes_down: ctx.bytes_down,
             policy_us: ctx.policy_time.as_micros() as u64,
@@ -612,5 +685,6 @@ impl Authorizer {
     }
 }
 
+pub(crate) mod body;
 mod hooks;
 mod phases;

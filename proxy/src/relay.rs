@@ -23,7 +23,9 @@
 //!
 //! Bodies. The request head goes upstream first, then the body as it arrives from the client
 //! (Pingora's body reader: its framing, its 60 s read timeout per read), then the response is
-//! read. What the relay promises about a request with a body:
+//! read. When the policy asks for the body (`crate::authorize::body`), admission has read it
+//! whole already, and the copy it kept is written instead. What the relay promises about a
+//! request with a body:
 //! - It is sent once. Only a bodyless GET or HEAD is resent after a kept upstream connection
 //!   turns out to have been closed; a POST that may have reached the upstream fails with 502
 //!   instead. A kept connection is checked before any request is written, so one the upstream
@@ -236,6 +238,7 @@ impl Relay {
             return hand_back(session, replay);
         }
         let mut ctx = self.authorizer.context(Some(conn.clone()));
+        ctx.set_relayed();
         if self.authorizer.admit(&mut session, &mut ctx).await {
             self.authorizer.audit(&session, &ctx);
             return finish(session).await;
@@ -246,6 +249,9 @@ impl Relay {
         };
         if ctx.upstream_http2() {
             // Learned since the check above.
+            if ctx.body_was_read() {
+                return self.body_needs_http2(session, ctx).await;
+            }
             return hand_back(session, replay);
         }
         let kept = match held.take() {
@@ -269,6 +275,9 @@ impl Relay {
                             "{} refused HTTP/1.1 ({e}); offering h2 from now on",
                             peer.sni
                         );
+                        if ctx.body_was_read() {
+                            return self.body_needs_http2(session, ctx).await;
+                        }
                         return hand_back(session, replay);
                     }
                     return self.failed(session, ctx, e).await;
@@ -340,6 +349,11 @@ impl Relay {
             .write_request_header(request)
             .await
             .map_err(Error::into_up)?;
+        // The body read for the policy, if it was, then whatever of it is still to come.
+        if let Some(read) = ctx.take_body_replay() {
+            self.authorizer.count_request_body(Some(&read), ctx);
+            upstream.write_body(&read).await.map_err(Error::into_up)?;
+        }
         while !session.is_body_done() {
             let body = session
                 .read_request_body()
@@ -473,6 +487,18 @@ impl Relay {
                 _ => return None,
             }
         }
+    }
+
+    /// A request whose body was read for the policy cannot go to Pingora's proxy any more (the
+    /// body is no longer in the client stream), and only Pingora speaks HTTP/2 upstream: the
+    /// request fails, and the client's retry finds the host known as HTTP/2-only.
+    async fn body_needs_http2(&self, session: Session, ctx: Box<RequestContext>) -> Outcome {
+        let host = ctx.host().unwrap_or_default().to_string();
+        let e = Error::explain(
+            ErrorType::ConnectProxyFailure,
+            format!("{host} speaks only HTTP/2, learned after the body was read for the policy"),
+        );
+        self.failed(session, ctx, e.into_up()).await
     }
 
     async fn connect(&self, peer: &HttpPeer) -> Result<UpstreamSession> {

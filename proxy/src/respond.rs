@@ -38,6 +38,9 @@ pub enum RefusalClass {
     /// The connection's session was deregistered (or its address given to another session)
     /// after the connection was opened.
     SessionEnded,
+    /// A request body larger than the policy's bundle lets the proxy read (`over_limit =
+    /// "deny"`), or than the proxy can hold on the path that serves the request.
+    BodyTooLarge,
     /// A fault of the proxy itself.
     Internal,
 }
@@ -56,6 +59,7 @@ impl RefusalClass {
             RefusalClass::Credential => "credential",
             RefusalClass::Exfiltration => "exfiltration",
             RefusalClass::SessionEnded => "session_ended",
+            RefusalClass::BodyTooLarge => "body_too_large",
             RefusalClass::Internal => "internal",
         }
     }
@@ -85,6 +89,7 @@ impl RefusalClass {
             RefusalClass::Credential => "credential cannot be injected",
             RefusalClass::Exfiltration => "credential placeholder not allowed here",
             RefusalClass::SessionEnded => "the session of this connection has ended",
+            RefusalClass::BodyTooLarge => "request body too large for the egress policy",
             RefusalClass::Internal => "internal proxy error",
         }
     }

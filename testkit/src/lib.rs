@@ -9,15 +9,19 @@ use std::sync::{Arc, Mutex};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A free TCP port on loopback (bound, then released), never one this process handed out
-/// before: the kernel may offer a released port again at once, and two tests running side by
-/// side would then configure the same port. (Another process can still take it before it is
-/// bound; a caller that starts a server on it should check the server holds it.)
+/// A free TCP port (bound, then released), never one this process handed out before: the
+/// kernel may offer a released port again at once, and two tests running side by side would
+/// then configure the same port. (Another process can still take it before it is bound; a
+/// caller that starts a server on it should check the server holds it.)
+///
+/// Probed on the wildcard address, not loopback: the proxy's transparent listener binds
+/// `0.0.0.0`, and a port free on loopback can still be the local port of a connection on
+/// another address (a busy machine has thousands), which fails that bind.
 pub fn free_port() -> u16 {
     static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     loop {
-        let port = TcpListener::bind("127.0.0.1:0")
+        let port = TcpListener::bind("0.0.0.0:0")
             .unwrap()
             .local_addr()
             .unwrap()

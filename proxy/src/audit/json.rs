@@ -82,6 +82,12 @@ pub(super) fn record(r: &AuditRecord<'_>, out: &mut Vec<u8>) {
     if r.secrets_scrubbed != 0 {
         key_number(out, b",\"secrets_scrubbed\":", r.secrets_scrubbed);
     }
+    if let Some(v) = r.body_read {
+        key_number(out, b",\"body_read\":", v);
+    }
+    if r.body_truncated {
+        out.extend_from_slice(b",\"body_truncated\":true");
+    }
     key_number(out, b",\"bytes_up\":", r.bytes_up);
     key_number(out, b",\"bytes_down\":", r.bytes_down);
     key_number(out, b",\"policy_us\":", r.policy_us);
@@ -222,6 +228,8 @@ mod tests {
             credentials: vec!["github->authorization".into(), "npm->x".into()],
             placeholders: &placeholders,
             secrets_scrubbed: 2,
+            body_read: Some(12),
+            body_truncated: true,
             bytes_up: 12,
             bytes_down: u64::MAX,
             policy_us: 41,

@@ -82,6 +82,7 @@ impl ProxyHttp for Authorizer {
         _end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        self.replay_request_body(body, ctx);
         self.count_request_body(body.as_ref(), ctx);
         Ok(())
     }

@@ -105,6 +105,10 @@ impl Authorizer {
         for name in PROXY_HEADERS {
             upstream_request.remove_header(name);
         }
+        if ctx.body_was_read() {
+            // The proxy answered the client's `Expect: 100-continue` itself and has the body.
+            upstream_request.remove_header(&http::header::EXPECT);
+        }
         // A custom tool's context headers say which session called it; only the proxy sets
         // them, from the registration, so a sandbox cannot claim another session's call.
         for name in TOOL_HEADERS {
@@ -226,6 +230,22 @@ impl Authorizer {
             trailers.insert(name, value);
         }
         Ok(())
+    }
+
+    /// Puts the bytes read for the policy that Pingora's retry buffer could not hold in front
+    /// of the first bytes read from the client after the decision (see `body.rs`).
+    pub(crate) fn replay_request_body(&self, body: &mut Option<Bytes>, ctx: &mut RequestContext) {
+        if let Some(replay) = ctx.take_body_replay() {
+            *body = Some(match body.take() {
+                Some(rest) if !rest.is_empty() => {
+                    let mut joined = bytes::BytesMut::with_capacity(replay.len() + rest.len());
+                    joined.extend_from_slice(&replay);
+                    joined.extend_from_slice(&rest);
+                    joined.freeze()
+                }
+                _ => replay,
+            });
+        }
     }
 
     pub(crate) fn count_request_body(&self, body: Option<&Bytes>, ctx: &mut RequestContext) {

@@ -128,6 +128,28 @@ impl Proxy {
         )
     }
 
+    /// [`Proxy::start_bundle`] with `proxy_extra` as in [`Proxy::start_with`].
+    pub fn start_bundle_with(
+        bundle: &std::path::Path,
+        upstream: SocketAddr,
+        upstream_ca: &str,
+        hosts: &[&str],
+        proxy_extra: &str,
+    ) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = bundle.canonicalize().unwrap();
+        Self::launch(
+            dir,
+            bundle.to_str().unwrap(),
+            upstream,
+            upstream_ca,
+            hosts,
+            "",
+            proxy_extra,
+            &[],
+        )
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn launch(
         dir: tempfile::TempDir,

@@ -8,8 +8,8 @@
 #
 # A push's commands precede its pack, so Cordon reads them from the first max_bytes of the
 # body however large the push (truncated_body is then true, and the commands are still whole).
-# The proxy does not fill body fields yet (issue 20): until it does, every push is denied as
-# "no ref updates".
+# A push whose command list did not fit (or a proxy without body fields) is denied as "no ref
+# updates".
 package cordon.egress
 
 import rego.v1

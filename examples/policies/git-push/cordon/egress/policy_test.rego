@@ -130,7 +130,7 @@ test_push_whose_commands_did_not_fit_denied if {
 	d.reason == "no ref updates in the push"
 }
 
-# What the proxy sends until it fills body fields (issue 20).
+# A request without body fields (a bundle or host that does not ask): fail closed.
 test_push_without_body_fields_denied if {
 	d := egress.decision with input as request_input("POST", "github.com", "/acme/widgets.git/git-receive-pack", {})
 	not d.allowed

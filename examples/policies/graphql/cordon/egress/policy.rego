@@ -6,8 +6,8 @@
 # subscriptions, batched requests, documents that do not say which operation runs and
 # persisted queries (no query text) are denied.
 #
-# The proxy does not fill body fields yet (issue 20): until it does, every GraphQL request is
-# denied as "no GraphQL request".
+# The proxy fills input.cordon.graphql because the manifest asks for bodies; a request without
+# it is denied as "no GraphQL request".
 package cordon.egress
 
 import rego.v1

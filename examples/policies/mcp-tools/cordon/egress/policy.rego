@@ -6,8 +6,8 @@
 # allowed only when every call in it is.
 #
 # Reads input.cordon.jsonrpc, filled from the request body because the manifest asks for
-# bodies (metadata.cordon.request_body). The proxy does not fill body fields yet (issue 20):
-# until it does, every POST to the MCP endpoint is denied as "not a JSON-RPC request".
+# bodies (metadata.cordon.request_body). A POST without it (a body that is not JSON-RPC) is
+# denied as "not a JSON-RPC request".
 package cordon.egress
 
 import rego.v1

@@ -170,7 +170,7 @@ test_truncated_body_denied if {
 	d.reason == "the MCP request body was not seen whole"
 }
 
-# What the proxy sends until it fills body fields (issue 20): no body fields at all.
+# A request without body fields (a bundle or host that does not ask): fail closed.
 test_post_without_body_fields_denied if {
 	d := egress.decision with input as request_input("POST", mcp_host, "/mcp")
 	not d.allowed

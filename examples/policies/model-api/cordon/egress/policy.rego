@@ -5,9 +5,9 @@
 # from the JSON request body (input.parsed_body.model). GET requests (listing models) are
 # allowed; anything else is denied with a reason naming the host, path or model.
 #
-# The manifest asks for bodies up to 1 MiB (prompts can be long), refusing larger ones. The
-# proxy does not fill body fields yet (issue 20): until it does, every model call is denied as
-# "no JSON body".
+# The manifest asks for bodies up to 1 MiB (prompts can be long), refusing larger ones (on the
+# proxy's Pingora path, chunked or over 64 KiB, it reads at most 64 KiB: see docs/POLICY.md,
+# "The proxy side"). A call without a JSON body is denied as "no JSON body".
 package cordon.egress
 
 import rego.v1

@@ -107,7 +107,7 @@ test_body_error_denied if {
 	contains(d.reason, "decodes to more than")
 }
 
-# What the proxy sends until it fills body fields (issue 20).
+# A request without body fields (a bundle or host that does not ask): fail closed.
 test_post_without_body_fields_denied if {
 	d := egress.decision with input as request_input("POST", "api.anthropic.com", "/v1/messages")
 	not d.allowed
