@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
+use support::http1::{take_body, take_head};
 use support::{GITHUB_TOKEN, Proxy, TestPki, spawn_tls_server, test_pki};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
@@ -99,69 +100,6 @@ fn spawn_upstream(pki: &TestPki) -> (SocketAddr, Seen) {
         }
     });
     (address, seen)
-}
-
-/// Reads until `buf` holds a head; returns it (lower-cased) and leaves what follows in `buf`.
-async fn take_head<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Option<String> {
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head: Vec<u8> = buf.drain(..end + 4).collect();
-            return Some(String::from_utf8_lossy(&head).to_lowercase());
-        }
-        fill(stream, buf).await?;
-    }
-}
-
-/// Reads the body `head` announces from `buf` and the stream; `None` if the stream ends first.
-async fn take_body<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    buf: &mut Vec<u8>,
-    head: &str,
-) -> Option<Vec<u8>> {
-    if head.contains("\r\ntransfer-encoding: chunked\r\n") {
-        let mut body = Vec::new();
-        loop {
-            let line = take_line(stream, buf).await?;
-            let size = usize::from_str_radix(line.split(';').next().unwrap().trim(), 16).unwrap();
-            while buf.len() < size + 2 {
-                fill(stream, buf).await?;
-            }
-            body.extend(buf.drain(..size));
-            buf.drain(..2);
-            if size == 0 {
-                return Some(body);
-            }
-        }
-    }
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .map_or(0, |v| v.trim().parse().unwrap());
-    while buf.len() < length {
-        fill(stream, buf).await?;
-    }
-    Some(buf.drain(..length).collect())
-}
-
-async fn take_line<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Option<String> {
-    loop {
-        if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
-            let line: Vec<u8> = buf.drain(..end + 2).collect();
-            return Some(String::from_utf8_lossy(&line[..end]).into_owned());
-        }
-        fill(stream, buf).await?;
-    }
-}
-
-async fn fill<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Option<()> {
-    let mut chunk = [0u8; 16 * 1024];
-    match stream.read(&mut chunk).await {
-        Ok(0) | Err(_) => None,
-        Ok(n) => {
-            buf.extend_from_slice(&chunk[..n]);
-            Some(())
-        }
-    }
 }
 
 /// A TLS connection to `allowed.test` through the proxy's CONNECT listener, trusting its CA.

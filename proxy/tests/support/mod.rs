@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub mod git;
+pub mod http1;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
