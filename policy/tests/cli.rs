@@ -270,3 +270,74 @@ fn input_prints_the_document_the_policy_sees() {
     assert_eq!(doc["session"]["labels"]["team"], "infra");
     assert_eq!(doc["connection"]["sni"], "api.github.com");
 }
+
+#[test]
+fn eval_decides_on_a_body_as_the_gateway_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let call = write(
+        dir.path(),
+        "call.json",
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"delete_repository"}}"#,
+    );
+    let list = write(
+        dir.path(),
+        "list.json",
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#,
+    );
+    let decide = |body: &Path| {
+        let out = cli(&[
+            "eval",
+            "--bundle",
+            &examples("mcp-tools"),
+            "--request",
+            "POST https://mcp.example.com/mcp",
+            "-H",
+            "Content-Type: application/json",
+            "--session",
+            "sesn_1",
+            "--body",
+            body.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        stdout_json(&out)
+    };
+    let denied = decide(&call);
+    assert_eq!(denied["allowed"], false);
+    assert!(
+        denied["reason"]
+            .as_str()
+            .unwrap()
+            .contains("delete_repository"),
+        "{denied}"
+    );
+    assert_eq!(decide(&list)["allowed"], true);
+
+    // `input` shows the body fields, a body that is not what it claims included.
+    let bad = write(dir.path(), "bad.json", "not json");
+    let out = cli(&[
+        "input",
+        "--request",
+        "POST https://mcp.example.com/mcp",
+        "-H",
+        "Content-Type: application/json",
+        "--body",
+        bad.to_str().unwrap(),
+    ]);
+    let input = stdout_json(&out);
+    assert_eq!(
+        input["cordon"]["body_error"]["kind"], "invalid_json",
+        "{input}"
+    );
+    assert_eq!(input["attributes"]["request"]["http"]["body"], "not json");
+    assert!(input.get("parsed_body").is_none(), "{input}");
+
+    let missing = cli(&[
+        "input",
+        "--request",
+        "POST https://mcp.example.com/mcp",
+        "--body",
+        "/nonexistent/cordon-body",
+    ]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read --body"));
+}

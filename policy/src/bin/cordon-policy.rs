@@ -13,8 +13,8 @@ use clap::{Args, Parser, Subcommand};
 use cordon_policy::bundle::Bundle;
 use cordon_policy::testing::{self, TestOutcome};
 use cordon_policy::{
-    ConnectionInput, DEFAULT_QUERY, EvalLimits, EvalPath, Generation, ListenerMode, PolicyInput,
-    RequestInput, SessionInput, Stage, Transport,
+    BodyInput, BodyLimits, BodyRequest, ConnectionInput, DEFAULT_QUERY, EvalLimits, EvalPath,
+    Generation, ListenerMode, PolicyInput, RequestInput, SessionInput, Stage, Transport,
 };
 
 #[derive(Parser)]
@@ -92,6 +92,13 @@ struct RequestArgs {
     /// Build the connect-stage input (no HTTP request) for the URL's host instead.
     #[arg(long)]
     connect: bool,
+    /// The request body, read from a file (`-`: standard input). The input gets the body
+    /// fields as the gateway builds them for a bundle that asks for bodies
+    /// (`attributes.request.http.body`, `parsed_body`, `truncated_body`, `input.cordon.*`),
+    /// within the bundle's limits (`metadata.cordon.request_body`), else the defaults. Set the
+    /// type with --header "Content-Type: ...".
+    #[arg(long, conflicts_with = "connect")]
+    body: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -109,7 +116,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Eval(args) => eval(args),
         Command::Input(args) => {
             let input = request_input(&args)?;
-            println!("{}", serde_json::to_string_pretty(&input.to_json())?);
+            let body = body_input(&args, &input, BodyLimits::default())?;
+            let json = input.to_json_with_body(body.as_ref());
+            print_json(&json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Test { path, run, verbose } => test(&path, run.as_deref(), verbose),
@@ -127,7 +136,14 @@ fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("input {} is not valid JSON", path.display()))?;
             regorus::Value::from(json)
         }
-        None => request_input(&args.request)?.to_value(),
+        None => {
+            let input = request_input(&args.request)?;
+            let limits = generation
+                .request_body()
+                .map_or_else(BodyLimits::default, |c| c.limits());
+            let body = body_input(&args.request, &input, limits)?;
+            input.to_value_with_body(body.as_ref())
+        }
     };
     let decision = generation.decide_value(input.clone());
     // The proxy serves the RVM; `cordon-policy test` runs the interpreter. Say so when they
@@ -143,7 +159,7 @@ fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
             reference.to_json()
         );
     }
-    println!("{}", serde_json::to_string_pretty(&decision.to_json())?);
+    print_json(&decision.to_json())?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -209,6 +225,44 @@ fn request_input(args: &RequestArgs) -> anyhow::Result<PolicyInput> {
         input.connection.connect_target = Some(target);
     }
     Ok(input)
+}
+
+/// Prints a JSON document; a reader that stops early (`| head`) is not an error.
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    use std::io::Write;
+    let text = serde_json::to_string_pretty(value)?;
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// The body of `--body`, parsed as the gateway parses it for the policy.
+fn body_input(
+    args: &RequestArgs,
+    input: &PolicyInput,
+    limits: BodyLimits,
+) -> anyhow::Result<Option<BodyInput>> {
+    let Some(path) = &args.body else {
+        return Ok(None);
+    };
+    let bytes = if path == Path::new("-") {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
+            .context("cannot read the body from standard input")?;
+        bytes
+    } else {
+        std::fs::read(path).with_context(|| format!("cannot read --body {}", path.display()))?
+    };
+    let Some(request) = &input.request else {
+        bail!("--body needs a request (not --connect)");
+    };
+    Ok(Some(BodyInput::parse(
+        &bytes,
+        false,
+        &BodyRequest::of(request),
+        limits,
+    )))
 }
 
 fn host_of(authority: &str) -> String {
