@@ -363,9 +363,10 @@ pub(crate) async fn start_upstream(
 /// Squid's hosts_file: every bench name on loopback.
 fn write_hosts(work: &Path, unique_hosts: u64) -> anyhow::Result<()> {
     let mut hosts = format!(
-        "127.0.0.1 {} {} {} {}\n",
+        "127.0.0.1 {} {} {} {} {}\n",
         scenarios::BENCH_HOST,
         scenarios::API_HOST,
+        scenarios::BODY_HOST,
         scenarios::LLM_HOST,
         scenarios::GIT_HOST
     );

@@ -23,9 +23,10 @@ pub enum Scenario {
     PostSmall,
     LlmStream,
     GitClone,
+    PostBodyPolicy,
 }
 
-pub const ALL: [Scenario; 10] = [
+pub const ALL: [Scenario; 11] = [
     Scenario::KeepAlive,
     Scenario::NewConnection,
     Scenario::UniqueHosts,
@@ -36,6 +37,7 @@ pub const ALL: [Scenario; 10] = [
     Scenario::PostSmall,
     Scenario::LlmStream,
     Scenario::GitClone,
+    Scenario::PostBodyPolicy,
 ];
 
 /// Bench names; the unique hosts of scenario 3 are `h<n>.bench.test`.
@@ -47,6 +49,9 @@ pub const LARGE_PATH: &str = "/10m";
 pub const LARGE_BYTES: u64 = 10 * 1024 * 1024;
 /// Scenario 8's request body: about a model API call's JSON.
 pub const POST_BYTES: usize = 4096;
+/// Scenario 11's host: the bench bundle's manifest asks for the bodies of requests to it
+/// (`bench/peers/cordon/policy/.manifest`), and its rule reads `parsed_body.model`.
+pub const BODY_HOST: &str = "body.bench.test";
 /// Scenarios 9 and 10 have upstreams of their own (`stream.rs`, `git.rs`), on their own ports.
 pub const LLM_HOST: &str = "llm.bench.test";
 pub const GIT_HOST: &str = "git.bench.test";
@@ -72,6 +77,7 @@ impl Scenario {
             Self::PostSmall => "post_small",
             Self::LlmStream => "llm_stream",
             Self::GitClone => "git_clone",
+            Self::PostBodyPolicy => "post_body_policy",
         }
     }
 
@@ -114,12 +120,21 @@ impl Scenario {
                 "git clone of a {} MiB repository with a placeholder credential",
                 super::git::REPO_MIB
             ),
+            Self::PostBodyPolicy => format!(
+                "4 KiB JSON POSTs decided on their body (parsed_body.model), {} keep-alive \
+                 connections",
+                s.connections
+            ),
         }
     }
 
     pub fn unit(self) -> &'static str {
         match self {
-            Self::KeepAlive | Self::PolicyInjection | Self::Http2 | Self::PostSmall => "req/s",
+            Self::KeepAlive
+            | Self::PolicyInjection
+            | Self::Http2
+            | Self::PostSmall
+            | Self::PostBodyPolicy => "req/s",
             Self::LlmStream => "us event delay p99",
             Self::GitClone => "MiB/s",
             Self::NewConnection | Self::UniqueHosts => "connections/s",
@@ -156,6 +171,15 @@ impl Scenario {
             Self::PostSmall => {
                 config.method = http::Method::POST;
                 config.body = bytes::Bytes::from(vec![b'x'; POST_BYTES]);
+                config.headers = vec![(
+                    HeaderName::from_static("content-type"),
+                    HeaderValue::from_static("application/json"),
+                )];
+            }
+            Self::PostBodyPolicy => {
+                config.host = BODY_HOST.into();
+                config.method = http::Method::POST;
+                config.body = bytes::Bytes::from(model_call(POST_BYTES));
                 config.headers = vec![(
                     HeaderName::from_static("content-type"),
                     HeaderValue::from_static("application/json"),
@@ -215,6 +239,17 @@ pub struct Tls {
     pub http2: Arc<rustls::ClientConfig>,
 }
 
+/// A model API call's JSON of exactly `len` bytes, naming the model scenario 11's policy lists.
+pub fn model_call(len: usize) -> Vec<u8> {
+    let head =
+        br#"{"model":"bench-model","max_tokens":1024,"messages":[{"role":"user","content":""#;
+    let tail = br#""}]}"#;
+    let mut body = head.to_vec();
+    body.resize(len.saturating_sub(tail.len()).max(head.len()), b'x');
+    body.extend_from_slice(tail);
+    body
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -226,6 +261,14 @@ mod tests {
             assert_eq!(Scenario::from_number(s.number()), Some(s));
         }
         assert_eq!(Scenario::from_number(0), None);
-        assert_eq!(Scenario::from_number(11), None);
+        assert_eq!(Scenario::from_number(12), None);
+    }
+
+    #[test]
+    fn the_model_call_is_json_of_the_asked_length() {
+        let body = super::model_call(super::POST_BYTES);
+        assert_eq!(body.len(), super::POST_BYTES);
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["model"], "bench-model");
     }
 }

@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 
 use super::pki::Pki;
 use super::process::{Process, free_port};
-use super::scenarios::{API_HOST, BENCH_HOST, GIT_HOST, LLM_HOST, Scenario};
+use super::scenarios::{API_HOST, BENCH_HOST, BODY_HOST, GIT_HOST, LLM_HOST, Scenario};
 use super::template::render;
 use crate::admin::AdminClient;
 use crate::load::Route;
@@ -150,7 +150,7 @@ async fn start_cordon(system: System, variant: Variant, env: &Env) -> anyhow::Re
     };
     let mut connect_to = String::new();
     let up = env.upstream_port;
-    for host in [BENCH_HOST, API_HOST] {
+    for host in [BENCH_HOST, API_HOST, BODY_HOST] {
         // Explicit mode names the upstream's port in CONNECT; a direct connection to the
         // transparent listener has no original destination, so both ports are mapped.
         let _ = writeln!(
