@@ -226,16 +226,24 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn started(max_bytes: usize, over_limit: &str) -> (Proxy, Seen, tempfile::TempDir) {
+    started_with(max_bytes, over_limit, "")
+}
+
+/// [`started`] with `proxy_extra` (`policy.mode = ...`, `upstream.read_timeout_ms = ...`).
+fn started_with(
+    max_bytes: usize,
+    over_limit: &str,
+    proxy_extra: &str,
+) -> (Proxy, Seen, tempfile::TempDir) {
     let pki = test_pki(&["allowed.test", "plain.test"]);
     let (upstream, seen) = spawn_upstream(&pki);
     let bundle = bundle(max_bytes, over_limit);
-    let proxy = Proxy::start_bundle(
+    let proxy = Proxy::start_bundle_with(
         bundle.path(),
         upstream,
         &pki.ca_pem,
         &["allowed.test", "plain.test"],
-        "",
-        &[],
+        proxy_extra,
     );
     (proxy, seen, bundle)
 }
@@ -515,16 +523,7 @@ fn decides_http2_request_bodies() {
 
 #[test]
 fn report_mode_forwards_denied_bodies_and_expect_continue_is_answered() {
-    let pki = test_pki(&["allowed.test"]);
-    let (upstream, seen) = spawn_upstream(&pki);
-    let bundle = bundle(64 * 1024, "deny");
-    let proxy = Proxy::start_bundle_with(
-        bundle.path(),
-        upstream,
-        &pki.ca_pem,
-        &["allowed.test"],
-        "policy.mode = \"report\"",
-    );
+    let (proxy, seen, _bundle) = started_with(64 * 1024, "deny", "policy.mode = \"report\"");
     runtime().block_on(async {
         let (status, _) = exchange(
             &proxy,
@@ -559,16 +558,7 @@ fn report_mode_forwards_denied_bodies_and_expect_continue_is_answered() {
 
 #[test]
 fn a_client_that_stalls_mid_body_is_refused_and_the_proxy_keeps_serving() {
-    let pki = test_pki(&["allowed.test"]);
-    let (upstream, seen) = spawn_upstream(&pki);
-    let bundle = bundle(64 * 1024, "deny");
-    let proxy = Proxy::start_bundle_with(
-        bundle.path(),
-        upstream,
-        &pki.ca_pem,
-        &["allowed.test"],
-        "upstream.read_timeout_ms = 300",
-    );
+    let (proxy, seen, _bundle) = started_with(64 * 1024, "deny", "upstream.read_timeout_ms = 300");
     runtime().block_on(async {
         let mut tls = tunnel(&proxy, "allowed.test", b"http/1.1").await;
         let request = post("allowed.test", "", LIST.as_bytes());
