@@ -55,6 +55,8 @@ if [[ $mode == smoke ]]; then
     target_dir="$target_dir-smoke"
     build_flags=(--dev --sanitizer none)
     profile=debug
+    # Built once per change and never edited in place: incremental state would only fill the disk.
+    export CARGO_INCREMENTAL=0
 fi
 all_targets=(client_hello relay_head connect_head authority sse webhook dns_query secrets_file tools_file oci_unpack)
 targets=("$@")
