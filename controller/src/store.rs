@@ -7,12 +7,14 @@ use std::path::{Path, PathBuf};
 
 mod health;
 mod pool;
+mod tool_calls;
 mod work;
 mod workspaces;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
 pub use health::StoreHealth;
+pub use tool_calls::{ToolCallRecord, clip};
 pub use work::{OpenWork, WorkSummary};
 
 /// Where a session is in its life.
@@ -246,6 +248,7 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(work::SCHEMA)?;
+        conn.execute_batch(tool_calls::SCHEMA)?;
         // Columns added after the first release: added to older databases in place.
         for (table, column) in [
             ("sessions", "image TEXT"),

@@ -12,7 +12,7 @@
 //! on the next reconcile: CMA's history is the only record of what was answered.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
@@ -36,6 +36,11 @@ pub trait ToolExecutor: Send + Sync {
             call.name
         ))
     }
+
+    /// Told of each call once it has its reply, before the reply is posted (the dashboard's
+    /// session timeline); `started` is when it began, `took` how long it ran. Nothing by
+    /// default.
+    fn journal(&self, _call: &ToolUse, _reply: &ToolReply, _started: SystemTime, _took: Duration) {}
 }
 
 /// How a run ended.
@@ -252,6 +257,8 @@ async fn answer(serving: &Serving<'_>, state: &mut State, call: &ToolUse) -> Res
     } = *serving;
     // A custom tool is the operator's, not the toolset's: never run in the session's
     // sandbox, even when its name is one of the toolset's.
+    let started = SystemTime::now();
+    let clock = tokio::time::Instant::now();
     let reply = if call.custom {
         tools.custom(call).await
     } else {
@@ -264,6 +271,7 @@ async fn answer(serving: &Serving<'_>, state: &mut State, call: &ToolUse) -> Res
         ToolReply::text(result.is_error, result.text)
     };
     state.calls_run += 1;
+    tools.journal(call, &reply, started, clock.elapsed());
     let mut event = tool_result_content(call, reply.is_error, reply.content);
     let mut refused_once = false;
     // A result is work done: keep trying to post it through an outage (a 4xx other than 408

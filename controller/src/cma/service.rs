@@ -538,4 +538,42 @@ impl ToolExecutor for Counted<'_> {
         self.count();
         reply
     }
+
+    fn journal(
+        &self,
+        call: &ToolUse,
+        reply: &ToolReply,
+        started: std::time::SystemTime,
+        took: std::time::Duration,
+    ) {
+        let record = crate::store::ToolCallRecord {
+            tool_use_id: call.id.clone(),
+            name: call.name.clone(),
+            custom: call.custom,
+            input_summary: input_summary(&call.input),
+            result_excerpt: reply.excerpt(),
+            is_error: reply.is_error,
+            started_ms: started
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+            duration_ms: took.as_millis() as i64,
+        };
+        if let Err(e) = self.service.store.record_tool_call(self.session, &record) {
+            tracing::warn!(session = %self.session, error = %e, "cannot record the tool call for the dashboard");
+        }
+    }
+}
+
+/// A tool input in one line for the session timeline: a shell command as itself, a file tool's
+/// path first, anything else as compact JSON.
+fn input_summary(input: &serde_json::Value) -> String {
+    let field = |k: &str| input.get(k).and_then(|v| v.as_str());
+    let text = match (field("command"), field("file_path").or(field("path")), field("pattern")) {
+        (Some(command), _, _) => command.to_string(),
+        (None, Some(path), Some(pattern)) => format!("{pattern} in {path}"),
+        (None, Some(path), None) => path.to_string(),
+        (None, None, Some(pattern)) => pattern.to_string(),
+        (None, None, None) => input.to_string(),
+    };
+    text
 }

@@ -48,6 +48,30 @@ impl ToolReply {
         self.content.iter().map(|b| b.to_string().len()).sum()
     }
 
+    /// The text of the blocks in one string, images as `[image/png]`, for the dashboard's
+    /// session timeline (the store cuts it to an excerpt).
+    pub fn excerpt(&self) -> String {
+        let mut out = String::new();
+        for block in &self.content {
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            match block["type"].as_str() {
+                Some("text") => out.push_str(block["text"].as_str().unwrap_or_default()),
+                Some("image") => {
+                    let media = block["source"]["media_type"].as_str().unwrap_or("image");
+                    out.push_str(&format!("[{media}]"));
+                }
+                _ => out.push_str("[block]"),
+            }
+            // Enough for any excerpt: the rest would be cut anyway.
+            if out.len() > 4096 {
+                break;
+            }
+        }
+        out
+    }
+
     /// Images among the blocks.
     pub fn images(&self) -> usize {
         self.content.iter().filter(|b| b["type"] == "image").count()
