@@ -14,12 +14,14 @@
 
 mod archive;
 mod data;
+mod files;
 mod manifest;
 
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+pub use files::{BundleFile, BundleFileKind};
 pub use manifest::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_DECODED_BODY_BYTES, MAX_BODY_BYTES_CEILING,
     MAX_DECODED_BODY_BYTES_CEILING, Manifest, OverLimit, RequestBodyConfig,
@@ -58,6 +60,8 @@ pub struct Bundle {
     /// `sha256:<hex>` over every file's path and bytes, in path order: names the generation when
     /// the manifest has no revision, and tells two revisions with equal names apart.
     pub content_hash: String,
+    /// Every file read (modules, test modules, data documents, the manifest), in path order.
+    pub files: Vec<BundleFile>,
 }
 
 /// Why a bundle could not be loaded.
@@ -176,12 +180,17 @@ impl Bundle {
                 path: origin.to_path_buf(),
             });
         }
+        let files = files
+            .into_iter()
+            .map(|f| BundleFile::new(f.path, f.bytes))
+            .collect();
         Ok(Self {
             origin: origin.to_path_buf(),
             modules,
             data,
             manifest,
             content_hash,
+            files,
         })
     }
 

@@ -23,7 +23,7 @@ use regorus::languages::rego::compiler::Compiler;
 use regorus::utils::limits::ExecutionTimerConfig;
 use regorus::{CompiledPolicy, Engine, Value};
 
-use crate::bundle::{Bundle, BundleLoadError, RequestBodyConfig};
+use crate::bundle::{Bundle, BundleFile, BundleLoadError, RequestBodyConfig};
 use crate::decision::{Decision, DecisionFailure};
 use crate::input::{BodyInput, PolicyInput};
 
@@ -138,6 +138,9 @@ pub struct GenerationInfo {
     /// The manifest's `metadata.cordon.request_body`: whether (and within which limits) the
     /// proxy reads request bodies for this generation. `None`: decide on headers alone.
     pub request_body: Option<RequestBodyConfig>,
+    /// The bundle's files as they were read for this generation, in path order: what an
+    /// operator checks the serving policy against (files on disk may have changed since).
+    pub files: Arc<[BundleFile]>,
 }
 
 /// One compiled bundle: immutable, shared by every decision made while it is current.
@@ -198,6 +201,7 @@ impl Generation {
             modules: bundle.modules.iter().filter(|m| !m.is_test()).count(),
             loaded_at: SystemTime::now(),
             request_body: bundle.manifest.request_body.clone(),
+            files: bundle.files.clone().into(),
         };
         Ok(Self {
             info,

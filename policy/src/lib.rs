@@ -31,7 +31,9 @@ pub mod input;
 mod rules;
 pub mod testing;
 
-pub use bundle::{Bundle, BundleLoadError, OverLimit, RequestBodyConfig};
+pub use bundle::{
+    Bundle, BundleFile, BundleFileKind, BundleLoadError, OverLimit, RequestBodyConfig,
+};
 pub use decision::{CredentialRef, Decision, DecisionFailure, HeaderValue, Outcome, TlsHandling};
 pub use engine::{
     DEFAULT_QUERY, EvalLimits, EvalPath, EvaluatorChoice, Generation, GenerationInfo, PolicyConfig,

@@ -10,6 +10,15 @@
 //! | DELETE | /sessions/{id} | remove a registration and its placeholders |
 //! | POST | /sessions/{id}/placeholders | mint placeholders `{"secrets": [name, ...]}` (idempotent) |
 //! | GET | /sessions/{id}/placeholders | the placeholders minted for the session |
+//! | POST | /evaluate | decide a request a session could send, without sending it (`admin/evaluate.rs`) |
+//! | GET | /policy | the serving generation and its bundle files with their SHA-256 (`admin/policy_info.rs`) |
+//! | GET | /secrets | the secret store's names, bindings and the policy files naming each, never values (`admin/secrets.rs`) |
+//!
+//! docs/PROXY.md ("Admin API") gives every body and answer.
+
+mod evaluate;
+mod policy_info;
+mod secrets;
 
 use std::sync::Arc;
 
@@ -186,6 +195,14 @@ impl ServeHttp for AdminApi {
                     ),
                 }
             }
+            (Method::POST, "/evaluate") => evaluate::evaluate(state, read_body(session).await),
+            (Method::GET, "/policy") => json(StatusCode::OK, policy_info::policy(state)),
+            (Method::GET, "/secrets") => json(StatusCode::OK, secrets::secrets(state)),
+            (_, "/evaluate") => error(StatusCode::METHOD_NOT_ALLOWED, "use POST on /evaluate"),
+            (_, "/policy" | "/secrets") => error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "use GET on /policy and /secrets",
+            ),
             (Method::GET, "/sessions") => json(
                 StatusCode::OK,
                 serde_json::json!({"sessions": state.sessions.listing()}),

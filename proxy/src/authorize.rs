@@ -1,6 +1,8 @@
 //! The per-request phases: admit each request (limits, host pinning, placeholders, the body
 //! when the policy asks for it (`body.rs`), policy, credentials, resolution and the SSRF
-//! guard) and observe it (audit, metrics) here; the phases after admission in `phases.rs`.
+//! guard) and observe it (audit, metrics) here; the checks that need no live connection in
+//! `admission.rs` (the admin API's evaluate runs them too); the phases after admission in
+//! `phases.rs`.
 //! Pingora's proxy calls them through its `ProxyHttp` hooks (`hooks.rs`), the HTTP/1.1 relay
 //! (`crate::relay`) directly.
 
@@ -9,20 +11,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cordon_policy::input::parse_authority;
-use cordon_policy::{Decision, HttpProtocol, RequestInput, SessionInput};
+use cordon_policy::{Decision, HttpProtocol};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession as Session;
 use pingora::{Error, ErrorType, Result};
 
 use crate::audit::{AuditRecord, now_rfc3339};
 use crate::connection::ConnectionContext;
-use crate::credentials::{
-    Destination, ScrubTable, Scrubber, SecretSet, SwapPlan, patterns_for, plan_swaps,
-};
+use crate::credentials::{ScrubTable, Scrubber, SecretSet, SwapPlan, patterns_for};
 use crate::respond::{Refusal, RefusalClass};
 use crate::state::GatewayState;
-use crate::upstream::UpstreamError;
 
 /// Request headers larger than this in total are refused with 431: they would bloat the policy
 /// input and are a classic smuggling and resource vector. (Pingora's own HTTP/1 limit is 1 MiB.)
@@ -113,6 +111,29 @@ impl RequestContext {
     pub(crate) fn take_body_replay(&mut self) -> Option<Bytes> {
         self.body_replay.take()
     }
+
+    /// The policy's decision, once it was asked.
+    pub(crate) fn decision(&self) -> Option<&Decision> {
+        self.decision.as_ref()
+    }
+
+    /// The policy denied and report mode lets the request through.
+    pub(crate) fn would_deny(&self) -> bool {
+        self.would_deny
+    }
+
+    /// `secret->header` for each credential to inject (names only, never a value).
+    pub(crate) fn credentials(&self) -> Vec<String> {
+        self.injections
+            .iter()
+            .map(|i| format!("{}->{}", i.secret, i.header))
+            .collect()
+    }
+
+    /// `secret->header` for each placeholder to swap for its value.
+    pub(crate) fn placeholders(&self) -> &[String] {
+        &self.swaps.swapped
+    }
 }
 
 impl Authorizer {
@@ -146,7 +167,9 @@ impl Authorizer {
         self.state.connections.get(*peer, *local)
     }
 
-    /// Decides the request; `Err` is the refusal to send.
+    /// Decides the request; `Err` is the refusal to send. The checks themselves are in
+    /// `admission.rs`, shared with the admin API's evaluate; here are the parts that need the
+    /// live request (its connection, its body), the network (resolving) or count it.
     async fn authorize(
         &self,
         session: &mut Session,
@@ -164,48 +187,6 @@ impl Authorizer {
         };
         ctx.conn = Some(conn.clone());
         let header = session.req_header();
-        let header_bytes: usize = header
-            .headers
-            .iter()
-            .map(|(n, v)| n.as_str().len() + v.len() + 4)
-            .sum();
-        if header_bytes > MAX_REQUEST_HEADER_BYTES {
-            return Err(Refusal::new(
-                431,
-                RefusalClass::BadRequest,
-                format!(
-                    "request headers total {header_bytes} bytes; the limit is {MAX_REQUEST_HEADER_BYTES}"
-                ),
-            ));
-        }
-        let scheme = if conn.tls { "https" } else { "http" };
-        let authority = header
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| {
-                header
-                    .headers
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_string)
-            })
-            .ok_or_else(|| {
-                Refusal::new(400, RefusalClass::BadRequest, "the request names no host")
-            })?;
-        let default_port = if conn.tls { 443 } else { 80 };
-        let destination = parse_authority(&authority, default_port).ok_or_else(|| {
-            Refusal::new(
-                400,
-                RefusalClass::BadRequest,
-                format!("{authority:?} is not a valid host"),
-            )
-        })?;
-        let path = header
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
         let protocol = if session.is_http2() {
             HttpProtocol::Http2
         } else if header.version == http::Version::HTTP_10 {
@@ -213,124 +194,17 @@ impl Authorizer {
         } else {
             HttpProtocol::Http11
         };
-        ctx.method = Some(header.method.as_str().to_string());
-        ctx.path = Some(path.split('?').next().unwrap_or("/").to_string());
-        ctx.protocol = Some(protocol);
-        ctx.host = Some(destination.host.clone());
-        ctx.port = Some(destination.port);
-
-        // A connection outliving its session (a stopped sandbox's address reused, a session
-        // ended by its controller) would otherwise go on with the old session's identity and
-        // credentials: each request checks the registration still stands.
-        if conn.session.id != SessionInput::UNKNOWN_ID
-            && !self
-                .state
-                .sessions
-                .still_holds(conn.input.source.ip(), &conn.session.id)
-        {
-            return Err(Refusal::new(
-                403,
-                RefusalClass::SessionEnded,
-                format!(
-                    "session {} ended after this connection was opened; open a new connection",
-                    conn.session.id
-                ),
-            ));
-        }
-
-        // No domain fronting: the TLS server name and the CONNECT target pin the host.
-        if let Some(sni) = &conn.input.sni
-            && *sni != destination.host
-        {
-            return Err(Refusal::new(
-                421,
-                RefusalClass::Fronting,
-                format!(
-                    "request for {} on a TLS connection to {sni}",
-                    destination.host
-                ),
-            ));
-        }
-        if let Some(target) = conn
-            .input
-            .connect_target
-            .as_deref()
-            .filter(|_| conn.tunnel)
-            .and_then(|t| parse_authority(t, 443))
-            && target.host != destination.host
-        {
-            return Err(Refusal::new(
-                421,
-                RefusalClass::Fronting,
-                format!(
-                    "request for {} in a CONNECT tunnel to {}",
-                    destination.host, target.host
-                ),
-            ));
-        }
-
-        // Placeholders: one sent outside its secret's binding, or by another session, is refused
-        // before the policy runs; the rest are swapped for real values upstream.
-        let secrets = self.state.secrets.current();
-        let bare_path = ctx.path.clone().unwrap_or_default();
-        // A WebSocket (HTTP/1 `Upgrade`, or HTTP/2's extended CONNECT): its stream is not
-        // scrubbed, so secrets go on it only where their binding says so.
-        let upgrade = header.headers.contains_key(http::header::UPGRADE)
-            || header.method == http::Method::CONNECT;
-        let index = self.state.placeholders.index();
-        if !index.is_empty() {
-            let to = Destination {
-                host: &destination.host,
-                method: header.method.as_str(),
-                path: &bare_path,
-                tls: conn.tls,
-                upgrade,
-            };
-            ctx.swaps = plan_swaps(
-                &index,
-                &secrets,
-                &conn.session.id,
-                to,
-                &header.headers,
-                &path,
-            )
-            .map_err(|e| {
-                let class = if e.is_exfiltration() {
-                    RefusalClass::Exfiltration
-                } else {
-                    RefusalClass::Credential
-                };
-                Refusal::new(403, class, e.to_string())
-            })?;
-        }
-
-        let request = RequestInput {
-            id: Some(ctx.id.clone()),
-            method: header.method.as_str().to_string(),
-            scheme: scheme.to_string(),
-            authority,
-            path,
+        let head = RequestHead {
+            method: &header.method,
+            uri: &header.uri,
+            headers: &header.headers,
             protocol,
-            headers: header
-                .headers
-                .iter()
-                .map(|(n, v)| {
-                    (
-                        n.as_str().to_string(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect(),
         };
-        let generation = self.state.policy.generation();
+        let admission = self.check_request(&conn, &head, ctx)?;
+
         // Bodies are read only for a generation that asks, for this host: every other request
-        // keeps streaming its body after the decision, at no extra cost. An upgrade has no
-        // body to read: what follows it is the upgraded stream (an HTTP/2 WebSocket sends
-        // nothing until it is answered).
-        let body = match generation
-            .request_body()
-            .filter(|config| !upgrade && config.wants(&destination.host))
-        {
+        // keeps streaming its body after the decision, at no extra cost.
+        let body = match admission.body_config() {
             Some(config) => {
                 let forwarder = ctx.forwarder.unwrap_or(body::BodyForwarder::Proxy);
                 let read_timeout = self.state.config.upstream.read_timeout;
@@ -339,7 +213,7 @@ impl Authorizer {
                 let read = Box::pin(body::read(
                     session,
                     config,
-                    &request,
+                    &admission.request,
                     forwarder,
                     read_timeout,
                 ))
@@ -357,95 +231,23 @@ impl Authorizer {
             }
             None => None,
         };
-        let header = session.req_header();
-        let started = Instant::now();
-        let decision = match &body {
-            Some(body) => generation.decide_request_with_body(&conn.document, &request, body),
-            None => generation.decide_request(&conn.document, &request),
-        };
+        let decided = self.decide(&conn, &admission, body.as_ref(), ctx);
         drop(body);
-        ctx.policy_time = started.elapsed();
-        self.state
-            .metrics
-            .policy_eval
-            .observe(ctx.policy_time.as_secs_f64());
-        if !decision.is_allowed() && self.state.config.reports(&conn.session) {
-            // Report mode: recorded as would-deny and let through, with nothing the decision
-            // named injected (the policy granted nothing). Every other check still applies.
-            ctx.would_deny = true;
-            self.state
-                .metrics
-                .would_deny
-                .with_label_values(&["request"])
-                .inc();
-        } else if !decision.is_allowed() {
-            let refusal = Refusal {
-                status: decision.deny_status(),
-                class: if decision.failure.is_some() {
-                    RefusalClass::PolicyFailure
-                } else {
-                    RefusalClass::Policy
-                },
-                reason: decision.reason.clone(),
-                headers: decision.headers.clone(),
-                body: decision.body.clone(),
-                logged_reason: None,
-            };
-            ctx.decision = Some(decision);
-            return Err(refusal);
+        let metrics = &self.state.metrics;
+        metrics.policy_eval.observe(ctx.policy_time.as_secs_f64());
+        if ctx.would_deny {
+            metrics.would_deny.with_label_values(&["request"]).inc();
         }
-        // A denial let through in report mode grants nothing: no credential is injected.
-        let inject: &[_] = if ctx.would_deny {
-            &[]
-        } else {
-            &decision.inject
-        };
-        // Credentials named by the decision: each must be in the store and bound to this
-        // destination (the binding is a second lock the policy cannot open). Any refusal
-        // refuses the request: it is never forwarded without the credential it asked for.
-        let mut refused = None;
-        for credential in inject {
-            let destination = Destination {
-                host: &destination.host,
-                method: header.method.as_str(),
-                path: &bare_path,
-                tls: conn.tls,
-                upgrade,
-            };
-            match secrets.resolve(&credential.secret, destination) {
-                Ok(secret) => ctx.injections.push(Injection {
-                    secret: credential.secret.clone(),
-                    header: credential.header.clone(),
-                    value: crate::credentials::SecretValue::new(secret.header_value()),
-                }),
-                Err(e) => {
-                    refused = Some(Refusal::new(403, RefusalClass::Credential, e.to_string()));
-                    break;
-                }
-            }
-        }
-        if let Some(refusal) = refused {
-            ctx.decision = Some(decision);
-            ctx.injections.clear();
-            return Err(refusal);
-        }
-        ctx.decision = Some(decision);
-        ctx.scrubber = self.scrubber_for(&conn, &secrets, &destination.host);
+        decided?;
+        let destination = &admission.destination;
+        ctx.scrubber = self.scrubber_for(&conn, admission.secrets(), &destination.host);
 
         let (address, _how) = self
             .state
             .resolver
             .resolve(&destination.host, destination.port)
             .await
-            .map_err(|e| {
-                let (status, class) = match e {
-                    UpstreamError::Forbidden { .. } => (403, RefusalClass::Ssrf),
-                    UpstreamError::Resolve { .. } => (502, RefusalClass::Resolve),
-                };
-                let mut refusal = Refusal::new(status, class, e.public_reason());
-                refusal.logged_reason = Some(e.to_string());
-                refusal
-            })?;
+            .map_err(admission::unreachable)?;
         ctx.upstream = Some(address);
         Ok(())
     }
@@ -668,11 +470,7 @@ impl Authorizer {
             ),
             status,
             upstream_address: ctx.upstream,
-            credentials: ctx
-                .injections
-                .iter()
-                .map(|i| format!("{}->{}", i.secret, i.header))
-                .collect(),
+            credentials: ctx.credentials(),
             placeholders: &ctx.swaps.swapped,
             secrets_scrubbed: scrubbed,
             body_read: ctx.body_read.map(|b| b.bytes),
@@ -685,6 +483,9 @@ impl Authorizer {
     }
 }
 
+mod admission;
 pub(crate) mod body;
 mod hooks;
 mod phases;
+
+pub(crate) use admission::{RequestHead, unreachable};

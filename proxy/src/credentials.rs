@@ -192,6 +192,11 @@ impl SecretSet {
         self.secrets.is_empty()
     }
 
+    /// Every secret, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Secret> {
+        self.secrets.values()
+    }
+
     /// The secret `name`, without a binding check.
     pub fn get(&self, name: &str) -> Option<&Secret> {
         self.secrets.get(name)

@@ -86,6 +86,12 @@ impl SyntheticNames {
         Some(address)
     }
 
+    /// The address the stub handed out for `name`, if it did; never hands one out.
+    pub fn address_of(&self, name: &str) -> Option<Ipv4Addr> {
+        let table = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        table.by_name.get(name).copied()
+    }
+
     /// The name `ip` stands for, if the stub handed it out.
     pub fn name_of(&self, ip: IpAddr) -> Option<String> {
         let v4 = match ip {

@@ -164,6 +164,18 @@ impl SessionRegistry {
             .is_some_and(|r| r.id == id)
     }
 
+    /// Every registration of session `id`, one per source, in the order they were made.
+    pub fn records_of(&self, id: &str) -> Vec<SessionRecord> {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        inner
+            .by_id
+            .get(id)
+            .into_iter()
+            .flatten()
+            .filter_map(|source| inner.by_source.get(source).cloned())
+            .collect()
+    }
+
     /// The session of a source address, or `unknown`.
     pub fn lookup(&self, source: IpAddr) -> SessionInput {
         let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());

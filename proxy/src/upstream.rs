@@ -87,12 +87,8 @@ impl UpstreamResolver {
         host: &str,
         port: u16,
     ) -> Result<(SocketAddr, Resolution), UpstreamError> {
-        if let Some(addr) = self.config.connect_to.get(&(host.to_string(), port)) {
-            return Ok((*addr, Resolution::Override));
-        }
-        if let Ok(ip) = host.parse::<IpAddr>() {
-            self.check(host, ip)?;
-            return Ok((SocketAddr::new(ip, port), Resolution::Literal));
+        if let Some(known) = self.resolve_without_dns(host, port) {
+            return known;
         }
         let Some(dns) = &self.dns else {
             return Err(UpstreamError::Resolve {
@@ -118,6 +114,23 @@ impl UpstreamResolver {
             host: host.into(),
             message: "no addresses".into(),
         }))
+    }
+
+    /// [`UpstreamResolver::resolve`] for what needs no lookup: an override, or an IP literal
+    /// (guarded). `None` for a name, which only a DNS lookup can answer.
+    pub fn resolve_without_dns(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Option<Result<(SocketAddr, Resolution), UpstreamError>> {
+        if let Some(addr) = self.config.connect_to.get(&(host.to_string(), port)) {
+            return Some(Ok((*addr, Resolution::Override)));
+        }
+        let ip = host.parse::<IpAddr>().ok()?;
+        Some(
+            self.check(host, ip)
+                .map(|()| (SocketAddr::new(ip, port), Resolution::Literal)),
+        )
     }
 
     fn check(&self, host: &str, ip: IpAddr) -> Result<(), UpstreamError> {

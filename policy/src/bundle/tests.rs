@@ -303,3 +303,41 @@ fn request_body_mistakes_name_the_key_and_the_fix() {
     let err = manifest_error(r#"{"metadata": ["not", "an", "object"]}"#);
     assert!(err.contains("metadata must be a JSON object"), "{err}");
 }
+
+#[test]
+fn keeps_every_file_read_with_its_kind_and_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "cordon/egress.rego", MODULE);
+    write(dir.path(), "cordon/egress_test.rego", MODULE);
+    write(dir.path(), "cordon/hosts/data.json", r#"{"allow": ["a"]}"#);
+    write(dir.path(), ".manifest", r#"{"revision": "r1"}"#);
+    write(dir.path(), "README.md", "# not part of the bundle");
+    let bundle = Bundle::load(dir.path()).unwrap();
+    let listed: Vec<(&str, BundleFileKind, usize)> = bundle
+        .files
+        .iter()
+        .map(|f| (f.path.as_str(), f.kind, f.len()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (".manifest", BundleFileKind::Manifest, 18),
+            ("cordon/egress.rego", BundleFileKind::Module, MODULE.len()),
+            (
+                "cordon/egress_test.rego",
+                BundleFileKind::Test,
+                MODULE.len()
+            ),
+            ("cordon/hosts/data.json", BundleFileKind::Data, 16),
+        ]
+    );
+    // sha256 of the module text, as `sha256sum` prints it.
+    let module = &bundle.files[1];
+    assert_eq!(module.contents(), MODULE.as_bytes());
+    assert_eq!(
+        module.sha256,
+        "7152917b913c9f692b6cd9a0656a93a86b3f7b9eddbe91b09dbb63f3e7cf7fb3"
+    );
+    // Its description names the file, never its contents.
+    assert!(!format!("{module:?}").contains("package"));
+}

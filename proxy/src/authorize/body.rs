@@ -175,6 +175,28 @@ pub(super) async fn read(
     })
 }
 
+/// A body given whole rather than read from a client (the admin API's evaluate): the same
+/// limit rule as [`read`] (over `max_bytes` with `over_limit = "deny"` is refused, otherwise
+/// the policy sees a prefix).
+pub(crate) fn given(
+    config: &RequestBodyConfig,
+    request: &RequestInput,
+    bytes: &[u8],
+) -> Result<BodyInput, Refusal> {
+    let max_bytes = config.max_bytes;
+    if bytes.len() > max_bytes
+        && config.over_limit_for(&request.method, &request.path) == OverLimit::Deny
+    {
+        return Err(too_large(max_bytes));
+    }
+    Ok(BodyInput::parse(
+        bytes,
+        false,
+        &BodyRequest::of(request),
+        config.limits(),
+    ))
+}
+
 /// Whether one more read of a body of `total` bytes, `read` of them read, could end the body
 /// with more than [`REPLAY_LIMIT`] bytes read. A read returns at most `REPLAY_LIMIT` bytes
 /// (pingora-core's HTTP/1 body buffer is the same 64 KiB, an HTTP/2 frame far less), so a read
