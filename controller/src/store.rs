@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod egress;
 mod health;
 mod pool;
 mod work;
@@ -246,6 +247,7 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(work::SCHEMA)?;
+        conn.execute_batch(egress::SCHEMA)?;
         // Columns added after the first release: added to older databases in place.
         for (table, column) in [
             ("sessions", "image TEXT"),
