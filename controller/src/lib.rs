@@ -6,6 +6,7 @@ pub mod agent;
 pub mod cma;
 pub mod command;
 pub mod config;
+pub mod egress;
 pub mod http;
 pub mod image;
 pub mod metrics;

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod egress;
 mod health;
 mod pool;
 mod tool_calls;
@@ -249,6 +250,7 @@ impl Store {
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(work::SCHEMA)?;
         conn.execute_batch(tool_calls::SCHEMA)?;
+        conn.execute_batch(egress::SCHEMA)?;
         // Columns added after the first release: added to older databases in place.
         for (table, column) in [
             ("sessions", "image TEXT"),
