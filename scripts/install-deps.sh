@@ -11,10 +11,12 @@
 #   (a loop-mounted ext4 filesystem per workspace)
 #   python3-venv: a virtualenv ($CORDON_VENV, default ~/.cache/cordon/venv) with the reference
 #   CMA libraries from PyPI (standardwebhooks, anthropic) the controller's tests check against
+#   chromium, chromium-driver, fonts-dejavu-core: the dashboard's end-to-end tests drive a real
+#   headless browser over WebDriver (and make dashboard-screenshots takes docs/ screenshots)
 #   cargo-fuzz (crates.io): builds and runs the fuzz targets in fuzz/ (make fuzz, make test)
 set -euo pipefail
 
-packages=(build-essential cmake pkg-config curl git ca-certificates openssl iproute2 nftables prometheus runsc python3 python3-venv util-linux busybox-static mmdebstrap e2fsprogs mount)
+packages=(build-essential cmake pkg-config curl git ca-certificates openssl iproute2 nftables prometheus runsc python3 python3-venv util-linux busybox-static mmdebstrap e2fsprogs mount chromium chromium-driver fonts-dejavu-core)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -56,7 +56,7 @@ trap stop_all EXIT
 trap 'exit 130' INT TERM
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in 3128 3129 5300 8088 8089 9901 9902 9300 9443; do
+for p in 3128 3129 5300 8088 8089 8090 9901 9902 9300 9443; do
     if ! port_free "$p"; then
         echo "make up: port $p is in use (another make up?); stop what holds it" >&2
         exit 1
@@ -92,6 +92,9 @@ state_dir = "."
 
 [dns]
 listen = "0.0.0.0:5300"
+
+[dashboard]
+listen = "127.0.0.1:8090"
 
 [sandbox]
 name_prefix = "cordon-up"
@@ -170,6 +173,12 @@ TOML
     } > "$dir/cordon.toml"
 fi
 
+# A dashboard login for this run: user "admin", operator, a new password each time.
+dashboard_password=$(head -c 15 /dev/urandom | base64 | tr '+/' 'xy')
+printf '%s' "$dashboard_password" | "$bin/cordon-controller" dashboard user add admin \
+    --role operator --password-stdin --replace --config "$dir/cordon.toml" > /dev/null
+dashboard_login="  dashboard  http://127.0.0.1:8090/  user admin, password $dashboard_password (new each make up)"
+
 "$bin/cordon-proxy" --config "$dir/cordon.toml" 2> "$dir/proxy.log" &
 pids+=($!)
 wait_for http://127.0.0.1:9901/readyz proxy "${pids[-1]}"
@@ -185,6 +194,7 @@ Cordon is serving CMA environment $CORDON_ENVIRONMENT_ID:
   sessions   $bin/cordon-controller sessions --config $dir/cordon.toml
   metrics    http://127.0.0.1:8089/metrics (controller), http://127.0.0.1:9902/metrics (proxy)
   audit log  $dir/audit.log      logs: $dir/proxy.log, $dir/controller.log
+$dashboard_login
 Ctrl-C stops the gateway.
 MSG
     wait "${pids[@]}"
@@ -267,6 +277,7 @@ curl -fsS http://127.0.0.1:9902/metrics \
 cat <<MSG
 
 Where to look:
+$dashboard_login
   verdict    $dir/report.json (each tool call, its result, what the scenario expected)
   audit log  $dir/audit.log (one JSON line per decision)
   logs       $dir/proxy.log, $dir/controller.log

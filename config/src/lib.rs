@@ -16,6 +16,7 @@
 //! ```
 
 pub mod controller;
+pub mod dashboard;
 pub mod proxy;
 pub mod sandbox;
 
@@ -46,6 +47,8 @@ pub struct Sections {
     pub sandbox: sandbox::SandboxSection,
     #[serde(default)]
     pub controller: controller::ControllerSection,
+    #[serde(default)]
+    pub dashboard: dashboard::DashboardSection,
 }
 
 /// A read config file: its sections and where it is.

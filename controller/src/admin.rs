@@ -52,6 +52,12 @@ pub struct SessionRow {
     pub created_at: String,
     pub updated_at: String,
     pub error: Option<String>,
+    /// The image its sandbox runs on.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// The CMA agent the proxy knows it by, while registered.
+    #[serde(default)]
+    pub agent_id: Option<String>,
     pub work: Option<WorkSummary>,
     /// `None` when the session is not registered at the proxy (its sandbox is gone) or the
     /// proxy cannot be asked.
@@ -108,9 +114,19 @@ async fn stop(State(admin): State<Arc<Admin>>, Path(id): Path<String>) -> Respon
     }
 }
 
-async fn rows(admin: &Admin) -> Result<Vec<SessionRow>, String> {
+/// Every session's row: what `GET /sessions`, `cordon-controller sessions` and the dashboard
+/// show.
+pub async fn rows(admin: &Admin) -> Result<Vec<SessionRow>, String> {
     let work = admin.store.work_by_session().map_err(|e| e.to_string())?;
-    let egress = proxy_egress(admin).await;
+    let registrations = match &admin.proxy_admin {
+        Some(proxy) => proxy.registrations().await,
+        None => Default::default(),
+    };
+    let egress: std::collections::HashMap<&str, Egress> = registrations
+        .iter()
+        .map(|(id, r)| (id.as_str(), r.egress))
+        .collect();
+    let agent = |id: &str| registrations.get(id).and_then(|r| r.agent_id.clone());
     let mut rows: Vec<SessionRow> = match &admin.sandbox {
         // A custom tool call's sandbox serves no session (`sandbox list` shows it).
         Some(config) => list_sessions(config, &admin.store)
@@ -121,9 +137,11 @@ async fn rows(admin: &Admin) -> Result<Vec<SessionRow>, String> {
                 serving: admin.stops.serving(&v.id),
                 work: work.get(&v.id).cloned(),
                 egress: egress
-                    .get(&v.id)
+                    .get(v.id.as_str())
                     .copied()
                     .or_else(|| stored_egress(work.get(&v.id))),
+                agent_id: agent(&v.id),
+                image: v.image,
                 address: Some(v.address.to_string()),
                 state: v.state.to_string(),
                 network_mode: v.network_mode,
@@ -146,8 +164,10 @@ async fn rows(admin: &Admin) -> Result<Vec<SessionRow>, String> {
                 created_at: summary.started_at.clone(),
                 updated_at: summary.updated_at.clone(),
                 error: None,
+                image: None,
+                agent_id: agent(&session),
                 egress: egress
-                    .get(&session)
+                    .get(session.as_str())
                     .copied()
                     .or_else(|| stored_egress(Some(&summary))),
                 work: Some(summary),
@@ -156,14 +176,6 @@ async fn rows(admin: &Admin) -> Result<Vec<SessionRow>, String> {
         }
     }
     Ok(rows)
-}
-
-/// Per-session egress counts from the proxy's `GET /sessions`; empty when it cannot answer.
-async fn proxy_egress(admin: &Admin) -> std::collections::HashMap<String, Egress> {
-    match &admin.proxy_admin {
-        Some(proxy) => proxy.egress_counts().await,
-        None => Default::default(),
-    }
 }
 
 fn stored_egress(work: Option<&WorkSummary>) -> Option<Egress> {

@@ -4,6 +4,7 @@
 
 pub mod agent_tools;
 pub mod client;
+pub mod deliveries;
 pub mod events;
 pub mod receiver;
 pub mod runner;

@@ -10,11 +10,13 @@
 //! cordon-controller sessions --config cordon.toml [--json] [--stop ID]
 //! cordon-controller tools check|schema --config cordon.toml [--file tools.toml]
 //! cordon-controller agents sync --config cordon.toml --agent ID [--dry-run]
+//! cordon-controller dashboard user add|remove|list --config cordon.toml [NAME --role R]
 //! ```
 //!
 //! Exit codes: 0 success (exec: the command's own status), 64 bad configuration or arguments,
 //! 65 the tools file has errors, 69 a prerequisite is missing or the sandbox could not be started, 70 anything else.
 
+mod cli_dashboard;
 mod cli_image;
 mod cli_tools;
 
@@ -68,6 +70,11 @@ enum Command {
     Agents {
         #[command(subcommand)]
         action: cli_tools::AgentsAction,
+    },
+    /// The web dashboard's local users (docs/DASHBOARD.md): `dashboard user add|remove|list`.
+    Dashboard {
+        #[command(subcommand)]
+        action: cli_dashboard::DashboardAction,
     },
     /// Lists the sessions of the running controller (`serve`): sandbox state, work item,
     /// tool calls, egress decisions. `--stop ID` stops serving one.
@@ -193,6 +200,7 @@ async fn main() -> ExitCode {
         Command::Serve { common } => serve(common).await,
         Command::Sessions { common, json, stop } => sessions(common, json, stop).await,
         Command::Tools { action } => cli_tools::run(action),
+        Command::Dashboard { action } => cli_dashboard::run(action),
         Command::Agents { action } => cli_tools::agents(action).await,
     };
     match result {
@@ -203,6 +211,13 @@ async fn main() -> ExitCode {
 async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
     use std::sync::Arc;
     let config = cordon_controller::config::ServiceConfig::load(&common.config).map_err(|e| {
+        eprintln!("cordon-controller: {e}");
+        ExitCode::from(64)
+    })?;
+    let dashboard_config = cordon_controller::dashboard::config::DashboardConfig::load(
+        &common.config,
+    )
+    .map_err(|e| {
         eprintln!("cordon-controller: {e}");
         ExitCode::from(64)
     })?;
@@ -334,7 +349,7 @@ async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
     }
     let admin = Arc::new(cordon_controller::admin::Admin {
         store: open_store()?,
-        metrics,
+        metrics: metrics.clone(),
         stops: receiver.stops.clone(),
         proxy_admin: sandbox_config
             .as_ref()
@@ -345,6 +360,19 @@ async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
         "cordon-controller: serving POST /webhooks on {}, the admin API (/sessions, /metrics) on {}",
         config.listen, config.admin_listen
     );
+    if let Some(dashboard) = dashboard_config {
+        let listener = bind(dashboard.listen).await?;
+        let dashboard_store = || open_store().map(Arc::new);
+        start_dashboard(
+            &dashboard,
+            listener,
+            admin.clone(),
+            receiver.deliveries.clone(),
+            dashboard_store()?,
+            open_store()?,
+            &metrics,
+        )?;
+    }
     let admin_app = cordon_controller::admin::router(admin);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(admin_listener, admin_app).await {
@@ -372,6 +400,78 @@ async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
     }
     eprintln!("cordon-controller: stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the dashboard on `listener`: the egress ingester (the proxy's audit log into
+/// `ingest_store`), the pages, and their server.
+fn start_dashboard(
+    config: &cordon_controller::dashboard::config::DashboardConfig,
+    listener: tokio::net::TcpListener,
+    admin: std::sync::Arc<cordon_controller::admin::Admin>,
+    deliveries: std::sync::Arc<cordon_controller::cma::deliveries::DeliveryLog>,
+    ingest_store: std::sync::Arc<cordon_controller::store::Store>,
+    read_store: cordon_controller::store::Store,
+    metrics: &cordon_controller::metrics::ControllerMetrics,
+) -> Result<(), ExitCode> {
+    use cordon_controller::dashboard::{self, Dashboard, EgressFeed};
+    use cordon_controller::egress::{EgressIngestConfig, EgressIngester, EgressMetrics};
+    use std::sync::Arc;
+    let egress_metrics = EgressMetrics::new()
+        .and_then(|m| m.register(&metrics.registry).map(|()| m))
+        .map_err(|e| {
+            eprintln!("cordon-controller: metrics: {e}");
+            ExitCode::from(70)
+        })?;
+    let ingester = EgressIngester::spawn(
+        EgressIngestConfig {
+            max_age: config.egress_retention,
+            max_rows: config.egress_retention_rows,
+            ..EgressIngestConfig::new(config.audit_log.clone())
+        },
+        ingest_store,
+        egress_metrics,
+    );
+    let actions = match cordon_controller::tools::audit::AuditLog::open(&config.actions_log) {
+        Ok(log) => Some(Arc::new(log)),
+        Err(e) => {
+            eprintln!("cordon-controller: {e}; dashboard actions are logged only");
+            None
+        }
+    };
+    let dashboard = Arc::new(Dashboard::new(
+        config,
+        admin,
+        deliveries,
+        EgressFeed::new(read_store, ingester),
+        actions,
+    ));
+    if let dashboard::Authenticator::LocalUsers(users) = &dashboard.auth.authenticator
+        && users.users().is_empty()
+    {
+        eprintln!(
+            "cordon-controller: the dashboard has no users yet: add one with `cordon-controller \
+             dashboard user add NAME --role operator` ({})",
+            users.path().display()
+        );
+    }
+    let scheme = match config.transport {
+        dashboard::config::Transport::Tls { .. } => "https",
+        _ => "http",
+    };
+    eprintln!(
+        "cordon-controller: the dashboard on {scheme}://{}/",
+        config.listen
+    );
+    let listening = dashboard::Listening::new(&config.transport).map_err(|e| {
+        eprintln!("cordon-controller: {e}");
+        ExitCode::from(64)
+    })?;
+    tokio::spawn(async move {
+        if let Err(e) = dashboard::serve(listener, listening, dashboard::router(dashboard)).await {
+            eprintln!("cordon-controller: {e}");
+        }
+    });
+    Ok(())
 }
 
 /// SIGTERM or SIGINT.

@@ -21,6 +21,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
+use super::deliveries::{DeliveryLog, DeliveryOutcome, DeliveryRecord};
 use super::service::{SessionStops, StopReason};
 use super::webhooks::{Delivery, Headers, WebhookSecret, verify};
 use crate::metrics::ControllerMetrics;
@@ -38,6 +39,8 @@ pub struct Receiver {
     /// Sessions being served; `session.status_terminated` stops its session's.
     pub stops: Arc<SessionStops>,
     pub metrics: ControllerMetrics,
+    /// The latest deliveries and their answers (the dashboard's webhooks page).
+    pub deliveries: Arc<DeliveryLog>,
 }
 
 fn unix_now() -> i64 {
@@ -54,14 +57,25 @@ impl Receiver {
             wake: Arc::new(tokio::sync::Notify::new()),
             stops: Arc::default(),
             metrics,
+            deliveries: Arc::default(),
         }
     }
 
-    fn count(&self, outcome: &str) {
+    /// Counts a delivery's outcome and keeps it for the dashboard; `verified` carries the
+    /// event's id, type and session once its signature checked out.
+    fn count(&self, outcome: DeliveryOutcome, verified: Option<&Delivery>, detail: Option<String>) {
         self.metrics
             .webhook_deliveries
-            .with_label_values(&[outcome])
+            .with_label_values(&[outcome.as_str()])
             .inc();
+        self.deliveries.push(DeliveryRecord {
+            received_at: crate::store::now(),
+            outcome,
+            event_id: verified.map(|d| d.id.clone()),
+            kind: verified.map(|d| d.data.kind.clone()),
+            session: verified.and_then(|d| d.data.id.clone()),
+            detail,
+        });
     }
 }
 
@@ -94,7 +108,7 @@ async fn webhook(
     };
     if let Err(e) = verify(&receiver.secret, signed, &body, (receiver.clock)()) {
         tracing::warn!(error = %e, "webhook refused");
-        receiver.count("unauthorized");
+        receiver.count(DeliveryOutcome::Unauthorized, None, Some(e.to_string()));
         return answer(
             StatusCode::UNAUTHORIZED,
             serde_json::json!({"error": e.to_string()}),
@@ -103,7 +117,11 @@ async fn webhook(
     let delivery: Delivery = match serde_json::from_slice(&body) {
         Ok(d) => d,
         Err(e) => {
-            receiver.count("bad_request");
+            receiver.count(
+                DeliveryOutcome::BadRequest,
+                None,
+                Some(format!("not a CMA event: {e}")),
+            );
             return answer(
                 StatusCode::BAD_REQUEST,
                 serde_json::json!({"error": format!("the body is not a CMA event: {e}")}),
@@ -111,7 +129,11 @@ async fn webhook(
         }
     };
     if delivery.kind != "event" || Some(delivery.id.as_str()) != signed.id {
-        receiver.count("bad_request");
+        receiver.count(
+            DeliveryOutcome::BadRequest,
+            None,
+            Some("not {\"type\":\"event\"} with an id equal to webhook-id".into()),
+        );
         return answer(
             StatusCode::BAD_REQUEST,
             serde_json::json!({"error": "expected {\"type\":\"event\"} whose id equals webhook-id"}),
@@ -136,7 +158,7 @@ async fn webhook(
     match recorded {
         Ok(true) => {
             tracing::info!(event = %delivery.id, kind = %delivery.data.kind, session = ?delivery.data.id, "webhook accepted");
-            receiver.count("accepted");
+            receiver.count(DeliveryOutcome::Accepted, Some(&delivery), None);
             match (delivery.data.kind.as_str(), delivery.data.id.as_deref()) {
                 ("session.status_run_started", _) => receiver.wake.notify_one(),
                 ("session.status_terminated", Some(session))
@@ -149,12 +171,16 @@ async fn webhook(
             answer(StatusCode::OK, serde_json::json!({"status": "accepted"}))
         }
         Ok(false) => {
-            receiver.count("duplicate");
+            receiver.count(DeliveryOutcome::Duplicate, Some(&delivery), None);
             answer(StatusCode::OK, serde_json::json!({"status": "duplicate"}))
         }
         Err(e) if e.is_disk_full() => {
             // Logged once per episode by the store; each refusal is counted there.
-            receiver.count("error");
+            receiver.count(
+                DeliveryOutcome::Error,
+                Some(&delivery),
+                Some("the state disk is full".into()),
+            );
             tracing::debug!(event = %delivery.id, "webhook not recorded: the state disk is full");
             let mut response = answer(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -167,7 +193,11 @@ async fn webhook(
             response
         }
         Err(e) => {
-            receiver.count("error");
+            receiver.count(
+                DeliveryOutcome::Error,
+                Some(&delivery),
+                Some("could not be recorded".into()),
+            );
             tracing::error!(error = %e, "webhook not recorded");
             answer(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -568,12 +568,15 @@ impl ToolExecutor for Counted<'_> {
 /// path first, anything else as compact JSON.
 fn input_summary(input: &serde_json::Value) -> String {
     let field = |k: &str| input.get(k).and_then(|v| v.as_str());
-    let text = match (field("command"), field("file_path").or(field("path")), field("pattern")) {
+    match (
+        field("command"),
+        field("file_path").or(field("path")),
+        field("pattern"),
+    ) {
         (Some(command), _, _) => command.to_string(),
         (None, Some(path), Some(pattern)) => format!("{pattern} in {path}"),
         (None, Some(path), None) => path.to_string(),
         (None, None, Some(pattern)) => pattern.to_string(),
         (None, None, None) => input.to_string(),
-    };
-    text
+    }
 }

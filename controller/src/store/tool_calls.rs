@@ -50,11 +50,7 @@ pub fn clip(text: &str, max: usize) -> String {
 
 impl Store {
     /// Records a finished tool call of `session`.
-    pub fn record_tool_call(
-        &self,
-        session: &str,
-        call: &ToolCallRecord,
-    ) -> Result<(), StoreError> {
+    pub fn record_tool_call(&self, session: &str, call: &ToolCallRecord) -> Result<(), StoreError> {
         self.write(|conn| {
             conn.execute(
                 "INSERT INTO tool_calls (session_id, tool_use_id, name, custom, input_summary,
@@ -128,7 +124,10 @@ mod tests {
         store.record_tool_call("s2", &call("c", 3)).unwrap();
         let calls = store.tool_calls("s1", 10).unwrap();
         assert_eq!(
-            calls.iter().map(|c| c.tool_use_id.as_str()).collect::<Vec<_>>(),
+            calls
+                .iter()
+                .map(|c| c.tool_use_id.as_str())
+                .collect::<Vec<_>>(),
             ["b", "a"]
         );
         assert_eq!(calls[0].input_summary.chars().count(), SUMMARY_CHARS + 1);

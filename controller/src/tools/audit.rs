@@ -28,6 +28,18 @@ pub struct ToolCallRecord<'a> {
     pub images: usize,
 }
 
+/// One dashboard action, as recorded.
+#[derive(Debug, Serialize)]
+pub struct ActionRecord<'a> {
+    /// RFC 3339, UTC.
+    pub time: String,
+    pub kind: &'static str,
+    pub user: &'a str,
+    pub role: &'a str,
+    pub action: &'a str,
+    pub target: &'a str,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("cannot open the controller's audit log {path}: {source}")]
 pub struct AuditOpenError {
@@ -67,6 +79,23 @@ impl AuditLog {
     /// Appends `record` as one line. A write that fails (a full disk) is logged, never
     /// fatal to the call: the call already happened.
     pub fn record(&self, record: &ToolCallRecord<'_>) {
+        self.append(record);
+    }
+
+    /// Appends a dashboard user's action (`kind: "dashboard"`): who, with which role, did
+    /// what to which target (a stop of a session, a policy reload, a terminal opened).
+    pub fn record_action(&self, user: &str, role: &str, action: &str, target: &str) {
+        self.append(&ActionRecord {
+            time: now(),
+            kind: "dashboard",
+            user,
+            role,
+            action,
+            target,
+        });
+    }
+
+    fn append(&self, record: &impl Serialize) {
         let Ok(mut line) = serde_json::to_vec(record) else {
             return;
         };

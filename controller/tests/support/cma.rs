@@ -72,9 +72,30 @@ pub fn cma_world(
     second_octet: u8,
     sim: &Sim,
     environment: &str,
+    ports: (u16, u16),
+    sandbox_extra: &str,
+    tools: Option<&std::path::Path>,
+) -> World {
+    cma_world_with(
+        second_octet,
+        sim,
+        environment,
+        ports,
+        sandbox_extra,
+        tools,
+        "",
+    )
+}
+
+/// [`cma_world`] with `extra` (whole sections, e.g. `[dashboard]`) added to cordon.toml.
+pub fn cma_world_with(
+    second_octet: u8,
+    sim: &Sim,
+    environment: &str,
     (listen, admin): (u16, u16),
     sandbox_extra: &str,
     tools: Option<&std::path::Path>,
+    extra: &str,
 ) -> World {
     let policy = std::fs::read_to_string(demo("policy/policy.rego")).unwrap();
     let secrets = std::fs::read_to_string(demo("secrets.toml")).unwrap();
@@ -83,7 +104,7 @@ pub fn cma_world(
          [controller]\nlisten = \"127.0.0.1:{listen}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
          webhook_secret_file = \"webhook-secret\"\nenvironment_id = \"{environment}\"\n\
          environment_key_env = \"CORDON_TEST_ENV_KEY\"\nbase_url = \"{}\"\n\
-         drain_interval_ms = 1000\nmax_idle_ms = 2000\nlease_ttl_secs = 30\n{}",
+         drain_interval_ms = 1000\nmax_idle_ms = 2000\nlease_ttl_secs = 30\n{}{extra}",
         sim.base_url(),
         tools.map_or(String::new(), |t| format!("tools = \"{}\"\n", t.display()))
     );
@@ -146,21 +167,38 @@ pub async fn start_with(
     sandbox_extra: &str,
     tools: Option<&std::path::Path>,
 ) -> (Sim, World, Controller) {
+    let (sim, world, controller) =
+        prepare(scenario, second_octet, sandbox_extra, tools, "", |_| {}).await;
+    sim.open_sessions();
+    (sim, world, controller)
+}
+
+/// [`start_with`] with `extra` added to cordon.toml and `before` run on the world before the
+/// controller starts; the scenario's sessions are not opened yet.
+pub async fn prepare(
+    scenario: &Scenario,
+    second_octet: u8,
+    sandbox_extra: &str,
+    tools: Option<&std::path::Path>,
+    extra: &str,
+    before: impl FnOnce(&World),
+) -> (Sim, World, Controller) {
     let (listen, admin) = (free_port(), free_port());
     let sim = start_sim(scenario, listen).await;
-    let mut world = cma_world(
+    let mut world = cma_world_with(
         second_octet,
         &sim,
         &scenario.environment_id,
         (listen, admin),
         sandbox_extra,
         tools,
+        extra,
     );
     world
         .sessions
         .extend(scenario.sessions.iter().map(|s| s.id().to_string()));
+    before(&world);
     let controller = Controller::start(&world, admin, "controller.log");
-    sim.open_sessions();
     (sim, world, controller)
 }
 

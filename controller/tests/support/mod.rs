@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use cordon_testkit::{free_port, spawn_recording_upstream, test_pki};
 
+pub mod browser;
 pub mod cma;
 
 pub const POLICY: &str = r#"package cordon.egress

@@ -1,0 +1,324 @@
+//! The dashboard in a real browser (headless Chromium over WebDriver), root tier: the demo
+//! session runs for real (the simulator's webhook, a gVisor sandbox, the proxy) while an
+//! operator watches it appear live, opens it and sees the request the policy denied with its
+//! reason, tries a request in the policy form, and reads the overview, secrets and webhooks;
+//! a viewer is offered no operator action and is refused one sent by hand.
+//!
+//! With CORDON_DASHBOARD_SCREENSHOTS=<dir> (`make dashboard-screenshots`) each page is saved
+//! there as a PNG for docs/DASHBOARD.md.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use cordon_cma_sim::scenario::Scenario;
+use cordon_testkit::free_port;
+use fantoccini::{Client, Locator};
+use support::browser::{Driver, screenshot, wait_for_text};
+use support::cma::{TOKEN, assert_passed, demo, example_tools, prepare};
+
+const PASSWORD: &str = "dashboard-test-password";
+
+fn add_user(config: &std::path::Path, name: &str, role: &str) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cordon-controller"))
+        .args([
+            "dashboard",
+            "user",
+            "add",
+            name,
+            "--role",
+            role,
+            "--password-stdin",
+            "--config",
+        ])
+        .arg(config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(PASSWORD.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+async fn log_in(client: &Client, base: &str, user: &str) {
+    client.goto(&format!("{base}/login")).await.unwrap();
+    client
+        .find(Locator::Id("user"))
+        .await
+        .unwrap()
+        .send_keys(user)
+        .await
+        .unwrap();
+    client
+        .find(Locator::Id("password"))
+        .await
+        .unwrap()
+        .send_keys(PASSWORD)
+        .await
+        .unwrap();
+    client
+        .find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_text(client, "header .who", user, Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_watches_the_demo_session_live_and_a_viewer_cannot_act() {
+    let scenario = Scenario::load(&demo("scenario.toml")).unwrap();
+    let session = scenario.sessions[0].id().to_string();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let tools = example_tools();
+    let (sim, world, _controller) = prepare(
+        &scenario,
+        249,
+        "",
+        Some(&tools),
+        &format!("[dashboard]\nlisten = \"127.0.0.1:{port}\"\n"),
+        |world| {
+            add_user(&world.config(), "ops", "operator");
+            add_user(&world.config(), "watcher", "viewer");
+        },
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dashboard did not start:\n{}",
+            std::fs::read_to_string(world.dir.path().join("controller.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let driver = Driver::start();
+    let ops = driver.browser("ops").await;
+
+    // The login page, a wrong password, then the operator's login.
+    ops.goto(&format!("{base}/")).await.unwrap();
+    screenshot(&ops, "login").await;
+    ops.find(Locator::Id("user"))
+        .await
+        .unwrap()
+        .send_keys("ops")
+        .await
+        .unwrap();
+    ops.find(Locator::Id("password"))
+        .await
+        .unwrap()
+        .send_keys("not the password")
+        .await
+        .unwrap();
+    ops.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_text(
+        &ops,
+        "p.error",
+        "Wrong user name or password.",
+        Duration::from_secs(10),
+    )
+    .await;
+    log_in(&ops, &base, "ops").await;
+
+    // The sessions page is open before the session exists; the row appears without a reload.
+    ops.goto(&format!("{base}/sessions")).await.unwrap();
+    let before = ops.source().await.unwrap();
+    assert!(!before.contains(&format!("data-session=\"{session}\"")));
+    sim.open_sessions();
+    wait_for_text(&ops, "#live", &session, Duration::from_secs(90)).await;
+    assert_eq!(
+        ops.current_url().await.unwrap().path(),
+        "/sessions",
+        "no navigation happened"
+    );
+
+    // Its page: the denied request with the policy's reason, inside the tool call that made it.
+    // The live region is re-rendered under the pointer: follow the row's link by its address.
+    let link = format!("/sessions/{session}");
+    assert!(
+        ops.source()
+            .await
+            .unwrap()
+            .contains(&format!("href=\"{link}\""))
+    );
+    ops.goto(&format!("{base}{link}")).await.unwrap();
+    let denied = wait_for_text(
+        &ops,
+        "#live",
+        "not on the demo allow list",
+        Duration::from_secs(120),
+    )
+    .await;
+    assert!(denied.contains("blocked.example.test"), "{denied}");
+    let call = ops
+        .find(Locator::Css("tr.decision.deny"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(call.contains("/upload") && call.contains("POST"), "{call}");
+    let report = sim.wait(Duration::from_secs(240)).await;
+    assert_passed(&report, &world);
+    // The whole timeline is in: the allowed call with the credential injected by name.
+    let timeline = wait_for_text(&ops, "#live", "read", Duration::from_secs(10)).await;
+    assert!(
+        timeline.contains("example-api->authorization"),
+        "{timeline}"
+    );
+    assert!(!timeline.contains(TOKEN), "the token is never shown");
+    screenshot(&ops, "session").await;
+    ops.goto(&format!("{base}/sessions")).await.unwrap();
+    screenshot(&ops, "sessions").await;
+
+    // The overview: the proxy's health and the latest denial.
+    ops.goto(&format!("{base}/")).await.unwrap();
+    wait_for_text(&ops, "#card-proxy", "ready", Duration::from_secs(10)).await;
+    wait_for_text(
+        &ops,
+        "#denials",
+        "blocked.example.test",
+        Duration::from_secs(10),
+    )
+    .await;
+    screenshot(&ops, "overview").await;
+
+    // Try a request: decided by the proxy as a registered session, nothing sent.
+    let try_session = "cordon-test-dashboard-try";
+    let registered = Command::new("curl")
+        .args([
+            "-sSf",
+            "-X",
+            "PUT",
+            "-d",
+            r#"{"source": "10.249.250.2"}"#,
+            &format!(
+                "http://127.0.0.1:{}/sessions/{try_session}",
+                world.ports.admin
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(registered.status.success());
+    let upstream_before = world.received.lock().unwrap().len();
+    ops.goto(&format!("{base}/policy")).await.unwrap();
+    ops.find(Locator::Id("session"))
+        .await
+        .unwrap()
+        .select_by_value(try_session)
+        .await
+        .unwrap();
+    ops.find(Locator::Id("method"))
+        .await
+        .unwrap()
+        .select_by_value("POST")
+        .await
+        .unwrap();
+    ops.find(Locator::Id("url"))
+        .await
+        .unwrap()
+        .send_keys("https://blocked.example.test/upload")
+        .await
+        .unwrap();
+    ops.find(Locator::Css("#try button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let decided = wait_for_text(&ops, "#decision", "deny", Duration::from_secs(10)).await;
+    assert!(decided.contains("not on the demo allow list"), "{decided}");
+    ops.find(Locator::Id("url"))
+        .await
+        .unwrap()
+        .clear()
+        .await
+        .unwrap();
+    ops.find(Locator::Id("url"))
+        .await
+        .unwrap()
+        .send_keys("https://api.example.test/v1/user")
+        .await
+        .unwrap();
+    ops.find(Locator::Id("method"))
+        .await
+        .unwrap()
+        .select_by_value("GET")
+        .await
+        .unwrap();
+    ops.find(Locator::Css("#try button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let allowed = wait_for_text(&ops, "#decision", "allow", Duration::from_secs(10)).await;
+    assert!(allowed.contains("example-api->authorization"), "{allowed}");
+    screenshot(&ops, "policy").await;
+    assert_eq!(
+        world.received.lock().unwrap().len(),
+        upstream_before,
+        "trying a request sends nothing upstream"
+    );
+
+    // Secrets: names and bindings, never the value.
+    ops.goto(&format!("{base}/secrets")).await.unwrap();
+    wait_for_text(&ops, "#secrets", "example-api", Duration::from_secs(10)).await;
+    assert!(!ops.source().await.unwrap().contains(TOKEN));
+    screenshot(&ops, "secrets").await;
+
+    // Webhooks: the simulator's deliveries, verified and accepted.
+    ops.goto(&format!("{base}/webhooks")).await.unwrap();
+    let deliveries = wait_for_text(
+        &ops,
+        "#deliveries",
+        "session.status_run_started",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(deliveries.contains("accepted"), "{deliveries}");
+    screenshot(&ops, "webhooks").await;
+    ops.close().await.unwrap();
+
+    // A viewer: every page, no operator action offered, and one sent by hand refused.
+    let viewer = driver.browser("watcher").await;
+    log_in(&viewer, &base, "watcher").await;
+    viewer.goto(&format!("{base}/policy")).await.unwrap();
+    assert!(
+        viewer.find(Locator::Id("reload")).await.is_err(),
+        "no reload button for a viewer"
+    );
+    viewer
+        .goto(&format!("{base}/sessions/{session}"))
+        .await
+        .unwrap();
+    assert!(viewer.find(Locator::Id("stop")).await.is_err());
+    let status = viewer
+        .execute_async(
+            r#"const done = arguments[arguments.length - 1];
+               const csrf = document.querySelector("input[name=csrf]").value;
+               fetch("/policy/reload", {method: "POST", body: new URLSearchParams({csrf})})
+                 .then(r => done(r.status));"#,
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, serde_json::json!(403));
+    viewer.close().await.unwrap();
+}

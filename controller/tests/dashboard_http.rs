@@ -1,0 +1,486 @@
+//! The dashboard over HTTP, without a browser or root: logins, cookies, CSRF, the Origin
+//! check, roles, the failed-login limit, JWT assertions of an authenticating proxy, and a live
+//! session page fed by the proxy's audit log. (The browser suite, `dashboard_browser.rs`,
+//! drives the same pages in Chromium over a real session.)
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cordon_controller::admin::Admin;
+use cordon_controller::dashboard::config::DashboardConfig;
+use cordon_controller::dashboard::users::{self, Role};
+use cordon_controller::dashboard::{self, Dashboard};
+use cordon_controller::egress::{EgressIngestConfig, EgressIngester, EgressMetrics};
+use cordon_controller::metrics::ControllerMetrics;
+use cordon_controller::store::{Store, ToolCallRecord};
+
+const PASSWORD: &str = "a long enough password";
+
+struct Served {
+    dir: tempfile::TempDir,
+    address: SocketAddr,
+    store: Store,
+    audit_log: PathBuf,
+}
+
+impl Served {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    /// `curl` with the given extra arguments; returns (status, headers, body).
+    fn curl(&self, args: &[&str], path: &str) -> (u16, String, String) {
+        let out = Command::new("curl")
+            .args(["-sS", "-D", "-", "-o", "-", "--max-time", "10"])
+            .args(args)
+            .arg(self.url(path))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (status, head.to_string(), body.to_string())
+    }
+
+    /// Logs in; the cookie header value (`name=value`).
+    fn login(&self, user: &str) -> String {
+        let (status, head, body) = self.curl(
+            &[
+                "--data-urlencode",
+                &format!("user={user}"),
+                "--data-urlencode",
+                &format!("password={PASSWORD}"),
+            ],
+            "/login",
+        );
+        assert_eq!(status, 303, "{head}\n{body}");
+        let set_cookie = head
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+            .unwrap();
+        assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"));
+        set_cookie["set-cookie:".len()..]
+            .trim()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
+    /// A page with the cookie; the login's CSRF token as the page carries it.
+    fn csrf(&self, cookie: &str) -> String {
+        let (status, _, body) = self.curl(&["-H", &format!("cookie: {cookie}")], "/");
+        assert_eq!(status, 200);
+        let at = body.find("name=\"csrf\" value=\"").unwrap() + "name=\"csrf\" value=\"".len();
+        body[at..at + body[at..].find('"').unwrap()].to_string()
+    }
+
+    /// Appends a proxy audit record for `session`.
+    fn audit(&self, session: &str, decision: &str, host: &str, reason: &str) {
+        let now = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        let record = serde_json::json!({
+            "time": now, "kind": "request", "decision_id": format!("d-{host}-{}", rand_id()),
+            "session": session, "source": "10.200.0.2", "mode": "transparent",
+            "method": "GET", "host": host, "port": 443, "path": "/v1/items",
+            "decision": decision, "reason_class": "policy", "reason": reason,
+            "policy_generation": "g1", "status": if decision == "allow" { 200 } else { 403 },
+        });
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.audit_log)
+            .unwrap();
+        writeln!(file, "{record}").unwrap();
+    }
+}
+
+fn rand_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A controller's dashboard (no sandboxes, no proxy) with an operator `ops` and a viewer
+/// `watcher`; `extra` is added to `[dashboard]`.
+async fn serve(extra: &str, files: &[(&str, &str)]) -> Served {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let config_path = dir.path().join("cordon.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[proxy]\nstate_dir = \"state\"\n[audit]\npath = \"audit.log\"\n\
+             [dashboard]\nlisten = \"127.0.0.1:0\"\nlogin_attempts_per_minute = 3\n{extra}"
+        ),
+    )
+    .unwrap();
+    let config = DashboardConfig::load(&config_path).unwrap().unwrap();
+    let users_file = dir.path().join("state/controller/dashboard-users.toml");
+    users::add(&users_file, "ops", Role::Operator, PASSWORD, false).unwrap();
+    users::add(&users_file, "watcher", Role::Viewer, PASSWORD, false).unwrap();
+    let store = Store::open(&dir.path().join("state/state.db")).unwrap();
+    let admin = Arc::new(Admin {
+        store: Store::open(&dir.path().join("state/state.db")).unwrap(),
+        metrics: ControllerMetrics::new().unwrap(),
+        stops: Arc::default(),
+        sandbox: None,
+        proxy_admin: None,
+    });
+    let ingester = EgressIngester::spawn(
+        EgressIngestConfig::new(config.audit_log.clone()),
+        Arc::new(Store::open(&dir.path().join("state/state.db")).unwrap()),
+        EgressMetrics::new().unwrap(),
+    );
+    let feed = dashboard::EgressFeed::new(
+        Store::open(&dir.path().join("state/state.db")).unwrap(),
+        ingester,
+    );
+    let dashboard = Arc::new(Dashboard::new(&config, admin, Arc::default(), feed, None));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let listening = dashboard::Listening::new(&config.transport).unwrap();
+    tokio::spawn(async move {
+        dashboard::serve(listener, listening, dashboard::router(dashboard))
+            .await
+            .unwrap();
+    });
+    Served {
+        audit_log: config.audit_log.clone(),
+        dir,
+        address,
+        store,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_need_a_login_and_bad_logins_say_nothing_of_which_part_failed() {
+    let s = serve("", &[]).await;
+    let (status, _, body) = s.curl(&[], "/");
+    assert_eq!(status, 401);
+    assert!(body.contains("name=\"password\""), "the login form: {body}");
+    for path in [
+        "/sessions",
+        "/sessions/x",
+        "/policy",
+        "/secrets",
+        "/webhooks",
+        "/live/overview",
+        "/nowhere",
+    ] {
+        assert_eq!(s.curl(&[], path).0, 401, "{path}");
+    }
+    for (user, password) in [("ops", "wrong password"), ("nobody", PASSWORD)] {
+        let (status, _, body) = s.curl(
+            &[
+                "--data-urlencode",
+                &format!("user={user}"),
+                "--data-urlencode",
+                &format!("password={password}"),
+            ],
+            "/login",
+        );
+        assert_eq!(status, 401);
+        assert!(body.contains("Wrong user name or password."), "{body}");
+    }
+    let cookie = s.login("ops");
+    let (status, head, body) = s.curl(&["-H", &format!("cookie: {cookie}")], "/");
+    assert_eq!(status, 200);
+    assert!(body.contains("Overview") && body.contains("ops"));
+    for header in [
+        "content-security-policy: default-src 'none'",
+        "x-frame-options: DENY",
+        "cache-control: no-store",
+    ] {
+        assert!(
+            head.to_ascii_lowercase()
+                .contains(&header.to_ascii_lowercase()),
+            "{header} in {head}"
+        );
+    }
+    // A tampered or unknown cookie is nobody.
+    let (name, value) = cookie.split_once('=').unwrap();
+    let mut bytes = value.as_bytes().to_vec();
+    bytes[3] = if bytes[3] == b'A' { b'B' } else { b'A' };
+    let tampered = format!("{name}={}", String::from_utf8(bytes).unwrap());
+    assert_eq!(s.curl(&["-H", &format!("cookie: {tampered}")], "/").0, 401);
+    assert_eq!(
+        s.curl(&["-H", &format!("cookie: {name}=garbage")], "/").0,
+        401
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_changes_need_the_csrf_token_the_same_origin_and_the_operator_role() {
+    let s = serve("", &[]).await;
+    let cookie = s.login("ops");
+    let csrf = s.csrf(&cookie);
+    let with = |extra: &[&str]| {
+        let mut args = vec!["-H".to_string(), format!("cookie: {cookie}")];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    };
+    let run = |args: Vec<String>, path: &str| {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        s.curl(&refs, path)
+    };
+    // No token, a wrong token, another origin: refused, nothing changed.
+    assert_eq!(run(with(&["-d", "x=1"]), "/policy/reload").0, 403);
+    assert_eq!(run(with(&["-d", "csrf=forged"]), "/policy/reload").0, 403);
+    let origin = run(
+        with(&[
+            "-H",
+            "origin: https://evil.example",
+            "-d",
+            &format!("csrf={csrf}"),
+        ]),
+        "/logout",
+    );
+    assert_eq!(origin.0, 403);
+    assert!(origin.2.contains("cross-origin"));
+    // The operator's stop of a session not served: a clear 409, not a 403.
+    let stop = run(
+        with(&["-d", &format!("csrf={csrf}")]),
+        "/sessions/sesn_x/stop",
+    );
+    assert_eq!(stop.0, 409, "{}", stop.2);
+    // A viewer sees pages and is refused the operator's actions.
+    let viewer = s.login("watcher");
+    let viewer_csrf = s.csrf(&viewer);
+    let (status, _, body) = s.curl(
+        &[
+            "-H",
+            &format!("cookie: {viewer}"),
+            "-d",
+            &format!("csrf={viewer_csrf}"),
+        ],
+        "/sessions/sesn_x/stop",
+    );
+    assert_eq!(status, 403);
+    assert!(body.contains("Operators only"), "{body}");
+    assert_eq!(
+        s.curl(
+            &[
+                "-H",
+                &format!("cookie: {viewer}"),
+                "-d",
+                &format!("csrf={viewer_csrf}")
+            ],
+            "/policy/reload"
+        )
+        .0,
+        403
+    );
+    let (_, _, policy) = s.curl(&["-H", &format!("cookie: {viewer}")], "/policy");
+    assert!(
+        !policy.contains("Reload policy"),
+        "a viewer is not offered the reload"
+    );
+    // Logout with the token ends the login.
+    let out = run(with(&["-d", &format!("csrf={csrf}")]), "/logout");
+    assert_eq!(out.0, 303);
+    assert_eq!(s.curl(&["-H", &format!("cookie: {cookie}")], "/").0, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_past_the_limit_are_refused_for_a_minute() {
+    let s = serve("", &[]).await;
+    for _ in 0..3 {
+        let (status, _, _) = s.curl(&["-d", "user=ops&password=wrong-password"], "/login");
+        assert_eq!(status, 401);
+    }
+    let (status, head, body) = s.curl(
+        &[
+            "--data-urlencode",
+            "user=ops",
+            "--data-urlencode",
+            &format!("password={PASSWORD}"),
+        ],
+        "/login",
+    );
+    assert_eq!(status, 429, "the right password is refused too now");
+    assert!(head.to_ascii_lowercase().contains("retry-after: 60"));
+    assert!(body.contains("Too many failed logins"));
+    // The viewer's name is not locked by the operator's failures... but the address is.
+    let (status, _, _) = s.curl(
+        &[
+            "--data-urlencode",
+            "user=watcher",
+            "--data-urlencode",
+            &format!("password={PASSWORD}"),
+        ],
+        "/login",
+    );
+    assert_eq!(status, 429);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_page_shows_its_tool_calls_with_their_egress_and_updates_live() {
+    let s = serve("", &[]).await;
+    let now_ms = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    s.store
+        .record_tool_call(
+            "sesn_live",
+            &ToolCallRecord {
+                tool_use_id: "toolu_1".into(),
+                name: "bash".into(),
+                custom: false,
+                input_summary: "curl https://api.example.test/v1/items".into(),
+                result_excerpt: "<b>not markup</b>".into(),
+                is_error: false,
+                started_ms: now_ms - 60_000,
+                duration_ms: 120,
+            },
+        )
+        .unwrap();
+    s.audit(
+        "sesn_live",
+        "deny",
+        "blocked.example.test",
+        "host blocked.example.test is not allowed",
+    );
+    let cookie = s.login("ops");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let body = loop {
+        let (status, _, body) =
+            s.curl(&["-H", &format!("cookie: {cookie}")], "/sessions/sesn_live");
+        if status == 200 && body.contains("blocked.example.test") {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the decision never showed: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(body.contains("curl https://api.example.test/v1/items"));
+    assert!(
+        body.contains("&lt;b&gt;not markup&lt;/b&gt;"),
+        "tool output is escaped"
+    );
+    assert!(body.contains("host blocked.example.test is not allowed"));
+
+    // The live stream sends the page's timeline again within a second of a new decision.
+    let url = s.url("/live/sessions/sesn_live");
+    let stream = Command::new("curl")
+        .args([
+            "-sSN",
+            "--max-time",
+            "4",
+            "-H",
+            &format!("cookie: {cookie}"),
+            &url,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let written = Instant::now();
+    s.audit(
+        "sesn_live",
+        "allow",
+        "fresh.example.test",
+        "allowed by rule api",
+    );
+    let out = stream.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter(|e| e.contains("event: update"))
+        .collect();
+    assert!(events.len() >= 2, "the first render and the update: {text}");
+    assert!(
+        events.last().unwrap().contains("fresh.example.test"),
+        "{text}"
+    );
+    assert!(written.elapsed() < Duration::from_secs(4));
+    drop(s.dir);
+}
+
+/// An ES256 key pair: its PKCS#8 form for signing and its JWK for the JWKS.
+fn es256_key(kid: &str) -> (Vec<u8>, serde_json::Value) {
+    use base64::Engine;
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let pair =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    let public = pair.public_key().as_ref();
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let jwk = serde_json::json!({
+        "kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
+        "x": b64.encode(&public[1..33]), "y": b64.encode(&public[33..65]),
+    });
+    (pkcs8.as_ref().to_vec(), jwk)
+}
+
+fn token(pkcs8: &[u8], kid: &str, audience: &str, email: &str) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(kid.into());
+    let exp = time::OffsetDateTime::now_utc().unix_timestamp() + 600;
+    let claims = serde_json::json!({
+        "iss": "https://team.example.test", "aud": audience, "email": email, "exp": exp,
+    });
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ec_der(pkcs8),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_an_authenticating_proxy_only_a_verified_assertion_gets_in() {
+    let (key, jwk) = es256_key("k1");
+    let (other_key, _) = es256_key("k1");
+    let jwks = serde_json::json!({ "keys": [jwk] }).to_string();
+    let s = serve(
+        "[dashboard.jwt]\nheader = \"Cf-Access-Jwt-Assertion\"\njwks_file = \"jwks.json\"\n\
+         issuer = \"https://team.example.test\"\naudience = \"cordon-aud\"\noperators = [\"ops@example.test\"]\n",
+        &[("jwks.json", &jwks)],
+    )
+    .await;
+    let get = |token: &str, path: &str| {
+        s.curl(&["-H", &format!("cf-access-jwt-assertion: {token}")], path)
+    };
+    let (status, _, body) = get(&token(&key, "k1", "cordon-aud", "ops@example.test"), "/");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("ops@example.test") && body.contains("operator"));
+    let (status, _, body) = get(
+        &token(&key, "k1", "cordon-aud", "dev@example.test"),
+        "/policy",
+    );
+    assert_eq!(status, 200);
+    assert!(body.contains("viewer") && !body.contains("Reload policy"));
+    for (name, bad) in [
+        ("wrong audience", token(&key, "k1", "someone-else", "ops@example.test")),
+        ("unknown key id", token(&key, "k2", "cordon-aud", "ops@example.test")),
+        ("signed by another key", token(&other_key, "k1", "cordon-aud", "ops@example.test")),
+        ("not a token", "ops@example.test".to_string()),
+        ("an HMAC token", jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &serde_json::json!({"iss": "https://team.example.test", "aud": "cordon-aud", "email": "ops@example.test", "exp": 9_999_999_999u64}),
+            &jsonwebtoken::EncodingKey::from_secret(jwks.as_bytes()),
+        ).unwrap()),
+    ] {
+        let (status, _, body) = get(&bad, "/");
+        assert_eq!(status, 401, "{name}");
+        assert!(!body.contains("audience") && !body.contains("kid"), "{name}: no detail: {body}");
+    }
+    assert_eq!(s.curl(&[], "/").0, 401, "no assertion at all");
+    // No password login in this mode.
+    assert_eq!(s.curl(&["-d", "user=ops&password=x"], "/login").0, 401);
+}

@@ -1,0 +1,111 @@
+//! A real headless Chromium for the dashboard's end-to-end tests: Debian's `chromedriver`
+//! started on a free port (killed by its pid when dropped), driven over WebDriver with
+//! fantoccini.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+
+/// `chromedriver`, and where sessions' profiles live.
+pub struct Driver {
+    child: Child,
+    port: u16,
+    profiles: tempfile::TempDir,
+}
+
+impl Driver {
+    /// Starts chromedriver; `None` (with a note) when Chromium is not installed, which
+    /// `make test` never sees: scripts/install-deps.sh installs it.
+    pub fn start() -> Driver {
+        for program in ["chromedriver", "chromium"] {
+            assert!(
+                Command::new("which")
+                    .arg(program)
+                    .output()
+                    .is_ok_and(|o| o.status.success()),
+                "{program} is missing: scripts/install-deps.sh installs chromium and chromium-driver"
+            );
+        }
+        let port = cordon_testkit::free_port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Driver {
+            child,
+            port,
+            profiles: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A new browser (its own profile: no cookies shared with another).
+    pub async fn browser(&self, name: &str) -> Client {
+        let profile = self.profiles.path().join(name);
+        std::fs::create_dir_all(&profile).unwrap();
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({
+                "binary": "/usr/bin/chromium",
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--window-size=1360,900", "--hide-scrollbars",
+                    format!("--user-data-dir={}", profile.display()),
+                ],
+            }),
+        );
+        // Plain HTTP to chromedriver on loopback: no TLS client (fantoccini's would bring a
+        // second rustls provider into the test build, and the programs under test then
+        // could not pick one).
+        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(capabilities)
+            .connect(&format!("http://127.0.0.1:{}", self.port))
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until the page's element at `css` has text containing `needle`, at most `within`.
+pub async fn wait_for_text(client: &Client, css: &str, needle: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(element) = client.find(Locator::Css(css)).await
+            && let Ok(text) = element.text().await
+            && text.contains(needle)
+        {
+            return text;
+        }
+        if Instant::now() > deadline {
+            let source = client.source().await.unwrap_or_default();
+            panic!("{needle:?} did not appear in {css} within {within:?}; the page:\n{source}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Saves a screenshot of the page as `<dir>/<name>.png` when `CORDON_DASHBOARD_SCREENSHOTS`
+/// names a directory (`make dashboard-screenshots` sets it to docs/dashboard).
+pub async fn screenshot(client: &Client, name: &str) {
+    let Some(dir) = std::env::var_os("CORDON_DASHBOARD_SCREENSHOTS").map(PathBuf::from) else {
+        return;
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    let png = client.screenshot().await.unwrap();
+    std::fs::write(Path::new(&dir).join(format!("{name}.png")), png).unwrap();
+}
