@@ -13,7 +13,7 @@ CORDON_IMAGES ?= $(HOME)/.cache/cordon/images
 export CORDON_IMAGES
 export CORDON_TEST_IMAGES ?= $(CORDON_IMAGES)
 
-.PHONY: up test fuzz fuzz-smoke bench bench-policy bench-instructions bench-tools bench-soak deps build fmt lint unit policy-tests clean
+.PHONY: up test fuzz fuzz-smoke dashboard-screenshots bench bench-policy bench-instructions bench-tools bench-soak deps build fmt lint unit policy-tests clean
 
 deps:
 	@scripts/install-deps.sh
@@ -83,6 +83,16 @@ policy-tests:
 # release build adds about 8.
 bench: deps
 	scripts/bench.sh
+
+# docs/dashboard/*.png, the pictures in docs/DASHBOARD.md: the dashboard's browser test (root:
+# it runs the demo session in a sandbox) with CORDON_DASHBOARD_SCREENSHOTS set.
+dashboard-screenshots: deps
+	$(CARGO) build --workspace --locked --bins
+	$(STATIC_AGENT)
+	$(CARGO_TARGET_DIR)/debug/cordon-controller image build default \
+		--from-file images/default.toml --store $(CORDON_IMAGES)
+	CORDON_DASHBOARD_SCREENSHOTS=$(CURDIR)/docs/dashboard $(CARGO) test --locked \
+		-p cordon-controller --test dashboard_browser -- --test-threads=1
 
 # The policy engine's own micro-benchmark (criterion).
 bench-policy: deps

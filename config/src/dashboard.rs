@@ -64,7 +64,7 @@ impl Default for DashboardSection {
             tls_key: None,
             tls_terminated_in_front: false,
             egress_retention_hours: 7 * 24,
-            egress_retention_rows: 5_000_000,
+            egress_retention_rows: 2_000_000,
             jwt: None,
         }
     }

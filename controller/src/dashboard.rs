@@ -16,6 +16,8 @@
 //! | GET | /sessions | viewer | sessions, filtered by `?state=&agent=` |
 //! | GET | /sessions/{id} | viewer | one session's timeline: tool calls and their egress |
 //! | POST | /sessions/{id}/stop | operator | stop serving the session |
+//! | GET | /sessions/{id}/terminal | operator | a shell in the session's running sandbox (xterm.js) |
+//! | GET | /sessions/{id}/terminal/socket | operator | its WebSocket, relayed to the sandbox agent's PTY |
 //! | GET | /policy | viewer | the active policy generation and the "try a request" form |
 //! | POST | /policy/try | viewer | decide a request without sending it |
 //! | POST | /policy/reload | operator | reload the policy |
@@ -63,12 +65,18 @@ pub struct Dashboard {
     pub egress: EgressFeed,
     /// Where operator actions (stop, reload) are recorded with who did them.
     pub audit: Option<Arc<AuditLog>>,
+    /// The `Host` values answered; `None`: any (TLS, on the listener or in front, already
+    /// ties the name to a certificate).
+    allowed_hosts: Option<Vec<String>>,
+    /// `https` when the browser reaches the dashboard over TLS.
+    scheme: &'static str,
 }
 
 impl Dashboard {
-    /// The dashboard `config` describes, over the controller's model.
+    /// The dashboard `config` describes, over the controller's model, listening on `bound`.
     pub fn new(
         config: &config::DashboardConfig,
+        bound: std::net::SocketAddr,
         admin: Arc<Admin>,
         deliveries: Arc<DeliveryLog>,
         egress: EgressFeed,
@@ -80,7 +88,26 @@ impl Dashboard {
             }
             config::AuthMode::Jwt(jwt) => Authenticator::Jwt(jwt::JwtVerifier::new(jwt.clone())),
         };
+        // On plain loopback HTTP a DNS-rebound name (evil.test resolving to 127.0.0.1) would
+        // make another site same-origin with the dashboard: only its own addresses are answered.
+        let allowed_hosts = matches!(config.transport, config::Transport::Loopback).then(|| {
+            let port = bound.port();
+            let mut hosts = vec![
+                bound.to_string(),
+                format!("localhost:{port}"),
+                format!("127.0.0.1:{port}"),
+                format!("[::1]:{port}"),
+            ];
+            hosts.dedup();
+            hosts
+        });
         Self {
+            allowed_hosts,
+            scheme: if config.secure_cookies() {
+                "https"
+            } else {
+                "http"
+            },
             admin,
             auth: Auth::new(
                 authenticator,
@@ -91,6 +118,22 @@ impl Dashboard {
             deliveries,
             egress,
             audit,
+        }
+    }
+
+    /// Whether a request comes from the dashboard's own pages: its `Origin` is this scheme
+    /// and this `Host` (browsers send `Origin` on form posts and WebSocket handshakes).
+    pub fn same_origin(&self, headers: &axum::http::HeaderMap) -> bool {
+        let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+        match (origin, host) {
+            (Some(origin), Some(host)) => {
+                origin
+                    .strip_prefix(self.scheme)
+                    .and_then(|o| o.strip_prefix("://"))
+                    == Some(host)
+            }
+            _ => false,
         }
     }
 
@@ -152,6 +195,11 @@ pub fn router(dashboard: Arc<Dashboard>) -> Router {
         .route("/sessions", get(pages::sessions::page))
         .route("/sessions/{id}", get(pages::session::page))
         .route("/sessions/{id}/stop", post(pages::session::stop))
+        .route("/sessions/{id}/terminal", get(pages::terminal::page))
+        .route(
+            "/sessions/{id}/terminal/socket",
+            get(pages::terminal::socket),
+        )
         .route("/policy", get(pages::policy::page))
         .route("/policy/try", post(pages::policy::try_request))
         .route("/policy/reload", post(pages::policy::reload))
@@ -162,8 +210,15 @@ pub fn router(dashboard: Arc<Dashboard>) -> Router {
         .route("/live/sessions/{id}", get(live::session))
         .route("/assets/style.css", get(layout::style))
         .route("/assets/app.js", get(layout::script))
+        .route("/assets/terminal.js", get(layout::terminal_script))
+        .route("/assets/xterm.js", get(layout::xterm))
+        .route("/assets/xterm.css", get(layout::xterm_css))
+        .route("/assets/addon-fit.js", get(layout::xterm_fit))
         .fallback(pages::not_found)
-        .layer(axum::middleware::from_fn(guard))
+        .layer(axum::middleware::from_fn_with_state(
+            dashboard.clone(),
+            guard,
+        ))
         .with_state(dashboard)
 }
 
@@ -173,37 +228,48 @@ pub fn router(dashboard: Arc<Dashboard>) -> Router {
 /// markup could not run even if escaping failed; pages cannot be framed (clickjacking of the
 /// stop button); nothing is cached, and no referrer leaves the dashboard's origin (session ids
 /// are in URLs).
-async fn guard(request: Request, next: Next) -> Response {
-    if request.method() != Method::GET && request.method() != Method::HEAD {
-        let origin = request.headers().get(header::ORIGIN);
-        let host = request.headers().get(header::HOST);
-        if let Some(origin) = origin {
-            let same = match (origin.to_str(), host.and_then(|h| h.to_str().ok())) {
-                (Ok(origin), Some(host)) => {
-                    origin
-                        .strip_prefix("https://")
-                        .or(origin.strip_prefix("http://"))
-                        == Some(host)
-                }
-                _ => false,
-            };
-            if !same {
-                return (
-                    StatusCode::FORBIDDEN,
-                    "cross-origin request refused: the dashboard takes state changes from its own pages only",
-                )
-                    .into_response();
-            }
+async fn guard(
+    axum::extract::State(dashboard): axum::extract::State<Arc<Dashboard>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(allowed) = &dashboard.allowed_hosts {
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok());
+        if !host.is_some_and(|h| allowed.iter().any(|a| a.eq_ignore_ascii_case(h))) {
+            return (
+                StatusCode::MISDIRECTED_REQUEST,
+                format!(
+                    "this dashboard answers to {} only (a guard against DNS rebinding)",
+                    allowed.join(", ")
+                ),
+            )
+                .into_response();
         }
+    }
+    if request.method() != Method::GET
+        && request.method() != Method::HEAD
+        && request.headers().contains_key(header::ORIGIN)
+        && !dashboard.same_origin(request.headers())
+    {
+        return (
+            StatusCode::FORBIDDEN,
+            "cross-origin request refused: the dashboard takes state changes from its own pages only",
+        )
+            .into_response();
     }
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
-    for (name, value) in [
-        (
-            header::CONTENT_SECURITY_POLICY,
+    // A page may set a policy of its own (the terminal's allows inline styles).
+    headers
+        .entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(
             "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-             connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
+         connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ));
+    for (name, value) in [
         (header::X_FRAME_OPTIONS, "DENY"),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         // Not `no-referrer`: with it browsers send `Origin: null` on the pages' own form

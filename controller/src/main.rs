@@ -438,8 +438,13 @@ fn start_dashboard(
             None
         }
     };
+    let bound = listener.local_addr().map_err(|e| {
+        eprintln!("cordon-controller: the dashboard's listener: {e}");
+        ExitCode::from(69)
+    })?;
     let dashboard = Arc::new(Dashboard::new(
         config,
+        bound,
         admin,
         deliveries,
         EgressFeed::new(read_store, ingester),

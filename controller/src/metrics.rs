@@ -38,6 +38,8 @@ pub struct ControllerMetrics {
     /// `kind` = disk_full | other) and whether its disk is full now
     /// (`cordon_controller_store_disk_full`); every store the controller opens reports here.
     pub store: crate::store::StoreHealth,
+    /// `cordon_controller_dashboard_logins_total{outcome}`: dashboard password logins.
+    pub dashboard_logins: IntCounterVec,
 }
 
 /// How a custom tool call ended: `ok`; `error` (the handler answered with an error, exited
@@ -167,6 +169,17 @@ impl ControllerMetrics {
         registry.register(Box::new(store_disk_full.clone()))?;
         let store = crate::store::StoreHealth::new(store_write_errors, store_disk_full);
         custom_tool_calls.with_label_values(&["undeclared", "undeclared"]);
+        let dashboard_logins = IntCounterVec::new(
+            Opts::new(
+                "cordon_controller_dashboard_logins_total",
+                "Dashboard password logins, by outcome: ok, wrong (name or password), limited",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(dashboard_logins.clone()))?;
+        for outcome in ["ok", "wrong", "limited"] {
+            dashboard_logins.with_label_values(&[outcome]);
+        }
         registry.register(Box::new(sandbox_starts.clone()))?;
         registry.register(Box::new(sandbox_limit_hits.clone()))?;
         for kind in ["warm", "cold"] {
@@ -220,6 +233,7 @@ impl ControllerMetrics {
             custom_tool_calls,
             custom_tool_duration,
             store,
+            dashboard_logins,
         })
     }
 

@@ -77,7 +77,15 @@ async fn log_in(client: &Client, base: &str, user: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_watches_the_demo_session_live_and_a_viewer_cannot_act() {
-    let scenario = Scenario::load(&demo("scenario.toml")).unwrap();
+    // The demo scenario, and a last call that keeps its sandbox running for the terminal.
+    let scratch = tempfile::tempdir().unwrap();
+    let mut text = std::fs::read_to_string(demo("scenario.toml")).unwrap();
+    text.push_str(
+        "\n[[sessions.steps]]\ntool = \"bash\"\ninput = { command = \"sleep 40; echo held\" }\n\
+         expect = { is_error = false, contains = [\"held\"] }\n",
+    );
+    std::fs::write(scratch.path().join("scenario.toml"), text).unwrap();
+    let scenario = Scenario::load(&scratch.path().join("scenario.toml")).unwrap();
     let session = scenario.sessions[0].id().to_string();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
@@ -174,9 +182,57 @@ async fn an_operator_watches_the_demo_session_live_and_a_viewer_cannot_act() {
         .await
         .unwrap();
     assert!(call.contains("/upload") && call.contains("POST"), "{call}");
+    // A terminal into the running sandbox (its last call sleeps), typed into and read back,
+    // in two tabs; opening it is audited with who did it.
+    ops.goto(&format!("{base}/sessions/{session}"))
+        .await
+        .unwrap();
+    ops.find(Locator::Id("terminal"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let shell = ".pane.active .xterm-rows";
+    wait_for_text(&ops, shell, "#", Duration::from_secs(30)).await;
+    let typed = ops
+        .find(Locator::Css(".pane.active .xterm-helper-textarea"))
+        .await
+        .unwrap();
+    typed.send_keys("echo hi-$((6*7))\u{E007}").await.unwrap();
+    let screen = wait_for_text(&ops, shell, "hi-42", Duration::from_secs(20)).await;
+    assert!(screen.contains("echo hi-$((6*7))"), "{screen}");
+    ops.find(Locator::Id("new-tab"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_text(&ops, shell, "#", Duration::from_secs(30)).await;
+    ops.find(Locator::Css(".pane.active .xterm-helper-textarea"))
+        .await
+        .unwrap()
+        .send_keys("pwd\u{E007}")
+        .await
+        .unwrap();
+    wait_for_text(&ops, shell, "/workspace", Duration::from_secs(20)).await;
+    screenshot(&ops, "terminal").await;
+    let audit =
+        std::fs::read_to_string(world.dir.path().join("state/controller/audit.jsonl")).unwrap();
+    assert!(
+        audit
+            .lines()
+            .filter(|l| l.contains("\"terminal_open\"") && l.contains("\"user\":\"ops\""))
+            .count()
+            >= 2,
+        "{audit}"
+    );
     let report = sim.wait(Duration::from_secs(240)).await;
     assert_passed(&report, &world);
     // The whole timeline is in: the allowed call with the credential injected by name.
+    ops.goto(&format!("{base}/sessions/{session}"))
+        .await
+        .unwrap();
     let timeline = wait_for_text(&ops, "#live", "read", Duration::from_secs(10)).await;
     assert!(
         timeline.contains("example-api->authorization"),
@@ -294,6 +350,14 @@ async fn an_operator_watches_the_demo_session_live_and_a_viewer_cannot_act() {
     .await;
     assert!(deliveries.contains("accepted"), "{deliveries}");
     screenshot(&ops, "webhooks").await;
+
+    // A stopped session has no terminal, and says why.
+    // (The warm sandbox of the example custom tools stays.)
+    support::cma::wait_for_teardown_leaving(&world, &session, 1);
+    ops.goto(&format!("{base}/sessions/{session}/terminal"))
+        .await
+        .unwrap();
+    wait_for_text(&ops, "main", "No terminal", Duration::from_secs(10)).await;
     ops.close().await.unwrap();
 
     // A viewer: every page, no operator action offered, and one sent by hand refused.

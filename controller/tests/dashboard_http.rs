@@ -24,6 +24,7 @@ const PASSWORD: &str = "a long enough password";
 
 struct Served {
     dir: tempfile::TempDir,
+    admin: Arc<Admin>,
     address: SocketAddr,
     store: Store,
     audit_log: PathBuf,
@@ -149,9 +150,16 @@ async fn serve(extra: &str, files: &[(&str, &str)]) -> Served {
         Store::open(&dir.path().join("state/state.db")).unwrap(),
         ingester,
     );
-    let dashboard = Arc::new(Dashboard::new(&config, admin, Arc::default(), feed, None));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
+    let dashboard = Arc::new(Dashboard::new(
+        &config,
+        address,
+        admin.clone(),
+        Arc::default(),
+        feed,
+        None,
+    ));
     let listening = dashboard::Listening::new(&config.transport).unwrap();
     tokio::spawn(async move {
         dashboard::serve(listener, listening, dashboard::router(dashboard))
@@ -159,6 +167,7 @@ async fn serve(extra: &str, files: &[(&str, &str)]) -> Served {
             .unwrap();
     });
     Served {
+        admin,
         audit_log: config.audit_log.clone(),
         dir,
         address,
@@ -251,6 +260,28 @@ async fn state_changes_need_the_csrf_token_the_same_origin_and_the_operator_role
     );
     assert_eq!(origin.0, 403);
     assert!(origin.2.contains("cross-origin"));
+    // The right host under another scheme is another origin too.
+    let https = format!("origin: https://{}", s.address);
+    assert_eq!(
+        run(
+            with(&["-H", &https, "-d", &format!("csrf={csrf}")]),
+            "/logout"
+        )
+        .0,
+        403
+    );
+    // A name that is not the dashboard's (DNS rebinding) is not answered at all.
+    let (status, _, body) = s.curl(
+        &[
+            "-H",
+            "host: rebound.example.test",
+            "-H",
+            &format!("cookie: {cookie}"),
+        ],
+        "/",
+    );
+    assert_eq!(status, 421);
+    assert!(body.contains("DNS rebinding"), "{body}");
     // The operator's stop of a session not served: a clear 409, not a 403.
     let stop = run(
         with(&["-d", &format!("csrf={csrf}")]),
@@ -314,7 +345,8 @@ async fn failed_logins_past_the_limit_are_refused_for_a_minute() {
     assert_eq!(status, 429, "the right password is refused too now");
     assert!(head.to_ascii_lowercase().contains("retry-after: 60"));
     assert!(body.contains("Too many failed logins"));
-    // The viewer's name is not locked by the operator's failures... but the address is.
+    // Another user at the same address is not locked out by them (the address alone may
+    // fail four times as often).
     let (status, _, _) = s.curl(
         &[
             "--data-urlencode",
@@ -324,7 +356,15 @@ async fn failed_logins_past_the_limit_are_refused_for_a_minute() {
         ],
         "/login",
     );
-    assert_eq!(status, 429);
+    assert_eq!(status, 303);
+    let metrics = s.admin.metrics.render();
+    for line in [
+        "cordon_controller_dashboard_logins_total{outcome=\"wrong\"} 3",
+        "cordon_controller_dashboard_logins_total{outcome=\"limited\"} 1",
+        "cordon_controller_dashboard_logins_total{outcome=\"ok\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -483,4 +523,108 @@ async fn behind_an_authenticating_proxy_only_a_verified_assertion_gets_in() {
     assert_eq!(s.curl(&[], "/").0, 401, "no assertion at all");
     // No password login in this mode.
     assert_eq!(s.curl(&["-d", "user=ops&password=x"], "/login").0, 401);
+}
+
+/// A measurement, not a check (`--ignored`): how long a session page takes to load over HTTP
+/// when the session has 100 000 decisions (and 200 tool calls), against the page of a session
+/// with 10, in the same run. docs/DASHBOARD.md quotes it.
+///
+/// `cargo test -p cordon-controller --release --test dashboard_http -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run by hand"]
+async fn measure_a_session_page_with_100k_decisions() {
+    let s = serve("", &[]).await;
+    let now_ms = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    for n in 0..200 {
+        let call = ToolCallRecord {
+            tool_use_id: format!("toolu_{n}"),
+            name: "bash".into(),
+            custom: false,
+            input_summary: format!("curl https://api.example.test/v1/items/{n}"),
+            result_excerpt: "ok".into(),
+            is_error: false,
+            started_ms: now_ms - 3_600_000 + n * 1000,
+            duration_ms: 500,
+        };
+        s.store.record_tool_call("sesn_big", &call).unwrap();
+    }
+    {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&s.audit_log).unwrap());
+        for n in 0..100_000u64 {
+            let host = format!("h{}.example.test", n % 50);
+            let (decision, reason) = if n % 10 == 0 {
+                ("deny", "not listed")
+            } else {
+                ("allow", "listed")
+            };
+            let record = serde_json::json!({
+                "time": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap(),
+                "kind": "request", "decision_id": format!("d{n}"), "session": "sesn_big",
+                "source": "10.200.0.2", "mode": "transparent", "method": "GET", "host": host,
+                "port": 443, "path": "/v1/items", "decision": decision, "reason_class": "policy",
+                "reason": reason, "policy_generation": "g1", "status": 200,
+            });
+            writeln!(file, "{record}").unwrap();
+        }
+        for n in 0..10 {
+            writeln!(file, "{}", serde_json::json!({
+                "time": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap(),
+                "kind": "request", "decision_id": format!("s{n}"), "session": "sesn_small",
+                "source": "10.200.0.6", "mode": "transparent", "method": "GET", "host": "a.example.test",
+                "port": 443, "path": "/", "decision": "allow", "reason_class": "policy",
+                "reason": "listed", "policy_generation": "g1", "status": 200,
+            })).unwrap();
+        }
+    }
+    // Wait for the ingester to have stored everything (the small session comes last).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while s
+        .store
+        .egress_for_session("sesn_small", None, 10)
+        .unwrap()
+        .rows
+        .len()
+        < 10
+    {
+        assert!(Instant::now() < deadline, "ingesting took too long");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let cookie = s.login("ops");
+    let time_page = |path: &str| -> Vec<f64> {
+        let mut times: Vec<f64> = (0..30)
+            .map(|_| {
+                let out = Command::new("curl")
+                    .args([
+                        "-sS",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{time_total}",
+                        "-H",
+                        &format!("cookie: {cookie}"),
+                    ])
+                    .arg(s.url(path))
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .parse::<f64>()
+                    .unwrap()
+                    * 1000.0
+            })
+            .collect();
+        times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        times
+    };
+    let big = time_page("/sessions/sesn_big");
+    let small = time_page("/sessions/sesn_small");
+    println!(
+        "session page, 100 000 decisions + 200 tool calls: p50 {:.1} ms, max {:.1} ms; \
+         10 decisions: p50 {:.1} ms, max {:.1} ms; ratio of p50s {:.2}",
+        big[15],
+        big[29],
+        small[15],
+        small[29],
+        big[15] / small[15]
+    );
 }

@@ -6,8 +6,10 @@
 //! | GET | /healthz | `{"status":"ok"}` (no token needed: the controller polls it while the sandbox starts) |
 //! | POST | /exec | run `{"argv": [...], "cwd"?, "env"?, "timeout_ms"?, "stdin"?}`; the answer streams [`ExecEvent`]s as JSON lines |
 //! | POST | /tool | one CMA tool call `{"name", "input"}` ([`tools`]); answers `{"is_error", "text"}` |
+//! | GET | /pty | a WebSocket to a shell on a pseudo-terminal ([`pty`]): the dashboard's terminal |
 
 pub mod exec;
+pub mod pty;
 pub mod server;
 pub mod tools;
 

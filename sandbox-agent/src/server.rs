@@ -57,6 +57,7 @@ pub fn router(state: Arc<AgentState>) -> Router {
         )
         .route("/exec", post(exec_handler))
         .route("/tool", post(tool_handler))
+        .route("/pty", get(pty_handler))
         .with_state(state)
 }
 
@@ -76,6 +77,28 @@ fn unauthorized(state: &AgentState, headers: &HeaderMap) -> Option<Response> {
             "missing or wrong agent token (authorization: Bearer <token>)",
         )
     })
+}
+
+/// `GET /pty`: a shell on a pseudo-terminal over a WebSocket (src/pty.rs).
+async fn pty_handler(
+    State(state): State<Arc<AgentState>>,
+    headers: HeaderMap,
+    upgrade: axum::extract::ws::WebSocketUpgrade,
+) -> Response {
+    if let Some(refusal) = unauthorized(&state, &headers) {
+        return refusal;
+    }
+    let Some(slot) = crate::pty::reserve() else {
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "{} terminals are open in this sandbox; close one first",
+                crate::pty::MAX_TERMINALS
+            ),
+        );
+    };
+    let cwd = state.default_cwd.clone();
+    upgrade.on_upgrade(move |socket| crate::pty::serve(socket, cwd, slot))
 }
 
 async fn tool_handler(

@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-/// Deliveries kept.
+/// Deliveries kept of each kind (verified, refused).
 pub const KEPT: usize = 200;
 
 /// How a delivery was answered.
@@ -50,25 +50,39 @@ pub struct DeliveryRecord {
     pub detail: Option<String>,
 }
 
-/// The latest [`KEPT`] deliveries.
+/// The latest [`KEPT`] verified deliveries and [`KEPT`] refused ones, kept apart so that a
+/// flood of unsigned junk cannot push the real ones off the page.
 #[derive(Debug, Default)]
 pub struct DeliveryLog {
-    entries: Mutex<VecDeque<DeliveryRecord>>,
+    verified: Mutex<VecDeque<DeliveryRecord>>,
+    refused: Mutex<VecDeque<DeliveryRecord>>,
 }
 
 impl DeliveryLog {
     pub fn push(&self, record: DeliveryRecord) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let ring = match record.outcome {
+            DeliveryOutcome::Unauthorized => &self.refused,
+            _ => &self.verified,
+        };
+        let mut entries = ring.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() == KEPT {
             entries.pop_front();
         }
         entries.push_back(record);
     }
 
-    /// Newest first.
+    /// Both kinds, newest first.
     pub fn latest(&self) -> Vec<DeliveryRecord> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.iter().rev().cloned().collect()
+        let mut all: Vec<DeliveryRecord> = [&self.verified, &self.refused]
+            .iter()
+            .flat_map(|ring| {
+                let entries = ring.lock().unwrap_or_else(|e| e.into_inner());
+                entries.iter().cloned().collect::<Vec<_>>()
+            })
+            .collect();
+        // RFC 3339 UTC times of one format sort as text; stable, so same-time order holds.
+        all.sort_by(|a, b| b.received_at.cmp(&a.received_at));
+        all
     }
 }
 
@@ -78,7 +92,7 @@ mod tests {
 
     fn record(n: usize) -> DeliveryRecord {
         DeliveryRecord {
-            received_at: n.to_string(),
+            received_at: format!("{n:04}"),
             outcome: DeliveryOutcome::Accepted,
             event_id: None,
             kind: None,
@@ -95,7 +109,23 @@ mod tests {
         }
         let latest = log.latest();
         assert_eq!(latest.len(), KEPT);
-        assert_eq!(latest[0].received_at, (KEPT + 4).to_string());
-        assert_eq!(latest[KEPT - 1].received_at, "5");
+        assert_eq!(latest[0].received_at, format!("{:04}", KEPT + 4));
+        assert_eq!(latest[KEPT - 1].received_at, "0005");
+        // Refused deliveries have their own ring.
+        for n in 0..KEPT * 2 {
+            log.push(DeliveryRecord {
+                outcome: DeliveryOutcome::Unauthorized,
+                ..record(9000 + n)
+            });
+        }
+        let latest = log.latest();
+        assert_eq!(latest.len(), 2 * KEPT);
+        assert_eq!(
+            latest
+                .iter()
+                .filter(|d| d.outcome == DeliveryOutcome::Accepted)
+                .count(),
+            KEPT
+        );
     }
 }

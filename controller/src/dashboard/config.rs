@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use crate::config::ConfigError;
 
+/// The longest login: 30 days.
+const MAX_SESSION_TTL_MINUTES: u64 = 30 * 24 * 60;
+
 /// How the listener is secured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transport {
@@ -151,8 +154,11 @@ impl DashboardConfig {
                 })
             }
         };
-        if raw.session_ttl_minutes == 0 {
-            errors.push("dashboard.session_ttl_minutes must be at least 1".into());
+        if !(1..=MAX_SESSION_TTL_MINUTES).contains(&raw.session_ttl_minutes) {
+            errors.push(format!(
+                "dashboard.session_ttl_minutes = {} is out of range: 1 to {MAX_SESSION_TTL_MINUTES} (30 days)",
+                raw.session_ttl_minutes
+            ));
         }
         if raw.login_attempts_per_minute == 0 {
             errors.push(

@@ -45,7 +45,7 @@ pub enum JwtError {
     Algorithm(Algorithm),
     #[error("the token does not verify: {0}")]
     Invalid(#[from] jsonwebtoken::errors::Error),
-    #[error("the token has no {0:?} claim naming the user")]
+    #[error("the token has no {0:?} claim naming the user (letters, digits and . _ @ -)")]
     NoUser(String),
 }
 
@@ -101,11 +101,13 @@ impl JwtVerifier {
         validation.set_issuer(&[&self.config.issuer]);
         validation.set_audience(&[&self.config.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        validation.validate_nbf = true;
         let claims = jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation)?.claims;
         let user = claims
             .get(&self.config.user_claim)
             .and_then(|v| v.as_str())
-            .filter(|u| !u.is_empty())
+            // Shown on pages and written to logs: a name or an email address, nothing else.
+            .filter(|u| super::users::valid_name(u))
             .ok_or_else(|| JwtError::NoUser(self.config.user_claim.clone()))?
             .to_string();
         let role = if self.config.operators.iter().any(|o| o == &user) {

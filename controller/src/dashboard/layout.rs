@@ -9,6 +9,10 @@ use super::Principal;
 
 const STYLE: &str = include_str!("assets/style.css");
 const SCRIPT: &str = include_str!("assets/app.js");
+const TERMINAL: &str = include_str!("assets/terminal.js");
+const XTERM: &str = include_str!("assets/vendor/xterm/xterm.js");
+const XTERM_CSS: &str = include_str!("assets/vendor/xterm/xterm.css");
+const XTERM_FIT: &str = include_str!("assets/vendor/xterm/addon-fit.js");
 
 /// The pages in the navigation, as (path, label).
 const NAV: [(&str, &str); 5] = [
@@ -134,6 +138,22 @@ pub(crate) async fn style() -> Response {
 
 pub(crate) async fn script() -> Response {
     asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+pub(crate) async fn terminal_script() -> Response {
+    asset("text/javascript; charset=utf-8", TERMINAL)
+}
+
+pub(crate) async fn xterm() -> Response {
+    asset("text/javascript; charset=utf-8", XTERM)
+}
+
+pub(crate) async fn xterm_css() -> Response {
+    asset("text/css; charset=utf-8", XTERM_CSS)
+}
+
+pub(crate) async fn xterm_fit() -> Response {
+    asset("text/javascript; charset=utf-8", XTERM_FIT)
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {

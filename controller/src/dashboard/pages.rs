@@ -6,6 +6,7 @@ pub(crate) mod policy;
 pub(crate) mod secrets;
 pub(crate) mod session;
 pub(crate) mod sessions;
+pub(crate) mod terminal;
 pub(crate) mod webhooks;
 
 use std::sync::Arc;

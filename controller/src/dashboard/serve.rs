@@ -1,7 +1,6 @@
 //! The dashboard's listener: plain HTTP on loopback or behind a TLS terminator, or TLS on the
 //! listener itself (rustls, the certificate and key from `[dashboard] tls_cert`/`tls_key`).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -77,21 +76,24 @@ impl Listening {
     }
 }
 
-/// Serves `app` on `listener` until the process ends.
+/// How long a client may take to send a request's head: a slow client holds a connection,
+/// not the dashboard.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Connections served at once; past it, new ones wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 512;
+
+/// Serves `app` on `listener` until the process ends: HTTP/1.1 with upgrades (the terminal's
+/// WebSocket), TLS when configured, each connection in its own task.
 pub async fn serve(
     listener: TcpListener,
     listening: Listening,
     app: Router,
 ) -> Result<(), ServeError> {
-    let Some(acceptor) = listening.tls else {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await?;
-        return Ok(());
-    };
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return Ok(());
+        };
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -100,25 +102,41 @@ pub async fn serve(
                 continue;
             }
         };
-        let acceptor = acceptor.clone();
+        let tls = listening.tls.clone();
         let app = app.clone().layer(axum::Extension(ConnectInfo(peer)));
-        // Each connection's handshake in its own task: a slow client holds up nobody else.
+        // The handshake in the connection's task: a slow client holds up nobody else.
         tokio::spawn(async move {
-            let handshake =
-                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream));
-            let stream = match handshake.await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    tracing::debug!(client = %peer, error = %e, "dashboard TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
+            let _slot = slot;
             let service = TowerToHyperService::new(app);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades()
-                .await;
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            match tls {
+                None => {
+                    let _ = http
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
+                        .await;
+                }
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        acceptor.accept(stream),
+                    );
+                    let stream = match handshake.await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!(client = %peer, error = %e, "dashboard TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let _ = http
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
+                        .await;
+                }
+            }
         });
     }
 }

@@ -141,7 +141,7 @@ pub fn read(path: &Path) -> Result<Vec<User>, UsersError> {
 /// Writes the users file whole (a temporary file renamed over it), mode 0600.
 fn write(path: &Path, users: Vec<User>) -> Result<(), UsersError> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::PermissionsExt;
     let failed = |source| UsersError::Write {
         path: path.into(),
         source,
@@ -153,22 +153,18 @@ fn write(path: &Path, users: Vec<User>) -> Result<(), UsersError> {
          # argon2id password hashes; keep this file mode 0600.\n\n{}",
         toml::to_string(&UsersDoc { users }).map_err(|e| UsersError::Hash(e.to_string()))?
     );
-    let temporary = dir.join(format!(
-        ".{}.{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("users"),
-        std::process::id()
-    ));
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temporary)
+    // A new file of our own (O_EXCL, mode 0600) in the same directory, renamed over the old:
+    // never a name another user could have prepared.
+    let mut out = tempfile::Builder::new()
+        .prefix(".dashboard-users")
+        .permissions(std::fs::Permissions::from_mode(0o600))
+        .tempfile_in(dir)
         .map_err(failed)?;
     out.write_all(text.as_bytes())
-        .and_then(|()| out.sync_all())
+        .and_then(|()| out.as_file().sync_all())
         .map_err(failed)?;
-    std::fs::rename(&temporary, path).map_err(failed)
+    out.persist(path).map_err(|e| failed(e.error))?;
+    Ok(())
 }
 
 /// An argon2id hash of `password` (the crate's default parameters: 19 MiB, 2 passes).
@@ -219,6 +215,12 @@ pub fn remove(path: &Path, name: &str) -> Result<(), UsersError> {
         return Err(UsersError::Unknown(name.into()));
     }
     write(path, users)
+}
+
+/// What a login is bound to: the SHA-256 of the password hash it was made with.
+fn credential(password_hash: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(password_hash.as_bytes()).into()
 }
 
 /// A password for `user add` without one: 20 characters from a 62-letter alphabet (119 bits).
@@ -285,14 +287,21 @@ impl UsersFile {
 
     /// The role of `name`, if it is a user now.
     pub fn role(&self, name: &str) -> Option<Role> {
+        self.current(name).map(|(role, _)| role)
+    }
+
+    /// The role of `name` and the SHA-256 of its password hash (what a login is bound to), if
+    /// it is a user now.
+    pub fn current(&self, name: &str) -> Option<(Role, [u8; 32])> {
         self.users()
             .into_iter()
             .find(|u| u.name == name)
-            .map(|u| u.role)
+            .map(|u| (u.role, credential(&u.password_hash)))
     }
 
-    /// Checks a password (slow by design: call off the async threads).
-    pub fn verify(&self, name: &str, password: &str) -> Option<Role> {
+    /// Checks a password (slow by design: call off the async threads); the user's role and
+    /// credential (see [`UsersFile::current`]).
+    pub fn verify(&self, name: &str, password: &str) -> Option<(Role, [u8; 32])> {
         let users = self.users();
         let user = users.iter().find(|u| u.name == name);
         let phc = user.map_or(self.decoy.as_str(), |u| u.password_hash.as_str());
@@ -304,7 +313,7 @@ impl UsersFile {
             })
             .unwrap_or(false);
         match user {
-            Some(u) if ok => Some(u.role),
+            Some(u) if ok => Some((u.role, credential(&u.password_hash))),
             _ => None,
         }
     }
@@ -335,7 +344,8 @@ mod tests {
         assert!(text.contains("$argon2id$") && !text.contains("correct horse"));
         let file = UsersFile::new(path.clone());
         assert_eq!(
-            file.verify("alice@example.com", "correct horse battery"),
+            file.verify("alice@example.com", "correct horse battery")
+                .map(|v| v.0),
             Some(Role::Operator)
         );
         assert_eq!(file.verify("alice@example.com", "wrong password!"), None);

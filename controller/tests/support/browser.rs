@@ -16,8 +16,7 @@ pub struct Driver {
 }
 
 impl Driver {
-    /// Starts chromedriver; `None` (with a note) when Chromium is not installed, which
-    /// `make test` never sees: scripts/install-deps.sh installs it.
+    /// Starts chromedriver (Chromium and the driver are installed by scripts/install-deps.sh).
     pub fn start() -> Driver {
         for program in ["chromedriver", "chromium"] {
             assert!(
@@ -29,8 +28,12 @@ impl Driver {
             );
         }
         let port = cordon_testkit::free_port();
+        // In a process group of its own, with every Chromium it starts: a test that fails
+        // before it closes its browsers still leaves none behind (see Drop).
+        use std::os::unix::process::CommandExt;
         let child = Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -76,6 +79,10 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        // The group this driver leads: chromedriver and the browsers it started.
+        if let Some(group) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -74,11 +74,23 @@ pub(crate) async fn submit(
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    match dashboard
+    let outcome = dashboard
         .auth
         .login(client.ip(), &form.user, &form.password)
-        .await
-    {
+        .await;
+    let counted = match &outcome {
+        Ok(_) => "ok",
+        Err(LoginRefusal::Wrong) => "wrong",
+        Err(LoginRefusal::TooMany) => "limited",
+        Err(LoginRefusal::NotLocal) => "wrong",
+    };
+    dashboard
+        .admin
+        .metrics
+        .dashboard_logins
+        .with_label_values(&[counted])
+        .inc();
+    match outcome {
         Ok(cookie) => {
             tracing::info!(user = %form.user, client = %client.ip(), "dashboard login");
             ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()

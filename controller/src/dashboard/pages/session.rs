@@ -165,6 +165,9 @@ pub(crate) async fn page(
                     }
                     @if let Some(e) = &row.error { dt { "Error" } dd.error { (e) } }
                 }
+                @if who.is_operator() && row.state == "running" {
+                    p { a.button #terminal href={ "/sessions/" (row.id) "/terminal" } { "Open terminal" } }
+                }
                 @if row.serving && who.is_operator() {
                     form method="post" action={ "/sessions/" (row.id) "/stop" } data-confirm="Stop this session? Its sandbox is torn down." {
                         (csrf(&who))
@@ -190,7 +193,8 @@ pub(crate) async fn stop(
     }
     if dashboard.admin.stops.stop(&id, StopReason::Operator) {
         dashboard.record(&who, "session_stop", &id);
-        Redirect::to(&format!("/sessions/{id}")).into_response()
+        let path: String = form_urlencoded::byte_serialize(id.as_bytes()).collect();
+        Redirect::to(&format!("/sessions/{path}")).into_response()
     } else {
         refusal(
             &who,

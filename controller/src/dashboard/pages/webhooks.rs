@@ -13,7 +13,7 @@ use crate::cma::deliveries::{DeliveryOutcome, KEPT};
 pub(crate) async fn page(State(dashboard): State<Arc<Dashboard>>, who: Principal) -> Response {
     let deliveries = dashboard.deliveries.latest();
     let body = html! {
-        p.muted { "The last " (KEPT) " deliveries to POST /webhooks since the controller started, newest first. An event's id, type and session are shown once its signature verified." }
+        p.muted { "The last " (KEPT) " verified and " (KEPT) " refused deliveries to POST /webhooks since the controller started, newest first. An event's id, type and session are shown once its signature verified." }
         @if deliveries.is_empty() {
             p.notice { "No deliveries yet." }
         } @else {
