@@ -18,7 +18,7 @@ use std::time::Duration;
 use cordon_cma_sim::scenario::Scenario;
 use cordon_testkit::free_port;
 use fantoccini::{Client, Locator};
-use support::browser::{Driver, screenshot, wait_for_text};
+use support::browser::{Driver, choose, click, fill, screenshot, type_into, wait_for_text};
 use support::cma::{TOKEN, assert_passed, demo, example_tools, prepare};
 
 const PASSWORD: &str = "dashboard-test-password";
@@ -51,27 +51,9 @@ fn add_user(config: &std::path::Path, name: &str, role: &str) {
 
 async fn log_in(client: &Client, base: &str, user: &str) {
     client.goto(&format!("{base}/login")).await.unwrap();
-    client
-        .find(Locator::Id("user"))
-        .await
-        .unwrap()
-        .send_keys(user)
-        .await
-        .unwrap();
-    client
-        .find(Locator::Id("password"))
-        .await
-        .unwrap()
-        .send_keys(PASSWORD)
-        .await
-        .unwrap();
-    client
-        .find(Locator::Css("button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(client, "#user", user).await;
+    type_into(client, "#password", PASSWORD).await;
+    click(client, "button[type=submit]").await;
     wait_for_text(client, "header .who", user, Duration::from_secs(10)).await;
 }
 
@@ -117,24 +99,9 @@ async fn an_operator_watches_the_demo_session_live_and_a_viewer_cannot_act() {
     // The login page, a wrong password, then the operator's login.
     ops.goto(&format!("{base}/")).await.unwrap();
     screenshot(&ops, "login").await;
-    ops.find(Locator::Id("user"))
-        .await
-        .unwrap()
-        .send_keys("ops")
-        .await
-        .unwrap();
-    ops.find(Locator::Id("password"))
-        .await
-        .unwrap()
-        .send_keys("not the password")
-        .await
-        .unwrap();
-    ops.find(Locator::Css("button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(&ops, "#user", "ops").await;
+    type_into(&ops, "#password", "not the password").await;
+    click(&ops, "button[type=submit]").await;
     wait_for_text(
         &ops,
         "p.error",
@@ -187,34 +154,20 @@ async fn an_operator_watches_the_demo_session_live_and_a_viewer_cannot_act() {
     ops.goto(&format!("{base}/sessions/{session}"))
         .await
         .unwrap();
-    ops.find(Locator::Id("terminal"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&ops, "#terminal").await;
     let shell = ".pane.active .xterm-rows";
     wait_for_text(&ops, shell, "#", Duration::from_secs(30)).await;
-    let typed = ops
-        .find(Locator::Css(".pane.active .xterm-helper-textarea"))
-        .await
-        .unwrap();
-    typed.send_keys("echo hi-$((6*7))\u{E007}").await.unwrap();
+    type_into(
+        &ops,
+        ".pane.active .xterm-helper-textarea",
+        "echo hi-$((6*7))\u{E007}",
+    )
+    .await;
     let screen = wait_for_text(&ops, shell, "hi-42", Duration::from_secs(20)).await;
     assert!(screen.contains("echo hi-$((6*7))"), "{screen}");
-    ops.find(Locator::Id("new-tab"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&ops, "#new-tab").await;
     wait_for_text(&ops, shell, "#", Duration::from_secs(30)).await;
-    ops.find(Locator::Css(".pane.active .xterm-helper-textarea"))
-        .await
-        .unwrap()
-        .send_keys("pwd\u{E007}")
-        .await
-        .unwrap();
+    type_into(&ops, ".pane.active .xterm-helper-textarea", "pwd\u{E007}").await;
     wait_for_text(&ops, shell, "/workspace", Duration::from_secs(20)).await;
     screenshot(&ops, "terminal").await;
     let audit =
@@ -274,56 +227,15 @@ async fn an_operator_watches_the_demo_session_live_and_a_viewer_cannot_act() {
     assert!(registered.status.success());
     let upstream_before = world.received.lock().unwrap().len();
     ops.goto(&format!("{base}/policy")).await.unwrap();
-    ops.find(Locator::Id("session"))
-        .await
-        .unwrap()
-        .select_by_value(try_session)
-        .await
-        .unwrap();
-    ops.find(Locator::Id("method"))
-        .await
-        .unwrap()
-        .select_by_value("POST")
-        .await
-        .unwrap();
-    ops.find(Locator::Id("url"))
-        .await
-        .unwrap()
-        .send_keys("https://blocked.example.test/upload")
-        .await
-        .unwrap();
-    ops.find(Locator::Css("#try button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    choose(&ops, "#session", try_session).await;
+    choose(&ops, "#method", "POST").await;
+    type_into(&ops, "#url", "https://blocked.example.test/upload").await;
+    click(&ops, "#try button[type=submit]").await;
     let decided = wait_for_text(&ops, "#decision", "deny", Duration::from_secs(10)).await;
     assert!(decided.contains("not on the demo allow list"), "{decided}");
-    ops.find(Locator::Id("url"))
-        .await
-        .unwrap()
-        .clear()
-        .await
-        .unwrap();
-    ops.find(Locator::Id("url"))
-        .await
-        .unwrap()
-        .send_keys("https://api.example.test/v1/user")
-        .await
-        .unwrap();
-    ops.find(Locator::Id("method"))
-        .await
-        .unwrap()
-        .select_by_value("GET")
-        .await
-        .unwrap();
-    ops.find(Locator::Css("#try button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    fill(&ops, "#url", "https://api.example.test/v1/user").await;
+    choose(&ops, "#method", "GET").await;
+    click(&ops, "#try button[type=submit]").await;
     let allowed = wait_for_text(&ops, "#decision", "allow", Duration::from_secs(10)).await;
     assert!(allowed.contains("example-api->authorization"), "{allowed}");
     screenshot(&ops, "policy").await;

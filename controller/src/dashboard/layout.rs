@@ -28,13 +28,7 @@ pub(crate) fn frame(who: &Principal, active: &str, title: &str, body: Markup) ->
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · Cordon" }
-                link rel="stylesheet" href="/assets/style.css";
-                script src="/assets/app.js" defer {}
-            }
+            head { (head(title)) script src="/assets/app.js" defer {} }
             body {
                 header.top {
                     a.brand href="/" { "Cordon" }
@@ -58,17 +52,22 @@ pub(crate) fn frame(who: &Principal, active: &str, title: &str, body: Markup) ->
     }
 }
 
+/// What every page's `<head>` holds.
+fn head(title: &str) -> Markup {
+    html! {
+        meta charset="utf-8";
+        meta name="viewport" content="width=device-width, initial-scale=1";
+        title { (title) " · Cordon" }
+        link rel="stylesheet" href="/assets/style.css";
+    }
+}
+
 /// A page outside the login (the login form itself).
 pub(crate) fn bare(title: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · Cordon" }
-                link rel="stylesheet" href="/assets/style.css";
-            }
+            head { (head(title)) }
             body.bare { main { (body) } }
         }
     }

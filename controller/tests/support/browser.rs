@@ -116,3 +116,37 @@ pub async fn screenshot(client: &Client, name: &str) {
     let png = client.screenshot().await.unwrap();
     std::fs::write(Path::new(&dir).join(format!("{name}.png")), png).unwrap();
 }
+
+/// The element at `css` (a test failure names it when missing).
+async fn element(client: &Client, css: &str) -> fantoccini::elements::Element {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css} on the page: {e}"))
+}
+
+/// Types `text` into the field at `css`, replacing what it held.
+pub async fn fill(client: &Client, css: &str, text: &str) {
+    let field = element(client, css).await;
+    field.clear().await.unwrap();
+    field.send_keys(text).await.unwrap();
+}
+
+/// Types `keys` where the element at `css` takes them (WebDriver key codes allowed).
+pub async fn type_into(client: &Client, css: &str, keys: &str) {
+    element(client, css).await.send_keys(keys).await.unwrap();
+}
+
+/// Chooses `value` in the `<select>` at `css`.
+pub async fn choose(client: &Client, css: &str, value: &str) {
+    element(client, css)
+        .await
+        .select_by_value(value)
+        .await
+        .unwrap();
+}
+
+/// Clicks the element at `css`.
+pub async fn click(client: &Client, css: &str) {
+    element(client, css).await.click().await.unwrap();
+}
