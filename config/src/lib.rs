@@ -110,6 +110,28 @@ pub fn address(key: &str, value: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("{key} = {value:?} is not an address:port"))
 }
 
+/// Whether a request's `Host` names this machine: a loopback address or `localhost`, with any
+/// port. The loopback-only admin APIs (the proxy's, the controller's) answer nothing else, so a
+/// web page whose name an attacker made resolve to 127.0.0.1 (DNS rebinding) cannot become
+/// same-origin with them in a browser on the gateway host.
+///
+/// ```
+/// assert!(cordon_config::is_local_host("127.0.0.1:9901"));
+/// assert!(cordon_config::is_local_host("[::1]:9901") && cordon_config::is_local_host("localhost"));
+/// assert!(!cordon_config::is_local_host("rebound.example.test:9901"));
+/// ```
+pub fn is_local_host(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 impl ConfigFile {
     /// `path` made absolute against the file's directory.
     pub fn resolve(&self, path: &Path) -> PathBuf {

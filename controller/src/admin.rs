@@ -86,7 +86,26 @@ pub fn router(admin: Arc<Admin>) -> Router {
         )
         .route("/sessions", get(sessions))
         .route("/sessions/{id}/stop", post(stop))
+        .layer(axum::middleware::from_fn(local_only))
         .with_state(admin)
+}
+
+/// A DNS rebinding guard: a browser on this host must not reach the API under another name
+/// (cordon_config::is_local_host).
+async fn local_only(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let host = request
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    if cordon_config::is_local_host(host) {
+        next.run(request).await
+    } else {
+        answer(
+            StatusCode::MISDIRECTED_REQUEST,
+            serde_json::json!({"error": "the admin API answers to loopback addresses and localhost only"}),
+        )
+    }
 }
 
 async fn sessions(State(admin): State<Arc<Admin>>) -> Response {
@@ -233,4 +252,43 @@ pub fn table(rows: &[SessionRow]) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn answers_only_to_this_machines_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = Arc::new(Admin {
+            store: Store::open(&dir.path().join("state.db")).unwrap(),
+            metrics: ControllerMetrics::new().unwrap(),
+            stops: Arc::default(),
+            sandbox: None,
+            proxy_admin: None,
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router(admin)).await });
+        let status = move |host: &str| {
+            let out = std::process::Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"])
+                .args(["-H", &format!("host: {host}")])
+                .arg(format!("http://{address}/sessions/sesn_x/stop"))
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let (a, b) = tokio::task::spawn_blocking(move || {
+            (status("rebound.example.test"), status(&address.to_string()))
+        })
+        .await
+        .unwrap();
+        assert_eq!(a, "421");
+        assert_eq!(
+            b, "404",
+            "a local name reaches the API (the session is not served)"
+        );
+    }
 }

@@ -163,6 +163,20 @@ impl AdminApi {
 #[async_trait]
 impl ServeHttp for AdminApi {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        // A DNS rebinding guard: a browser on this host must not reach the API under another
+        // name (cordon_config::is_local_host).
+        let host = session
+            .req_header()
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default();
+        if !cordon_config::is_local_host(host) {
+            return error(
+                StatusCode::MISDIRECTED_REQUEST,
+                "the admin API answers to loopback addresses and localhost only",
+            );
+        }
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
         let state = &self.state;

@@ -357,6 +357,30 @@ fn refuses_bad_input_with_its_status_and_what_was_expected() {
     let secrets = tempfile::tempdir().unwrap();
     let proxy = start(upstream, secrets.path());
     register(&proxy, "sesn_d", "127.0.0.1", json!({}));
+    // Under a name that is not this machine's (DNS rebinding in a browser on the host), the
+    // admin API answers nothing: not a reload, not a registration.
+    for (method, path) in [
+        ("POST", "/reload"),
+        ("PUT", "/sessions/sesn_x"),
+        ("GET", "/secrets"),
+    ] {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method])
+            .args([
+                "-H",
+                "host: rebound.example.test",
+                "--data-binary",
+                r#"{"source": "10.0.0.9"}"#,
+            ])
+            .arg(format!("http://127.0.0.1:{}{path}", proxy.admin))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "421",
+            "{method} {path}"
+        );
+    }
     let ok = |extra: Value| {
         let mut request =
             json!({"session": "sesn_d", "method": "GET", "url": "https://api.example.test/"});
