@@ -84,15 +84,11 @@ async fn an_operator_watches_the_demo_session_live_and_a_viewer_cannot_act() {
         },
     )
     .await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the dashboard did not start:\n{}",
-            std::fs::read_to_string(world.dir.path().join("controller.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        cordon_testkit::wait_for_port(port, Duration::from_secs(30)),
+        "the dashboard did not start:\n{}",
+        std::fs::read_to_string(world.dir.path().join("controller.log")).unwrap_or_default()
+    );
     let driver = Driver::start();
     let ops = driver.browser("ops").await;
 

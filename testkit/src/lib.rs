@@ -36,6 +36,19 @@ pub fn free_port() -> u16 {
 /// Request heads an upstream received, for tests to see what the proxy really sent.
 pub type Received = Arc<Mutex<Vec<String>>>;
 
+/// Waits until something accepts connections on `127.0.0.1:port`, at most `within`; whether
+/// it did (the caller says what did not start, with its log).
+pub fn wait_for_port(port: u16, within: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    true
+}
+
 /// A test CA and a leaf for `names`, as PEM.
 #[derive(Debug)]
 pub struct TestPki {

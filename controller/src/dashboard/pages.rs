@@ -17,6 +17,14 @@ use axum::response::Response;
 
 use super::Dashboard;
 
+/// A form that changes something and carries nothing but the login's CSRF token (logout,
+/// stop, reload).
+#[derive(serde::Deserialize)]
+pub(crate) struct CsrfForm {
+    #[serde(default)]
+    pub(crate) csrf: String,
+}
+
 /// Any other path: 404 for a logged-in user, the login page otherwise.
 pub(crate) async fn not_found(
     State(dashboard): State<Arc<Dashboard>>,

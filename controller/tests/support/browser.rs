@@ -38,11 +38,10 @@ impl Driver {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "chromedriver did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        assert!(
+            cordon_testkit::wait_for_port(port, Duration::from_secs(20)),
+            "chromedriver did not start"
+        );
         Driver {
             child,
             port,

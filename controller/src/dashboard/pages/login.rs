@@ -13,17 +13,12 @@ use maud::{Markup, html};
 use super::super::auth::{Authenticator, LoginRefusal};
 use super::super::layout::bare;
 use super::super::{Dashboard, Principal};
+use super::CsrfForm;
 
 #[derive(serde::Deserialize)]
 pub(crate) struct LoginForm {
     user: String,
     password: String,
-}
-
-#[derive(serde::Deserialize)]
-pub(crate) struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
 }
 
 fn form_page(message: Option<&str>) -> Markup {

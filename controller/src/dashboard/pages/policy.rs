@@ -11,6 +11,7 @@ use maud::{Markup, html};
 
 use super::super::layout::{csrf, decision, frame, stale_form, time_text};
 use super::super::{Dashboard, Operator, Principal};
+use super::CsrfForm;
 use crate::proxy_admin::{Evaluate, Evaluation, refusal_text};
 
 /// Largest header block the form takes (the proxy has its own limits too).
@@ -28,12 +29,6 @@ pub(crate) struct TryForm {
     url: String,
     #[serde(default)]
     headers: String,
-}
-
-#[derive(serde::Deserialize)]
-pub(crate) struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
 }
 
 /// What the page shows under the form.

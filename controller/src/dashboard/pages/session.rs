@@ -13,6 +13,7 @@ use maud::{Markup, html};
 use super::super::feed::EgressRow;
 use super::super::layout::{csrf, decision, frame, refusal, stale_form, time_ms, time_text};
 use super::super::{Dashboard, Operator, Principal};
+use super::CsrfForm;
 use super::sessions::{rows, state};
 use crate::cma::service::StopReason;
 use crate::store::ToolCallRecord;
@@ -23,12 +24,6 @@ const DECISIONS_SHOWN: u32 = 500;
 /// A decision belongs to a call when made between its start and its end plus this much (the
 /// proxy stamps a request's record when the response has been sent).
 const SLACK_MS: i64 = 500;
-
-#[derive(serde::Deserialize)]
-pub(crate) struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
-}
 
 enum Item<'a> {
     Call(&'a ToolCallRecord, Vec<&'a EgressRow>),
