@@ -35,6 +35,22 @@ pub struct Admin {
     pub sandbox: Option<SandboxConfig>,
     /// The proxy's admin API, for per-session egress counts.
     pub proxy_admin: Option<ProxyAdmin>,
+    /// The sandboxes `serve` runs, for the workspaces' files; `None` without
+    /// `[controller] environment_id`.
+    pub runtime: Option<Arc<crate::sandbox::Runtime>>,
+}
+
+impl Admin {
+    /// Session `id`'s workspace, open (docs/DASHBOARD.md, "Files").
+    pub async fn workspace(
+        &self,
+        id: &str,
+    ) -> Result<crate::files::Workspace, crate::files::FilesError> {
+        match &self.runtime {
+            Some(runtime) => runtime.open_workspace(id).await,
+            None => Err(crate::files::FilesError::NoSandboxes),
+        }
+    }
 }
 
 pub use crate::proxy_admin::Egress;
@@ -267,6 +283,7 @@ mod tests {
             stops: Arc::default(),
             sandbox: None,
             proxy_admin: None,
+            runtime: None,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();

@@ -10,6 +10,7 @@ pub mod command;
 pub mod config;
 pub mod dashboard;
 pub mod egress;
+pub mod files;
 pub mod http;
 pub mod image;
 pub mod metrics;

@@ -355,6 +355,7 @@ async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
             .as_ref()
             .map(|c| cordon_controller::proxy_admin::ProxyAdmin::new(c.admin)),
         sandbox: sandbox_config,
+        runtime: served_runtime.clone(),
     });
     eprintln!(
         "cordon-controller: serving POST /webhooks on {}, the admin API (/sessions, /metrics) on {}",

@@ -15,6 +15,7 @@
 //! task that coalesces rewrites (firewall.rs). `reconcile` and `stop_all`, which look at every
 //! session's resources at once, wait until no other operation runs.
 
+mod browse;
 pub mod bundle;
 pub mod firewall;
 pub mod limits;

@@ -140,6 +140,7 @@ async fn serve(extra: &str, files: &[(&str, &str)]) -> Served {
         stops: Arc::default(),
         sandbox: None,
         proxy_admin: None,
+        runtime: None,
     });
     let ingester = EgressIngester::spawn(
         EgressIngestConfig::new(config.audit_log.clone()),

@@ -61,6 +61,11 @@ impl Workspaces {
         self.root.join(format!("{id}.img"))
     }
 
+    /// Whether workspace `id` is its own filesystem with a quota (an image file).
+    pub fn has_image(&self, id: &str) -> bool {
+        self.image(id).exists()
+    }
+
     /// Whether session `id` has a workspace (mounted or not).
     pub fn exists(&self, id: &str) -> bool {
         self.image(id).exists() || self.dir(id).exists()

@@ -1,0 +1,224 @@
+//! An upload into a workspace: written to a hidden file beside its target and renamed into
+//! place when whole (`renameat2`, `RENAME_NOREPLACE` unless replacing), so the directory holds
+//! either the old file or the new one, never a part. An upload that fails (the quota is
+//! reached, the client goes away) removes its hidden file: nothing changed.
+
+use std::io::Write;
+use std::os::fd::OwnedFd;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
+
+use super::{FilesError, UPLOAD_PREFIX, Workspace, WorkspacePath, beneath, libc_errno};
+
+/// On a workspace without a quota (`workspace_max_mb = 0`, plain directories on the host's
+/// filesystem) an upload stops before leaving less than this free for everything else.
+const HOST_RESERVE: u64 = 1024 * 1024 * 1024;
+
+/// A file being written into a workspace.
+#[derive(Debug)]
+pub struct Upload {
+    parent: OwnedFd,
+    temporary: String,
+    file: Option<std::fs::File>,
+    target: WorkspacePath,
+    replace: bool,
+    written: u64,
+    /// Bytes it may still take on a workspace without a quota.
+    allowance: Option<u64>,
+    quota_text: String,
+    committed: bool,
+}
+
+fn io_error(target: &WorkspacePath, error: std::io::Error, quota: &str) -> FilesError {
+    match error.raw_os_error() {
+        Some(libc_errno::ENOSPC | libc_errno::EDQUOT) => FilesError::Full {
+            quota: quota.to_string(),
+        },
+        _ => FilesError::Io {
+            path: target.clone(),
+            source: error,
+        },
+    }
+}
+
+impl Upload {
+    pub(super) fn start(
+        workspace: &Workspace,
+        parent: OwnedFd,
+        target: WorkspacePath,
+        replace: bool,
+        (uid, gid): (u32, u32),
+    ) -> Result<Self, FilesError> {
+        if !workspace.writable {
+            return Err(FilesError::BadPath(
+                "this workspace takes no uploads (its session ended)".into(),
+            ));
+        }
+        let name = target.name().unwrap_or_default().to_string();
+        // Said before any byte is sent; the rename checks again, atomically.
+        match rustix::fs::statat(&parent, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(_) if !replace => return Err(FilesError::Exists(target)),
+            Ok(stat)
+                if rustix::fs::FileType::from_raw_mode(stat.st_mode)
+                    == rustix::fs::FileType::Directory =>
+            {
+                return Err(FilesError::NotAFile {
+                    path: target,
+                    kind: "a directory".into(),
+                });
+            }
+            _ => {}
+        }
+        let quota_text = workspace.quota_text();
+        let allowance = (!workspace.quota).then(|| {
+            rustix::fs::fstatvfs(workspace.as_fd())
+                .map(|s| (s.f_bavail * s.f_frsize).saturating_sub(HOST_RESERVE))
+                .unwrap_or(0)
+        });
+        let temporary = format!("{UPLOAD_PREFIX}{}", random_suffix());
+        let fd = rustix::fs::openat2(
+            &parent,
+            temporary.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+            beneath(),
+        )
+        .map_err(|e| io_error(&target, e.into(), &quota_text))?;
+        let upload = Self {
+            parent,
+            temporary,
+            file: Some(std::fs::File::from(fd)),
+            target,
+            replace,
+            written: 0,
+            allowance,
+            quota_text,
+            committed: false,
+        };
+        if let Some(file) = &upload.file {
+            rustix::fs::fchown(
+                file,
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+            )
+            .map_err(|e| io_error(&upload.target, e.into(), &upload.quota_text))?;
+        }
+        if upload.allowance == Some(0) {
+            return Err(upload.full());
+        }
+        Ok(upload)
+    }
+
+    fn full(&self) -> FilesError {
+        FilesError::Full {
+            quota: format!(
+                "{}; uploads leave {} MiB free on it",
+                self.quota_text,
+                HOST_RESERVE / (1024 * 1024)
+            ),
+        }
+    }
+
+    /// Where it will be.
+    pub fn target(&self) -> &WorkspacePath {
+        &self.target
+    }
+
+    /// Appends `chunk`.
+    pub fn write(&mut self, chunk: &[u8]) -> Result<(), FilesError> {
+        self.written += chunk.len() as u64;
+        if self.allowance.is_some_and(|a| self.written > a) {
+            return Err(self.full());
+        }
+        let Some(file) = self.file.as_mut() else {
+            return Ok(());
+        };
+        file.write_all(chunk)
+            .map_err(|e| io_error(&self.target, e, &self.quota_text))
+    }
+
+    /// Puts the whole file in place; returns its length.
+    pub fn commit(mut self) -> Result<u64, FilesError> {
+        // Closed first: a delayed write error shows here, not after the rename.
+        if let Some(file) = self.file.take() {
+            file.sync_data()
+                .map_err(|e| io_error(&self.target, e, &self.quota_text))?;
+        }
+        let flags = if self.replace {
+            RenameFlags::empty()
+        } else {
+            RenameFlags::NOREPLACE
+        };
+        let name = self.target.name().unwrap_or_default().to_string();
+        match rustix::fs::renameat_with(
+            &self.parent,
+            self.temporary.as_str(),
+            &self.parent,
+            name.as_str(),
+            flags,
+        ) {
+            Ok(()) => {
+                self.committed = true;
+                Ok(self.written)
+            }
+            Err(rustix::io::Errno::EXIST) => Err(FilesError::Exists(self.target.clone())),
+            Err(rustix::io::Errno::ISDIR) => Err(FilesError::NotAFile {
+                path: self.target.clone(),
+                kind: "a directory".into(),
+            }),
+            Err(e) => Err(io_error(&self.target, e.into(), &self.quota_text)),
+        }
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = rustix::fs::unlinkat(&self.parent, self.temporary.as_str(), AtFlags::empty());
+        }
+    }
+}
+
+fn random_suffix() -> String {
+    use rand::Rng;
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(16)
+        .map(char::from)
+        .collect()
+}
+
+/// Writes `body` into `upload` on the blocking pool and commits it; on any failure (a write,
+/// or the body itself: the client went away) the partial file is removed.
+pub async fn upload_stream<E: std::fmt::Display>(
+    upload: Upload,
+    body: impl Stream<Item = Result<Bytes, E>>,
+) -> Result<u64, FilesError> {
+    let (chunks, mut received) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(8);
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut upload = upload;
+        while let Some(chunk) = received.blocking_recv() {
+            match chunk {
+                Ok(bytes) => upload.write(&bytes)?,
+                Err(why) => return Err(FilesError::Interrupted(why)),
+            }
+        }
+        upload.commit()
+    });
+    let mut body = std::pin::pin!(body);
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| e.to_string());
+        let failed = chunk.is_err();
+        // The writer stopped (a full workspace): its error is the answer.
+        if chunks.send(chunk).await.is_err() || failed {
+            break;
+        }
+    }
+    drop(chunks);
+    match writer.await {
+        Ok(result) => result,
+        Err(e) => Err(FilesError::Interrupted(format!("the writer failed: {e}"))),
+    }
+}
