@@ -18,6 +18,9 @@
 //! | POST | /sessions/{id}/stop | operator | stop serving the session |
 //! | GET | /sessions/{id}/terminal | operator | a shell in the session's running sandbox (xterm.js) |
 //! | GET | /sessions/{id}/terminal/socket | operator | its WebSocket, relayed to the sandbox agent's PTY |
+//! | GET | /sessions/{id}/files?path= | viewer | a directory of the session's workspace |
+//! | GET | /sessions/{id}/files/download?path= | viewer | a file of it, as an attachment |
+//! | POST | /sessions/{id}/files/upload?path= | operator | a file into that directory (multipart) |
 //! | GET | /policy | viewer | the active policy generation and the "try a request" form |
 //! | POST | /policy/try | viewer | decide a request without sending it |
 //! | POST | /policy/reload | operator | reload the policy |
@@ -199,6 +202,13 @@ pub fn router(dashboard: Arc<Dashboard>) -> Router {
         .route(
             "/sessions/{id}/terminal/socket",
             get(pages::terminal::socket),
+        )
+        .route("/sessions/{id}/files", get(pages::files::page))
+        .route("/sessions/{id}/files/download", get(pages::files::download))
+        .route(
+            "/sessions/{id}/files/upload",
+            // Bounded by the workspace's quota, not by a request size.
+            post(pages::files::upload).layer(axum::extract::DefaultBodyLimit::disable()),
         )
         .route("/policy", get(pages::policy::page))
         .route("/policy/try", post(pages::policy::try_request))

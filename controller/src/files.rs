@@ -136,6 +136,8 @@ pub struct Workspace {
     quota: bool,
     /// Whether it takes uploads (the session has not ended).
     pub writable: bool,
+    /// The session and when it ended, when it did.
+    ended: Option<(String, String)>,
 }
 
 /// How every path beneath a workspace is resolved.
@@ -158,7 +160,15 @@ impl Workspace {
             dir,
             quota,
             writable,
+            ended: None,
         })
+    }
+
+    /// Marks it read only: `session` ended at `ended_at` (RFC 3339).
+    pub fn ended(mut self, session: &str, ended_at: &str) -> Self {
+        self.writable = false;
+        self.ended = Some((session.to_string(), ended_at.to_string()));
+        self
     }
 
     /// Opens `path` beneath the workspace with `flags`, retrying the kernel's EAGAIN (a rename

@@ -124,7 +124,9 @@ async fn serve(extra: &str, files: &[(&str, &str)]) -> Served {
     std::fs::write(
         &config_path,
         format!(
-            "[proxy]\nstate_dir = \"state\"\n[audit]\npath = \"audit.log\"\n\
+            "[proxy]\nstate_dir = \"state\"\ntransparent_listen = \"0.0.0.0:1\"\n\
+             [dns]\nlisten = \"0.0.0.0:1\"\n[audit]\npath = \"audit.log\"\n\
+             [sandbox]\nworkspace_max_mb = 0\n\
              [dashboard]\nlisten = \"127.0.0.1:0\"\nlogin_attempts_per_minute = 3\n{extra}"
         ),
     )
@@ -140,7 +142,13 @@ async fn serve(extra: &str, files: &[(&str, &str)]) -> Served {
         stops: Arc::default(),
         sandbox: None,
         proxy_admin: None,
-        runtime: None,
+        // Plain-directory workspaces (no quota): no mount, no root.
+        runtime: Some(Arc::new(
+            cordon_controller::sandbox::Runtime::open(
+                cordon_controller::config::SandboxConfig::load(&config_path).unwrap(),
+            )
+            .unwrap(),
+        )),
     });
     let ingester = EgressIngester::spawn(
         EgressIngestConfig::new(config.audit_log.clone()),
@@ -628,4 +636,154 @@ async fn measure_a_session_page_with_100k_decisions() {
         small[29],
         big[15] / small[15]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_browser_stays_in_the_workspace_and_uploads_are_whole_or_absent() {
+    let s = serve("", &[]).await;
+    let runtime = s.admin.runtime.clone().unwrap();
+    runtime
+        .store()
+        .workspace_used("sesn_files", "sesn_files")
+        .unwrap();
+    let root = runtime.workspaces().dir("sesn_files");
+    std::fs::create_dir_all(root.join("src")).unwrap();
+    std::fs::write(root.join("src/main.rs"), "fn main() {}\n").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", root.join("passwd")).unwrap();
+    std::os::unix::fs::symlink("/etc", root.join("etc")).unwrap();
+    let local = s.dir.path().join("notes.txt");
+    std::fs::write(&local, "first notes\n").unwrap();
+    let ops = s.login("ops");
+    let csrf = s.csrf(&ops);
+    let as_ops = ["-H".to_string(), format!("cookie: {ops}")];
+    let get = |cookie: &[String], path: &str| {
+        let args: Vec<&str> = cookie.iter().map(String::as_str).collect();
+        s.curl(&args, path)
+    };
+
+    // Browsing: directories first, links shown with their target and never followed.
+    let (status, _, body) = get(&as_ops, "/sessions/sesn_files/files");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("src/") && body.contains("/etc/passwd"),
+        "{body}"
+    );
+    let (status, _, body) = get(&as_ops, "/sessions/sesn_files/files?path=%2Fsrc");
+    assert_eq!(status, 200);
+    assert!(body.contains("main.rs"), "{body}");
+    let (status, head, body) = get(
+        &as_ops,
+        "/sessions/sesn_files/files/download?path=%2Fsrc%2Fmain.rs",
+    );
+    assert_eq!((status, body.as_str()), (200, "fn main() {}\n"));
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-disposition: attachment; filename=\"main.rs\""),
+        "{head}"
+    );
+    // Outside the workspace: through a link, or `..`; refused with the reason, nothing read.
+    for (path, why) in [
+        (
+            "/sessions/sesn_files/files/download?path=%2Fpasswd",
+            "symbolic link",
+        ),
+        ("/sessions/sesn_files/files?path=%2Fetc", "symbolic link"),
+        (
+            "/sessions/sesn_files/files/download?path=..%2F..%2Fetc%2Fpasswd",
+            "`..`",
+        ),
+        (
+            "/sessions/sesn_files/files/download?path=%2Fsrc",
+            "a directory",
+        ),
+        ("/sessions/sesn_other/files", "has no workspace"),
+    ] {
+        let (status, _, body) = get(&as_ops, path);
+        assert!(status >= 400, "{path}: {status}");
+        assert!(body.contains(why), "{path}: {body}");
+        assert!(!body.contains("root:x:0"), "{path}");
+    }
+
+    // Uploads: whole, with the token, never over an existing file unless asked.
+    let upload = |cookie: &str, fields: &[&str], dir: &str| {
+        let mut args = vec!["-H".to_string(), format!("cookie: {cookie}")];
+        for field in fields {
+            args.push("-F".into());
+            args.push(field.to_string());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        s.curl(
+            &args,
+            &format!("/sessions/sesn_files/files/upload?path={dir}"),
+        )
+    };
+    let file = format!("file=@{}", local.display());
+    let token = format!("csrf={csrf}");
+    let (status, head, _) = upload(&ops, &[&token, &file], "%2Fsrc");
+    assert_eq!(status, 303, "{head}");
+    assert!(head.contains("uploaded=notes.txt"), "{head}");
+    assert_eq!(
+        std::fs::read_to_string(root.join("src/notes.txt")).unwrap(),
+        "first notes\n"
+    );
+    std::fs::write(&local, "second notes\n").unwrap();
+    let (status, _, body) = upload(&ops, &[&token, &file], "%2Fsrc");
+    assert_eq!(status, 409);
+    assert!(body.contains("already exists"), "{body}");
+    assert_eq!(
+        std::fs::read_to_string(root.join("src/notes.txt")).unwrap(),
+        "first notes\n"
+    );
+    let (status, _, _) = upload(&ops, &[&token, "replace=on", &file], "%2Fsrc");
+    assert_eq!(status, 303);
+    assert_eq!(
+        std::fs::read_to_string(root.join("src/notes.txt")).unwrap(),
+        "second notes\n"
+    );
+    // Into a linked directory, without the token, or by a viewer: refused, nothing written.
+    let (status, _, body) = upload(&ops, &[&token, &file], "%2Fetc");
+    assert_eq!(status, 400);
+    assert!(body.contains("symbolic link"), "{body}");
+    assert_eq!(upload(&ops, &["csrf=wrong", &file], "%2F").0, 403);
+    let watcher = s.login("watcher");
+    let watcher_csrf = format!("csrf={}", s.csrf(&watcher));
+    assert_eq!(upload(&watcher, &[&watcher_csrf, &file], "%2F").0, 403);
+    let (status, _, body) = get(
+        &["-H".into(), format!("cookie: {watcher}")],
+        "/sessions/sesn_files/files/download?path=%2Fsrc%2Fnotes.txt",
+    );
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "second notes\n"),
+        "a viewer downloads"
+    );
+    assert!(!root.join("notes.txt").exists());
+    let leftovers: Vec<_> = walk(&root)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(".cordon-upload-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // An ended session's workspace is read only.
+    runtime.store().workspace_ended("sesn_files").unwrap();
+    let (status, _, body) = get(&as_ops, "/sessions/sesn_files/files");
+    assert_eq!(status, 200);
+    assert!(body.contains("takes no uploads") && !body.contains("id=\"upload\""));
+    let (status, _, body) = upload(&ops, &[&token, &file], "%2F");
+    assert_eq!(status, 409);
+    assert!(body.contains("ended"), "{body}");
+    assert!(!root.join("notes.txt").exists());
+}
+
+/// Every path under `dir` (links not followed).
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if entry.file_type().unwrap().is_dir() {
+            found.extend(walk(&path));
+        }
+        found.push(path);
+    }
+    found
 }

@@ -1,5 +1,6 @@
 //! One module per page group.
 
+pub(crate) mod files;
 pub(crate) mod login;
 pub(crate) mod overview;
 pub(crate) mod policy;

@@ -52,9 +52,13 @@ impl Upload {
         (uid, gid): (u32, u32),
     ) -> Result<Self, FilesError> {
         if !workspace.writable {
-            return Err(FilesError::BadPath(
-                "this workspace takes no uploads (its session ended)".into(),
-            ));
+            return Err(match &workspace.ended {
+                Some((session, ended_at)) => FilesError::Ended {
+                    session: session.clone(),
+                    ended_at: ended_at.clone(),
+                },
+                None => FilesError::BadPath("this workspace is open for reading only".into()),
+            });
         }
         let name = target.name().unwrap_or_default().to_string();
         // Said before any byte is sent; the rename checks again, atomically.

@@ -24,16 +24,23 @@ impl Runtime {
             .filter(|r| self.workspaces.exists(&r.dir))
             .ok_or_else(|| FilesError::NoWorkspace(id.to_string()))?;
         let workspaces = self.workspaces.clone();
-        let writable = record.ended_at.is_none();
+        let ended_at = record.ended_at.clone();
+        let session = id.to_string();
         blocking(move || {
             let quota = workspaces.has_image(&record.dir);
             let dir = workspaces.attach(&record.dir).map_err(|e| FilesError::Io {
                 path: crate::files::WorkspacePath::root(),
                 source: std::io::Error::other(e.to_string()),
             })?;
-            Workspace::open(&dir, quota, writable).map_err(|source| FilesError::Io {
-                path: crate::files::WorkspacePath::root(),
-                source,
+            let workspace = Workspace::open(&dir, quota, ended_at.is_none()).map_err(|source| {
+                FilesError::Io {
+                    path: crate::files::WorkspacePath::root(),
+                    source,
+                }
+            })?;
+            Ok(match ended_at {
+                Some(at) => workspace.ended(&session, &at),
+                None => workspace,
             })
         })
         .await

@@ -146,7 +146,10 @@ pub(crate) async fn page(
     }
     let body = html! {
         @match row {
-            None => p.muted { "No sandbox or work item is recorded for this session any more; its history follows." },
+            None => {
+                p.muted { "No sandbox or work item is recorded for this session any more; its history follows." }
+                p.actions { a.button #files href={ "/sessions/" (id) "/files" } { "Files" } }
+            },
             Some(row) => {
                 dl.kv {
                     dt { "State" } dd { (state(&row.state)) @if row.serving { " serving" } }
@@ -160,8 +163,11 @@ pub(crate) async fn page(
                     }
                     @if let Some(e) = &row.error { dt { "Error" } dd.error { (e) } }
                 }
-                @if who.is_operator() && row.state == "running" {
-                    p { a.button #terminal href={ "/sessions/" (row.id) "/terminal" } { "Open terminal" } }
+                p.actions {
+                    a.button #files href={ "/sessions/" (row.id) "/files" } { "Files" }
+                    @if who.is_operator() && row.state == "running" {
+                        " " a.button #terminal href={ "/sessions/" (row.id) "/terminal" } { "Open terminal" }
+                    }
                 }
                 @if row.serving && who.is_operator() {
                     form method="post" action={ "/sessions/" (row.id) "/stop" } data-confirm="Stop this session? Its sandbox is torn down." {
