@@ -73,6 +73,11 @@ pub struct Dashboard {
     allowed_hosts: Option<Vec<String>>,
     /// `https` when the browser reaches the dashboard over TLS.
     scheme: &'static str,
+    /// Live streams open per user.
+    streams: live::Streams,
+    /// Renders every live overview and sessions page shares.
+    shared_overview: live::Shared<String>,
+    shared_rows: live::Shared<Result<Vec<crate::admin::SessionRow>, String>>,
 }
 
 impl Dashboard {
@@ -121,6 +126,9 @@ impl Dashboard {
             deliveries,
             egress,
             audit,
+            streams: live::Streams::default(),
+            shared_overview: live::Shared::default(),
+            shared_rows: live::Shared::default(),
         }
     }
 

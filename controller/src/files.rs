@@ -138,6 +138,9 @@ pub struct Workspace {
     pub writable: bool,
     /// The session and when it ended, when it did.
     ended: Option<(String, String)>,
+    /// The quota's size as configured (the image's length); the filesystem in it reports a
+    /// little less, its own metadata taken.
+    quota_bytes: Option<u64>,
 }
 
 /// How every path beneath a workspace is resolved.
@@ -161,7 +164,14 @@ impl Workspace {
             quota,
             writable,
             ended: None,
+            quota_bytes: None,
         })
+    }
+
+    /// Says the quota is `bytes` long (the workspace image's length).
+    pub fn quota_bytes(mut self, bytes: u64) -> Self {
+        self.quota_bytes = Some(bytes);
+        self
     }
 
     /// Marks it read only: `session` ended at `ended_at` (RFC 3339).
@@ -233,7 +243,7 @@ impl Workspace {
             .unwrap_or((0, 0));
         Usage {
             used_bytes,
-            total_bytes,
+            total_bytes: self.quota_bytes.unwrap_or(total_bytes),
             quota: self.quota,
         }
     }

@@ -1,8 +1,9 @@
 //! The dashboard in a real browser (headless Chromium over WebDriver), root tier: the demo
 //! session runs for real (the simulator's webhook, a gVisor sandbox, the proxy) while an
 //! operator watches it appear live, opens it and sees the request the policy denied with its
-//! reason, tries a request in the policy form, and reads the overview, secrets and webhooks;
-//! a viewer is offered no operator action and is refused one sent by hand.
+//! reason, uploads a file into its workspace and reads it back in a terminal, downloads it
+//! after the sandbox stopped, tries a request in the policy form, and reads the overview,
+//! secrets and webhooks; a viewer is offered no operator action and is refused one sent by hand.
 //!
 //! With CORDON_DASHBOARD_SCREENSHOTS=<dir> (`make dashboard-screenshots`) each page is saved
 //! there as a PNG for docs/DASHBOARD.md.
@@ -63,7 +64,7 @@ async fn an_operator_watches_the_demo_session_live_and_a_viewer_cannot_act() {
     let scratch = tempfile::tempdir().unwrap();
     let mut text = std::fs::read_to_string(demo("scenario.toml")).unwrap();
     text.push_str(
-        "\n[[sessions.steps]]\ntool = \"bash\"\ninput = { command = \"sleep 40; echo held\" }\n\
+        "\n[[sessions.steps]]\ntool = \"bash\"\ninput = { command = \"sleep 50; echo held\" }\n\
          expect = { is_error = false, contains = [\"held\"] }\n",
     );
     std::fs::write(scratch.path().join("scenario.toml"), text).unwrap();
@@ -145,8 +146,28 @@ async fn an_operator_watches_the_demo_session_live_and_a_viewer_cannot_act() {
         .await
         .unwrap();
     assert!(call.contains("/upload") && call.contains("POST"), "{call}");
+    // A file uploaded into the running session's workspace from the file browser.
+    ops.goto(&format!("{base}/sessions/{session}"))
+        .await
+        .unwrap();
+    click(&ops, "#files").await;
+    wait_for_text(&ops, "#usage", "quota", Duration::from_secs(10)).await;
+    let local = scratch.path().join("hello-upload.txt");
+    std::fs::write(&local, "uploaded-from-the-browser\n").unwrap();
+    type_into(&ops, "#file", local.to_str().unwrap()).await;
+    click(&ops, "#upload button[type=submit]").await;
+    wait_for_text(
+        &ops,
+        "#outcome",
+        "Uploaded hello-upload.txt",
+        Duration::from_secs(10),
+    )
+    .await;
+    wait_for_text(&ops, "#files", "hello-upload.txt", Duration::from_secs(10)).await;
+    screenshot(&ops, "files").await;
+
     // A terminal into the running sandbox (its last call sleeps), typed into and read back,
-    // in two tabs; opening it is audited with who did it.
+    // in two tabs; opening it is audited with who did it. The upload is there inside.
     ops.goto(&format!("{base}/sessions/{session}"))
         .await
         .unwrap();
@@ -163,8 +184,20 @@ async fn an_operator_watches_the_demo_session_live_and_a_viewer_cannot_act() {
     assert!(screen.contains("echo hi-$((6*7))"), "{screen}");
     click(&ops, "#new-tab").await;
     wait_for_text(&ops, shell, "#", Duration::from_secs(30)).await;
-    type_into(&ops, ".pane.active .xterm-helper-textarea", "pwd\u{E007}").await;
+    type_into(
+        &ops,
+        ".pane.active .xterm-helper-textarea",
+        "pwd; cat hello-upload.txt\u{E007}",
+    )
+    .await;
     wait_for_text(&ops, shell, "/workspace", Duration::from_secs(20)).await;
+    wait_for_text(
+        &ops,
+        shell,
+        "uploaded-from-the-browser",
+        Duration::from_secs(20),
+    )
+    .await;
     screenshot(&ops, "terminal").await;
     let audit =
         std::fs::read_to_string(world.dir.path().join("state/controller/audit.jsonl")).unwrap();
@@ -266,6 +299,33 @@ async fn an_operator_watches_the_demo_session_live_and_a_viewer_cannot_act() {
         .await
         .unwrap();
     wait_for_text(&ops, "main", "No terminal", Duration::from_secs(10)).await;
+
+    // Its workspace outlives the sandbox: the uploaded file is downloaded from it.
+    ops.goto(&format!("{base}/sessions/{session}/files"))
+        .await
+        .unwrap();
+    wait_for_text(&ops, "#files", "hello-upload.txt", Duration::from_secs(10)).await;
+    click(&ops, "#files tr[data-name='hello-upload.txt'] a.file").await;
+    let saved = driver.downloads("ops").join("hello-upload.txt");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !saved.exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        std::fs::read_to_string(&saved).unwrap_or_default(),
+        "uploaded-from-the-browser\n",
+        "the download"
+    );
+    let audit =
+        std::fs::read_to_string(world.dir.path().join("state/controller/audit.jsonl")).unwrap();
+    for action in ["\"file_upload\"", "\"file_download\""] {
+        assert!(
+            audit
+                .lines()
+                .any(|l| l.contains(action) && l.contains("hello-upload.txt")),
+            "{action} in {audit}"
+        );
+    }
     ops.close().await.unwrap();
 
     // A viewer: every page, no operator action offered, and one sent by hand refused.
@@ -281,6 +341,21 @@ async fn an_operator_watches_the_demo_session_live_and_a_viewer_cannot_act() {
         .await
         .unwrap();
     assert!(viewer.find(Locator::Id("stop")).await.is_err());
+    viewer
+        .goto(&format!("{base}/sessions/{session}/files"))
+        .await
+        .unwrap();
+    wait_for_text(
+        &viewer,
+        "#files",
+        "hello-upload.txt",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        viewer.find(Locator::Id("upload")).await.is_err(),
+        "no upload form for a viewer"
+    );
     let status = viewer
         .execute_async(
             r#"const done = arguments[arguments.length - 1];

@@ -787,3 +787,47 @@ fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
     }
     found
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_holds_at_most_sixteen_live_streams() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = serve("", &[]).await;
+    let ops = s.login("ops");
+    let watcher = s.login("watcher");
+    let open = |cookie: String| {
+        let address = s.address;
+        async move {
+            let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+            stream
+                .write_all(
+                    format!(
+                        "GET /live/overview HTTP/1.1\r\nHost: {address}\r\ncookie: {cookie}\r\n\r\n"
+                    )
+                    .as_bytes(),
+                )
+                .await
+                .unwrap();
+            let mut head = vec![0; 512];
+            let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut head))
+                .await
+                .unwrap()
+                .unwrap();
+            let status = String::from_utf8_lossy(&head[..n])
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_string();
+            (status, stream)
+        }
+    };
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        let (status, stream) = open(ops.clone()).await;
+        assert_eq!(status, "200");
+        held.push(stream);
+    }
+    let (status, _) = open(ops.clone()).await;
+    assert_eq!(status, "429", "the seventeenth stream of one user");
+    let (status, _) = open(watcher).await;
+    assert_eq!(status, "200", "another user is not held back");
+}

@@ -27,17 +27,22 @@ impl Runtime {
         let ended_at = record.ended_at.clone();
         let session = id.to_string();
         blocking(move || {
-            let quota = workspaces.has_image(&record.dir);
+            let quota = workspaces.image_len(&record.dir);
             let dir = workspaces.attach(&record.dir).map_err(|e| FilesError::Io {
                 path: crate::files::WorkspacePath::root(),
                 source: std::io::Error::other(e.to_string()),
             })?;
-            let workspace = Workspace::open(&dir, quota, ended_at.is_none()).map_err(|source| {
-                FilesError::Io {
-                    path: crate::files::WorkspacePath::root(),
-                    source,
-                }
-            })?;
+            let workspace =
+                Workspace::open(&dir, quota.is_some(), ended_at.is_none()).map_err(|source| {
+                    FilesError::Io {
+                        path: crate::files::WorkspacePath::root(),
+                        source,
+                    }
+                })?;
+            let workspace = match quota {
+                Some(bytes) => workspace.quota_bytes(bytes),
+                None => workspace,
+            };
             Ok(match ended_at {
                 Some(at) => workspace.ended(&session, &at),
                 None => workspace,

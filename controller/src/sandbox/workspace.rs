@@ -61,9 +61,9 @@ impl Workspaces {
         self.root.join(format!("{id}.img"))
     }
 
-    /// Whether workspace `id` is its own filesystem with a quota (an image file).
-    pub fn has_image(&self, id: &str) -> bool {
-        self.image(id).exists()
+    /// The length of workspace `id`'s image (its quota), when it is its own filesystem.
+    pub fn image_len(&self, id: &str) -> Option<u64> {
+        std::fs::metadata(self.image(id)).ok().map(|m| m.len())
     }
 
     /// Whether session `id` has a workspace (mounted or not).

@@ -49,6 +49,11 @@ impl Driver {
         }
     }
 
+    /// Where browser `name` saves what it downloads.
+    pub fn downloads(&self, name: &str) -> PathBuf {
+        self.profiles.path().join(format!("{name}-downloads"))
+    }
+
     /// A new browser (its own profile: no cookies shared with another).
     pub async fn browser(&self, name: &str) -> Client {
         let profile = self.profiles.path().join(name);
@@ -58,6 +63,10 @@ impl Driver {
             "goog:chromeOptions".into(),
             serde_json::json!({
                 "binary": "/usr/bin/chromium",
+                "prefs": {
+                    "download.default_directory": self.downloads(name),
+                    "download.prompt_for_download": false,
+                },
                 "args": [
                     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                     "--window-size=1360,900", "--hide-scrollbars",
