@@ -32,7 +32,8 @@ mod rules;
 pub mod testing;
 
 pub use bundle::{
-    Bundle, BundleFile, BundleFileKind, BundleLoadError, OverLimit, RequestBodyConfig,
+    Bundle, BundleFile, BundleFileKind, BundleLoadError, MAX_BODY_BYTES_CEILING, OverLimit,
+    RequestBodyConfig,
 };
 pub use decision::{CredentialRef, Decision, DecisionFailure, HeaderValue, Outcome, TlsHandling};
 pub use engine::{

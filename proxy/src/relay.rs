@@ -15,7 +15,9 @@
 //!
 //! Which requests qualify is decided from the raw head before anything is consumed
 //! (`head.rs`): GET, HEAD, POST, PUT, PATCH, DELETE and OPTIONS in origin form, with no body or
-//! one plain `Content-Length` of at most 64 KiB (a model API call, a git fetch negotiation).
+//! one plain `Content-Length` of at most 64 KiB (a model API call, a git fetch negotiation), or
+//! longer when the policy reads that body whole anyway (`Relay::reads_whole`: then it is in
+//! memory before the decision, and Pingora's path could not hold more than 64 KiB of it).
 //! Everything else (`Expect`, upgrades, chunked or larger bodies), and a request the
 //! relay cannot finish the same way (an upstream that only speaks HTTP/2), is handed to
 //! Pingora's proxy together with the bytes already read, so the two paths never disagree on
@@ -35,8 +37,11 @@
 //!   read as the rest of the body.
 //! - Bytes past the body are the next request's (pipelining), served after this response.
 //! - The body is sent before the response is read, not both at once as in Pingora's proxy,
-//!   which is why only bodies the sockets' buffers absorb whole qualify: an upstream that
-//!   answers before reading the body, or stops reading it, is still heard at once.
+//!   which is why only bodies the sockets' buffers absorb whole are streamed here: an upstream
+//!   that answers before reading the body, or stops reading it, is still heard at once. A
+//!   longer body the policy read is written from memory the same way; the sockets' buffers
+//!   (several MiB on Linux with its default autotuning) absorb most of it, and an upstream that
+//!   stops reading fails the request after the upstream read timeout.
 
 pub(crate) mod head;
 
@@ -153,7 +158,12 @@ impl Relay {
             let outcome = match head {
                 Head::Relay => {
                     let closing = *shutdown.borrow();
-                    self.relay(stream, read, conn, held, closing).await
+                    self.relay(stream, read, conn, held, closing, None).await
+                }
+                Head::LongBody(length) => {
+                    let closing = *shutdown.borrow();
+                    self.relay(stream, read, conn, held, closing, Some(length))
+                        .await
                 }
                 _ => Outcome::HandOff(stream, read),
             };
@@ -195,7 +205,8 @@ impl Relay {
         Some(stream)
     }
 
-    /// Serves one request whose complete head is in `read`.
+    /// Serves one request whose complete head is in `read`; `long_body`: its declared body
+    /// length, when over what the relay streams ([`head::MAX_RELAY_BODY`]).
     async fn relay(
         &self,
         stream: Stream,
@@ -203,6 +214,7 @@ impl Relay {
         conn: &Arc<ConnectionContext>,
         held: &mut Option<Held>,
         closing: bool,
+        long_body: Option<u64>,
     ) -> Outcome {
         // Kept in case the request must go to Pingora after all.
         let replay = read.clone();
@@ -235,6 +247,12 @@ impl Relay {
                 .contains_authority(session.req_header())
         {
             // A host known to speak only HTTP/2: Pingora's HTTP/2 client serves it.
+            return hand_back(session, replay);
+        }
+        if let Some(length) = long_body
+            && !self.reads_whole(session.req_header(), length)
+        {
+            // Streamed by Pingora's proxy, which moves both directions at once.
             return hand_back(session, replay);
         }
         let mut ctx = self.authorizer.context(Some(conn.clone()));
@@ -429,6 +447,28 @@ impl Relay {
         Ok(())
     }
 
+    /// Whether the active policy reads the whole body of `request`, `length` bytes long: it
+    /// asks for bodies on the request's host and `length` is within its `max_bytes`. Such a
+    /// body is read before the decision (`crate::authorize::body`) and kept in memory, so the
+    /// relay carries it at any length up to that limit; Pingora's path could hold only 64 KiB
+    /// of it. (The host is read from the `Host` header here; admission checks it against the
+    /// connection's own. A disagreement sends the request to Pingora's path, where it is
+    /// refused or decided on a prefix as `over_limit` says: never forwarded undecided.)
+    fn reads_whole(&self, request: &RequestHeader, length: u64) -> bool {
+        let Some(host) = request
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(host_name)
+        else {
+            return false;
+        };
+        let generation = self.authorizer.state.policy.generation();
+        generation
+            .request_body()
+            .is_some_and(|config| config.wants(&host) && length <= config.max_bytes as u64)
+    }
+
     /// Puts an upstream connection in the shared pool (closed instead if it is not clean).
     fn release(&self, held: Held) {
         let key = held.peer.reuse_hash();
@@ -528,6 +568,19 @@ impl Relay {
     }
 }
 
+/// The lower-cased host name of a `Host` header value, without its port.
+fn host_name(value: &str) -> String {
+    let value = value.trim();
+    let name = match value.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => value
+            .rsplit_once(':')
+            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(value, |(name, _)| name),
+    };
+    name.to_ascii_lowercase()
+}
+
 /// Whether a failed exchange on a reused upstream connection looks like the upstream having
 /// closed it while idle (as opposed to a slow or broken upstream, which a resend would not
 /// fix): what Pingora's codec marks as safe to retry on a reused connection (closed before any
@@ -594,5 +647,23 @@ async fn finish(session: Session) -> Outcome {
             Outcome::Next(stream, read.unwrap_or_default())
         }
         _ => Outcome::Close,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_name;
+
+    #[test]
+    fn host_names_lose_their_port_and_case() {
+        for (value, name) in [
+            ("API.Example.test", "api.example.test"),
+            ("api.example.test:8443", "api.example.test"),
+            ("[::1]:443", "::1"),
+            ("[2001:db8::1]", "2001:db8::1"),
+            (" a.test ", "a.test"),
+        ] {
+            assert_eq!(host_name(value), name, "{value}");
+        }
     }
 }

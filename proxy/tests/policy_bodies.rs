@@ -1,7 +1,7 @@
 //! Request bodies read for the policy (issue 20): a bundle whose `.manifest` asks for bodies
 //! (`metadata.cordon.request_body`) on `allowed.test` is decided on the JSON-RPC calls in each
-//! body, and what it allows reaches the upstream byte for byte, through the relay (small
-//! `Content-Length` bodies) and through Pingora's proxy (chunked, larger, HTTP/2). Bodies over
+//! body, and what it allows reaches the upstream byte for byte, through the relay
+//! (`Content-Length` bodies up to `max_bytes`) and through Pingora's proxy (chunked, HTTP/2). Bodies over
 //! the limit are refused or decided on a prefix as the manifest says; a gzip bomb is a body
 //! error, not a crash; requests to a host the manifest does not name are not read at all.
 //!
@@ -637,17 +637,43 @@ fn the_mcp_tools_example_decides_each_call() {
     );
 }
 
-/// A `max_bytes` above what Pingora's path can hold: bodies there are decided whole up to
-/// 64 KiB, and a longer one is refused under `over_limit = "deny"` with a reason that says so.
+/// A `max_bytes` above 64 KiB: a body with a `Content-Length` within it is read whole (the
+/// relay carries it from memory), so a tool name after 300 KiB of arguments decides; a chunked
+/// body goes through Pingora's path, which holds 64 KiB of it, and a longer one is refused
+/// under `over_limit = "deny"` with a reason that says so; a declared length over `max_bytes`
+/// is refused before a byte is read.
 #[test]
-fn pingora_path_reads_up_to_its_buffer_and_refuses_beyond_under_deny() {
-    let (proxy, seen, _bundle) = started(256 * 1024, "deny");
+fn content_length_bodies_are_decided_whole_up_to_max_bytes() {
+    let (proxy, seen, _bundle) = started(1024 * 1024, "deny");
+    let call = |name: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":1,"params":{{"arguments":{{"pad":"{}"}},"name":"{name}"}},"method":"tools/call"}}"#,
+            "x".repeat(300 * 1024)
+        )
+    };
+    let (allowed, denied) = (call("get_issue"), call("delete_repo"));
+    let allowed_len = allowed.len();
     let padded = format!(
         r#"{{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{{"pad":"{}"}}}}"#,
         "x".repeat(40 * 1024)
     );
     let long = prefixed_body(100 * 1024);
     runtime().block_on(async {
+        let (status, body) = exchange(
+            &proxy,
+            "allowed.test",
+            &post("allowed.test", "", allowed.as_bytes()),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = exchange(
+            &proxy,
+            "allowed.test",
+            &post("allowed.test", "", denied.as_bytes()),
+        )
+        .await;
+        assert_eq!(status, 403, "{body}");
+        assert!(body.contains("delete_repo"), "the reason names the tool: {body}");
         let parts: Vec<&[u8]> = padded.as_bytes().chunks(7000).collect();
         let (status, body) = exchange(
             &proxy,
@@ -656,16 +682,29 @@ fn pingora_path_reads_up_to_its_buffer_and_refuses_beyond_under_deny() {
         )
         .await;
         assert_eq!(status, 200, "{body}");
-        let (status, body) =
-            exchange(&proxy, "allowed.test", &post("allowed.test", "", &long)).await;
+        let parts: Vec<&[u8]> = long.chunks(7000).collect();
+        let (status, body) = exchange(
+            &proxy,
+            "allowed.test",
+            &post_chunked("allowed.test", &parts),
+        )
+        .await;
         assert_eq!(status, 413, "{body}");
-        assert!(body.contains("65536"), "{body}");
+        assert!(body.contains("65536") && body.contains("chunked"), "{body}");
+        let over = post("allowed.test", "", &prefixed_body(1024 * 1024 + 1));
+        let (status, body) = exchange(&proxy, "allowed.test", &over).await;
+        assert_eq!(status, 413, "{body}");
+        assert!(body.contains("1048576"), "{body}");
     });
     let bodies: Vec<Vec<u8>> = seen.all().into_iter().map(|(_, body)| body).collect();
     assert!(
-        bodies == vec![padded.into_bytes()],
-        "the chunked body arrives byte for byte"
+        bodies == vec![allowed.into_bytes(), padded.into_bytes()],
+        "the allowed bodies arrive byte for byte, and nothing else"
     );
+    let records = proxy.audit_records();
+    let first = record_for(&records, "allowed.test", 0);
+    assert_eq!(first["body_read"], allowed_len, "read whole: {first}");
+    assert!(first.get("body_truncated").is_none(), "{first}");
 }
 
 /// Bodies with a length just over Pingora's 64 KiB buffer: the proxy stops reading before a

@@ -5,8 +5,9 @@
 //! Requests whose policy does not ask never come here: their bodies stream as before.
 //!
 //! Who forwards the bytes read here:
-//! - The relay (`crate::relay`) reads the whole body (its requests carry one `Content-Length`
-//!   of at most 64 KiB) and writes the copy kept in the context before the rest, if any.
+//! - The relay (`crate::relay`) reads the whole body (its requests carry one `Content-Length`:
+//!   at most 64 KiB, or up to `max_bytes` when this phase reads it) and writes the copy kept
+//!   in the context before the rest, if any.
 //! - Pingora's proxy resends what was read from its retry buffer (`enable_retry_buffering`;
 //!   `proxy_h1.rs` and `proxy_h2.rs` send `get_retry_buffer()` first, then read the rest of
 //!   the body from the client). That buffer holds 64 KiB ([`REPLAY_LIMIT`], pingora-core's
@@ -82,7 +83,8 @@ pub(super) async fn read(
     if over_limit == OverLimit::Deny && declared.is_some_and(|n| n > max_bytes as u64) {
         return Err(too_large(max_bytes));
     }
-    // The relay's bodies are at most 64 KiB and it keeps its own copy: it reads them whole.
+    // The relay's bodies have a declared length within `max_bytes` (or 64 KiB) and it keeps
+    // its own copy: it reads them whole.
     // Pingora's path reads no more than its retry buffer holds.
     let limit = match forwarder {
         BodyForwarder::Relay => usize::MAX,
@@ -139,7 +141,7 @@ pub(super) async fn read(
                 RefusalClass::BodyTooLarge,
                 format!(
                     "the request body is larger than the {REPLAY_LIMIT} bytes the proxy can read \
-                     for the policy on this request (chunked, over 64 KiB, or HTTP/2), below \
+                     for the policy on this request (chunked, with `Expect`, or HTTP/2), below \
                      {MAX_BYTES_KEY} ({max_bytes}); set metadata.cordon.request_body.over_limit \
                      = \"truncate\" to decide on a prefix"
                 ),

@@ -1,10 +1,12 @@
 //! Which HTTP/1.1 requests the relay takes itself: the next request's head is parsed from the
 //! bytes read so far, and only a plain request in origin form qualifies: a common method, and
 //! no body or one framed the one unambiguous way (a single `Content-Length` of plain digits, at
-//! most [`MAX_RELAY_BODY`]). Everything else (`Transfer-Encoding` of any kind, duplicate or odd
-//! `Content-Length`s, larger bodies, upgrades, `Expect`, hop-by-hop headers beyond `Connection:
-//! keep-alive|close`, HTTP/1.0, absolute form, anything malformed or large) goes to Pingora's
-//! full proxy with the same bytes, so each rule here only ever narrows what the relay sees.
+//! most [`MAX_RELAY_BODY`], or up to the policy's largest body limit when the policy reads the
+//! body: [`Head::LongBody`], which the relay takes only then). Everything else
+//! (`Transfer-Encoding` of any kind, duplicate or odd `Content-Length`s, larger bodies,
+//! upgrades, `Expect`, hop-by-hop headers beyond `Connection: keep-alive|close`, HTTP/1.0,
+//! absolute form, anything malformed or large) goes to Pingora's full proxy with the same
+//! bytes, so each rule here only ever narrows what the relay sees.
 //! That is the request smuggling defence: the relay only frames a body the same way every
 //! HTTP/1.1 parser must, and the upstream request carries the client's own framing header.
 
@@ -25,6 +27,10 @@ const MAX_LENGTH_DIGITS: usize = 18;
 /// to Pingora's proxy, which moves both directions at once.
 pub(crate) const MAX_RELAY_BODY: u64 = 64 * 1024;
 
+/// The largest body a policy may read (`max_bytes`' ceiling): a longer declared length is
+/// Pingora's whatever the policy says.
+const MAX_POLICY_BODY: u64 = cordon_policy::MAX_BODY_BYTES_CEILING as u64;
+
 /// What the bytes read so far hold.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Head {
@@ -32,6 +38,9 @@ pub(crate) enum Head {
     Partial,
     /// A complete head the relay handles.
     Relay,
+    /// A complete plain head whose `Content-Length` (given) is over [`MAX_RELAY_BODY`]: the
+    /// relay takes it when the policy reads the body whole anyway, Pingora otherwise.
+    LongBody(u64),
     /// Pingora's: complete but not plain, malformed, or too large to wait for.
     Proxy,
 }
@@ -41,33 +50,38 @@ pub(crate) fn classify(bytes: &[u8]) -> Head {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(bytes) {
-        Ok(httparse::Status::Complete(_)) if plain(&request) => Head::Relay,
-        Ok(httparse::Status::Complete(_)) | Err(_) => Head::Proxy,
+        Ok(httparse::Status::Complete(_)) => match plain(&request) {
+            Some(length) if length <= MAX_RELAY_BODY => Head::Relay,
+            Some(length) => Head::LongBody(length),
+            None => Head::Proxy,
+        },
+        Err(_) => Head::Proxy,
         Ok(httparse::Status::Partial) if bytes.len() < MAX_HEAD => Head::Partial,
         Ok(httparse::Status::Partial) => Head::Proxy,
     }
 }
 
-fn plain(request: &httparse::Request<'_, '_>) -> bool {
+/// The declared body length (0 without one) of a plain request; `None` for any other.
+fn plain(request: &httparse::Request<'_, '_>) -> Option<u64> {
     // Which requests are resent after a stale upstream connection is the relay's business
     // (only bodyless GET and HEAD); here only the framing matters. CONNECT, TRACE and
     // extension methods stay with Pingora.
     let head = match request.method {
         Some("HEAD") => true,
         Some("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS") => false,
-        _ => return false,
+        _ => return None,
     };
     if request.version != Some(1) || !request.path.is_some_and(|p| p.starts_with('/')) {
-        return false;
+        return None;
     }
-    let (mut hosts, mut lengths) = (0, 0);
+    let (mut hosts, mut lengths, mut body) = (0, 0, 0);
     for header in request.headers.iter() {
         let name = header.name;
         if name.eq_ignore_ascii_case("host") {
             hosts += 1;
         } else if name.eq_ignore_ascii_case("connection") {
             if !connection_is_plain(header.value) {
-                return false;
+                return None;
             }
         } else if name.eq_ignore_ascii_case("content-length") {
             lengths += 1;
@@ -79,14 +93,12 @@ fn plain(request: &httparse::Request<'_, '_>) -> bool {
                 || !value.iter().all(u8::is_ascii_digit)
                 || (head && value.iter().any(|b| *b != b'0'))
             {
-                return false;
+                return None;
             }
-            let length = std::str::from_utf8(value)
+            body = std::str::from_utf8(value)
                 .ok()
-                .and_then(|v| v.parse::<u64>().ok());
-            if length.is_none_or(|l| l > MAX_RELAY_BODY) {
-                return false;
-            }
+                .and_then(|v| v.parse::<u64>().ok())
+                .filter(|l| *l <= MAX_POLICY_BODY)?;
         } else if [
             "transfer-encoding",
             "upgrade",
@@ -100,11 +112,11 @@ fn plain(request: &httparse::Request<'_, '_>) -> bool {
         .iter()
         .any(|h| name.eq_ignore_ascii_case(h))
         {
-            return false;
+            return None;
         }
     }
     // One length, named once: two that disagree are the classic smuggling shape.
-    hosts == 1 && lengths <= 1
+    (hosts == 1 && lengths <= 1).then_some(body)
 }
 
 /// `Connection` naming only `keep-alive` or `close`: no other header is hop-by-hop.
@@ -159,6 +171,23 @@ mod tests {
     }
 
     #[test]
+    fn longer_bodies_are_told_apart_with_their_length() {
+        for (length, head_is) in [
+            (65537, Head::LongBody(65537)),
+            (16 * 1024 * 1024, Head::LongBody(16 * 1024 * 1024)),
+            (16 * 1024 * 1024 + 1, Head::Proxy),
+        ] {
+            let request = format!("POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: {length}\r\n\r\n");
+            assert_eq!(head(&request), head_is, "{length}");
+        }
+        // Still only the one plain framing.
+        assert_eq!(
+            head("POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 70000\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Head::Proxy
+        );
+    }
+
+    #[test]
     fn incomplete_heads_wait_until_too_large() {
         assert_eq!(head(""), Head::Partial);
         assert_eq!(head("GET / HTTP/1.1\r\nHost: a.test\r\n"), Head::Partial);
@@ -183,9 +212,9 @@ mod tests {
             "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: xchunked\r\n\r\n",
             "HEAD / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 2\r\n\r\nhi",
             "HEAD / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n",
-            // bodies of unknown length, or larger than the sockets absorb
+            // bodies of unknown length, or larger than any policy reads
             "POST /git-receive-pack HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 65537\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 16777217\r\n\r\n",
             // methods the relay leaves alone
             "CONNECT a.test:443 HTTP/1.1\r\nHost: a.test\r\n\r\n",
             "TRACE / HTTP/1.1\r\nHost: a.test\r\n\r\n",
