@@ -6,8 +6,15 @@
 //! | GET | /metrics | Prometheus text (docs/METRICS.md, "Controller") |
 //! | GET | /sessions | every recorded session: state, sandbox, timestamps, its work item, tool calls, egress decisions |
 //! | POST | /sessions/{id}/stop | stop serving a session: sandbox torn down, work item force-stopped (202), 404 if not served |
+//! | GET | /sessions/{id}/files?path=P | the workspace's directory P (default the root): a [`crate::files::Listing`] |
+//! | GET | /sessions/{id}/files/content?path=P | the regular file P, streamed (`application/octet-stream`) |
+//! | PUT | /sessions/{id}/files/content?path=P[&replace=true] | the request body as the file P, written atomically within the workspace's quota (201 `{"path","bytes"}`) |
 //!
-//! `cordon-controller sessions` prints the same table.
+//! The files routes answer errors as `{"error": "..."}` with [`crate::files::FilesError::status`].
+//! `cordon-controller sessions` prints the sessions' table, `cordon-controller files` calls the
+//! files routes.
+
+mod files;
 
 use std::sync::Arc;
 
@@ -102,6 +109,13 @@ pub fn router(admin: Arc<Admin>) -> Router {
         )
         .route("/sessions", get(sessions))
         .route("/sessions/{id}/stop", post(stop))
+        .route("/sessions/{id}/files", get(files::list))
+        // The upload takes the body as a stream, which no body limit applies to: the
+        // workspace's quota is its only limit.
+        .route(
+            "/sessions/{id}/files/content",
+            get(files::download).put(files::upload),
+        )
         .layer(axum::middleware::from_fn(local_only))
         .with_state(admin)
 }
@@ -274,11 +288,10 @@ pub fn table(rows: &[SessionRow]) -> String {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn answers_only_to_this_machines_names() {
-        let dir = tempfile::tempdir().unwrap();
+    /// The admin API of a `serve` without sandboxes, on an ephemeral port.
+    async fn serve(dir: &std::path::Path) -> std::net::SocketAddr {
         let admin = Arc::new(Admin {
-            store: Store::open(&dir.path().join("state.db")).unwrap(),
+            store: Store::open(&dir.join("state.db")).unwrap(),
             metrics: ControllerMetrics::new().unwrap(),
             stops: Arc::default(),
             sandbox: None,
@@ -288,6 +301,13 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, router(admin)).await });
+        address
+    }
+
+    #[tokio::test]
+    async fn answers_only_to_this_machines_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let address = serve(dir.path()).await;
         let status = move |host: &str| {
             let out = std::process::Command::new("curl")
                 .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"])
@@ -306,6 +326,42 @@ mod tests {
         assert_eq!(
             b, "404",
             "a local name reaches the API (the session is not served)"
+        );
+    }
+
+    #[tokio::test]
+    async fn file_routes_answer_their_errors_as_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let address = serve(dir.path()).await;
+        let http = crate::http::HttpClient::default();
+        let error = |result: Result<String, crate::http::HttpError>| match result {
+            Err(crate::http::HttpError::Status { status, body, .. }) => {
+                let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+                (status, body["error"].as_str().unwrap().to_string())
+            }
+            other => panic!("{other:?}"),
+        };
+        let url = format!("http://{address}/sessions/sesn_x/files?path=/src");
+        let (status, message) = error(http.call(http::Method::GET, &url, None, None).await);
+        assert_eq!(status, 503);
+        assert!(message.contains("needs `cordon-controller serve` to run sandboxes"));
+        // The path is checked before the workspace is looked for.
+        let url = format!("http://{address}/sessions/sesn_x/files/content?path=a/../b");
+        let (status, message) = error(http.call(http::Method::GET, &url, None, None).await);
+        assert_eq!(
+            (status, message.starts_with("bad path")),
+            (400, true),
+            "{message}"
+        );
+        let url = format!("http://{address}/sessions/sesn_x/files/content?path=/a&replace=yes");
+        let put = http
+            .call(http::Method::PUT, &url, None, Some("x".into()))
+            .await;
+        let (status, message) = error(put);
+        assert_eq!(
+            (status, message.starts_with("bad query")),
+            (400, true),
+            "{message}"
         );
     }
 }

@@ -116,6 +116,8 @@ pub struct Listing {
     /// Entries beyond [`MAX_LISTED`], not listed.
     pub not_listed: usize,
     pub usage: Usage,
+    /// Whether the workspace takes uploads (false once its session ended).
+    pub writable: bool,
 }
 
 /// How full the workspace's filesystem is.
@@ -295,6 +297,7 @@ impl Workspace {
             entries,
             not_listed,
             usage: self.usage(),
+            writable: self.writable,
         })
     }
 

@@ -3,15 +3,21 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+/// How long a streamed body waits for `100 Continue` before it is sent anyway (curl's wait).
+pub const CONTINUE_WAIT: Duration = Duration::from_secs(1);
+
 /// An HTTP/1.1 client for plain-HTTP peers on the host and the sandbox links.
 #[derive(Debug, Clone)]
 pub struct HttpClient {
-    inner: Client<HttpConnector, Full<Bytes>>,
+    /// Boxed bodies: whole ones ([`HttpClient::send`]) and streamed ones
+    /// ([`HttpClient::send_stream`]) share one connection pool.
+    inner: Client<HttpConnector, UnsyncBoxBody<Bytes, std::io::Error>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,8 +64,62 @@ impl HttpClient {
             request = request.header("content-type", "application/json");
         }
         let request = request
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .body(
+                Full::new(Bytes::from(body.unwrap_or_default()))
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            )
             .map_err(|e| transport(e.to_string()))?;
+        self.inner
+            .request(request)
+            .await
+            .map_err(|e| transport(e.to_string()))
+    }
+
+    /// Sends a request whose body is sent as it is produced (a file being uploaded), never
+    /// held whole in memory; returns the response with its body still streaming.
+    ///
+    /// With `Expect: 100-continue`: the body waits for the server's `100 Continue` (or
+    /// [`CONTINUE_WAIT`], for a server that sends none), so a request refused from its head
+    /// alone (a file that exists, a bad path) is answered before any of the body is sent, and
+    /// its answer is not lost to a connection the server closed on unread bytes.
+    pub async fn send_stream<B>(
+        &self,
+        method: http::Method,
+        url: &str,
+        content_type: &str,
+        body: B,
+    ) -> Result<http::Response<hyper::body::Incoming>, HttpError>
+    where
+        B: hyper::body::Body<Data = Bytes, Error = std::io::Error> + Send + 'static,
+    {
+        use futures_util::StreamExt;
+        let transport = |message: String| HttpError::Transport {
+            url: url.to_string(),
+            message,
+        };
+        let (go, proceed) = tokio::sync::oneshot::channel::<()>();
+        let go = std::sync::Mutex::new(Some(go));
+        let wait = async move {
+            let _ = tokio::time::timeout(CONTINUE_WAIT, proceed).await;
+        };
+        let body = futures_util::stream::once(wait)
+            .filter_map(|()| std::future::ready(None))
+            .chain(http_body_util::BodyStream::new(body));
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(url)
+            .header("content-type", content_type)
+            .header("expect", "100-continue")
+            .body(http_body_util::StreamBody::new(body).boxed_unsync())
+            .map_err(|e| transport(e.to_string()))?;
+        hyper::ext::on_informational(&mut request, move |response| {
+            if response.status() == http::StatusCode::CONTINUE
+                && let Some(go) = go.lock().ok().and_then(|mut go| go.take())
+            {
+                let _ = go.send(());
+            }
+        });
         self.inner
             .request(request)
             .await

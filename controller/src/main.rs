@@ -11,12 +11,17 @@
 //! cordon-controller tools check|schema --config cordon.toml [--file tools.toml]
 //! cordon-controller agents sync --config cordon.toml --agent ID [--dry-run]
 //! cordon-controller dashboard user add|remove|list --config cordon.toml [NAME --role R]
+//! cordon-controller files ls  --config cordon.toml --session ID [PATH] [--json]
+//! cordon-controller files get --config cordon.toml --session ID PATH [--output FILE]
+//! cordon-controller files put --config cordon.toml --session ID LOCAL PATH [--replace]
 //! ```
 //!
 //! Exit codes: 0 success (exec: the command's own status), 64 bad configuration or arguments,
-//! 65 the tools file has errors, 69 a prerequisite is missing or the sandbox could not be started, 70 anything else.
+//! 65 the tools file has errors, 66 no such session, sandbox or file, 69 a prerequisite is
+//! missing, the sandbox could not be started or `serve` cannot be reached, 70 anything else.
 
 mod cli_dashboard;
+mod cli_files;
 mod cli_image;
 mod cli_tools;
 
@@ -75,6 +80,11 @@ enum Command {
     Dashboard {
         #[command(subcommand)]
         action: cli_dashboard::DashboardAction,
+    },
+    /// A session's workspace through the running controller (`serve`): `files ls|get|put`.
+    Files {
+        #[command(subcommand)]
+        action: cli_files::FilesAction,
     },
     /// Lists the sessions of the running controller (`serve`): sandbox state, work item,
     /// tool calls, egress decisions. `--stop ID` stops serving one.
@@ -201,6 +211,7 @@ async fn main() -> ExitCode {
         Command::Sessions { common, json, stop } => sessions(common, json, stop).await,
         Command::Tools { action } => cli_tools::run(action),
         Command::Dashboard { action } => cli_dashboard::run(action),
+        Command::Files { action } => cli_files::run(action).await,
         Command::Agents { action } => cli_tools::agents(action).await,
     };
     match result {

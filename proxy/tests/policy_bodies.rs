@@ -673,7 +673,10 @@ fn content_length_bodies_are_decided_whole_up_to_max_bytes() {
         )
         .await;
         assert_eq!(status, 403, "{body}");
-        assert!(body.contains("delete_repo"), "the reason names the tool: {body}");
+        assert!(
+            body.contains("delete_repo"),
+            "the reason names the tool: {body}"
+        );
         let parts: Vec<&[u8]> = padded.as_bytes().chunks(7000).collect();
         let (status, body) = exchange(
             &proxy,

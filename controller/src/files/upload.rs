@@ -194,33 +194,49 @@ fn random_suffix() -> String {
         .collect()
 }
 
-/// Writes `body` into `upload` on the blocking pool and commits it; on any failure (a write,
-/// or the body itself: the client went away) the partial file is removed.
+/// What the writer is told.
+enum Piece {
+    Bytes(Bytes),
+    /// The body ended whole: commit.
+    End,
+    /// The body failed: remove it.
+    Failed(String),
+}
+
+/// Writes `body` into `upload` on the blocking pool and commits it once the body has ended
+/// whole. On any failure (a write, or the body itself: the client went away), and when this
+/// future is dropped before the end (a timeout, a shutdown), the partial file is removed.
 pub async fn upload_stream<E: std::fmt::Display>(
     upload: Upload,
     body: impl Stream<Item = Result<Bytes, E>>,
 ) -> Result<u64, FilesError> {
-    let (chunks, mut received) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(8);
+    let (pieces, mut received) = tokio::sync::mpsc::channel::<Piece>(8);
     let writer = tokio::task::spawn_blocking(move || {
         let mut upload = upload;
-        while let Some(chunk) = received.blocking_recv() {
-            match chunk {
-                Ok(bytes) => upload.write(&bytes)?,
-                Err(why) => return Err(FilesError::Interrupted(why)),
+        // A channel closed without `End` is a body that never ended: nothing is committed.
+        while let Some(piece) = received.blocking_recv() {
+            match piece {
+                Piece::Bytes(bytes) => upload.write(&bytes)?,
+                Piece::End => return upload.commit(),
+                Piece::Failed(why) => return Err(FilesError::Interrupted(why)),
             }
         }
-        upload.commit()
+        Err(FilesError::Interrupted("the upload was abandoned".into()))
     });
     let mut body = std::pin::pin!(body);
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| e.to_string());
-        let failed = chunk.is_err();
+    loop {
+        let piece = match body.next().await {
+            Some(Ok(bytes)) => Piece::Bytes(bytes),
+            Some(Err(e)) => Piece::Failed(e.to_string()),
+            None => Piece::End,
+        };
+        let last = !matches!(piece, Piece::Bytes(_));
         // The writer stopped (a full workspace): its error is the answer.
-        if chunks.send(chunk).await.is_err() || failed {
+        if pieces.send(piece).await.is_err() || last {
             break;
         }
     }
-    drop(chunks);
+    drop(pieces);
     match writer.await {
         Ok(result) => result,
         Err(e) => Err(FilesError::Interrupted(format!("the writer failed: {e}"))),

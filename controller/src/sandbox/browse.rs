@@ -27,11 +27,12 @@ impl Runtime {
         let ended_at = record.ended_at.clone();
         let session = id.to_string();
         blocking(move || {
-            let quota = workspaces.image_len(&record.dir);
             let dir = workspaces.attach(&record.dir).map_err(|e| FilesError::Io {
                 path: crate::files::WorkspacePath::root(),
                 source: std::io::Error::other(e.to_string()),
             })?;
+            // After the attach, which makes the image of a workspace that had none yet.
+            let quota = workspaces.image_len(&record.dir);
             let workspace =
                 Workspace::open(&dir, quota.is_some(), ended_at.is_none()).map_err(|source| {
                     FilesError::Io {

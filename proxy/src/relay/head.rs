@@ -177,12 +177,15 @@ mod tests {
             (16 * 1024 * 1024, Head::LongBody(16 * 1024 * 1024)),
             (16 * 1024 * 1024 + 1, Head::Proxy),
         ] {
-            let request = format!("POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: {length}\r\n\r\n");
+            let request =
+                format!("POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: {length}\r\n\r\n");
             assert_eq!(head(&request), head_is, "{length}");
         }
         // Still only the one plain framing.
         assert_eq!(
-            head("POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 70000\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            head(
+                "POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 70000\r\nTransfer-Encoding: chunked\r\n\r\n"
+            ),
             Head::Proxy
         );
     }

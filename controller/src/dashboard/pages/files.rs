@@ -120,15 +120,14 @@ async fn render(
     status: StatusCode,
 ) -> Response {
     let opened = match WorkspacePath::parse(path) {
-        Ok(here) => dashboard
-            .admin
-            .workspace(id)
-            .await
-            .and_then(|w| w.list(&here).map(|l| (l, w.writable))),
+        Ok(here) => dashboard.admin.list_files(id, here).await,
         Err(e) => Err(e),
     };
     let (status, notice, listing) = match opened {
-        Ok((listing, writable)) => (status, notice, Some((listing, writable))),
+        Ok(listing) => {
+            let writable = listing.writable;
+            (status, notice, Some((listing, writable)))
+        }
         Err(e) => (
             if status.is_success() {
                 e.status()
@@ -183,8 +182,7 @@ pub(crate) async fn download(
 ) -> Response {
     let opened = async {
         let path = WorkspacePath::parse(&at.path)?;
-        let workspace = dashboard.admin.workspace(&id).await?;
-        let (file, length) = workspace.read(&path)?;
+        let (file, length) = dashboard.admin.open_file(&id, path.clone()).await?;
         Ok::<_, FilesError>((path, file, length))
     }
     .await;
@@ -208,7 +206,9 @@ pub(crate) async fn download(
     };
     dashboard.record(&who, "file_download", &format!("{id}:{path}"));
     let name = path.name().unwrap_or("file");
-    let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
+    // What was there at the open is sent, no more: the sandbox may still be writing it.
+    use tokio::io::AsyncReadExt;
+    let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file).take(length));
     let mut response = Body::from_stream(stream).into_response();
     let headers = response.headers_mut();
     headers.insert(
@@ -292,17 +292,16 @@ pub(crate) async fn upload(
                     if name.is_empty() {
                         return Err(form_error("choose a file to upload"));
                     }
-                    let dir = WorkspacePath::parse(&at.path)?;
-                    let upload = dashboard
-                        .admin
-                        .workspace(&id)
-                        .await?
-                        .upload(&dir, &name, replace)?;
+                    let target = WorkspacePath::parse(&at.path)?.join(&name)?;
+                    let upload = dashboard.admin.start_upload(&id, target, replace).await?;
                     let target = upload.target().clone();
                     let bytes = upload_stream(upload, field).await?;
                     Ok((target, bytes))
                 }
                 .await;
+                if written.is_err() {
+                    drain(&mut form).await;
+                }
                 outcome = Some(written);
             }
             _ => {}
@@ -349,6 +348,18 @@ pub(crate) async fn upload(
             .await
         }
     }
+}
+
+/// Reads the rest of a refused upload's form (for at most half a minute): a browser still
+/// sending when the answer comes would otherwise see the connection reset, not the page that
+/// says why nothing was uploaded.
+async fn drain(form: &mut Multipart) {
+    let rest = async {
+        while let Ok(Some(mut field)) = form.next_field().await {
+            while let Ok(Some(_)) = field.chunk().await {}
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), rest).await;
 }
 
 #[cfg(test)]
