@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use cordon_controller::files::{
     EntryKind, FilesError, UPLOAD_PREFIX, Workspace, WorkspacePath, upload_stream,
 };
+use futures_util::StreamExt;
 
 fn path(text: &str) -> WorkspacePath {
     WorkspacePath::parse(text).unwrap()
@@ -170,10 +170,9 @@ async fn an_upload_abandoned_before_its_end_leaves_nothing() {
     let upload = workspace
         .upload(&WorkspacePath::root(), "half.bin", false)
         .unwrap();
-    let stream = futures_util::stream::iter(vec![Ok::<_, String>(Bytes::from_static(
-        b"the first part",
-    ))])
-    .chain(futures_util::stream::pending());
+    let stream =
+        futures_util::stream::iter(vec![Ok::<_, String>(Bytes::from_static(b"the first part"))])
+            .chain(futures_util::stream::pending());
     let abandoned = tokio::time::timeout(
         std::time::Duration::from_millis(200),
         upload_stream(upload, stream),

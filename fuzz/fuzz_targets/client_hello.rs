@@ -7,7 +7,7 @@ use cordon_proxy::intercept::client_hello::{FirstBytes, classify};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let FirstBytes::Tls { sni: Some(name) } = classify(data) {
+    if let FirstBytes::Tls { sni: Some(name), .. } = classify(data) {
         assert!(!name.is_empty(), "an empty server name");
         assert!(
             name.bytes()

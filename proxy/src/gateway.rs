@@ -55,6 +55,8 @@ pub struct Gateway {
     /// HTTP/1.x client connections.
     pub relay: Arc<Relay>,
     pub acceptor: Arc<Acceptor>,
+    /// The same, offering only HTTP/1.1 (see [`Gateway::reads_long_bodies`]).
+    pub acceptor_http1: Arc<Acceptor>,
     pub original_destination: Arc<dyn OriginalDestination>,
 }
 
@@ -167,9 +169,11 @@ impl Gateway {
                 return "denied";
             }
         };
+        let mut client_http1 = false;
         connection.transport = match &first {
-            FirstBytes::Tls { sni } => {
+            FirstBytes::Tls { sni, http1 } => {
                 connection.sni = sni.clone();
+                client_http1 = *http1;
                 Transport::Tls
             }
             FirstBytes::Http => Transport::Http,
@@ -244,6 +248,9 @@ impl Gateway {
                     self.state.config.tls.no_sni,
                     connection.original_destination,
                 ) {
+                    (Some(sni), _, _) if client_http1 && self.reads_long_bodies(sni) => {
+                        self.acceptor_http1.clone()
+                    }
                     (Some(_), _, _) => self.acceptor.clone(),
                     (None, NoSniAction::OriginalDestination, Some(dst)) => {
                         match self.fixed_acceptor(&dst.ip().to_string()) {
@@ -427,6 +434,21 @@ impl Gateway {
             }
             seen.extend_from_slice(&buf[..n]);
         }
+    }
+
+    /// Whether the policy reads bodies to `host` longer than Pingora's path can hold for it
+    /// (`max_bytes` over 64 KiB). Such connections are offered HTTP/1.1 only, where the relay
+    /// reads a `Content-Length` body whole up to `max_bytes`: an HTTP/2 client's bodies go
+    /// through Pingora's proxy, which holds 64 KiB of them. A client that speaks only HTTP/2
+    /// keeps it (and that limit).
+    fn reads_long_bodies(&self, host: &str) -> bool {
+        self.state
+            .policy
+            .generation()
+            .request_body()
+            .is_some_and(|config| {
+                config.max_bytes > crate::authorize::body::REPLAY_LIMIT && config.wants(host)
+            })
     }
 
     fn fixed_acceptor(&self, name: &str) -> Result<Acceptor, String> {
@@ -659,6 +681,14 @@ impl Gateway {
 pub fn server_config(
     resolver: Arc<dyn rustls::server::ResolvesServerCert>,
 ) -> Result<rustls::ServerConfig, String> {
+    server_config_offering(resolver, &[b"h2", b"http/1.1"])
+}
+
+/// [`server_config`] with the ALPN protocols `alpn`, in the server's order of preference.
+fn server_config_offering(
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+    alpn: &[&[u8]],
+) -> Result<rustls::ServerConfig, String> {
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -666,7 +696,7 @@ pub fn server_config(
     .map_err(|e| e.to_string())?
     .with_no_client_auth()
     .with_cert_resolver(resolver);
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }
 
@@ -675,5 +705,16 @@ pub fn sni_acceptor(state: &GatewayState) -> Result<Acceptor, String> {
     let config = server_config(Arc::new(SniResolver {
         cache: state.leaves.clone(),
     }))?;
+    Ok(Acceptor::from_server_config(Arc::new(config)))
+}
+
+/// [`sni_acceptor`] offering HTTP/1.1 only.
+pub fn sni_acceptor_http1(state: &GatewayState) -> Result<Acceptor, String> {
+    let config = server_config_offering(
+        Arc::new(SniResolver {
+            cache: state.leaves.clone(),
+        }),
+        &[b"http/1.1"],
+    )?;
     Ok(Acceptor::from_server_config(Arc::new(config)))
 }

@@ -12,7 +12,9 @@ use pingora::services::listening::Service;
 
 use crate::admin::{AdminApi, MetricsEndpoint};
 use crate::authorize::Authorizer;
-use crate::gateway::{Gateway, OriginalDestination, SocketOriginalDestination, sni_acceptor};
+use crate::gateway::{
+    Gateway, OriginalDestination, SocketOriginalDestination, sni_acceptor, sni_acceptor_http1,
+};
 use crate::relay::Relay;
 use crate::state::GatewayState;
 
@@ -64,6 +66,7 @@ pub fn build(
         http.clone(),
     ));
     let acceptor = Arc::new(sni_acceptor(&state).map_err(ServeError::Tls)?);
+    let acceptor_http1 = Arc::new(sni_acceptor_http1(&state).map_err(ServeError::Tls)?);
     let original_destination =
         original_destination.unwrap_or_else(|| Arc::new(SocketOriginalDestination));
     let listeners = [
@@ -78,6 +81,7 @@ pub fn build(
             http: http.clone(),
             relay: relay.clone(),
             acceptor: acceptor.clone(),
+            acceptor_http1: acceptor_http1.clone(),
             original_destination: original_destination.clone(),
         };
         let mut service = Service::new(format!("cordon {}", mode.as_str()), gateway);

@@ -521,6 +521,43 @@ fn decides_http2_request_bodies() {
     assert_eq!(allowed["body_read"], CALL_ALLOWED.len(), "{allowed}");
 }
 
+/// A client that offers both HTTP/2 and HTTP/1.1 to a host whose bodies the policy reads
+/// beyond 64 KiB is given HTTP/1.1, where a `Content-Length` body is read whole up to
+/// `max_bytes` (HTTP/2 bodies go through Pingora's path, which holds 64 KiB); with a
+/// `max_bytes` within 64 KiB, or to a host whose bodies are not read, it keeps HTTP/2. A
+/// client that offers only HTTP/2 keeps it.
+#[test]
+fn clients_that_offer_http1_get_it_where_bodies_are_read_beyond_64_kib() {
+    async fn negotiated(proxy: &Proxy, host: &str, offered: &[&[u8]]) -> Vec<u8> {
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", proxy.explicit))
+            .await
+            .unwrap();
+        tcp.write_all(
+            format!("CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut buf = Vec::new();
+        take_head(&mut tcp, &mut buf).await.unwrap();
+        let mut config = (*client_config(proxy, b"h2")).clone();
+        config.alpn_protocols = offered.iter().map(|p| p.to_vec()).collect();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(host.to_string().try_into().unwrap(), tcp)
+            .await
+            .unwrap();
+        tls.get_ref().1.alpn_protocol().unwrap_or_default().to_vec()
+    }
+    let both: &[&[u8]] = &[b"h2", b"http/1.1"];
+    let (long, _seen, _bundle) = started(1024 * 1024, "deny");
+    let (short, _seen_short, _bundle_short) = started(64 * 1024, "deny");
+    runtime().block_on(async {
+        assert_eq!(negotiated(&long, "allowed.test", both).await, b"http/1.1");
+        assert_eq!(negotiated(&long, "allowed.test", &[b"h2"]).await, b"h2");
+        assert_eq!(negotiated(&long, "plain.test", both).await, b"h2");
+        assert_eq!(negotiated(&short, "allowed.test", both).await, b"h2");
+    });
+}
+
 #[test]
 fn report_mode_forwards_denied_bodies_and_expect_continue_is_answered() {
     let (proxy, seen, _bundle) = started_with(64 * 1024, "deny", "policy.mode = \"report\"");

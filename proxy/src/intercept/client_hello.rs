@@ -12,8 +12,9 @@ pub const MAX_CLIENT_HELLO: usize = 16 * 1024 + 5;
 pub enum FirstBytes {
     /// Not enough bytes yet to tell.
     NeedMore,
-    /// A complete TLS ClientHello; `sni` is the server name it asks for, lower-cased.
-    Tls { sni: Option<String> },
+    /// A complete TLS ClientHello; `sni` is the server name it asks for, lower-cased;
+    /// `http1`: whether it could speak HTTP/1.1 (it offers `http/1.1` in ALPN, or no ALPN).
+    Tls { sni: Option<String>, http1: bool },
     /// Bytes that start like TLS but are not a valid ClientHello.
     BadTls(String),
     /// An HTTP/1.x request line (or the HTTP/2 prior-knowledge preface).
@@ -50,12 +51,15 @@ fn tls(buf: &[u8]) -> FirstBytes {
         }
     }
     match acceptor.accept() {
-        Ok(Some(accepted)) => FirstBytes::Tls {
-            sni: accepted
-                .client_hello()
-                .server_name()
-                .map(|s| s.to_ascii_lowercase()),
-        },
+        Ok(Some(accepted)) => {
+            let hello = accepted.client_hello();
+            FirstBytes::Tls {
+                sni: hello.server_name().map(|s| s.to_ascii_lowercase()),
+                http1: hello
+                    .alpn()
+                    .is_none_or(|mut offered| offered.any(|p| p == b"http/1.1")),
+            }
+        }
         Ok(None) if buf.len() < MAX_CLIENT_HELLO => FirstBytes::NeedMore,
         Ok(None) => FirstBytes::BadTls("ClientHello larger than 16 KiB".into()),
         Err((e, _alert)) => FirstBytes::BadTls(e.to_string()),
@@ -86,6 +90,11 @@ mod tests {
 
     /// A real ClientHello, produced by rustls's client for `name`.
     pub(crate) fn client_hello(name: Option<&str>) -> Vec<u8> {
+        client_hello_offering(name, &[])
+    }
+
+    /// [`client_hello`] offering `alpn` (none when empty).
+    pub(crate) fn client_hello_offering(name: Option<&str>, alpn: &[&[u8]]) -> Vec<u8> {
         let roots = rustls::RootCertStore::empty();
         let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -95,6 +104,7 @@ mod tests {
         .with_root_certificates(roots)
         .with_no_client_auth();
         let mut config = config;
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let server_name = match name {
             Some(n) => rustls::pki_types::ServerName::try_from(n.to_string()).unwrap(),
             None => {
@@ -115,9 +125,30 @@ mod tests {
         assert_eq!(
             classify(&hello),
             FirstBytes::Tls {
-                sni: Some("api.github.com".into())
+                sni: Some("api.github.com".into()),
+                http1: true,
             }
         );
+    }
+
+    #[test]
+    fn tells_whether_the_client_could_speak_http1() {
+        for (alpn, http1) in [
+            (&[][..], true),
+            (&[&b"h2"[..], b"http/1.1"][..], true),
+            (&[&b"http/1.1"[..]][..], true),
+            (&[&b"h2"[..]][..], false),
+        ] {
+            let hello = client_hello_offering(Some("a.test"), alpn);
+            assert_eq!(
+                classify(&hello),
+                FirstBytes::Tls {
+                    sni: Some("a.test".into()),
+                    http1
+                },
+                "{alpn:?}"
+            );
+        }
     }
 
     #[test]
@@ -134,7 +165,13 @@ mod tests {
 
     #[test]
     fn reports_a_client_hello_without_sni() {
-        assert_eq!(classify(&client_hello(None)), FirstBytes::Tls { sni: None });
+        assert_eq!(
+            classify(&client_hello(None)),
+            FirstBytes::Tls {
+                sni: None,
+                http1: true
+            }
+        );
     }
 
     #[test]
