@@ -15,6 +15,7 @@
 //! files routes.
 
 mod files;
+pub mod token;
 
 use std::sync::Arc;
 
@@ -45,6 +46,8 @@ pub struct Admin {
     /// The sandboxes `serve` runs, for the workspaces' files; `None` without
     /// `[controller] environment_id`.
     pub runtime: Option<Arc<crate::sandbox::Runtime>>,
+    /// What the workspace file routes ask for ([`token`]); `None`: they refuse every request.
+    pub files_token: Option<String>,
 }
 
 impl Admin {
@@ -109,12 +112,20 @@ pub fn router(admin: Arc<Admin>) -> Router {
         )
         .route("/sessions", get(sessions))
         .route("/sessions/{id}/stop", post(stop))
-        .route("/sessions/{id}/files", get(files::list))
+        .route(
+            "/sessions/{id}/files",
+            get(files::list).route_layer(axum::middleware::from_fn_with_state(
+                admin.clone(),
+                files::token_only,
+            )),
+        )
         // The upload takes the body as a stream, which no body limit applies to: the
         // workspace's quota is its only limit.
         .route(
             "/sessions/{id}/files/content",
-            get(files::download).put(files::upload),
+            get(files::download).put(files::upload).route_layer(
+                axum::middleware::from_fn_with_state(admin.clone(), files::token_only),
+            ),
         )
         .layer(axum::middleware::from_fn(local_only))
         .with_state(admin)
@@ -297,6 +308,7 @@ mod tests {
             sandbox: None,
             proxy_admin: None,
             runtime: None,
+            files_token: None,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();

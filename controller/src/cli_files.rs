@@ -93,6 +93,8 @@ struct Api {
     /// `http://<admin_listen>/sessions/<id>/files`.
     base: String,
     session: String,
+    /// The admin token the file routes ask for (`<state_dir>/controller/admin-token`).
+    token: String,
 }
 
 impl Api {
@@ -110,10 +112,24 @@ impl Api {
             );
             return Err(ExitCode::from(64));
         }
+        let token_file = cordon_controller::config::ServiceConfig::admin_token_path(&common.config)
+            .map_err(|e| {
+                eprintln!("cordon-controller: {e}");
+                ExitCode::from(64)
+            })?;
+        let token = cordon_controller::admin::token::read(&token_file).map_err(|e| {
+            eprintln!(
+                "cordon-controller: the admin token {}: {e}\n(`serve` makes it when it starts; \
+                 run this as the user that runs `serve`, usually root)",
+                token_file.display()
+            );
+            ExitCode::from(69)
+        })?;
         Ok(Self {
             http: HttpClient::default(),
             base: format!("http://{admin}/sessions/{session}/files"),
             session: session.to_string(),
+            token,
         })
     }
 
@@ -169,7 +185,7 @@ async fn ls(api: &Api, path: &str, json: bool) -> Result<ExitCode, ExitCode> {
     let url = api.url("", path, false);
     let response = api
         .http
-        .send(http::Method::GET, &url, None, None)
+        .send(http::Method::GET, &url, Some(&api.token), None)
         .await
         .map_err(unreachable)?;
     if !response.status().is_success() {
@@ -250,25 +266,25 @@ fn utc(seconds: i64) -> String {
     }
 }
 
-/// `text` with control characters escaped: the sandbox chose these names, and an escape
-/// sequence in one must not reach the operator's terminal.
+/// `text` as it may reach the operator's terminal ([`cordon_controller::files::shown`]).
 fn printable(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    cordon_controller::files::shown(text)
 }
 
 async fn get(api: &Api, path: &str, output: Option<PathBuf>) -> Result<ExitCode, ExitCode> {
+    use std::io::IsTerminal;
+    if output.is_none() && std::io::stdout().is_terminal() {
+        // The file's bytes are the sandbox's: escape sequences in them would reach the terminal.
+        eprintln!(
+            "cordon-controller: not writing a workspace file to a terminal (its bytes come from \
+             the sandbox); give --output FILE, or --output - to write it here anyway"
+        );
+        return Err(ExitCode::from(64));
+    }
     let url = api.url("/content", path, false);
     let response = api
         .http
-        .send(http::Method::GET, &url, None, None)
+        .send(http::Method::GET, &url, Some(&api.token), None)
         .await
         .map_err(unreachable)?;
     if !response.status().is_success() {
@@ -363,7 +379,13 @@ async fn put(api: &Api, local: &Path, path: &str, replace: bool) -> Result<ExitC
     let url = api.url("/content", path, replace);
     let response = api
         .http
-        .send_stream(http::Method::PUT, &url, "application/octet-stream", body)
+        .send_stream(
+            http::Method::PUT,
+            &url,
+            Some(&api.token),
+            "application/octet-stream",
+            body,
+        )
         .await
         .map_err(unreachable)?;
     if !response.status().is_success() {

@@ -401,6 +401,15 @@ impl ServiceConfig {
             })
     }
 
+    /// Where `serve` keeps the admin API's token (`<state_dir>/controller/admin-token`), which
+    /// the workspace file routes ask for: read from `path` without the rest of the section.
+    pub fn admin_token_path(path: &Path) -> Result<PathBuf, ConfigError> {
+        let file = cordon_config::read(path)?;
+        Ok(crate::admin::token::path(
+            &file.state_dir().join("controller"),
+        ))
+    }
+
     /// Reads `[controller]` of `cordon.toml`; the webhook secret comes from the environment
     /// variable or the file (mode 0600) it names, never from the config file itself.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {

@@ -21,10 +21,31 @@ use std::path::Path;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 
 pub use path::{UPLOAD_PREFIX, WorkspacePath};
-pub use upload::{Upload, upload_stream};
+pub use upload::{MAX_UPLOADS, Upload, upload_stream};
 
 /// Entries listed from one directory, at most; the rest are counted.
 pub const MAX_LISTED: usize = 5000;
+/// Names read from one directory to choose those listed; beyond, they are only counted.
+pub const MAX_READ: usize = 200_000;
+
+/// `text` (a name the sandbox chose) safe to show to a person: control characters and the
+/// Unicode controls that reorder text (`report\u{202e}fdp.exe` would read `reportexe.pdf`)
+/// escaped as `\u{...}`.
+pub fn shown(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let reorders = matches!(
+            c,
+            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        );
+        if c.is_control() || reorders {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
 
 /// Why a file operation did nothing. Each says what was wrong and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +80,8 @@ pub enum FilesError {
     Full { quota: String },
     #[error("the upload was cut off ({0}): it was removed and nothing changed")]
     Interrupted(String),
+    #[error("{0} uploads are being written already: try again when one has finished")]
+    Busy(usize),
     #[error("{path}: {source}")]
     Io {
         path: WorkspacePath,
@@ -76,7 +99,7 @@ impl FilesError {
             }
             Self::NoWorkspace(_) | Self::NotFound(_) => S::NOT_FOUND,
             Self::Ended { .. } | Self::Exists(_) => S::CONFLICT,
-            Self::NoSandboxes => S::SERVICE_UNAVAILABLE,
+            Self::NoSandboxes | Self::Busy(_) => S::SERVICE_UNAVAILABLE,
             Self::Full { .. } => S::INSUFFICIENT_STORAGE,
             Self::Interrupted(_) => S::BAD_REQUEST,
             Self::Io { .. } => S::INTERNAL_SERVER_ERROR,
@@ -250,32 +273,44 @@ impl Workspace {
         }
     }
 
-    /// The directory at `path`: its entries, directories first, at most [`MAX_LISTED`].
+    /// The directory at `path`: its entries, directories first then by name, at most
+    /// [`MAX_LISTED`] of them (the first in that order, whatever order the directory keeps;
+    /// names beyond [`MAX_READ`] are only counted).
     pub fn list(&self, path: &WorkspacePath) -> Result<Listing, FilesError> {
         let fd = self.open_beneath(path, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?;
         let dir = rustix::fs::Dir::read_from(&fd).map_err(|e| self.error(path, e.into()))?;
-        let mut entries = Vec::new();
+        // Names and types first (no stat: the directory's own record), sorted, then only the
+        // entries shown are looked at.
+        let mut names = Vec::new();
         let mut not_listed = 0;
         for entry in dir {
             let entry = entry.map_err(|e| self.error(path, e.into()))?;
-            let name = entry.file_name().to_bytes();
-            if name == b"." || name == b".." {
+            let name = entry.file_name();
+            if matches!(name.to_bytes(), b"." | b"..") {
                 continue;
             }
-            if entries.len() >= MAX_LISTED {
+            if names.len() >= MAX_READ {
                 not_listed += 1;
                 continue;
             }
+            names.push((entry.file_type() != FileType::Directory, name.to_owned()));
+        }
+        names.sort_unstable();
+        not_listed += names.len().saturating_sub(MAX_LISTED);
+        names.truncate(MAX_LISTED);
+        let mut entries = Vec::with_capacity(names.len());
+        for (_, name) in names {
             // Gone since it was read (the sandbox is live): not listed.
-            let Ok(stat) = rustix::fs::statat(&fd, entry.file_name(), AtFlags::SYMLINK_NOFOLLOW)
+            let Ok(stat) = rustix::fs::statat(&fd, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)
             else {
                 continue;
             };
+            let name = name.to_bytes();
             let kind = match FileType::from_raw_mode(stat.st_mode) {
                 FileType::RegularFile => EntryKind::File,
                 FileType::Directory => EntryKind::Directory,
                 FileType::Symlink => EntryKind::Symlink {
-                    target: rustix::fs::readlinkat(&fd, entry.file_name(), Vec::new())
+                    target: rustix::fs::readlinkat(&fd, name, Vec::new())
                         .map(|t| String::from_utf8_lossy(t.as_bytes()).into_owned())
                         .unwrap_or_default(),
                 },
@@ -288,10 +323,6 @@ impl Workspace {
                 modified: stat.st_mtime,
             });
         }
-        entries.sort_by(|a, b| {
-            let dir = |e: &Entry| e.kind != EntryKind::Directory;
-            dir(a).cmp(&dir(b)).then_with(|| a.name.cmp(&b.name))
-        });
         Ok(Listing {
             path: path.to_string(),
             entries,
@@ -364,4 +395,19 @@ mod libc_errno {
     pub(super) const EXDEV: i32 = Errno::XDEV.raw_os_error();
     pub(super) const ENOSPC: i32 = Errno::NOSPC.raw_os_error();
     pub(super) const EDQUOT: i32 = Errno::DQUOT.raw_os_error();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown;
+
+    #[test]
+    fn names_shown_to_people_carry_no_controls_and_no_reordering() {
+        assert_eq!(shown("notes.txt"), "notes.txt");
+        assert_eq!(shown("a\u{1b}[31mb"), "a\\u{1b}[31mb");
+        assert_eq!(shown("report\u{202e}fdp.exe"), "report\\u{202e}fdp.exe");
+        assert_eq!(shown("tab\there"), "tab\\u{9}here");
+        assert_eq!(shown("C1\u{9b}x"), "C1\\u{9b}x");
+        assert_eq!(shown("résumé"), "résumé");
+    }
 }

@@ -87,6 +87,7 @@ impl HttpClient {
         &self,
         method: http::Method,
         url: &str,
+        bearer: Option<&str>,
         content_type: &str,
         body: B,
     ) -> Result<http::Response<hyper::body::Incoming>, HttpError>
@@ -110,7 +111,11 @@ impl HttpClient {
             .method(method)
             .uri(url)
             .header("content-type", content_type)
-            .header("expect", "100-continue")
+            .header("expect", "100-continue");
+        if let Some(token) = bearer {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let mut request = request
             .body(http_body_util::StreamBody::new(body).boxed_unsync())
             .map_err(|e| transport(e.to_string()))?;
         hyper::ext::on_informational(&mut request, move |response| {

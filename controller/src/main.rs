@@ -367,6 +367,15 @@ async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
             .map(|c| cordon_controller::proxy_admin::ProxyAdmin::new(c.admin)),
         sandbox: sandbox_config,
         runtime: served_runtime.clone(),
+        files_token: Some(
+            cordon_controller::admin::token::ensure(&config.state_dir).map_err(|e| {
+                eprintln!(
+                    "cordon-controller: the admin token in {}: {e}",
+                    config.state_dir.display()
+                );
+                ExitCode::from(70)
+            })?,
+        ),
     });
     eprintln!(
         "cordon-controller: serving POST /webhooks on {}, the admin API (/sessions, /metrics) on {}",

@@ -387,6 +387,7 @@ impl Served {
                 .unwrap();
         let workspaces = config.workspace_root.clone();
         let state = config.state_dir.join("state.db");
+        let token = cordon_controller::admin::token::ensure(&config.state_dir).unwrap();
         let runtime = cordon_controller::sandbox::Runtime::open(config).unwrap();
         let sessions: &[(&str, &[(&str, &str)])] = if max_mb == 0 {
             &[
@@ -428,6 +429,7 @@ impl Served {
             sandbox: None,
             proxy_admin: None,
             runtime: Some(Arc::new(runtime)),
+            files_token: Some(token),
         });
         // Its own runtime on its own thread: the CLI runs as a child process meanwhile.
         std::thread::spawn(move || {
@@ -677,10 +679,54 @@ fn the_cli_says_when_serve_is_not_running() {
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_cordon-controller"))
-        .args(["files", "ls", "--session", "sesn_x", "--config"])
-        .arg(&config)
+    let ls = || {
+        Command::new(env!("CARGO_BIN_EXE_cordon-controller"))
+            .args(["files", "ls", "--session", "sesn_x", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    // No state yet: no token, which serve would have made.
+    fails(&ls(), 69, "serve` makes it when it starts");
+    cordon_controller::admin::token::ensure(&dir.path().join("state/controller")).unwrap();
+    fails(&ls(), 69, "is `cordon-controller serve` running");
+}
+
+#[test]
+fn the_file_routes_need_the_admin_token() {
+    let served = Served::start(0);
+    let admin = cordon_controller::config::ServiceConfig::admin_address(
+        &served.dir.path().join("cordon.toml"),
+    )
+    .unwrap();
+    let status = |extra: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(extra)
+            .arg(format!("http://{admin}/sessions/sesn_files/files?path=/"))
+            .output()
+            .unwrap();
+        text(&out.stdout)
+    };
+    assert_eq!(status(&[]), "401", "no token");
+    assert_eq!(
+        status(&["-H", "authorization: Bearer not-the-token"]),
+        "401"
+    );
+    let token_file = cordon_controller::config::ServiceConfig::admin_token_path(
+        &served.dir.path().join("cordon.toml"),
+    )
+    .unwrap();
+    let token = std::fs::read_to_string(token_file).unwrap();
+    assert_eq!(
+        status(&["-H", &format!("authorization: Bearer {token}")]),
+        "200"
+    );
+    // The rest of the admin API is as it was.
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://{admin}/healthz"))
         .output()
         .unwrap();
-    fails(&out, 69, "is `cordon-controller serve` running");
+    assert_eq!(text(&out.stdout), "200");
 }

@@ -56,6 +56,24 @@ impl Admin {
     }
 }
 
+/// The admin token, or 401 saying where it is ([`super::token`]).
+pub(super) async fn token_only(
+    State(admin): State<Arc<Admin>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match &admin.files_token {
+        Some(token) if super::token::carried(request.headers(), token) => next.run(request).await,
+        _ => answer(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({"error": "the workspace file routes need the admin token: \
+                `Authorization: Bearer <token>` with the content of \
+                <state_dir>/controller/admin-token (mode 0600; `cordon-controller files` \
+                reads it)"}),
+        ),
+    }
+}
+
 /// File system work on the blocking pool: a listing or an open can wait on a slow disk.
 async fn blocking<T: Send + 'static>(
     path: WorkspacePath,

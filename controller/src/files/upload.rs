@@ -16,6 +16,17 @@ use super::{FilesError, UPLOAD_PREFIX, Workspace, WorkspacePath, beneath, libc_e
 /// filesystem) an upload stops before leaving less than this free for everything else.
 const HOST_RESERVE: u64 = 1024 * 1024 * 1024;
 
+/// Uploads written at once, across every workspace: each holds a thread of the blocking pool
+/// while it lasts, which sandbox starts and mounts need too.
+pub const MAX_UPLOADS: usize = 16;
+static UPLOADS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_UPLOADS);
+
+/// How long an upload may send nothing before it is dropped.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// On a workspace without a quota, the host's free space is looked at again after this much.
+const RECHECK_EVERY: u64 = 64 * 1024 * 1024;
+
 /// A file being written into a workspace.
 #[derive(Debug)]
 pub struct Upload {
@@ -132,8 +143,17 @@ impl Upload {
 
     /// Appends `chunk`.
     pub fn write(&mut self, chunk: &[u8]) -> Result<(), FilesError> {
+        let before = self.written;
         self.written += chunk.len() as u64;
         if self.allowance.is_some_and(|a| self.written > a) {
+            return Err(self.full());
+        }
+        // Other uploads and the sandboxes write to the same filesystem meanwhile.
+        if self.allowance.is_some()
+            && before / RECHECK_EVERY != self.written / RECHECK_EVERY
+            && rustix::fs::fstatvfs(&self.parent)
+                .is_ok_and(|s| s.f_bavail * s.f_frsize < HOST_RESERVE)
+        {
             return Err(self.full());
         }
         let Some(file) = self.file.as_mut() else {
@@ -204,12 +224,16 @@ enum Piece {
 }
 
 /// Writes `body` into `upload` on the blocking pool and commits it once the body has ended
-/// whole. On any failure (a write, or the body itself: the client went away), and when this
+/// whole. At most [`MAX_UPLOADS`] run at once (more are refused: [`FilesError::Busy`]), and
+/// one that sends nothing for a minute is dropped. On any failure (a write, or the body itself: the client went away), and when this
 /// future is dropped before the end (a timeout, a shutdown), the partial file is removed.
 pub async fn upload_stream<E: std::fmt::Display>(
     upload: Upload,
     body: impl Stream<Item = Result<Bytes, E>>,
 ) -> Result<u64, FilesError> {
+    let Ok(_slot) = UPLOADS.try_acquire() else {
+        return Err(FilesError::Busy(MAX_UPLOADS));
+    };
     let (pieces, mut received) = tokio::sync::mpsc::channel::<Piece>(8);
     let writer = tokio::task::spawn_blocking(move || {
         let mut upload = upload;
@@ -225,10 +249,11 @@ pub async fn upload_stream<E: std::fmt::Display>(
     });
     let mut body = std::pin::pin!(body);
     loop {
-        let piece = match body.next().await {
-            Some(Ok(bytes)) => Piece::Bytes(bytes),
-            Some(Err(e)) => Piece::Failed(e.to_string()),
-            None => Piece::End,
+        let piece = match tokio::time::timeout(IDLE, body.next()).await {
+            Ok(Some(Ok(bytes))) => Piece::Bytes(bytes),
+            Ok(Some(Err(e))) => Piece::Failed(e.to_string()),
+            Ok(None) => Piece::End,
+            Err(_) => Piece::Failed(format!("nothing arrived for {} s", IDLE.as_secs())),
         };
         let last = !matches!(piece, Piece::Bytes(_));
         // The writer stopped (a full workspace): its error is the answer.
@@ -240,5 +265,49 @@ pub async fn upload_stream<E: std::fmt::Display>(
     match writer.await {
         Ok(result) => result,
         Err(e) => Err(FilesError::Interrupted(format!("the writer failed: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::files::Workspace;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn at_most_sixteen_uploads_are_written_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let workspace = Workspace::open(dir.path(), true, true).unwrap();
+        let root = WorkspacePath::root();
+        let stalled = || {
+            futures_util::stream::iter([Ok::<_, String>(Bytes::from_static(b"part"))])
+                .chain(futures_util::stream::pending())
+        };
+        let held: Vec<_> = (0..MAX_UPLOADS)
+            .map(|n| {
+                let upload = workspace.upload(&root, &format!("f{n}"), false).unwrap();
+                tokio::spawn(upload_stream(upload, stalled()))
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while UPLOADS.available_permits() > 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let one_more = workspace.upload(&root, "f-more", false).unwrap();
+        let refused = upload_stream(one_more, stalled()).await.unwrap_err();
+        assert!(matches!(refused, FilesError::Busy(16)), "{refused:?}");
+        assert!(refused.to_string().contains("try again"), "{refused}");
+        for task in held {
+            task.abort();
+        }
+        // Every slot comes back and nothing is left in the directory.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while (UPLOADS.available_permits() < MAX_UPLOADS
+            || std::fs::read_dir(dir.path()).unwrap().next().is_some())
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(UPLOADS.available_permits(), MAX_UPLOADS);
+        assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
     }
 }

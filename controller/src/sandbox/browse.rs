@@ -5,8 +5,8 @@ use super::{Runtime, blocking};
 use crate::files::{FilesError, Workspace};
 
 impl Runtime {
-    /// Opens session `id`'s workspace from the host. A workspace unmounted since its session
-    /// ended is mounted again (the sweep unmounts it later; an open directory keeps its
+    /// Opens session `id`'s workspace from the host, as it is (nothing is created). A workspace
+    /// unmounted since its session ended is mounted again (the sweep unmounts it later; an open directory keeps its
     /// mount usable until it is closed). It takes uploads only while the session has not ended.
     ///
     /// Under the session's lock: a start or the sweep never races the mount and the open.
@@ -27,11 +27,12 @@ impl Runtime {
         let ended_at = record.ended_at.clone();
         let session = id.to_string();
         blocking(move || {
-            let dir = workspaces.attach(&record.dir).map_err(|e| FilesError::Io {
-                path: crate::files::WorkspacePath::root(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
-            // After the attach, which makes the image of a workspace that had none yet.
+            let dir = workspaces
+                .attach_existing(&record.dir)
+                .map_err(|e| FilesError::Io {
+                    path: crate::files::WorkspacePath::root(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
             let quota = workspaces.image_len(&record.dir);
             let workspace =
                 Workspace::open(&dir, quota.is_some(), ended_at.is_none()).map_err(|source| {

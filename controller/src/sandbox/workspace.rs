@@ -87,6 +87,30 @@ impl Workspaces {
         if fresh {
             self.create_image(&image)?;
         }
+        self.mount(&image, &dir)?;
+        if fresh {
+            // mkfs's lost+found would be the agent's first sight of its workspace.
+            let _ = std::fs::remove_dir(dir.join("lost+found"));
+        }
+        Ok(dir)
+    }
+
+    /// Makes workspace `id` readable at [`Workspaces::dir`] as it is, creating nothing: its
+    /// image mounted if it has one (whatever `max_mb` says now), its plain directory otherwise.
+    /// The file browser's attach: browsing must not give an old plain-directory workspace an
+    /// empty image over its files after `workspace_max_mb` was raised.
+    pub fn attach_existing(&self, id: &str) -> Result<PathBuf, WorkspaceError> {
+        let dir = self.dir(id);
+        let image = self.image(id);
+        if !image.exists() || is_mount_point(&dir) {
+            return Ok(dir);
+        }
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        self.mount(&image, &dir)?;
+        Ok(dir)
+    }
+
+    fn mount(&self, image: &Path, dir: &Path) -> Result<(), WorkspaceError> {
         run(
             "mount",
             [
@@ -98,11 +122,7 @@ impl Workspaces {
                 dir.display().to_string(),
             ],
         )?;
-        if fresh {
-            // mkfs's lost+found would be the agent's first sight of its workspace.
-            let _ = std::fs::remove_dir(dir.join("lost+found"));
-        }
-        Ok(dir)
+        Ok(())
     }
 
     fn create_image(&self, image: &Path) -> Result<(), WorkspaceError> {

@@ -15,7 +15,7 @@ use maud::{Markup, html};
 
 use super::super::layout::{csrf, frame, stale_form, time_ms};
 use super::super::{Dashboard, Operator, Principal};
-use crate::files::{EntryKind, FilesError, Listing, WorkspacePath, upload_stream};
+use crate::files::{EntryKind, FilesError, Listing, WorkspacePath, shown, upload_stream};
 
 #[derive(Debug, Default, serde::Deserialize)]
 pub(crate) struct At {
@@ -51,7 +51,8 @@ fn size(bytes: u64) -> String {
 
 /// What happened, above the listing.
 enum Notice {
-    Done(String),
+    /// The file of this name was uploaded into the directory shown.
+    Uploaded(String),
     Failed(String),
 }
 
@@ -77,12 +78,12 @@ fn listing_markup(who: &Principal, id: &str, listing: &Listing, writable: bool) 
                     tr data-name=(entry.name) {
                         td {
                             @match &entry.kind {
-                                EntryKind::Directory => a href=(link(id, &path, "")) { (entry.name) "/" },
-                                EntryKind::File => a.file href=(link(id, &path, "/download")) download=(entry.name) { (entry.name) },
+                                EntryKind::Directory => a href=(link(id, &path, "")) { (shown(&entry.name)) "/" },
+                                EntryKind::File => a.file href=(link(id, &path, "/download")) download=(entry.name) { (shown(&entry.name)) },
                                 EntryKind::Symlink { target } => {
-                                    code { (entry.name) } " → " code { (target) } " " span.tag.muted title="links are not followed: they could lead outside the workspace" { "link" }
+                                    code { (shown(&entry.name)) } " → " code { (shown(target)) } " " span.tag.muted title="links are not followed: they could lead outside the workspace" { "link" }
                                 },
-                                EntryKind::Other => { code { (entry.name) } " " span.tag.muted { "special file" } },
+                                EntryKind::Other => { code { (shown(&entry.name)) } " " span.tag.muted { "special file" } },
                             }
                         }
                         td.num { @if entry.kind == EntryKind::File { (size(entry.size)) } }
@@ -126,6 +127,14 @@ async fn render(
     let (status, notice, listing) = match opened {
         Ok(listing) => {
             let writable = listing.writable;
+            // "Uploaded x." only about a file that is there (the notice comes from the URL).
+            let notice = notice.filter(|n| match n {
+                Notice::Uploaded(name) => listing
+                    .entries
+                    .iter()
+                    .any(|e| &e.name == name && e.kind == EntryKind::File),
+                _ => true,
+            });
             (status, notice, Some((listing, writable)))
         }
         Err(e) => (
@@ -143,11 +152,11 @@ async fn render(
         p { a href={ "/sessions/" (id) } { "← Session " (id) } }
         nav.crumbs {
             @for (label, crumb) in here.ancestors() {
-                a href=(link(id, &crumb, "")) { (label) } " / "
+                a href=(link(id, &crumb, "")) { (shown(&label)) } " / "
             }
         }
         @match &notice {
-            Some(Notice::Done(text)) => p.notice #outcome { (text) },
+            Some(Notice::Uploaded(name)) => p.notice #outcome { "Uploaded " (shown(name)) "." },
             Some(Notice::Failed(text)) => p.error #outcome { (text) },
             None => {},
         }
@@ -166,9 +175,7 @@ pub(crate) async fn page(
     Path(id): Path<String>,
     Query(at): Query<At>,
 ) -> Response {
-    let notice = at
-        .uploaded
-        .map(|name| Notice::Done(format!("Uploaded {name}.")));
+    let notice = at.uploaded.map(Notice::Uploaded);
     render(&dashboard, &who, &id, &at.path, notice, StatusCode::OK).await
 }
 
@@ -276,9 +283,15 @@ pub(crate) async fn upload(
             }
         };
         match field.name() {
-            Some("csrf") => token_ok = field.text().await.is_ok_and(|t| who.csrf_ok(&t)),
-            Some("replace") => replace = field.text().await.is_ok_and(|v| v == "on"),
-            Some("file") if !token_ok => return stale_form(&who),
+            Some("csrf") => {
+                token_ok = small_text(field).await.is_some_and(|t| who.csrf_ok(&t));
+            }
+            Some("replace") => replace = small_text(field).await.is_some_and(|v| v == "on"),
+            Some("file") if !token_ok => {
+                drop(field);
+                drain(&mut form).await;
+                return stale_form(&who);
+            }
             Some("file") => {
                 // Browsers send the bare name; anything before a separator is dropped.
                 let name = field
@@ -348,6 +361,20 @@ pub(crate) async fn upload(
             .await
         }
     }
+}
+
+/// A short form field (the token, the checkbox), or `None` when it is longer than any of them
+/// can be: the upload route takes bodies of any size, its small fields must not.
+async fn small_text(mut field: axum::extract::multipart::Field<'_>) -> Option<String> {
+    const MAX: usize = 256;
+    let mut text = Vec::new();
+    while let Ok(Some(chunk)) = field.chunk().await {
+        if text.len() + chunk.len() > MAX {
+            return None;
+        }
+        text.extend_from_slice(&chunk);
+    }
+    String::from_utf8(text).ok()
 }
 
 /// Reads the rest of a refused upload's form (for at most half a minute): a browser still
