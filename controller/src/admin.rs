@@ -300,6 +300,8 @@ mod tests {
     use super::*;
 
     /// The admin API of a `serve` without sandboxes, on an ephemeral port.
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
     async fn serve(dir: &std::path::Path) -> std::net::SocketAddr {
         let admin = Arc::new(Admin {
             store: Store::open(&dir.join("state.db")).unwrap(),
@@ -308,7 +310,7 @@ mod tests {
             sandbox: None,
             proxy_admin: None,
             runtime: None,
-            files_token: None,
+            files_token: Some(TOKEN.into()),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
@@ -355,11 +357,14 @@ mod tests {
         };
         let url = format!("http://{address}/sessions/sesn_x/files?path=/src");
         let (status, message) = error(http.call(http::Method::GET, &url, None, None).await);
+        assert_eq!(status, 401, "without the token");
+        assert!(message.contains("admin-token"), "{message}");
+        let (status, message) = error(http.call(http::Method::GET, &url, Some(TOKEN), None).await);
         assert_eq!(status, 503);
         assert!(message.contains("needs `cordon-controller serve` to run sandboxes"));
         // The path is checked before the workspace is looked for.
         let url = format!("http://{address}/sessions/sesn_x/files/content?path=a/../b");
-        let (status, message) = error(http.call(http::Method::GET, &url, None, None).await);
+        let (status, message) = error(http.call(http::Method::GET, &url, Some(TOKEN), None).await);
         assert_eq!(
             (status, message.starts_with("bad path")),
             (400, true),
@@ -367,7 +372,7 @@ mod tests {
         );
         let url = format!("http://{address}/sessions/sesn_x/files/content?path=/a&replace=yes");
         let put = http
-            .call(http::Method::PUT, &url, None, Some("x".into()))
+            .call(http::Method::PUT, &url, Some(TOKEN), Some("x".into()))
             .await;
         let (status, message) = error(put);
         assert_eq!(

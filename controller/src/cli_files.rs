@@ -143,6 +143,27 @@ impl Api {
     }
 }
 
+impl Api {
+    /// `GET` of `route` for `path`: its URL and the response, a success (a refusal is said
+    /// and becomes the exit code).
+    async fn get(
+        &self,
+        route: &str,
+        path: &str,
+    ) -> Result<(String, http::Response<Incoming>), ExitCode> {
+        let url = self.url(route, path, false);
+        let response = self
+            .http
+            .send(http::Method::GET, &url, Some(&self.token), None)
+            .await
+            .map_err(unreachable)?;
+        if !response.status().is_success() {
+            return Err(refused(response).await);
+        }
+        Ok((url, response))
+    }
+}
+
 fn unreachable(e: HttpError) -> ExitCode {
     eprintln!("cordon-controller: {e}\n(is `cordon-controller serve` running with this config?)");
     ExitCode::from(69)
@@ -182,15 +203,7 @@ fn failed(what: &str, e: impl std::fmt::Display) -> ExitCode {
 }
 
 async fn ls(api: &Api, path: &str, json: bool) -> Result<ExitCode, ExitCode> {
-    let url = api.url("", path, false);
-    let response = api
-        .http
-        .send(http::Method::GET, &url, Some(&api.token), None)
-        .await
-        .map_err(unreachable)?;
-    if !response.status().is_success() {
-        return Err(refused(response).await);
-    }
+    let (url, response) = api.get("", path).await?;
     let body = response
         .into_body()
         .collect()
@@ -281,15 +294,7 @@ async fn get(api: &Api, path: &str, output: Option<PathBuf>) -> Result<ExitCode,
         );
         return Err(ExitCode::from(64));
     }
-    let url = api.url("/content", path, false);
-    let response = api
-        .http
-        .send(http::Method::GET, &url, Some(&api.token), None)
-        .await
-        .map_err(unreachable)?;
-    if !response.status().is_success() {
-        return Err(refused(response).await);
-    }
+    let (_, response) = api.get("/content", path).await?;
     let mut body = response.into_body();
     let Some(output) = output.filter(|o| o != Path::new("-")) else {
         let mut stdout = tokio::io::stdout();

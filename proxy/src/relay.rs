@@ -16,8 +16,8 @@
 //! Which requests qualify is decided from the raw head before anything is consumed
 //! (`head.rs`): GET, HEAD, POST, PUT, PATCH, DELETE and OPTIONS in origin form, with no body or
 //! one plain `Content-Length` of at most 64 KiB (a model API call, a git fetch negotiation), or
-//! longer when the policy reads that body whole anyway (`Relay::reads_whole`: then it is in
-//! memory before the decision, and Pingora's path could not hold more than 64 KiB of it).
+//! a longer or chunked body when the policy reads it anyway (`Relay::reads_body`: then it is
+//! in memory before the decision, and Pingora's path could not hold more than 64 KiB of it).
 //! Everything else (`Expect`, upgrades, chunked or larger bodies), and a request the
 //! relay cannot finish the same way (an upstream that only speaks HTTP/2), is handed to
 //! Pingora's proxy together with the bytes already read, so the two paths never disagree on
@@ -160,9 +160,9 @@ impl Relay {
                     let closing = *shutdown.borrow();
                     self.relay(stream, read, conn, held, closing, None).await
                 }
-                Head::LongBody(length) => {
+                Head::IfBodyRead(declared) => {
                     let closing = *shutdown.borrow();
-                    self.relay(stream, read, conn, held, closing, Some(length))
+                    self.relay(stream, read, conn, held, closing, Some(declared))
                         .await
                 }
                 _ => Outcome::HandOff(stream, read),
@@ -205,8 +205,8 @@ impl Relay {
         Some(stream)
     }
 
-    /// Serves one request whose complete head is in `read`; `long_body`: its declared body
-    /// length, when over what the relay streams ([`head::MAX_RELAY_BODY`]).
+    /// Serves one request whose complete head is in `read`; `if_read`: its body's framing,
+    /// when the relay carries it only if the policy reads it ([`Head::IfBodyRead`]).
     async fn relay(
         &self,
         stream: Stream,
@@ -214,7 +214,7 @@ impl Relay {
         conn: &Arc<ConnectionContext>,
         held: &mut Option<Held>,
         closing: bool,
-        long_body: Option<u64>,
+        if_read: Option<head::Declared>,
     ) -> Outcome {
         // Kept in case the request must go to Pingora after all.
         let replay = read.clone();
@@ -249,8 +249,8 @@ impl Relay {
             // A host known to speak only HTTP/2: Pingora's HTTP/2 client serves it.
             return hand_back(session, replay);
         }
-        if let Some(length) = long_body
-            && !self.reads_whole(session.req_header(), length)
+        if let Some(declared) = if_read
+            && !self.reads_body(session.req_header(), declared)
         {
             // Streamed by Pingora's proxy, which moves both directions at once.
             return hand_back(session, replay);
@@ -447,14 +447,15 @@ impl Relay {
         Ok(())
     }
 
-    /// Whether the active policy reads the whole body of `request`, `length` bytes long: it
-    /// asks for bodies on the request's host and `length` is within its `max_bytes`. Such a
-    /// body is read before the decision (`crate::authorize::body`) and kept in memory, so the
-    /// relay carries it at any length up to that limit; Pingora's path could hold only 64 KiB
-    /// of it. (The host is read from the `Host` header here; admission checks it against the
-    /// connection's own. A disagreement sends the request to Pingora's path, where it is
-    /// refused or decided on a prefix as `over_limit` says: never forwarded undecided.)
-    fn reads_whole(&self, request: &RequestHeader, length: u64) -> bool {
+    /// Whether the active policy reads the body of `request`, framed as `declared`: it asks
+    /// for bodies on the request's host, and a declared length is within its `max_bytes`.
+    /// Such a body is read before the decision (`crate::authorize::body`, at most `max_bytes`
+    /// of it) and kept in memory, and the rest of a longer chunked one (under `truncate`)
+    /// streams after it; Pingora's path could hold only 64 KiB of it. (The host is read from
+    /// the `Host` header here; admission checks it against the connection's own. A
+    /// disagreement sends the request to Pingora's path, where it is refused or decided on a
+    /// prefix as `over_limit` says: never forwarded undecided.)
+    fn reads_body(&self, request: &RequestHeader, declared: head::Declared) -> bool {
         let Some(host) = request
             .headers
             .get(http::header::HOST)
@@ -464,9 +465,13 @@ impl Relay {
             return false;
         };
         let generation = self.authorizer.state.policy.generation();
-        generation
-            .request_body()
-            .is_some_and(|config| config.wants(&host) && length <= config.max_bytes as u64)
+        generation.request_body().is_some_and(|config| {
+            config.wants(&host)
+                && match declared {
+                    head::Declared::Length(length) => length <= config.max_bytes as u64,
+                    head::Declared::Chunked => true,
+                }
+        })
     }
 
     /// Puts an upstream connection in the shared pool (closed instead if it is not clean).

@@ -5,9 +5,9 @@
 //! Requests whose policy does not ask never come here: their bodies stream as before.
 //!
 //! Who forwards the bytes read here:
-//! - The relay (`crate::relay`) reads the whole body (its requests carry one `Content-Length`:
-//!   at most 64 KiB, or up to `max_bytes` when this phase reads it) and writes the copy kept
-//!   in the context before the rest, if any.
+//! - The relay (`crate::relay`) reads up to `max_bytes` of the body (a `Content-Length` body
+//!   within it whole; a chunked one, or a longer one under `truncate`, as a prefix) and
+//!   writes the copy kept in the context before the rest, if any.
 //! - Pingora's proxy resends what was read from its retry buffer (`enable_retry_buffering`;
 //!   `proxy_h1.rs` and `proxy_h2.rs` send `get_retry_buffer()` first, then read the rest of
 //!   the body from the client). That buffer holds 64 KiB ([`REPLAY_LIMIT`], pingora-core's
@@ -83,11 +83,11 @@ pub(super) async fn read(
     if over_limit == OverLimit::Deny && declared.is_some_and(|n| n > max_bytes as u64) {
         return Err(too_large(max_bytes));
     }
-    // The relay's bodies have a declared length within `max_bytes` (or 64 KiB) and it keeps
-    // its own copy: it reads them whole.
-    // Pingora's path reads no more than its retry buffer holds.
+    // The relay keeps its own copy of what is read: up to `max_bytes` (a `Content-Length` body
+    // within it is read whole), the rest of a longer one streamed after the decision under
+    // `truncate`. Pingora's path reads no more than its retry buffer holds.
     let limit = match forwarder {
-        BodyForwarder::Relay => usize::MAX,
+        BodyForwarder::Relay => max_bytes,
         BodyForwarder::Proxy => {
             session.enable_retry_buffering();
             max_bytes.min(REPLAY_LIMIT)
@@ -141,7 +141,7 @@ pub(super) async fn read(
                 RefusalClass::BodyTooLarge,
                 format!(
                     "the request body is larger than the {REPLAY_LIMIT} bytes the proxy can read \
-                     for the policy on this request (chunked, with `Expect`, or HTTP/2), below \
+                     for the policy on this request (sent with `Expect`, or over HTTP/2), below \
                      {MAX_BYTES_KEY} ({max_bytes}); set metadata.cordon.request_body.over_limit \
                      = \"truncate\" to decide on a prefix"
                 ),

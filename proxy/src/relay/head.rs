@@ -1,14 +1,18 @@
 //! Which HTTP/1.1 requests the relay takes itself: the next request's head is parsed from the
 //! bytes read so far, and only a plain request in origin form qualifies: a common method, and
 //! no body or one framed the one unambiguous way (a single `Content-Length` of plain digits, at
-//! most [`MAX_RELAY_BODY`], or up to the policy's largest body limit when the policy reads the
-//! body: [`Head::LongBody`], which the relay takes only then). Everything else
-//! (`Transfer-Encoding` of any kind, duplicate or odd `Content-Length`s, larger bodies,
+//! most [`MAX_RELAY_BODY`]). Two more framings qualify only when the policy reads the body
+//! (then it is read before the decision anyway, and Pingora's path could hold only 64 KiB of
+//! it): a longer `Content-Length` (up to the policy's ceiling), and a single
+//! `Transfer-Encoding: chunked` with no `Content-Length` ([`Head::IfBodyRead`]). Everything
+//! else (other or listed transfer codings, duplicate or odd framing headers, larger bodies,
 //! upgrades, `Expect`, hop-by-hop headers beyond `Connection: keep-alive|close`, HTTP/1.0,
 //! absolute form, anything malformed or large) goes to Pingora's full proxy with the same
 //! bytes, so each rule here only ever narrows what the relay sees.
 //! That is the request smuggling defence: the relay only frames a body the same way every
-//! HTTP/1.1 parser must, and the upstream request carries the client's own framing header.
+//! HTTP/1.1 parser must, and the upstream request carries the client's own framing header
+//! (a chunked body is decoded by Pingora's codec and chunked again toward the upstream, as
+//! Pingora's own proxy does).
 
 /// A head this large, still incomplete, is Pingora's to read (and refuse if it must).
 pub(super) const MAX_HEAD: usize = 16 * 1024;
@@ -20,16 +24,25 @@ const MAX_HEADERS: usize = 64;
 /// any parser along the way (Pingora's own check then refuses what its `usize` cannot hold).
 const MAX_LENGTH_DIGITS: usize = 18;
 
-/// The largest body the relay carries. The relay sends a body before it reads the response;
+/// The largest body the relay streams. The relay sends a body before it reads the response;
 /// a body this small is absorbed whole by the sockets' buffers (Linux's default TCP receive
 /// buffer alone is 128 KiB), so an upstream that answers before reading it, or stops reading,
 /// is still heard at once. Larger bodies, and chunked ones of unknown length (a git push), go
-/// to Pingora's proxy, which moves both directions at once.
+/// to Pingora's proxy, which moves both directions at once, unless the policy reads them.
 pub(crate) const MAX_RELAY_BODY: u64 = 64 * 1024;
 
 /// The largest body a policy may read (`max_bytes`' ceiling): a longer declared length is
 /// Pingora's whatever the policy says.
 const MAX_POLICY_BODY: u64 = cordon_policy::MAX_BODY_BYTES_CEILING as u64;
+
+/// How a head says its body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Declared {
+    /// One plain `Content-Length` of this many bytes (0: no body).
+    Length(u64),
+    /// `Transfer-Encoding: chunked`, alone.
+    Chunked,
+}
 
 /// What the bytes read so far hold.
 #[derive(Debug, PartialEq, Eq)]
@@ -38,9 +51,10 @@ pub(crate) enum Head {
     Partial,
     /// A complete head the relay handles.
     Relay,
-    /// A complete plain head whose `Content-Length` (given) is over [`MAX_RELAY_BODY`]: the
-    /// relay takes it when the policy reads the body whole anyway, Pingora otherwise.
-    LongBody(u64),
+    /// A complete plain head whose body the relay carries only when the policy reads it (then
+    /// it is read before the decision anyway): a `Content-Length` over [`MAX_RELAY_BODY`], or
+    /// `Transfer-Encoding: chunked`. Pingora's otherwise.
+    IfBodyRead(Declared),
     /// Pingora's: complete but not plain, malformed, or too large to wait for.
     Proxy,
 }
@@ -51,8 +65,8 @@ pub(crate) fn classify(bytes: &[u8]) -> Head {
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(bytes) {
         Ok(httparse::Status::Complete(_)) => match plain(&request) {
-            Some(length) if length <= MAX_RELAY_BODY => Head::Relay,
-            Some(length) => Head::LongBody(length),
+            Some(Declared::Length(length)) if length <= MAX_RELAY_BODY => Head::Relay,
+            Some(declared) => Head::IfBodyRead(declared),
             None => Head::Proxy,
         },
         Err(_) => Head::Proxy,
@@ -61,8 +75,8 @@ pub(crate) fn classify(bytes: &[u8]) -> Head {
     }
 }
 
-/// The declared body length (0 without one) of a plain request; `None` for any other.
-fn plain(request: &httparse::Request<'_, '_>) -> Option<u64> {
+/// How a plain request frames its body; `None` for any other request.
+fn plain(request: &httparse::Request<'_, '_>) -> Option<Declared> {
     // Which requests are resent after a stale upstream connection is the relay's business
     // (only bodyless GET and HEAD); here only the framing matters. CONNECT, TRACE and
     // extension methods stay with Pingora.
@@ -74,7 +88,7 @@ fn plain(request: &httparse::Request<'_, '_>) -> Option<u64> {
     if request.version != Some(1) || !request.path.is_some_and(|p| p.starts_with('/')) {
         return None;
     }
-    let (mut hosts, mut lengths, mut body) = (0, 0, 0);
+    let (mut hosts, mut lengths, mut body, mut chunked) = (0, 0, 0, 0);
     for header in request.headers.iter() {
         let name = header.name;
         if name.eq_ignore_ascii_case("host") {
@@ -99,8 +113,13 @@ fn plain(request: &httparse::Request<'_, '_>) -> Option<u64> {
                 .ok()
                 .and_then(|v| v.parse::<u64>().ok())
                 .filter(|l| *l <= MAX_POLICY_BODY)?;
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            // Exactly `chunked`: no list, no other coding, no parameters. A HEAD has no body.
+            if head || !header.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return None;
+            }
+            chunked += 1;
         } else if [
-            "transfer-encoding",
             "upgrade",
             "expect",
             "te",
@@ -115,8 +134,16 @@ fn plain(request: &httparse::Request<'_, '_>) -> Option<u64> {
             return None;
         }
     }
-    // One length, named once: two that disagree are the classic smuggling shape.
-    (hosts == 1 && lengths <= 1).then_some(body)
+    // One framing, named once: two that disagree (two lengths, a length and a coding) are
+    // the classic smuggling shapes.
+    if hosts != 1 || lengths + chunked > 1 {
+        return None;
+    }
+    Some(if chunked == 1 {
+        Declared::Chunked
+    } else {
+        Declared::Length(body)
+    })
 }
 
 /// `Connection` naming only `keep-alive` or `close`: no other header is hop-by-hop.
@@ -173,13 +200,26 @@ mod tests {
     #[test]
     fn longer_bodies_are_told_apart_with_their_length() {
         for (length, head_is) in [
-            (65537, Head::LongBody(65537)),
-            (16 * 1024 * 1024, Head::LongBody(16 * 1024 * 1024)),
+            (65537, Head::IfBodyRead(Declared::Length(65537))),
+            (
+                16 * 1024 * 1024,
+                Head::IfBodyRead(Declared::Length(16 * 1024 * 1024)),
+            ),
             (16 * 1024 * 1024 + 1, Head::Proxy),
         ] {
             let request =
                 format!("POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: {length}\r\n\r\n");
             assert_eq!(head(&request), head_is, "{length}");
+        }
+        for request in [
+            "POST /git-receive-pack HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "PUT / HTTP/1.1\r\nHost: a.test\r\ntransfer-encoding:  Chunked \r\n\r\n",
+        ] {
+            assert_eq!(
+                head(request),
+                Head::IfBodyRead(Declared::Chunked),
+                "{request:?}"
+            );
         }
         // Still only the one plain framing.
         assert_eq!(
@@ -215,8 +255,7 @@ mod tests {
             "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: xchunked\r\n\r\n",
             "HEAD / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 2\r\n\r\nhi",
             "HEAD / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n",
-            // bodies of unknown length, or larger than any policy reads
-            "POST /git-receive-pack HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n",
+            // bodies larger than any policy reads
             "POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 16777217\r\n\r\n",
             // methods the relay leaves alone
             "CONNECT a.test:443 HTTP/1.1\r\nHost: a.test\r\n\r\n",
