@@ -8,8 +8,8 @@
 //! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV`: a link
 //! the agent made to `/etc/shadow`, a `..` or a rename racing the request cannot lead out, and
 //! symbolic links are listed (with their target) but never followed. Only regular files are
-//! read; they are opened `O_NONBLOCK` (a FIFO would otherwise hang the reader) and checked
-//! with `fstat` on the open descriptor, not on the name.
+//! read: located with `O_PATH` (which opens nothing: no FIFO blocks, no device driver runs),
+//! checked with `fstat` on that descriptor, not on the name, and only then opened through it.
 
 mod path;
 mod upload;
@@ -214,15 +214,15 @@ impl Workspace {
         flags: OFlags,
         mode: Mode,
     ) -> Result<OwnedFd, FilesError> {
+        // openat2 refuses O_PATH with any flag but O_CLOEXEC, O_DIRECTORY and O_NOFOLLOW.
+        let flags = if flags.contains(OFlags::PATH) {
+            flags | OFlags::CLOEXEC
+        } else {
+            flags | OFlags::CLOEXEC | OFlags::NOCTTY
+        };
         let mut tries = 0;
         loop {
-            match rustix::fs::openat2(
-                &self.dir,
-                path.relative(),
-                flags | OFlags::CLOEXEC | OFlags::NOCTTY,
-                mode,
-                beneath(),
-            ) {
+            match rustix::fs::openat2(&self.dir, path.relative(), flags, mode, beneath()) {
                 Err(rustix::io::Errno::AGAIN) if tries < 16 => tries += 1,
                 Err(e) => return Err(self.error(path, e.into())),
                 Ok(fd) => return Ok(fd),
@@ -333,20 +333,32 @@ impl Workspace {
     }
 
     /// Opens the regular file at `path` for reading; returns it with its length.
+    ///
+    /// Located with `O_PATH` first, which opens nothing (no FIFO blocks, no device driver
+    /// runs), checked to be a regular file on that descriptor, and only then opened for
+    /// reading through it (`/proc/self/fd/N`), so the file checked is the file read.
     pub fn read(&self, path: &WorkspacePath) -> Result<(std::fs::File, u64), FilesError> {
-        let fd = self.open_beneath(
-            path,
-            OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW,
-            Mode::empty(),
-        )?;
-        let stat = rustix::fs::fstat(&fd).map_err(|e| self.error(path, e.into()))?;
-        match FileType::from_raw_mode(stat.st_mode) {
-            FileType::RegularFile => Ok((std::fs::File::from(fd), stat.st_size.max(0) as u64)),
-            other => Err(FilesError::NotAFile {
-                path: path.clone(),
-                kind: kind_text(other).into(),
-            }),
+        use std::os::fd::AsRawFd;
+        let located = self.open_beneath(path, OFlags::PATH | OFlags::NOFOLLOW, Mode::empty())?;
+        let stat = rustix::fs::fstat(&located).map_err(|e| self.error(path, e.into()))?;
+        let kind = FileType::from_raw_mode(stat.st_mode);
+        if kind == FileType::Symlink {
+            // O_PATH with O_NOFOLLOW locates a link itself rather than failing.
+            return Err(FilesError::Link(path.clone()));
         }
+        if kind != FileType::RegularFile {
+            return Err(FilesError::NotAFile {
+                path: path.clone(),
+                kind: kind_text(kind).into(),
+            });
+        }
+        let fd = rustix::fs::open(
+            format!("/proc/self/fd/{}", located.as_raw_fd()),
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
+            Mode::empty(),
+        )
+        .map_err(|e| self.error(path, e.into()))?;
+        Ok((std::fs::File::from(fd), stat.st_size.max(0) as u64))
     }
 
     /// Starts writing a file called `name` into the directory at `dir`; nothing appears there
