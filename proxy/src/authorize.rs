@@ -76,6 +76,8 @@ pub struct RequestContext {
     /// Bytes read for the policy that must be sent upstream ahead of the rest of the body
     /// (see `body.rs`).
     body_replay: Option<Bytes>,
+    /// The share of the proxy's body budget those bytes hold, given back with the request.
+    body_budget: Option<body::BudgetShare>,
 }
 
 /// A credential to set on the upstream request. Its value prints as `<redacted>`.
@@ -227,6 +229,7 @@ impl Authorizer {
                 })?;
                 ctx.body_read = Some(read.read);
                 ctx.body_replay = read.replay;
+                ctx.body_budget = read.budget;
                 Some(read.input)
             }
             None => None,

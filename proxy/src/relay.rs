@@ -370,7 +370,11 @@ impl Relay {
         // The body read for the policy, if it was, then whatever of it is still to come.
         if let Some(read) = ctx.take_body_replay() {
             self.authorizer.count_request_body(Some(&read), ctx);
-            upstream.write_body(&read).await.map_err(Error::into_up)?;
+            // In slices: the write timeout applies to each write, so it bounds a lack of
+            // progress, not the time a large body takes to a slow upstream.
+            for slice in read.chunks(head::MAX_RELAY_BODY as usize) {
+                upstream.write_body(slice).await.map_err(Error::into_up)?;
+            }
         }
         while !session.is_body_done() {
             let body = session
@@ -379,6 +383,13 @@ impl Relay {
                 .map_err(Error::into_down)?;
             self.authorizer.count_request_body(body.as_ref(), ctx);
             let Some(body) = body else { break };
+            // Pingora's chunked reader returns empty reads (a chunk's CRLF or head still to
+            // come), and its chunked writer takes an empty write for the final `0` chunk: one
+            // passed on would end the body early toward the upstream, and the rest would be
+            // read there as further requests.
+            if body.is_empty() {
+                continue;
+            }
             upstream.write_body(&body).await.map_err(Error::into_up)?;
         }
         upstream.finish_body().await.map_err(Error::into_up)?;

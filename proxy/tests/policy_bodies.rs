@@ -739,6 +739,55 @@ fn http1_bodies_are_decided_whole_up_to_max_bytes() {
     }
 }
 
+/// A chunked body whose chunks arrive apart from their CRLFs (the proxy's reads end between
+/// a chunk's data and its CRLF): the upstream gets the whole body once, as one request, both
+/// when the policy read all of it and when it read a prefix and the rest streamed after.
+#[test]
+fn chunked_bodies_that_arrive_in_pieces_reach_the_upstream_whole() {
+    for (max_bytes, over_limit) in [(64 * 1024, "deny"), (1024, "truncate")] {
+        let (proxy, seen, _bundle) = started(max_bytes, over_limit);
+        let body = if over_limit == "deny" {
+            CALL_ALLOWED.as_bytes().to_vec()
+        } else {
+            prefixed_body(5000)
+        };
+        runtime().block_on(async {
+            let mut tls = tunnel(&proxy, "allowed.test", b"http/1.1").await;
+            tls.write_all(
+                b"POST /mcp HTTP/1.1\r\nHost: allowed.test\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            for part in body.chunks(700) {
+                tls.write_all(format!("{:x}\r\n", part.len()).as_bytes())
+                    .await
+                    .unwrap();
+                tls.write_all(part).await.unwrap();
+                tls.flush().await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+                tls.write_all(b"\r\n").await.unwrap();
+                tls.flush().await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+            }
+            tls.write_all(b"0\r\n").await.unwrap();
+            tls.flush().await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+            tls.write_all(b"\r\n").await.unwrap();
+            let mut buf = Vec::new();
+            let head = take_head(&mut tls, &mut buf).await.unwrap();
+            assert!(head.starts_with("http/1.1 200"), "{over_limit}: {head}");
+        });
+        let received = seen.all();
+        assert_eq!(received.len(), 1, "{over_limit}: one request upstream");
+        assert!(
+            received[0].1 == body,
+            "{over_limit}: the body arrives whole ({} of {} bytes)",
+            received[0].1.len(),
+            body.len()
+        );
+    }
+}
+
 /// Bodies with a length just over Pingora's 64 KiB buffer: the proxy stops reading before a
 /// read that could both end the body and overflow the buffer, so each is decided on a prefix
 /// and forwarded whole, never refused for want of a copy.

@@ -31,6 +31,44 @@ use crate::respond::{Refusal, RefusalClass};
 /// buffer's size (`BODY_BUF_LIMIT` in pingora-core 0.9, not configurable).
 pub(crate) const REPLAY_LIMIT: usize = 64 * 1024;
 
+/// Bytes of request bodies the proxy holds for policies at once, across every request: a
+/// body is read whole before its decision (up to `max_bytes`, 16 MiB at most), so many at once
+/// could otherwise take the gateway's memory. A read past it is refused with 503.
+pub(crate) const BODY_BUDGET: usize = 256 * 1024 * 1024;
+/// The budget in KiB, a semaphore's permits.
+static BUDGET: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(BODY_BUDGET / 1024);
+
+/// A request's share of [`BODY_BUDGET`], given back when dropped.
+#[derive(Debug)]
+pub(crate) struct BudgetShare(tokio::sync::SemaphorePermit<'static>);
+
+/// Grows `share` of [`BODY_BUDGET`] to cover `bytes`; false when the budget has no room.
+fn reserve(share: &mut Option<BudgetShare>, bytes: usize) -> bool {
+    reserve_from(&BUDGET, share, bytes)
+}
+
+fn reserve_from(
+    budget: &'static tokio::sync::Semaphore,
+    share: &mut Option<BudgetShare>,
+    bytes: usize,
+) -> bool {
+    let wanted = bytes.div_ceil(1024) as u32;
+    let held = share.as_ref().map_or(0, |s| s.0.num_permits() as u32);
+    if wanted <= held {
+        return true;
+    }
+    match budget.try_acquire_many(wanted - held) {
+        Ok(more) => {
+            match share {
+                Some(share) => share.0.merge(more),
+                None => *share = Some(BudgetShare(more)),
+            }
+            true
+        }
+        Err(_) => false,
+    }
+}
+
 /// The manifest key that raises the limit, for refusal reasons.
 const MAX_BYTES_KEY: &str = "metadata.cordon.request_body.max_bytes";
 
@@ -49,6 +87,8 @@ pub(super) struct ReadBody {
     pub read: BodyRead,
     /// Bytes read that the proxy itself must send ahead of the rest (see the module docs).
     pub replay: Option<Bytes>,
+    /// The share of [`BODY_BUDGET`] the bytes read hold.
+    pub budget: Option<BudgetShare>,
 }
 
 /// Who forwards the body after the decision.
@@ -87,7 +127,9 @@ pub(super) async fn read(
     // within it is read whole), the rest of a longer one streamed after the decision under
     // `truncate`. Pingora's path reads no more than its retry buffer holds.
     let limit = match forwarder {
-        BodyForwarder::Relay => max_bytes,
+        // One byte more than the limit, so that a chunked body of exactly `max_bytes` is seen
+        // to end (its last chunk and its end come in separate reads).
+        BodyForwarder::Relay => max_bytes + 1,
         BodyForwarder::Proxy => {
             session.enable_retry_buffering();
             max_bytes.min(REPLAY_LIMIT)
@@ -102,6 +144,7 @@ pub(super) async fn read(
             .map_err(|e| client_failed(0, &e))?;
     }
     let mut buffer = BytesMut::new();
+    let mut budget = None;
     let mut done = session.is_body_done();
     while !done && buffer.len() < limit {
         if forwarder == BodyForwarder::Proxy
@@ -124,7 +167,21 @@ pub(super) async fn read(
             }
         };
         match chunk {
-            Some(chunk) => buffer.extend_from_slice(&chunk),
+            Some(chunk) => {
+                if !reserve(&mut budget, buffer.len() + chunk.len()) {
+                    session.set_keepalive(None);
+                    return Err(Refusal::new(
+                        503,
+                        RefusalClass::BodyTooLarge,
+                        format!(
+                            "the proxy holds {} MiB of request bodies for policies already, its \
+                             limit: retry in a moment",
+                            BODY_BUDGET / (1024 * 1024)
+                        ),
+                    ));
+                }
+                buffer.extend_from_slice(&chunk);
+            }
             None => break,
         }
         done = session.is_body_done();
@@ -148,8 +205,12 @@ pub(super) async fn read(
             )
         });
     }
+    let input = BodyInput::parse(&buffer, !done, &BodyRequest::of(request), config.limits());
+    let bytes = buffer.len() as u64;
+    // The bytes themselves, not a copy, are kept to be sent.
+    let buffer = buffer.freeze();
     let replay = match forwarder {
-        BodyForwarder::Relay => Some(buffer.clone().freeze()),
+        BodyForwarder::Relay => Some(buffer),
         BodyForwarder::Proxy if !session.retry_buffer_truncated() => None,
         BodyForwarder::Proxy if done => {
             return Err(Refusal::new(
@@ -159,20 +220,20 @@ pub(super) async fn read(
                     "the request body ended {} bytes in, past the {REPLAY_LIMIT} bytes the proxy \
                      can hold to forward after reading it for the policy; refused rather than \
                      forwarded with bytes missing",
-                    buffer.len()
+                    bytes
                 ),
             ));
         }
-        BodyForwarder::Proxy => Some(buffer.clone().freeze()),
+        BodyForwarder::Proxy => Some(buffer),
     }
     .filter(|bytes| !bytes.is_empty());
-    let input = BodyInput::parse(&buffer, !done, &BodyRequest::of(request), config.limits());
     Ok(ReadBody {
         read: BodyRead {
-            bytes: buffer.len() as u64,
+            bytes,
             truncated: input.truncated,
         },
         input,
+        budget: replay.as_ref().and(budget),
         replay,
     })
 }
@@ -260,6 +321,20 @@ fn stalled(read: usize, timeout: Duration) -> Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_share_of_the_budget_grows_with_the_body_and_is_given_back() {
+        static SMALL: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+        let mut one = None;
+        assert!(reserve_from(&SMALL, &mut one, 1));
+        assert!(reserve_from(&SMALL, &mut one, 3000));
+        assert_eq!(SMALL.available_permits(), 1, "3 KiB held");
+        let mut two = None;
+        assert!(!reserve_from(&SMALL, &mut two, 2048), "only 1 KiB left");
+        assert!(reserve_from(&SMALL, &mut two, 1024));
+        drop(one);
+        assert_eq!(SMALL.available_permits(), 3, "given back with the request");
+    }
 
     #[test]
     fn stops_only_before_a_read_that_could_end_the_body_past_the_buffer() {
