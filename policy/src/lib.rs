@@ -32,8 +32,7 @@ mod rules;
 pub mod testing;
 
 pub use bundle::{
-    Bundle, BundleFile, BundleFileKind, BundleLoadError, MAX_BODY_BYTES_CEILING, OverLimit,
-    RequestBodyConfig,
+    Bundle, BundleFile, BundleFileKind, BundleLoadError, OverLimit, RequestBodyConfig,
 };
 pub use decision::{CredentialRef, Decision, DecisionFailure, HeaderValue, Outcome, TlsHandling};
 pub use engine::{

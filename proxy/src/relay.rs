@@ -158,12 +158,11 @@ impl Relay {
             let outcome = match head {
                 Head::Relay => {
                     let closing = *shutdown.borrow();
-                    self.relay(stream, read, conn, held, closing, None).await
+                    self.relay(stream, read, conn, held, closing, false).await
                 }
-                Head::IfBodyRead(declared) => {
+                Head::IfBodyRead => {
                     let closing = *shutdown.borrow();
-                    self.relay(stream, read, conn, held, closing, Some(declared))
-                        .await
+                    self.relay(stream, read, conn, held, closing, true).await
                 }
                 _ => Outcome::HandOff(stream, read),
             };
@@ -205,8 +204,8 @@ impl Relay {
         Some(stream)
     }
 
-    /// Serves one request whose complete head is in `read`; `if_read`: its body's framing,
-    /// when the relay carries it only if the policy reads it ([`Head::IfBodyRead`]).
+    /// Serves one request whose complete head is in `read`; `if_read`: the relay carries its
+    /// body only if the policy reads it ([`Head::IfBodyRead`]).
     async fn relay(
         &self,
         stream: Stream,
@@ -214,7 +213,7 @@ impl Relay {
         conn: &Arc<ConnectionContext>,
         held: &mut Option<Held>,
         closing: bool,
-        if_read: Option<head::Declared>,
+        if_read: bool,
     ) -> Outcome {
         // Kept in case the request must go to Pingora after all.
         let replay = read.clone();
@@ -249,9 +248,7 @@ impl Relay {
             // A host known to speak only HTTP/2: Pingora's HTTP/2 client serves it.
             return hand_back(session, replay);
         }
-        if let Some(declared) = if_read
-            && !self.reads_body(session.req_header(), declared)
-        {
+        if if_read && !self.reads_body(session.req_header()) {
             // Streamed by Pingora's proxy, which moves both directions at once.
             return hand_back(session, replay);
         }
@@ -458,15 +455,15 @@ impl Relay {
         Ok(())
     }
 
-    /// Whether the active policy reads the body of `request`, framed as `declared`: it asks
-    /// for bodies on the request's host, and a declared length is within its `max_bytes`.
-    /// Such a body is read before the decision (`crate::authorize::body`, at most `max_bytes`
-    /// of it) and kept in memory, and the rest of a longer chunked one (under `truncate`)
-    /// streams after it; Pingora's path could hold only 64 KiB of it. (The host is read from
-    /// the `Host` header here; admission checks it against the connection's own. A
-    /// disagreement sends the request to Pingora's path, where it is refused or decided on a
-    /// prefix as `over_limit` says: never forwarded undecided.)
-    fn reads_body(&self, request: &RequestHeader, declared: head::Declared) -> bool {
+    /// Whether the active policy reads the body of `request`: it asks for bodies on the
+    /// request's host. Up to `max_bytes` of such a body is read before the decision
+    /// (`crate::authorize::body`) and kept in memory, and the rest of a longer one (under
+    /// `truncate`) streams after it; one declared longer under `deny` is refused from its
+    /// head. Pingora's path could hold only 64 KiB of it. (The host is read from the `Host`
+    /// header here; admission checks it against the connection's own. A disagreement sends
+    /// the request to Pingora's path, where it is refused or decided on a prefix as
+    /// `over_limit` says: never forwarded undecided.)
+    fn reads_body(&self, request: &RequestHeader) -> bool {
         let Some(host) = request
             .headers
             .get(http::header::HOST)
@@ -476,13 +473,9 @@ impl Relay {
             return false;
         };
         let generation = self.authorizer.state.policy.generation();
-        generation.request_body().is_some_and(|config| {
-            config.wants(&host)
-                && match declared {
-                    head::Declared::Length(length) => length <= config.max_bytes as u64,
-                    head::Declared::Chunked => true,
-                }
-        })
+        generation
+            .request_body()
+            .is_some_and(|config| config.wants(&host))
     }
 
     /// Puts an upstream connection in the shared pool (closed instead if it is not clean).

@@ -2,9 +2,9 @@
 //! bytes read so far, and only a plain request in origin form qualifies: a common method, and
 //! no body or one framed the one unambiguous way (a single `Content-Length` of plain digits, at
 //! most [`MAX_RELAY_BODY`]). Two more framings qualify only when the policy reads the body
-//! (then it is read before the decision anyway, and Pingora's path could hold only 64 KiB of
-//! it): a longer `Content-Length` (up to the policy's ceiling), and a single
-//! `Transfer-Encoding: chunked` with no `Content-Length` ([`Head::IfBodyRead`]). Everything
+//! (then up to `max_bytes` of it is read before the decision anyway, and Pingora's path could
+//! hold only 64 KiB of it): a longer `Content-Length`, and a single `Transfer-Encoding:
+//! chunked` with no `Content-Length` ([`Head::IfBodyRead`]). Everything
 //! else (other or listed transfer codings, duplicate or odd framing headers, larger bodies,
 //! upgrades, `Expect`, hop-by-hop headers beyond `Connection: keep-alive|close`, HTTP/1.0,
 //! absolute form, anything malformed or large) goes to Pingora's full proxy with the same
@@ -31,13 +31,9 @@ const MAX_LENGTH_DIGITS: usize = 18;
 /// to Pingora's proxy, which moves both directions at once, unless the policy reads them.
 pub(crate) const MAX_RELAY_BODY: u64 = 64 * 1024;
 
-/// The largest body a policy may read (`max_bytes`' ceiling): a longer declared length is
-/// Pingora's whatever the policy says.
-const MAX_POLICY_BODY: u64 = cordon_policy::MAX_BODY_BYTES_CEILING as u64;
-
 /// How a head says its body is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Declared {
+enum Declared {
     /// One plain `Content-Length` of this many bytes (0: no body).
     Length(u64),
     /// `Transfer-Encoding: chunked`, alone.
@@ -52,9 +48,9 @@ pub(crate) enum Head {
     /// A complete head the relay handles.
     Relay,
     /// A complete plain head whose body the relay carries only when the policy reads it (then
-    /// it is read before the decision anyway): a `Content-Length` over [`MAX_RELAY_BODY`], or
-    /// `Transfer-Encoding: chunked`. Pingora's otherwise.
-    IfBodyRead(Declared),
+    /// up to `max_bytes` of it is read before the decision anyway): a `Content-Length` over
+    /// [`MAX_RELAY_BODY`], or `Transfer-Encoding: chunked`. Pingora's otherwise.
+    IfBodyRead,
     /// Pingora's: complete but not plain, malformed, or too large to wait for.
     Proxy,
 }
@@ -66,7 +62,7 @@ pub(crate) fn classify(bytes: &[u8]) -> Head {
     match request.parse(bytes) {
         Ok(httparse::Status::Complete(_)) => match plain(&request) {
             Some(Declared::Length(length)) if length <= MAX_RELAY_BODY => Head::Relay,
-            Some(declared) => Head::IfBodyRead(declared),
+            Some(_) => Head::IfBodyRead,
             None => Head::Proxy,
         },
         Err(_) => Head::Proxy,
@@ -111,8 +107,7 @@ fn plain(request: &httparse::Request<'_, '_>) -> Option<Declared> {
             }
             body = std::str::from_utf8(value)
                 .ok()
-                .and_then(|v| v.parse::<u64>().ok())
-                .filter(|l| *l <= MAX_POLICY_BODY)?;
+                .and_then(|v| v.parse::<u64>().ok())?;
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             // Exactly `chunked`: no list, no other coding, no parameters. A HEAD has no body.
             if head || !header.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
@@ -200,12 +195,9 @@ mod tests {
     #[test]
     fn longer_bodies_are_told_apart_with_their_length() {
         for (length, head_is) in [
-            (65537, Head::IfBodyRead(Declared::Length(65537))),
-            (
-                16 * 1024 * 1024,
-                Head::IfBodyRead(Declared::Length(16 * 1024 * 1024)),
-            ),
-            (16 * 1024 * 1024 + 1, Head::Proxy),
+            (65536, Head::Relay),
+            (65537, Head::IfBodyRead),
+            (16 * 1024 * 1024 + 1, Head::IfBodyRead),
         ] {
             let request =
                 format!("POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: {length}\r\n\r\n");
@@ -215,11 +207,7 @@ mod tests {
             "POST /git-receive-pack HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n",
             "PUT / HTTP/1.1\r\nHost: a.test\r\ntransfer-encoding:  Chunked \r\n\r\n",
         ] {
-            assert_eq!(
-                head(request),
-                Head::IfBodyRead(Declared::Chunked),
-                "{request:?}"
-            );
+            assert_eq!(head(request), Head::IfBodyRead, "{request:?}");
         }
         // Still only the one plain framing.
         assert_eq!(
@@ -255,8 +243,6 @@ mod tests {
             "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: xchunked\r\n\r\n",
             "HEAD / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 2\r\n\r\nhi",
             "HEAD / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n",
-            // bodies larger than any policy reads
-            "POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 16777217\r\n\r\n",
             // methods the relay leaves alone
             "CONNECT a.test:443 HTTP/1.1\r\nHost: a.test\r\n\r\n",
             "TRACE / HTTP/1.1\r\nHost: a.test\r\n\r\n",
