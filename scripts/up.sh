@@ -204,6 +204,8 @@ fi
 echo "== the demo session: cordon-cma-sim -> signed webhook -> controller -> gVisor sandbox -> proxy"
 set +e
 started=$(date +%s%N)
+# The logs outlive a run: the summaries below show this run's records only.
+since=$(date -u +%Y-%m-%dT%H:%M:%S)
 CORDON_SIM_ENVIRONMENT_KEY="$environment_key" "$bin/cordon-cma-sim" run \
     --scenario examples/demo/scenario.toml --listen 127.0.0.1:9300 \
     --webhook-url http://127.0.0.1:8088/webhooks --webhook-secret-file "$dir/webhook-secret" \
@@ -218,10 +220,12 @@ echo "== sessions (cordon-controller sessions)"
 "$bin/cordon-controller" sessions --config "$dir/cordon.toml" || true
 echo
 echo "== what the proxy decided for sesn_demo and its custom tools ($dir/audit.log)"
-python3 - "$dir/audit.log" <<'PY'
+python3 - "$dir/audit.log" "$since" <<'PY'
 import json, sys
 for line in open(sys.argv[1], encoding="utf-8"):
     r = json.loads(line)
+    if r.get("time", "")[:19] < sys.argv[2]:
+        continue
     # The session's own requests, and its custom tools' (session tool:<name>, labelled with it).
     ours = r.get("session") == "sesn_demo" or r.get("labels", {}).get("session") == "sesn_demo"
     if not ours or r.get("kind") != "request":
@@ -233,12 +237,14 @@ for line in open(sys.argv[1], encoding="utf-8"):
 PY
 echo
 echo "== custom tool calls (controller audit log, $dir/controller/audit.jsonl) and their results"
-python3 - "$dir/controller/audit.jsonl" "$dir/report.json" <<'PY'
+python3 - "$dir/controller/audit.jsonl" "$dir/report.json" "$since" <<'PY'
 import json, sys
 try:
-    calls = [json.loads(l) for l in open(sys.argv[1], encoding="utf-8")]
+    records = [json.loads(l) for l in open(sys.argv[1], encoding="utf-8")]
 except FileNotFoundError:
-    calls = []
+    records = []
+# Tool calls of this run (the log also holds dashboard actions, and earlier runs).
+calls = [r for r in records if "tool" in r and r.get("time", "")[:19] >= sys.argv[3]]
 for c in calls:
     print(f'  {c["tool"]:<14} {c["handler"]:<5} {c["outcome"]:<8} {c["duration_ms"]:7.1f} ms'
           f'  in {c["input_bytes"]} B, out {c["output_bytes"]} B, {c["images"]} image(s)')

@@ -47,6 +47,22 @@ fn pss_kib(marker: &str) -> u64 {
         .sum()
 }
 
+/// Removes every workspace the runs made: `stop_all` keeps them (mounted, as for sessions
+/// that resume), and the temporary state directory cannot go while they are mounted.
+fn remove_workspaces(runtime: &Runtime) -> Result<(), String> {
+    let workspaces = runtime.workspaces();
+    let failed: Vec<String> = workspaces
+        .list()
+        .into_iter()
+        .filter_map(|id| workspaces.remove(&id).err().map(|e| e.to_string()))
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("workspaces left: {}", failed.join("; ")))
+    }
+}
+
 /// Runs the measurements; returns a human summary, writes JSON under `out` and, with `doc`,
 /// the figures against their targets into that Markdown file.
 pub async fn run(count: usize, out: &Path, doc: Option<&Path>) -> Result<String, String> {
@@ -85,8 +101,10 @@ pub async fn run(count: usize, out: &Path, doc: Option<&Path>) -> Result<String,
         }
         .await;
         let cleanup = runtime.stop_all().await;
+        let unmounted = remove_workspaces(&runtime);
         result?;
         cleanup.map_err(|e| e.to_string())?;
+        unmounted?;
     }
     {
         let warm_config = SandboxConfig {
@@ -97,8 +115,10 @@ pub async fn run(count: usize, out: &Path, doc: Option<&Path>) -> Result<String,
         runtime.detach_sandboxes().map_err(|e| e.to_string())?;
         let result = warm(&runtime, &warm_config, 10, &mut report).await;
         let cleanup = runtime.stop_all().await;
+        let unmounted = remove_workspaces(&runtime);
         result?;
         cleanup.map_err(|e| e.to_string())?;
+        unmounted?;
     }
     let (summary, json) = report.finish(count);
     std::fs::create_dir_all(out).map_err(|e| e.to_string())?;

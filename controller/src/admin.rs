@@ -48,6 +48,9 @@ pub struct Admin {
     pub runtime: Option<Arc<crate::sandbox::Runtime>>,
     /// What the workspace file routes ask for ([`token`]); `None`: they refuse every request.
     pub files_token: Option<String>,
+    /// The controller's audit log, where file reads and writes through the API are recorded
+    /// (`kind: "admin"`); `None`: only logged.
+    pub actions: Option<Arc<crate::tools::audit::AuditLog>>,
 }
 
 impl Admin {
@@ -311,6 +314,7 @@ mod tests {
             proxy_admin: None,
             runtime: None,
             files_token: Some(TOKEN.into()),
+            actions: None,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();

@@ -369,6 +369,9 @@ pub struct ServiceConfig {
     pub max_body_bytes: usize,
     /// The controller's state directory (its SQLite).
     pub state_dir: PathBuf,
+    /// The controller's audit log (`[controller] audit_log`): tool calls, dashboard and admin
+    /// actions.
+    pub audit_log: PathBuf,
     /// Serving CMA work: `None` when `environment_id` is unset (webhooks are only recorded).
     pub work: Option<WorkConfig>,
 }
@@ -508,6 +511,10 @@ impl ServiceConfig {
             webhook_secret: secret,
             max_body_bytes: raw.max_body_bytes,
             state_dir: file.state_dir().join("controller"),
+            audit_log: raw.audit_log.as_ref().map_or_else(
+                || file.state_dir().join("controller/audit.jsonl"),
+                |p| file.resolve(p),
+            ),
             work,
         })
     }

@@ -74,8 +74,13 @@ pub enum FilesError {
         "{0} passes through a symbolic link or another mount: links in a workspace are not followed, as they could lead outside it"
     )]
     Link(WorkspacePath),
-    #[error("{0} already exists: choose another name, or replace it")]
+    #[error(
+        "{0} already exists: choose another name, or replace it (`files put --replace`, or \
+         \"Replace a file of the same name\" in the dashboard)"
+    )]
     Exists(WorkspacePath),
+    #[error("{0} is a directory: an upload cannot take its place; choose another name")]
+    IsADirectory(WorkspacePath),
     #[error("the workspace is full ({quota}): the upload was removed and nothing changed")]
     Full { quota: String },
     #[error("the upload was cut off ({0}): it was removed and nothing changed")]
@@ -98,7 +103,7 @@ impl FilesError {
                 S::BAD_REQUEST
             }
             Self::NoWorkspace(_) | Self::NotFound(_) => S::NOT_FOUND,
-            Self::Ended { .. } | Self::Exists(_) => S::CONFLICT,
+            Self::Ended { .. } | Self::Exists(_) | Self::IsADirectory(_) => S::CONFLICT,
             Self::NoSandboxes | Self::Busy(_) => S::SERVICE_UNAVAILABLE,
             Self::Full { .. } => S::INSUFFICIENT_STORAGE,
             Self::Interrupted(_) => S::BAD_REQUEST,

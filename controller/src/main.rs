@@ -367,6 +367,13 @@ async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
             .map(|c| cordon_controller::proxy_admin::ProxyAdmin::new(c.admin)),
         sandbox: sandbox_config,
         runtime: served_runtime.clone(),
+        actions: match cordon_controller::tools::audit::AuditLog::open(&config.audit_log) {
+            Ok(log) => Some(Arc::new(log)),
+            Err(e) => {
+                eprintln!("cordon-controller: {e}; admin and dashboard actions are logged only");
+                None
+            }
+        },
         files_token: Some(
             cordon_controller::admin::token::ensure(&config.state_dir).map_err(|e| {
                 eprintln!(
@@ -452,13 +459,8 @@ fn start_dashboard(
         ingest_store,
         egress_metrics,
     );
-    let actions = match cordon_controller::tools::audit::AuditLog::open(&config.actions_log) {
-        Ok(log) => Some(Arc::new(log)),
-        Err(e) => {
-            eprintln!("cordon-controller: {e}; dashboard actions are logged only");
-            None
-        }
-    };
+    // One handle on the controller's audit log, shared with the admin API.
+    let actions = admin.actions.clone();
     let bound = listener.local_addr().map_err(|e| {
         eprintln!("cordon-controller: the dashboard's listener: {e}");
         ExitCode::from(69)

@@ -210,6 +210,23 @@ async fn an_upload_replaces_a_file_only_when_asked() {
     assert_eq!(written, 11);
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "new content");
     assert_eq!(leftovers(dir.path()), Vec::<String>::new());
+
+    // A directory is never replaced, asked or not, and the message says so.
+    std::fs::create_dir(dir.path().join("src")).unwrap();
+    for replace in [false, true] {
+        let error = workspace
+            .upload(&WorkspacePath::root(), "src", replace)
+            .unwrap_err();
+        assert!(matches!(error, FilesError::IsADirectory(_)), "{error:?}");
+        assert!(error.to_string().contains("is a directory"), "{error}");
+    }
+    assert!(error_names_the_flag());
+}
+
+/// The refusal of an existing name says how to replace it, in the CLI's and the page's words.
+fn error_names_the_flag() -> bool {
+    let text = FilesError::Exists(WorkspacePath::parse("/a").unwrap()).to_string();
+    text.contains("--replace") && text.contains("Replace a file of the same name")
 }
 
 #[tokio::test]
@@ -430,6 +447,10 @@ impl Served {
             proxy_admin: None,
             runtime: Some(Arc::new(runtime)),
             files_token: Some(token),
+            actions: Some(Arc::new(
+                cordon_controller::tools::audit::AuditLog::open(&dir.path().join("audit.jsonl"))
+                    .unwrap(),
+            )),
         });
         // Its own runtime on its own thread: the CLI runs as a child process meanwhile.
         std::thread::spawn(move || {
@@ -600,6 +621,20 @@ fn the_cli_lists_downloads_and_uploads_through_the_admin_api() {
     let out = served.files(&[&["put", new, "/late.txt"], &ended[..]].concat());
     fails(&out, 70, "takes no uploads");
     assert!(!served.workspaces.join("sesn_ended/late.txt").exists());
+
+    // Reads and writes through the API are in the controller's audit log.
+    let audit = std::fs::read_to_string(served.dir.path().join("audit.jsonl")).unwrap();
+    for (action, target) in [
+        ("file_download", "sesn_ended:/report.txt"),
+        ("file_upload", "sesn_files:"),
+    ] {
+        assert!(
+            audit.lines().any(|l| l.contains("\"kind\":\"admin\"")
+                && l.contains(&format!("\"action\":\"{action}\""))
+                && l.contains(target)),
+            "{action} {target} in {audit}"
+        );
+    }
 }
 
 #[test]

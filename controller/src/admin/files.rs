@@ -151,6 +151,9 @@ pub(super) async fn download(
         Err(e) => return refuse(&e),
     };
     tracing::info!(session = %id, path = %path, bytes = len, "workspace file downloaded on the admin API");
+    if let Some(actions) = &admin.actions {
+        actions.record_admin_action("file_download", &format!("{id}:{path} ({len} bytes)"));
+    }
     // The sandbox may still be writing it: what was there at the open is sent, no more (a file
     // cut shorter meanwhile ends the response early, which the client sees as an error).
     let file = tokio::fs::File::from_std(file).take(len);
@@ -188,6 +191,13 @@ pub(super) async fn upload(
     match upload_stream(upload, &mut data).await {
         Ok(bytes) => {
             tracing::info!(session = %id, path = %path, bytes, replace, "workspace file uploaded on the admin API");
+            if let Some(actions) = &admin.actions {
+                let replaced = if replace { ", replacing" } else { "" };
+                actions.record_admin_action(
+                    "file_upload",
+                    &format!("{id}:{path} ({bytes} bytes{replaced})"),
+                );
+            }
             answer(
                 StatusCode::CREATED,
                 serde_json::json!({"path": path.to_string(), "bytes": bytes}),

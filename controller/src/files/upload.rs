@@ -74,16 +74,13 @@ impl Upload {
         let name = target.name().unwrap_or_default().to_string();
         // Said before any byte is sent; the rename checks again, atomically.
         match rustix::fs::statat(&parent, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(_) if !replace => return Err(FilesError::Exists(target)),
             Ok(stat)
                 if rustix::fs::FileType::from_raw_mode(stat.st_mode)
                     == rustix::fs::FileType::Directory =>
             {
-                return Err(FilesError::NotAFile {
-                    path: target,
-                    kind: "a directory".into(),
-                });
+                return Err(FilesError::IsADirectory(target));
             }
+            Ok(_) if !replace => return Err(FilesError::Exists(target)),
             _ => {}
         }
         let quota_text = workspace.quota_text();
@@ -188,10 +185,7 @@ impl Upload {
                 Ok(self.written)
             }
             Err(rustix::io::Errno::EXIST) => Err(FilesError::Exists(self.target.clone())),
-            Err(rustix::io::Errno::ISDIR) => Err(FilesError::NotAFile {
-                path: self.target.clone(),
-                kind: "a directory".into(),
-            }),
+            Err(rustix::io::Errno::ISDIR) => Err(FilesError::IsADirectory(self.target.clone())),
             Err(e) => Err(io_error(&self.target, e.into(), &self.quota_text)),
         }
     }

@@ -95,6 +95,19 @@ impl AuditLog {
         });
     }
 
+    /// Appends an action taken through the admin API with its token (`kind: "admin"`, user
+    /// `admin-token`: whoever could read the token file): a workspace file read or written.
+    pub fn record_admin_action(&self, action: &str, target: &str) {
+        self.append(&ActionRecord {
+            time: now(),
+            kind: "admin",
+            user: "admin-token",
+            role: "admin",
+            action,
+            target,
+        });
+    }
+
     fn append(&self, record: &impl Serialize) {
         let Ok(mut line) = serde_json::to_vec(record) else {
             return;

@@ -65,7 +65,7 @@ fn listing_markup(who: &Principal, id: &str, listing: &Listing, writable: bool) 
             @if usage.quota { " (the workspace's quota)" } @else { " (the host filesystem; no quota)" }
         }
         @if !writable {
-            p.notice { "The session ended: its workspace is kept for reading until `workspace_retention_hours` remove it, and takes no uploads." }
+            p.notice { "The session ended: its workspace is kept for reading until workspace_retention_hours remove it, and takes no uploads." }
         }
         table #files {
             thead { tr { th { "Name" } th.num { "Size" } th { "Modified (UTC)" } } }
@@ -99,7 +99,7 @@ fn listing_markup(who: &Principal, id: &str, listing: &Listing, writable: bool) 
             p.muted { (listing.not_listed) " more entries are not listed." }
         }
         @if writable && who.is_operator() {
-            h2 { "Upload into " code { "/workspace" (here) } }
+            h2 { "Upload into " code { "/workspace" @if !here.is_root() { (shown(&here.to_string())) } } }
             // Fields in this order: the token is checked before any byte of the file is taken.
             form.stack #upload method="post" enctype="multipart/form-data" action=(link(id, &here, "/upload")) {
                 (csrf(who))
@@ -334,10 +334,11 @@ pub(crate) async fn upload(
             .await
         }
         Some(Ok((target, bytes))) => {
+            let replaced = if replace { ", replacing" } else { "" };
             dashboard.record(
                 &who,
                 "file_upload",
-                &format!("{id}:{target} ({bytes} bytes)"),
+                &format!("{id}:{target} ({bytes} bytes{replaced})"),
             );
             let mut next = link(&id, &target.parent(), "");
             next.push('&');
