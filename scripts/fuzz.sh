@@ -124,16 +124,20 @@ for t in "${targets[@]}"; do
     corpus="$fuzz_dir/corpus/$t"
     artifacts="$fuzz_dir/artifacts/$t/"
     mkdir -p "$corpus" "$artifacts"
+    # Written under a name of this run's own (a smoke run beside a long campaign must not
+    # write into the same file), then kept as the target's latest log.
+    running="$fuzz_dir/$t-$mode-$$.log"
     log="$fuzz_dir/$t-$mode.log"
     result=ok
     # -timeout: an input that takes more than 10 s is a finding (a hang), as is one that needs
     # more than libFuzzer's default 2 GiB.
     if ! confined "$bin_dir/$t" "$corpus" "fuzz/seeds/$t" -max_total_time="$seconds" \
-        -timeout=10 -print_final_stats=1 -artifact_prefix="$artifacts" >"$log" 2>&1; then
+        -timeout=10 -print_final_stats=1 -artifact_prefix="$artifacts" >"$running" 2>&1; then
         result=crash
         failed+=("$t")
     fi
-    runs=$(grep -ao 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo 0)
+    mv -f "$running" "$log"
+    runs=$(grep -ao 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -n 1 || true)
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$t" "$seconds" "${runs:-0}" "$result" "$mode" >>"$ledger"
     printf '%-14s %8s %14s %12s %s\n' "$t" "$seconds" "${runs:-0}" "$(( ${runs:-0} / seconds ))" "$result"
     if [[ $result != ok ]]; then
