@@ -53,8 +53,6 @@ pub struct DashboardConfig {
     pub audit_log: PathBuf,
     pub egress_retention: Duration,
     pub egress_retention_rows: u64,
-    /// The controller's audit log (`[controller] audit_log`), where operator actions go.
-    pub actions_log: PathBuf,
 }
 
 impl DashboardConfig {
@@ -195,10 +193,6 @@ impl DashboardConfig {
                     audit_log,
                     egress_retention: Duration::from_secs(raw.egress_retention_hours * 3600),
                     egress_retention_rows: raw.egress_retention_rows,
-                    actions_log: file.sections.controller.audit_log.as_ref().map_or_else(
-                        || file.state_dir().join("controller/audit.jsonl"),
-                        |p| file.resolve(p),
-                    ),
                 }))
             }
             _ => Err(ConfigError::Invalid {

@@ -198,7 +198,7 @@ pub(super) async fn read(
                 RefusalClass::BodyTooLarge,
                 format!(
                     "the request body is larger than the {REPLAY_LIMIT} bytes the proxy can read \
-                     for the policy on this request (sent with `Expect`, or over HTTP/2), below \
+                     for the policy on this request (chunked, sent with `Expect`, or over HTTP/2), below \
                      {MAX_BYTES_KEY} ({max_bytes}); set metadata.cordon.request_body.over_limit \
                      = \"truncate\" to decide on a prefix"
                 ),
