@@ -55,7 +55,7 @@ pub struct Gateway {
     /// HTTP/1.x client connections.
     pub relay: Arc<Relay>,
     pub acceptor: Arc<Acceptor>,
-    /// The same, offering only HTTP/1.1 (see [`Gateway::reads_long_bodies`]).
+    /// The same, offering only HTTP/1.1 (see [`Gateway::reads_bodies`]).
     pub acceptor_http1: Arc<Acceptor>,
     pub original_destination: Arc<dyn OriginalDestination>,
 }
@@ -248,7 +248,7 @@ impl Gateway {
                     self.state.config.tls.no_sni,
                     connection.original_destination,
                 ) {
-                    (Some(sni), _, _) if client_http1 && self.reads_long_bodies(sni) => {
+                    (Some(sni), _, _) if client_http1 && self.reads_bodies(sni) => {
                         self.acceptor_http1.clone()
                     }
                     (Some(_), _, _) => self.acceptor.clone(),
@@ -436,19 +436,19 @@ impl Gateway {
         }
     }
 
-    /// Whether the policy reads bodies to `host` longer than Pingora's path can hold for it
-    /// (`max_bytes` over 64 KiB). Such connections are offered HTTP/1.1 only, where the relay
-    /// reads a `Content-Length` body whole up to `max_bytes`: an HTTP/2 client's bodies go
-    /// through Pingora's proxy, which holds 64 KiB of them. A client that speaks only HTTP/2
-    /// keeps it (and that limit).
-    fn reads_long_bodies(&self, host: &str) -> bool {
+    /// Whether the policy reads bodies to `host`. Such connections are offered HTTP/1.1 only
+    /// (a client that speaks only HTTP/2 keeps it): there the relay reads a body whole up to
+    /// `max_bytes` whatever its framing (a length, chunks, an `Expect: 100-continue`) and sends
+    /// it on from memory, while an HTTP/2 client's bodies go through Pingora's proxy, which
+    /// holds at most 64 KiB of one. It also keeps git off HTTP/2 uploads, where Debian 12's
+    /// git and libcurl 7.88 can stall a large push (tests/git_push.rs, measured here: about
+    /// 1 run in 30 under load, with any HTTP/2 server).
+    fn reads_bodies(&self, host: &str) -> bool {
         self.state
             .policy
             .generation()
             .request_body()
-            .is_some_and(|config| {
-                config.max_bytes > crate::authorize::body::REPLAY_LIMIT && config.wants(host)
-            })
+            .is_some_and(|config| config.wants(host))
     }
 
     fn fixed_acceptor(&self, name: &str) -> Result<Acceptor, String> {

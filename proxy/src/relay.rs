@@ -16,10 +16,12 @@
 //! Which requests qualify is decided from the raw head before anything is consumed
 //! (`head.rs`): GET, HEAD, POST, PUT, PATCH, DELETE and OPTIONS in origin form, with no body or
 //! one plain `Content-Length` of at most 64 KiB (a model API call, a git fetch negotiation), or
-//! a longer or chunked body when the policy reads it anyway (`Relay::reads_body`: then it is
-//! in memory before the decision, and Pingora's path could not hold more than 64 KiB of it).
-//! Everything else (`Expect`, upgrades, chunked or larger bodies), and a request the
-//! relay cannot finish the same way (an upstream that only speaks HTTP/2), is handed to
+//! a longer or chunked body, or one sent with `Expect: 100-continue`, when the policy reads it
+//! anyway (`Relay::reads_body`: then it is in memory before the decision, and Pingora's path
+//! could not hold more than 64 KiB of it; the proxy answers the expectation itself).
+//! Everything else (upgrades, chunked, larger or expecting bodies the policy does not read),
+//! and a request the relay cannot finish the same way (an upstream that only speaks HTTP/2),
+//! is handed to
 //! Pingora's proxy together with the bytes already read, so the two paths never disagree on
 //! what a request means. HTTP/2 client connections go to Pingora directly (`gateway.rs`).
 //!
@@ -255,6 +257,11 @@ impl Relay {
         let mut ctx = self.authorizer.context(Some(conn.clone()));
         ctx.set_relayed();
         if self.authorizer.admit(&mut session, &mut ctx).await {
+            if expects_continue(&session) && !session.is_body_done() {
+                // Refused before the go-ahead: the client may send the body or not, so the
+                // next bytes on this connection cannot be told apart. It closes.
+                session.set_keepalive(None);
+            }
             self.authorizer.audit(&session, &ctx);
             return finish(session).await;
         }
@@ -364,6 +371,14 @@ impl Relay {
             .write_request_header(request)
             .await
             .map_err(Error::into_up)?;
+        if !ctx.body_was_read() && expects_continue(session) {
+            // Admission did not read the body, so the client still waits for the go-ahead; the
+            // proxy gives it, as it does after reading a body (the upstream is not asked).
+            session
+                .write_continue_response()
+                .await
+                .map_err(Error::into_down)?;
+        }
         // The body read for the policy, if it was, then whatever of it is still to come.
         if let Some(read) = ctx.take_body_replay() {
             self.authorizer.count_request_body(Some(&read), ctx);
@@ -415,6 +430,9 @@ impl Relay {
         let mut request = Box::new(session.req_header().clone());
         // `head.rs` let through only `keep-alive` and `close` here: nothing else is hop-by-hop.
         request.remove_header(&http::header::CONNECTION);
+        // The proxy answers `Expect: 100-continue` itself (`exchange`, or the body read for
+        // the policy): the upstream gets the body at once.
+        request.remove_header(&http::header::EXPECT);
         self.authorizer.rewrite_request(false, &mut request, ctx)?;
         Ok(request)
     }
@@ -637,6 +655,14 @@ fn frame_for_client(session: &Session, response: &mut ResponseHeader, done: bool
         // Cannot fail: a static name and value.
         let _ = response.insert_header(http::header::TRANSFER_ENCODING, "chunked");
     }
+}
+
+/// Whether the client sent `Expect: 100-continue` (`head.rs` lets no other expectation through).
+fn expects_continue(session: &Session) -> bool {
+    session
+        .req_header()
+        .headers
+        .contains_key(http::header::EXPECT)
 }
 
 /// The client connection back from a session nothing was written to, for Pingora's path.

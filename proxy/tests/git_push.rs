@@ -2,7 +2,8 @@
 //! push's ref updates are read from the start of its body (issue 20), so a push to a feature
 //! branch goes through, byte for byte (the forge accepts the pack), and a push to `main` is
 //! refused with a reason naming the ref. The pack is large and incompressible, so git sends it
-//! chunked and the proxy reads a prefix on Pingora's path.
+//! chunked; the policy reads bodies to the host, so git is offered HTTP/1.1 only, and the relay
+//! reads the first 64 KiB for the decision and streams the rest.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -27,7 +28,7 @@ fn git(proxy: &Proxy, home: &Path, dir: &Path, args: &[&str]) -> Output {
         .args(["-c", "credential.helper="])
         .arg("-c")
         .arg(format!("http.proxy=http://127.0.0.1:{}", proxy.explicit))
-        // Bodies larger than this go chunked (Pingora's path).
+        // Bodies larger than this go chunked.
         .args(["-c", "http.postBuffer=70000"])
         .args([
             "-c",
@@ -157,7 +158,11 @@ fn pushes_are_decided_on_their_ref_updates() {
         .find(|r| r["reason"] == "git push to refs/heads/feature")
         .unwrap_or_else(|| panic!("{records:#?}"));
     assert_eq!(allowed["decision"], "allow", "{allowed}");
+    // On the relay (HTTP/1.1): it read past max_bytes (by whole chunks), to know the body
+    // goes on, and sent those bytes before the rest.
+    assert_eq!(allowed["protocol"], "http1", "{allowed}");
     assert_eq!(allowed["body_truncated"], true, "{allowed}");
+    assert!(allowed["body_read"].as_u64().unwrap() > 65536, "{allowed}");
     assert!(
         allowed["bytes_up"].as_u64().unwrap() > 300 * 1024,
         "{allowed}"

@@ -525,13 +525,12 @@ fn decides_http2_request_bodies() {
     assert_eq!(allowed["body_read"], CALL_ALLOWED.len(), "{allowed}");
 }
 
-/// A client that offers both HTTP/2 and HTTP/1.1 to a host whose bodies the policy reads
-/// beyond 64 KiB is given HTTP/1.1, where a `Content-Length` body is read whole up to
-/// `max_bytes` (HTTP/2 bodies go through Pingora's path, which holds 64 KiB); with a
-/// `max_bytes` within 64 KiB, or to a host whose bodies are not read, it keeps HTTP/2. A
-/// client that offers only HTTP/2 keeps it.
+/// A client that offers both HTTP/2 and HTTP/1.1 to a host whose bodies the policy reads is
+/// given HTTP/1.1, where the relay reads a body whole up to `max_bytes` however it is framed
+/// (HTTP/2 bodies go through Pingora's path, which holds 64 KiB); to a host whose bodies are
+/// not read it keeps HTTP/2. A client that offers only HTTP/2 keeps it.
 #[test]
-fn clients_that_offer_http1_get_it_where_bodies_are_read_beyond_64_kib() {
+fn clients_that_offer_http1_get_it_where_bodies_are_read() {
     async fn negotiated(proxy: &Proxy, host: &str, offered: &[&[u8]]) -> Vec<u8> {
         let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", proxy.explicit))
             .await
@@ -558,7 +557,8 @@ fn clients_that_offer_http1_get_it_where_bodies_are_read_beyond_64_kib() {
         assert_eq!(negotiated(&long, "allowed.test", both).await, b"http/1.1");
         assert_eq!(negotiated(&long, "allowed.test", &[b"h2"]).await, b"h2");
         assert_eq!(negotiated(&long, "plain.test", both).await, b"h2");
-        assert_eq!(negotiated(&short, "allowed.test", both).await, b"h2");
+        assert_eq!(negotiated(&short, "allowed.test", both).await, b"http/1.1");
+        assert_eq!(negotiated(&short, "plain.test", both).await, b"h2");
     });
 }
 
@@ -679,10 +679,10 @@ fn the_mcp_tools_example_decides_each_call() {
 }
 
 /// A `max_bytes` above 64 KiB: an HTTP/1.1 body within it, with a `Content-Length` or
-/// chunked, is read whole (the relay carries it from memory), so a tool name after 300 KiB of
-/// arguments decides; a longer one is refused under `over_limit = "deny"`, a declared length
-/// before a byte is read. A body sent with `Expect: 100-continue` goes through Pingora's path,
-/// which holds 64 KiB of it: a longer one is refused with a reason that says so.
+/// chunked, sent at once or after the proxy's `100 Continue`, is read whole (the relay carries
+/// it from memory), so a tool name after 300 KiB of arguments decides; a longer one is refused
+/// under `over_limit = "deny"`, a declared length before a byte is read (and before the
+/// go-ahead the client waits for).
 #[test]
 fn http1_bodies_are_decided_whole_up_to_max_bytes() {
     let (proxy, seen, _bundle) = started(1024 * 1024, "deny");
@@ -699,9 +699,9 @@ fn http1_bodies_are_decided_whole_up_to_max_bytes() {
         post_chunked("allowed.test", &parts)
     };
     let expecting = |body: &[u8]| post("allowed.test", "expect: 100-continue\r\n", body);
-    let declared_only = |length: usize| {
+    let declared_only = |length: usize, extra: &str| {
         format!(
-            "POST /mcp HTTP/1.1\r\nHost: allowed.test\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n\r\n"
+            "POST /mcp HTTP/1.1\r\nHost: allowed.test\r\ncontent-type: application/json\r\n{extra}content-length: {length}\r\n\r\n"
         )
         .into_bytes()
     };
@@ -713,12 +713,19 @@ fn http1_bodies_are_decided_whole_up_to_max_bytes() {
                 403,
                 "delete_repo",
             ),
-            // Chunked bodies go through Pingora's path, which holds 64 KiB of them.
-            (chunked(allowed.as_bytes()), 413, "65536"),
+            (chunked(allowed.as_bytes()), 200, "bytes"),
+            (chunked(denied.as_bytes()), 403, "delete_repo"),
+            (expecting(allowed.as_bytes()), 200, "bytes"),
             // Refused from its head: the body is never sent (a client writing it meanwhile
             // would race the connection's close).
-            (declared_only(1024 * 1024 + 1), 413, "1048576"),
-            (expecting(&prefixed_body(100 * 1024)), 413, "65536"),
+            (declared_only(1024 * 1024 + 1, ""), 413, "1048576"),
+            (
+                declared_only(1024 * 1024 + 1, "expect: 100-continue\r\n"),
+                413,
+                "1048576",
+            ),
+            // Chunks past max_bytes under `deny`.
+            (chunked(&prefixed_body(1024 * 1024 + 1)), 413, "1048576"),
         ] {
             let (got, body) = exchange(&proxy, "allowed.test", &request).await;
             assert_eq!(got, status, "{body}");
@@ -727,13 +734,17 @@ fn http1_bodies_are_decided_whole_up_to_max_bytes() {
     });
     let bodies: Vec<Vec<u8>> = seen.all().into_iter().map(|(_, body)| body).collect();
     assert!(
-        bodies == vec![allowed.into_bytes()],
-        "the allowed body arrives byte for byte, and nothing else"
+        bodies == vec![allowed.clone().into_bytes(); 3],
+        "the allowed body arrives byte for byte, each time, and nothing else"
     );
     let records = proxy.audit_records();
-    let record = record_for(&records, "allowed.test", 0);
-    assert_eq!(record["body_read"], allowed_len, "read whole: {record}");
-    assert!(record.get("body_truncated").is_none(), "{record}");
+    for n in [0, 2, 4] {
+        let record = record_for(&records, "allowed.test", n);
+        assert_eq!(record["decision"], "allow", "{record}");
+        assert_eq!(record["protocol"], "http1", "{record}");
+        assert_eq!(record["body_read"], allowed_len, "read whole: {record}");
+        assert!(record.get("body_truncated").is_none(), "{record}");
+    }
 }
 
 /// A chunked body whose chunks arrive apart from their CRLFs (the proxy's reads end between

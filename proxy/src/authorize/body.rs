@@ -5,9 +5,10 @@
 //! Requests whose policy does not ask never come here: their bodies stream as before.
 //!
 //! Who forwards the bytes read here:
-//! - The relay (`crate::relay`) reads up to `max_bytes` of the body (a `Content-Length` body
-//!   within it whole; a chunked one, or a longer one under `truncate`, as a prefix) and
-//!   writes the copy kept in the context before the rest, if any.
+//! - The relay (`crate::relay`: HTTP/1.1, which TLS clients are offered for hosts whose bodies
+//!   the policy reads) reads up to `max_bytes` of the body (whole when it fits, whether framed
+//!   by length or in chunks; a prefix of a longer one under `truncate`) and writes the copy
+//!   kept in the context before the rest, if any.
 //! - Pingora's proxy resends what was read from its retry buffer (`enable_retry_buffering`;
 //!   `proxy_h1.rs` and `proxy_h2.rs` send `get_retry_buffer()` first, then read the rest of
 //!   the body from the client). That buffer holds 64 KiB ([`REPLAY_LIMIT`], pingora-core's
@@ -198,8 +199,8 @@ pub(super) async fn read(
                 RefusalClass::BodyTooLarge,
                 format!(
                     "the request body is larger than the {REPLAY_LIMIT} bytes the proxy can read \
-                     for the policy on this request (chunked, sent with `Expect`, or over HTTP/2), below \
-                     {MAX_BYTES_KEY} ({max_bytes}); set metadata.cordon.request_body.over_limit \
+                     for the policy on this request (sent over HTTP/2, or framed in a way only \
+                     Pingora's path takes), below {MAX_BYTES_KEY} ({max_bytes}); set metadata.cordon.request_body.over_limit \
                      = \"truncate\" to decide on a prefix"
                 ),
             )

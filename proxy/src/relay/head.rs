@@ -1,15 +1,19 @@
 //! Which HTTP/1.1 requests the relay takes itself: the next request's head is parsed from the
 //! bytes read so far, and only a plain request in origin form qualifies: a common method, and
 //! no body or one framed the one unambiguous way (a single `Content-Length` of plain digits, at
-//! most [`MAX_RELAY_BODY`]). A longer `Content-Length` qualifies only when the policy reads
-//! the body (then up to `max_bytes` of it is read before the decision anyway, and Pingora's
-//! path could hold only 64 KiB of it: [`Head::IfBodyRead`]). Everything
-//! else (`Transfer-Encoding` of any kind, duplicate or odd framing headers, larger bodies,
-//! upgrades, `Expect`, hop-by-hop headers beyond `Connection: keep-alive|close`, HTTP/1.0,
-//! absolute form, anything malformed or large) goes to Pingora's full proxy with the same
-//! bytes, so each rule here only ever narrows what the relay sees.
+//! most [`MAX_RELAY_BODY`]). More qualify only when the policy reads the body (then up to
+//! `max_bytes` of it is read before the decision anyway, and Pingora's path could hold only
+//! 64 KiB of it): a longer `Content-Length`, a single `Transfer-Encoding: chunked` with no
+//! `Content-Length` (a git push), and either sent with `Expect: 100-continue`
+//! ([`Head::IfBodyRead`]). Everything else (other or listed transfer codings, duplicate or odd
+//! framing headers, larger bodies, upgrades, other expectations, hop-by-hop headers beyond
+//! `Connection: keep-alive|close`, HTTP/1.0, absolute form, anything malformed or large) goes
+//! to Pingora's full proxy with the same bytes, so each rule here only ever narrows what the
+//! relay sees.
 //! That is the request smuggling defence: the relay only frames a body the same way every
-//! HTTP/1.1 parser must, and the upstream request carries the client's own framing header.
+//! HTTP/1.1 parser must, and the upstream request carries the client's own framing header
+//! (a chunked body is decoded by Pingora's codec and chunked again toward the upstream, as
+//! Pingora's own proxy does).
 
 /// A head this large, still incomplete, is Pingora's to read (and refuse if it must).
 pub(super) const MAX_HEAD: usize = 16 * 1024;
@@ -28,6 +32,18 @@ const MAX_LENGTH_DIGITS: usize = 18;
 /// to Pingora's proxy, which moves both directions at once, unless the policy reads them.
 pub(crate) const MAX_RELAY_BODY: u64 = 64 * 1024;
 
+/// How a head says its body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Declared {
+    /// One plain `Content-Length` of this many bytes (0: no body).
+    Length(u64),
+    /// `Transfer-Encoding: chunked`, alone.
+    Chunked,
+    /// Either of the above, sent with `Expect: 100-continue`: the client waits for the
+    /// proxy's go-ahead before it sends the body.
+    Expecting,
+}
+
 /// What the bytes read so far hold.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Head {
@@ -37,7 +53,8 @@ pub(crate) enum Head {
     Relay,
     /// A complete plain head whose body the relay carries only when the policy reads it (then
     /// up to `max_bytes` of it is read before the decision anyway): a `Content-Length` over
-    /// [`MAX_RELAY_BODY`]. Pingora's otherwise.
+    /// [`MAX_RELAY_BODY`], `Transfer-Encoding: chunked`, or `Expect: 100-continue`. Pingora's
+    /// otherwise.
     IfBodyRead,
     /// Pingora's: complete but not plain, malformed, or too large to wait for.
     Proxy,
@@ -49,7 +66,7 @@ pub(crate) fn classify(bytes: &[u8]) -> Head {
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(bytes) {
         Ok(httparse::Status::Complete(_)) => match plain(&request) {
-            Some(length) if length <= MAX_RELAY_BODY => Head::Relay,
+            Some(Declared::Length(length)) if length <= MAX_RELAY_BODY => Head::Relay,
             Some(_) => Head::IfBodyRead,
             None => Head::Proxy,
         },
@@ -59,8 +76,8 @@ pub(crate) fn classify(bytes: &[u8]) -> Head {
     }
 }
 
-/// The declared body length (0 without one) of a plain request; `None` for any other.
-fn plain(request: &httparse::Request<'_, '_>) -> Option<u64> {
+/// How a plain request frames its body; `None` for any other request.
+fn plain(request: &httparse::Request<'_, '_>) -> Option<Declared> {
     // Which requests are resent after a stale upstream connection is the relay's business
     // (only bodyless GET and HEAD); here only the framing matters. CONNECT, TRACE and
     // extension methods stay with Pingora.
@@ -72,7 +89,7 @@ fn plain(request: &httparse::Request<'_, '_>) -> Option<u64> {
     if request.version != Some(1) || !request.path.is_some_and(|p| p.starts_with('/')) {
         return None;
     }
-    let (mut hosts, mut lengths, mut body) = (0, 0, 0);
+    let (mut hosts, mut lengths, mut body, mut chunked, mut expects) = (0, 0, 0, 0, 0);
     for header in request.headers.iter() {
         let name = header.name;
         if name.eq_ignore_ascii_case("host") {
@@ -96,10 +113,24 @@ fn plain(request: &httparse::Request<'_, '_>) -> Option<u64> {
             body = std::str::from_utf8(value)
                 .ok()
                 .and_then(|v| v.parse::<u64>().ok())?;
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            // Exactly `chunked`: no list, no other coding, no parameters. A HEAD has no body.
+            if head || !header.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return None;
+            }
+            chunked += 1;
+        } else if name.eq_ignore_ascii_case("expect") {
+            // Exactly `100-continue`, the one expectation HTTP/1.1 defines.
+            if !header
+                .value
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"100-continue")
+            {
+                return None;
+            }
+            expects += 1;
         } else if [
-            "transfer-encoding",
             "upgrade",
-            "expect",
             "te",
             "trailer",
             "keep-alive",
@@ -114,10 +145,20 @@ fn plain(request: &httparse::Request<'_, '_>) -> Option<u64> {
     }
     // One framing, named once: two that disagree (two lengths, a length and a coding) are
     // the classic smuggling shapes.
-    if hosts != 1 || lengths > 1 {
+    if hosts != 1 || lengths + chunked > 1 || expects > 1 {
         return None;
     }
-    Some(body)
+    Some(if expects == 1 {
+        // A bodyless request expects nothing worth waiting for; Pingora's path answers it.
+        if head || (chunked == 0 && body == 0) {
+            return None;
+        }
+        Declared::Expecting
+    } else if chunked == 1 {
+        Declared::Chunked
+    } else {
+        Declared::Length(body)
+    })
 }
 
 /// `Connection` naming only `keep-alive` or `close`: no other header is hop-by-hop.
@@ -182,6 +223,15 @@ mod tests {
                 format!("POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: {length}\r\n\r\n");
             assert_eq!(head(&request), head_is, "{length}");
         }
+        for request in [
+            "POST /git-receive-pack HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "PUT / HTTP/1.1\r\nHost: a.test\r\ntransfer-encoding:  Chunked \r\n\r\n",
+            // the client waits for the go-ahead, whatever the length
+            "POST / HTTP/1.1\r\nHost: a.test\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\nexpect:  100-Continue\r\n\r\n",
+        ] {
+            assert_eq!(head(request), Head::IfBodyRead, "{request:?}");
+        }
         // Still only the one plain framing.
         assert_eq!(
             head(
@@ -216,14 +266,15 @@ mod tests {
             "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: xchunked\r\n\r\n",
             "HEAD / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 2\r\n\r\nhi",
             "HEAD / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n",
-            // bodies of unknown length
-            "POST /git-receive-pack HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n",
             // methods the relay leaves alone
             "CONNECT a.test:443 HTTP/1.1\r\nHost: a.test\r\n\r\n",
             "TRACE / HTTP/1.1\r\nHost: a.test\r\n\r\n",
             "PROPFIND / HTTP/1.1\r\nHost: a.test\r\n\r\n",
             "post / HTTP/1.1\r\nHost: a.test\r\n\r\n",
-            "POST / HTTP/1.1\r\nHost: a.test\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+            // expectations other than one `100-continue` before a body
+            "POST / HTTP/1.1\r\nHost: a.test\r\nExpect: 100-continue\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a.test\r\nExpect: 200-ok\r\nContent-Length: 2\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a.test\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n",
             // upgrades and interim responses
             "GET / HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a.test\r\nExpect: 100-continue\r\n\r\n",

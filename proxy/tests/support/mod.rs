@@ -210,7 +210,11 @@ impl Proxy {
             let mut child = Command::new(env!("CARGO_BIN_EXE_cordon-proxy"))
                 .arg("--config")
                 .arg(dir.path().join("cordon.toml"))
-                .env("CORDON_LOG", "warn")
+                // CORDON_TEST_PROXY_LOG (a CORDON_LOG filter) to see more of a failing test.
+                .env(
+                    "CORDON_LOG",
+                    std::env::var("CORDON_TEST_PROXY_LOG").unwrap_or_else(|_| "warn".into()),
+                )
                 .envs(env.iter().copied())
                 .stdout(Stdio::null())
                 // A file, not a pipe nobody reads (a full pipe would stall the proxy).
