@@ -6,8 +6,10 @@
 //! | GET | /healthz | `{"status":"ok"}` (no token needed: the controller polls it while the sandbox starts) |
 //! | POST | /exec | run `{"argv": [...], "cwd"?, "env"?, "timeout_ms"?, "stdin"?}`; the answer streams [`ExecEvent`]s as JSON lines |
 //! | POST | /tool | one CMA tool call `{"name", "input"}` ([`tools`]); answers `{"is_error", "text"}` |
+//! | POST | /browser | one browser tool call `{"name", "input"}` ([`browser`]); answers `{"is_error", "content": [blocks]}` |
 //! | GET | /pty | a WebSocket to a shell on a pseudo-terminal ([`pty`]): the dashboard's terminal |
 
+pub mod browser;
 pub mod exec;
 pub mod pty;
 pub mod server;

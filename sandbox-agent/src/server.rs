@@ -18,15 +18,32 @@ pub struct AgentState {
     token: String,
     default_cwd: String,
     tools: crate::tools::Toolset,
+    browser: crate::browser::Browser,
 }
 
 impl AgentState {
     pub fn new(token: String, default_cwd: String) -> Self {
+        let browser = crate::browser::BrowserConfig::in_sandbox(default_cwd.clone().into());
+        Self::with_browser(token, default_cwd, browser)
+    }
+
+    /// The same, with the browser's settings given (tests run it outside a sandbox).
+    pub fn with_browser(
+        token: String,
+        default_cwd: String,
+        browser: crate::browser::BrowserConfig,
+    ) -> Self {
         Self {
             tools: crate::tools::Toolset::new(default_cwd.clone().into()),
+            browser: crate::browser::Browser::new(browser),
             token,
             default_cwd,
         }
+    }
+
+    /// Stops what outlives a request (the browser).
+    pub async fn shutdown(&self) {
+        self.browser.shutdown().await;
     }
 
     /// Whether `headers` carry `authorization: Bearer <token>`. Compared in constant time
@@ -57,6 +74,7 @@ pub fn router(state: Arc<AgentState>) -> Router {
         )
         .route("/exec", post(exec_handler))
         .route("/tool", post(tool_handler))
+        .route("/browser", post(browser_handler))
         .route("/pty", get(pty_handler))
         .with_state(state)
 }
@@ -119,6 +137,26 @@ async fn tool_handler(
         }
     };
     axum::Json(state.tools.call(&call).await).into_response()
+}
+
+async fn browser_handler(
+    State(state): State<Arc<AgentState>>,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> Response {
+    if let Some(refusal) = unauthorized(&state, &headers) {
+        return refusal;
+    }
+    let call: crate::browser::BrowserCall = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"name\": tool, \"input\": {{...}}}}: {e}"),
+            );
+        }
+    };
+    axum::Json(state.browser.call(&call).await).into_response()
 }
 
 async fn exec_handler(
