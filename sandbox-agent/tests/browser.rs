@@ -168,6 +168,14 @@ async fn the_browser_tools_drive_a_real_chromium() {
     )
     .await);
     assert_eq!(said.trim(), "501");
+    // A promise is awaited: the page's own fetch.
+    let said = ok(&call(
+        &browser,
+        "browser_evaluate",
+        json!({"expression": "fetch('/second').then(r => r.text()).then(t => t.includes('Second page text'))"}),
+    )
+    .await);
+    assert_eq!(said.trim(), "true");
 
     // type and submit: the site gets the form.
     let said = ok(&call(

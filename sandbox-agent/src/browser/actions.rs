@@ -9,6 +9,7 @@ use chromiumoxide::cdp::browser_protocol::page::{
     CaptureScreenshotFormat, GetNavigationHistoryParams, NavigateParams,
     NavigateToHistoryEntryParams,
 };
+use chromiumoxide::cdp::js_protocol::runtime::EvaluateParams;
 use chromiumoxide::page::ScreenshotParams;
 use serde_json::Value;
 
@@ -343,8 +344,14 @@ async fn scroll(page: &Page, input: &Value) -> Result<BrowserReply, String> {
 
 async fn evaluate(page: &Page, input: &Value) -> Result<BrowserReply, String> {
     let expression = required(input, "expression")?;
+    let params = EvaluateParams::builder()
+        .expression(expression)
+        .await_promise(true)
+        .return_by_value(true)
+        .build()
+        .map_err(|e| format!("the script: {e}"))?;
     let result = page
-        .evaluate_expression(expression)
+        .evaluate_expression(params)
         .await
         .map_err(|e| format!("the script failed: {e}"))?;
     let value = result.value().cloned().unwrap_or(Value::Null);
