@@ -7,8 +7,9 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/cordon/target
 export CARGO_TARGET_DIR
 CARGO ?= cargo
 BIN := $(CARGO_TARGET_DIR)/release
-# Sandbox images (the default one is built here once and rebuilt only when images/default.toml
-# changes), shared by make up, make test and every clone on this machine.
+# Sandbox images (the default one, and for make test the browser one, are built here once and
+# rebuilt only when their image file changes), shared by make up, make test and every clone on
+# this machine.
 CORDON_IMAGES ?= $(HOME)/.cache/cordon/images
 export CORDON_IMAGES
 export CORDON_TEST_IMAGES ?= $(CORDON_IMAGES)
@@ -52,6 +53,8 @@ unit:
 	$(STATIC_AGENT)
 	$(CARGO_TARGET_DIR)/debug/cordon-controller image build default \
 		--from-file images/default.toml --store $(CORDON_IMAGES)
+	$(CARGO_TARGET_DIR)/debug/cordon-controller image build browser \
+		--from-file examples/images/browser.toml --store $(CORDON_IMAGES)
 	$(CARGO) test --workspace --locked --doc
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --locked --no-fail-fast; \

@@ -115,6 +115,7 @@ pub(crate) fn run(action: ToolsAction) -> Result<ExitCode, ExitCode> {
                         }
                     ),
                     Handler::Http(http) => format!("http {} {}", http.method, http.url),
+                    Handler::Browser => "built-in: the session's browser".to_string(),
                 };
                 say!(
                     "  {:<24} {what}; timeout {} ms, concurrency {}",

@@ -6,6 +6,7 @@
 //! - [`schema`]: what CMA accepts as an `input_schema`, and checking a call's input against it.
 //! - [`run`]: a program in a short-lived gVisor sandbox of its own, behind the proxy.
 //! - [`http`]: a private service, reached through the proxy's explicit listener.
+//! - [`builtin`]: the tools Cordon brings (`[builtins]`): the session's browser.
 //! - [`reply`]: a handler's output as the content blocks of a `user.custom_tool_result`.
 //! - [`serve`]: the set being served, reloaded on change and on SIGHUP; per-tool concurrency,
 //!   metrics ([`crate::metrics`]) and the audit log ([`audit`]).
@@ -15,6 +16,7 @@
 //! a tool may reach and the proxy injects its credentials.
 
 pub mod audit;
+pub mod builtin;
 pub mod file;
 pub mod http;
 pub mod program;

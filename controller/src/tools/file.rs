@@ -24,6 +24,17 @@ pub const MAX_WARM: u32 = 8;
 struct RawFile {
     #[serde(default)]
     tool: Vec<RawTool>,
+    #[serde(default)]
+    builtins: RawBuiltins,
+}
+
+/// `[builtins]`: the tools Cordon brings, each turned on by name.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBuiltins {
+    /// The session's browser: the `browser_*` tools (docs/BROWSER.md).
+    #[serde(default)]
+    browser: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,6 +108,8 @@ pub enum Handler {
     Run(RunHandler),
     /// A private service reached through the proxy.
     Http(HttpHandler),
+    /// The session's browser, in the calling session's own sandbox (`[builtins] browser`).
+    Browser,
 }
 
 impl Handler {
@@ -104,6 +117,7 @@ impl Handler {
         match self {
             Handler::Run(_) => "run",
             Handler::Http(_) => "http",
+            Handler::Browser => "browser",
         }
     }
 }
@@ -216,6 +230,19 @@ pub fn parse(text: &str, base: &Path, context: &Context) -> Result<ToolSet, Vec<
             }
         }
     }
+    if raw.builtins.browser {
+        for tool in super::builtin::browser_tools() {
+            if tools.contains_key(&tool.name) {
+                errors.push(format!(
+                    "tool {:?}: the name is the browser built-in's ([builtins] browser = true); \
+                     rename the tool, or turn the built-in off",
+                    tool.name
+                ));
+            } else {
+                tools.insert(tool.name.clone(), tool);
+            }
+        }
+    }
     errors.extend(overlapping_writable_mounts(&tools));
     if errors.is_empty() {
         Ok(ToolSet { tools, path: None })
@@ -231,7 +258,7 @@ fn overlapping_writable_mounts(tools: &BTreeMap<String, Tool>) -> Vec<String> {
         .values()
         .filter_map(|t| match &t.handler {
             Handler::Run(run) => Some(run.mounts.iter().map(move |m| (t.name.as_str(), m))),
-            Handler::Http(_) => None,
+            Handler::Http(_) | Handler::Browser => None,
         })
         .flatten()
         .collect();

@@ -251,3 +251,39 @@ fn writable_mounts_may_not_overlap_and_targets_may_not_cover_cordons() {
     let long = "a".repeat(124);
     assert!(!valid_name(&long) && valid_name(&long[..123]));
 }
+
+#[test]
+fn the_browser_built_in_adds_its_tools_and_keeps_its_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let context = context(dir.path());
+    let set = parse("[builtins]\nbrowser = true\n", dir.path(), &context).unwrap();
+    assert_eq!(set.names(), {
+        let mut names = cordon_sandbox_agent::browser::TOOLS.to_vec();
+        names.sort_unstable();
+        names
+    });
+    let navigate = &set.tools["browser_navigate"];
+    assert_eq!(navigate.handler, Handler::Browser);
+    assert_eq!(
+        navigate.input_schema["required"],
+        serde_json::json!(["url"])
+    );
+    let entries = set.agent_entries();
+    assert!(entries.iter().all(|e| e["type"] == "custom"));
+
+    // Off by default, and off means none of them.
+    let set = parse("[builtins]\nbrowser = false\n", dir.path(), &context).unwrap();
+    assert!(set.tools.is_empty());
+
+    // A declared tool may not take a built-in's name; an unknown built-in is named.
+    let taken = "[builtins]\nbrowser = true\n[[tool]]\nname = \"browser_back\"\ndescription = \"x\"\ninput_schema = { type = \"object\" }\n[tool.run]\ncommand = [\"true\"]\n";
+    let errors = parse(taken, dir.path(), &context).unwrap_err();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("\"browser_back\": the name is the browser built-in's")),
+        "{errors:?}"
+    );
+    let errors = parse("[builtins]\nterminal = true\n", dir.path(), &context).unwrap_err();
+    assert!(errors[0].contains("unknown field `terminal`"), "{errors:?}");
+}

@@ -246,7 +246,7 @@ impl CustomTools {
     fn top_up(self: &Arc<Self>, served: &Arc<Served>) {
         let want = match &served.tool.handler {
             Handler::Run(run) => run.warm as usize,
-            Handler::Http(_) => 0,
+            Handler::Http(_) | Handler::Browser => 0,
         };
         let have = served.warm.lock().unwrap_or_else(|e| e.into_inner()).len()
             + served.starting.load(std::sync::atomic::Ordering::SeqCst);
@@ -451,6 +451,12 @@ impl CustomTools {
                     "[cordon] http tools need the proxy's explicit listener",
                 ),
             },
+            Handler::Browser => {
+                let answer =
+                    super::builtin::browser_call(&self.runtime, tool, &context, &input).await;
+                drop(permit);
+                answer
+            }
             Handler::Run(handler) => {
                 let warm = served.warm.lock().unwrap_or_else(|e| e.into_inner()).pop();
                 // Top the tool's warm sandboxes up, whether this call took one or found none.

@@ -84,6 +84,7 @@ pub fn cma_world(
         sandbox_extra,
         tools,
         "",
+        None,
     )
 }
 
@@ -96,6 +97,7 @@ pub fn cma_world_with(
     sandbox_extra: &str,
     tools: Option<&std::path::Path>,
     extra: &str,
+    upstream: Option<super::Upstream>,
 ) -> World {
     let policy = std::fs::read_to_string(demo("policy/policy.rego")).unwrap();
     let secrets = std::fs::read_to_string(demo("secrets.toml")).unwrap();
@@ -121,6 +123,7 @@ pub fn cma_world_with(
                 ("example-api-token", TOKEN),
                 ("webhook-secret", WEBHOOK_SECRET),
             ],
+            upstream,
         },
     )
 }
@@ -167,8 +170,27 @@ pub async fn start_with(
     sandbox_extra: &str,
     tools: Option<&std::path::Path>,
 ) -> (Sim, World, Controller) {
-    let (sim, world, controller) =
-        prepare(scenario, second_octet, sandbox_extra, tools, "", |_| {}).await;
+    start_on(scenario, second_octet, sandbox_extra, tools, None).await
+}
+
+/// [`start_with`], every upstream host name served by `upstream`.
+pub async fn start_on(
+    scenario: &Scenario,
+    second_octet: u8,
+    sandbox_extra: &str,
+    tools: Option<&std::path::Path>,
+    upstream: Option<super::Upstream>,
+) -> (Sim, World, Controller) {
+    let (sim, world, controller) = prepare_on(
+        scenario,
+        second_octet,
+        sandbox_extra,
+        tools,
+        "",
+        upstream,
+        |_| {},
+    )
+    .await;
     sim.open_sessions();
     (sim, world, controller)
 }
@@ -183,6 +205,28 @@ pub async fn prepare(
     extra: &str,
     before: impl FnOnce(&World),
 ) -> (Sim, World, Controller) {
+    prepare_on(
+        scenario,
+        second_octet,
+        sandbox_extra,
+        tools,
+        extra,
+        None,
+        before,
+    )
+    .await
+}
+
+/// [`prepare`] with every upstream host name served by `upstream`.
+pub async fn prepare_on(
+    scenario: &Scenario,
+    second_octet: u8,
+    sandbox_extra: &str,
+    tools: Option<&std::path::Path>,
+    extra: &str,
+    upstream: Option<super::Upstream>,
+    before: impl FnOnce(&World),
+) -> (Sim, World, Controller) {
     let (listen, admin) = (free_port(), free_port());
     let sim = start_sim(scenario, listen).await;
     let mut world = cma_world_with(
@@ -193,6 +237,7 @@ pub async fn prepare(
         sandbox_extra,
         tools,
         extra,
+        upstream,
     );
     world
         .sessions

@@ -120,7 +120,13 @@ pub struct Setup<'a> {
     pub extra_toml: &'a str,
     /// Files written next to cordon.toml, mode 0600.
     pub files: &'a [(&'a str, &'a str)],
+    /// The upstream every host name reaches; the recording upstream when `None`.
+    pub upstream: Option<Upstream>,
 }
+
+/// Starts an upstream for the given test PKI: its address and the request heads it received.
+pub type Upstream =
+    fn(&cordon_testkit::TestPki) -> (std::net::SocketAddr, cordon_testkit::Received);
 
 impl Default for Setup<'_> {
     fn default() -> Self {
@@ -130,6 +136,7 @@ impl Default for Setup<'_> {
             sandbox_extra: "",
             extra_toml: "",
             files: &[],
+            upstream: None,
         }
     }
 }
@@ -158,7 +165,10 @@ impl World {
         let mut hosts = vec!["allowed.test"];
         hosts.extend_from_slice(setup.hosts);
         let pki = test_pki(&hosts);
-        let (upstream, received) = spawn_recording_upstream(&pki);
+        let (upstream, received) = match setup.upstream {
+            Some(start) => start(&pki),
+            None => spawn_recording_upstream(&pki),
+        };
         // On the host's disk (not /tmp, which every sandbox covers with its own tmpfs), so the
         // escape suite proves the gateway's state is hidden from sandboxes by the masks.
         let dir = tempfile::Builder::new()
