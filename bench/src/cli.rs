@@ -39,6 +39,18 @@ enum Command {
         #[arg(long)]
         doc: Option<PathBuf>,
     },
+    /// The session's browser: the first browser_navigate of a sandbox (Chromium's cold
+    /// start), warm navigate + screenshot, memory with the browser open, against curl of the
+    /// same page in the same sandbox. Needs root, runsc and the browser image.
+    Browser {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+        /// A Markdown file (docs/BENCHMARKS.md) whose browser section is rewritten.
+        #[arg(long)]
+        doc: Option<PathBuf>,
+    },
     /// Soak: sessions registered on their own loopback addresses, some coming and going, and
     /// mixed traffic at a target rate for minutes; the proxy's descriptors, memory,
     /// connections and sessions judged for leaks. Writes bench/results/soak-<date>.json.
@@ -68,6 +80,14 @@ impl Cli {
                     .await
                     .map_err(anyhow::Error::msg)
                     .context("sandboxes")?;
+                println!("{report}");
+                Ok(())
+            }
+            Command::Browser { rounds, out, doc } => {
+                let report = cordon_bench::browser::run(rounds, &out, doc.as_deref())
+                    .await
+                    .map_err(anyhow::Error::msg)
+                    .context("browser")?;
                 println!("{report}");
                 Ok(())
             }

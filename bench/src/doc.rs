@@ -5,7 +5,7 @@
 use std::path::Path;
 
 /// The sections other runs write, in the order they are kept.
-pub const SECTIONS: [&str; 3] = ["sandboxes", "tools", "soak"];
+pub const SECTIONS: [&str; 4] = ["sandboxes", "tools", "browser", "soak"];
 
 pub fn begin(name: &str) -> String {
     format!("<!-- cordon-bench {name}: begin -->")

@@ -5,6 +5,7 @@
 //! hours-like load ([`soak`]).
 
 pub mod admin;
+pub mod browser;
 pub mod compare;
 pub mod doc;
 mod fixture;

@@ -6,6 +6,7 @@
 //! cordon-bench report bench/results/<date>.json [--doc docs/BENCHMARKS.md]
 //! cordon-bench sandboxes [--count 20] [--out bench/results] [--doc docs/BENCHMARKS.md]
 //! cordon-bench tools [--calls 20] [--out bench/results] [--doc docs/BENCHMARKS.md]
+//! cordon-bench browser [--rounds 5] [--out bench/results] [--doc docs/BENCHMARKS.md]
 //! cordon-bench soak [--rate 10000] [--duration 600] [--sessions 200] [--doc docs/BENCHMARKS.md]
 //! ```
 

@@ -21,7 +21,7 @@ use crate::fixture::{ProxyProcess, free_port, images_dir, percentile};
 const POLICY: &str = "package cordon.egress\nimport rego.v1\ndefault decision := false\n";
 
 /// PSS in KiB of the processes whose command line names `marker` (a session's bundle path).
-fn pss_kib(marker: &str) -> u64 {
+pub(crate) fn pss_kib(marker: &str) -> u64 {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0;
     };
@@ -49,7 +49,7 @@ fn pss_kib(marker: &str) -> u64 {
 
 /// Removes every workspace the runs made: `stop_all` keeps them (mounted, as for sessions
 /// that resume), and the temporary state directory cannot go while they are mounted.
-fn remove_workspaces(runtime: &Runtime) -> Result<(), String> {
+pub(crate) fn remove_workspaces(runtime: &Runtime) -> Result<(), String> {
     let workspaces = runtime.workspaces();
     let failed: Vec<String> = workspaces
         .list()
