@@ -206,6 +206,10 @@ pub fn router(dashboard: Arc<Dashboard>) -> Router {
         .route("/sessions", get(pages::sessions::page))
         .route("/sessions/{id}", get(pages::session::page))
         .route("/sessions/{id}/stop", post(pages::session::stop))
+        .route(
+            "/sessions/{id}/calls/{call}/images/{n}",
+            get(pages::session::image),
+        )
         .route("/sessions/{id}/terminal", get(pages::terminal::page))
         .route(
             "/sessions/{id}/terminal/socket",

@@ -308,6 +308,11 @@ impl Ingester {
             }
             self.pruning = true;
             self.next_prune = Instant::now() + self.config.prune_interval;
+            // The tool calls' images (the timeline shows them with these decisions) go at the
+            // same age; they are few per session, so one statement.
+            if let Err(e) = self.store.prune_tool_images(self.cutoff(now_ms())) {
+                tracing::warn!(error = %e, "pruning the tool calls' images");
+            }
         }
         let cutoff = self.cutoff(now_ms());
         let result = self

@@ -9,6 +9,7 @@ pub mod egress;
 mod health;
 mod pool;
 mod tool_calls;
+pub mod tool_images;
 mod work;
 mod workspaces;
 
@@ -250,6 +251,7 @@ impl Store {
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(work::SCHEMA)?;
         conn.execute_batch(tool_calls::SCHEMA)?;
+        conn.execute_batch(tool_images::SCHEMA)?;
         conn.execute_batch(egress::SCHEMA)?;
         // Columns added after the first release: added to older databases in place.
         for (table, column) in [

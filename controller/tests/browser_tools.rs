@@ -162,6 +162,34 @@ async fn the_browser_runs_in_the_sandbox_behind_the_gateway() {
     let report = sim.wait(Duration::from_secs(300)).await;
     assert_passed(&report, &world);
 
+    // Recorded with the session for its timeline: each action's URL and timing, and the
+    // screenshot itself.
+    let store =
+        cordon_controller::store::Store::open(&world.dir.path().join("state/controller/state.db"))
+            .unwrap();
+    let calls = store.tool_calls("sesn_browser", 50).unwrap();
+    let navigate = calls
+        .iter()
+        .find(|c| c.name == "browser_navigate" && !c.is_error)
+        .unwrap_or_else(|| panic!("{calls:#?}"));
+    assert!(
+        navigate
+            .input_summary
+            .contains("https://api.example.test/page")
+    );
+    assert!(navigate.result_excerpt.contains("status 200"));
+    assert!(navigate.duration_ms > 0);
+    let shot = calls
+        .iter()
+        .find(|c| c.name == "browser_screenshot")
+        .unwrap();
+    let (media, png) = store
+        .tool_image("sesn_browser", &shot.tool_use_id, 0)
+        .unwrap()
+        .expect("the screenshot is kept");
+    assert_eq!(media, "image/png");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+
     // The page's requests went through the proxy as the session's: the script and the API
     // call allowed (the token injected on the way), the image from the denied host refused.
     let audit = std::fs::read_to_string(world.dir.path().join("state/audit.log")).unwrap();

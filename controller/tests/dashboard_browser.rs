@@ -221,6 +221,20 @@ async fn an_operator_watches_the_demo_session_live_and_a_viewer_cannot_act() {
         "{timeline}"
     );
     assert!(!timeline.contains(TOKEN), "the token is never shown");
+    // The chart the order_chart tool answered with is in its call, and the browser drew it.
+    let drawn = ops
+        .execute(
+            "const img = document.querySelector('.call .images img'); \
+             return img ? img.complete && img.naturalWidth > 0 : null;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        drawn,
+        serde_json::json!(true),
+        "the chart shows in the timeline"
+    );
     screenshot(&ops, "session").await;
     ops.goto(&format!("{base}/sessions")).await.unwrap();
     screenshot(&ops, "sessions").await;
@@ -265,8 +279,16 @@ async fn an_operator_watches_the_demo_session_live_and_a_viewer_cannot_act() {
     fill(&ops, "#url", "https://api.example.test/v1/user").await;
     choose(&ops, "#method", "GET").await;
     click(&ops, "#try button[type=submit]").await;
-    let allowed = wait_for_text(&ops, "#decision", "allow", Duration::from_secs(10)).await;
-    assert!(allowed.contains("example-api->authorization"), "{allowed}");
+    // Not "allow": the deny shown until the new answer arrives says "not on the demo allow
+    // list".
+    let allowed = wait_for_text(
+        &ops,
+        "#decision",
+        "example-api->authorization",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(allowed.contains("allow"), "{allowed}");
     screenshot(&ops, "policy").await;
     assert_eq!(
         world.received.lock().unwrap().len(),

@@ -461,6 +461,79 @@ async fn a_session_page_shows_its_tool_calls_with_their_egress_and_updates_live(
     drop(s.dir);
 }
 
+/// A tool call's images (a browser's screenshot) show in the session's timeline, each served
+/// as the image type it was kept as, never sniffed, sandboxed, and only to a logged-in user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_calls_images_show_in_the_timeline() {
+    let s = serve("", &[]).await;
+    let now_ms = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    s.store
+        .record_tool_call(
+            "sesn_shots",
+            &ToolCallRecord {
+                tool_use_id: "toolu_shot".into(),
+                name: "browser_screenshot".into(),
+                custom: true,
+                input_summary: "{}".into(),
+                result_excerpt: "Screenshot of the viewport\n[image/png]".into(),
+                is_error: false,
+                started_ms: now_ms - 1_000,
+                duration_ms: 300,
+            },
+        )
+        .unwrap();
+    let png = b"\x89PNG\r\n\x1a\n not really a png".to_vec();
+    s.store
+        .record_tool_images(
+            "sesn_shots",
+            "toolu_shot",
+            &[("image/png".to_string(), png.clone())],
+            now_ms,
+        )
+        .unwrap();
+    let image = "/sessions/sesn_shots/calls/toolu_shot/images/0";
+    let (status, _, _) = s.curl(&[], image);
+    assert_ne!(status, 200, "images need a login too");
+    let cookie = s.login("watcher");
+    let (status, _, body) = s.curl(
+        &["-H", &format!("cookie: {cookie}")],
+        "/sessions/sesn_shots",
+    );
+    assert_eq!(status, 200);
+    assert!(
+        body.contains(&format!("<img src=\"{image}\"")),
+        "the timeline shows the image: {body}"
+    );
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-D",
+            "/dev/stderr",
+            "-H",
+            &format!("cookie: {cookie}"),
+        ])
+        .arg(s.url(image))
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, png, "byte for byte");
+    let head = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    for header in [
+        "content-type: image/png",
+        "x-content-type-options: nosniff",
+        "content-security-policy: sandbox",
+    ] {
+        assert!(head.contains(header), "{header} in {head}");
+    }
+    for missing in [
+        "/sessions/sesn_shots/calls/toolu_shot/images/1",
+        "/sessions/sesn_other/calls/toolu_shot/images/0",
+    ] {
+        let (status, _, _) = s.curl(&["-H", &format!("cookie: {cookie}")], missing);
+        assert_eq!(status, 404, "{missing}");
+    }
+    drop(s.dir);
+}
+
 /// An ES256 key pair: its PKCS#8 form for signing and its JWK for the JWKS.
 fn es256_key(kid: &str) -> (Vec<u8>, serde_json::Value) {
     use base64::Engine;

@@ -561,6 +561,15 @@ impl ToolExecutor for Counted<'_> {
         if let Err(e) = self.service.store.record_tool_call(self.session, &record) {
             tracing::warn!(session = %self.session, error = %e, "cannot record the tool call for the dashboard");
         }
+        let images = reply.decoded_images();
+        if let Err(e) = self.service.store.record_tool_images(
+            self.session,
+            &call.id,
+            &images,
+            record.started_ms + record.duration_ms,
+        ) {
+            tracing::warn!(session = %self.session, error = %e, "cannot keep the tool call's images for the dashboard");
+        }
     }
 }
 

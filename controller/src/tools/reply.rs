@@ -76,6 +76,22 @@ impl ToolReply {
     pub fn images(&self) -> usize {
         self.content.iter().filter(|b| b["type"] == "image").count()
     }
+
+    /// The image blocks' media types and bytes, in order (one that does not decode is left
+    /// out; results are checked before they get here, so none is).
+    pub fn decoded_images(&self) -> Vec<(String, Vec<u8>)> {
+        self.content
+            .iter()
+            .filter(|b| b["type"] == "image")
+            .filter_map(|b| {
+                let media = b["source"]["media_type"].as_str()?.to_string();
+                let data = base64::engine::general_purpose::STANDARD
+                    .decode(b["source"]["data"].as_str()?)
+                    .ok()?;
+                Some((media, data))
+            })
+            .collect()
+    }
 }
 
 /// Reads what a handler wrote (standard output of a `run` tool, the body of an `http` one).

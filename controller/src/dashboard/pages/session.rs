@@ -47,6 +47,12 @@ pub(crate) fn timeline(dashboard: &Dashboard, id: &str) -> Markup {
         Ok(c) => c,
         Err(e) => return html! { p.error { "Tool calls cannot be read: " (e) } },
     };
+    // Images of calls the store no longer has (past its bounds) are simply not shown.
+    let images = dashboard
+        .admin
+        .store
+        .tool_image_positions(id)
+        .unwrap_or_default();
     let mut taken = vec![false; decisions.len()];
     let mut items: Vec<Item<'_>> = calls
         .iter()
@@ -89,6 +95,16 @@ pub(crate) fn timeline(dashboard: &Dashboard, id: &str) -> Markup {
                     }
                     pre.mono.input { (c.input_summary) }
                     pre.mono.result { (c.result_excerpt) }
+                    @if let Some(positions) = images.get(&c.tool_use_id) {
+                        div.images {
+                            @for n in positions {
+                                @let url = image_url(id, &c.tool_use_id, *n);
+                                a href=(url) target="_blank" rel="noopener" {
+                                    img src=(url) loading="lazy" alt={ "image " (n + 1) " of " (c.name) };
+                                }
+                            }
+                        }
+                    }
                     @if !egress.is_empty() { (decisions_table(egress)) }
                 },
                 Item::Decision(d) => div.call.loose {
@@ -97,6 +113,51 @@ pub(crate) fn timeline(dashboard: &Dashboard, id: &str) -> Markup {
                 },
             }
         }
+    }
+}
+
+/// Where image `n` of call `call` of session `id` is served.
+fn image_url(id: &str, call: &str, n: u32) -> String {
+    let part = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    format!("/sessions/{}/calls/{}/images/{n}", part(id), part(call))
+}
+
+/// An image a tool call answered with (a browser screenshot), as kept in the store. Served
+/// as the image it says it is (one of the four types CMA takes, checked when it was kept),
+/// never sniffed, and sandboxed should it be opened as a document.
+pub(crate) async fn image(
+    State(dashboard): State<Arc<Dashboard>>,
+    _who: Principal,
+    Path((id, call, n)): Path<(String, String, u32)>,
+) -> Response {
+    use axum::http::{HeaderValue, header};
+    match dashboard.admin.store.tool_image(&id, &call, n) {
+        Ok(Some((media_type, data))) => {
+            let mut response = data.into_response();
+            let headers = response.headers_mut();
+            if let Ok(value) = HeaderValue::from_str(&media_type) {
+                headers.insert(header::CONTENT_TYPE, value);
+            }
+            headers.insert(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            );
+            headers.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static("sandbox; default-src 'none'"),
+            );
+            response
+        }
+        Ok(None) => (
+            StatusCode::NOT_FOUND,
+            "no such image: the call had none, or it is past the store's bounds",
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the image cannot be read: {e}"),
+        )
+            .into_response(),
     }
 }
 
