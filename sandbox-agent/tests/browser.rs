@@ -21,7 +21,7 @@ const START: &str = r#"<!doctype html><html><head><title>Start</title></head><bo
 <h1>Orders</h1><p id="msg">before</p>
 <script>document.getElementById('msg').textContent = 'changed by JavaScript';</script>
 <form action="/submit" method="post"><input name="q" id="q"><button type="submit">Send</button></form>
-<a href="/second">Second page</a>
+<a href="/second">Second page</a> <a href="/download">Get the report</a>
 <div style="height: 3000px"></div>
 </body></html>"#;
 
@@ -63,6 +63,21 @@ async fn site() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
                     seen.lock().unwrap().push(body);
                     Html("<html><head><title>Thanks</title></head><body>Thanks</body></html>")
                 }
+            }),
+        )
+        .route(
+            "/download",
+            get(|| async {
+                (
+                    [
+                        (header::CONTENT_TYPE, "text/plain"),
+                        (
+                            header::CONTENT_DISPOSITION,
+                            "attachment; filename=\"report.txt\"",
+                        ),
+                    ],
+                    "the report\n",
+                )
             }),
         )
         .route(
@@ -190,6 +205,19 @@ async fn the_browser_tools_drive_a_real_chromium() {
     // back, then click a link by its text.
     let said = ok(&call(&browser, "browser_back", json!({})).await);
     assert!(said.contains("\"Start\""), "{said}");
+    // A download lands in the workspace.
+    ok(&call(&browser, "browser_click", json!({"text": "Get the report"})).await);
+    let report = dir.path().join("report.txt");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&report).ok().as_deref() != Some("the report\n") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no download in {}",
+            dir.path().display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     let said = ok(&call(&browser, "browser_click", json!({"text": "Second page"})).await);
     assert!(
         said.contains("/second") && said.contains("\"Second\""),
