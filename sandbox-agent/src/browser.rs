@@ -195,6 +195,31 @@ impl Browser {
         reply
     }
 
+    /// Whether this image has a Chromium to run.
+    pub fn has_chromium(&self) -> bool {
+        launch::find(&self.config).is_ok()
+    }
+
+    /// Starts the browser ahead of its first call, when the image has one: Chromium's cold
+    /// start in gVisor takes seconds, which a session's first turn hides. Whether it started
+    /// (`false`: no Chromium here, or it failed, which the first call then reports).
+    pub async fn warm(&self) -> bool {
+        let mut running = self.running.lock().await;
+        if running.is_some() {
+            return true;
+        }
+        if launch::find(&self.config).is_err() {
+            return false;
+        }
+        match launch::start(&self.config).await {
+            Ok(started) => {
+                *running = Some(started);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// The browser process's id while it runs (tests crash it with this).
     pub async fn process_id(&self) -> Option<u32> {
         let mut running = self.running.lock().await;

@@ -7,6 +7,7 @@
 //! | POST | /exec | run `{"argv": [...], "cwd"?, "env"?, "timeout_ms"?, "stdin"?}`; the answer streams [`ExecEvent`]s as JSON lines |
 //! | POST | /tool | one CMA tool call `{"name", "input"}` ([`tools`]); answers `{"is_error", "text"}` |
 //! | POST | /browser | one browser tool call `{"name", "input"}` ([`browser`]); answers `{"is_error", "content": [blocks]}` |
+//! | POST | /browser/warm | starts the browser in the background if the image has one; 202 `{"browser": bool}` |
 //! | GET | /pty | a WebSocket to a shell on a pseudo-terminal ([`pty`]): the dashboard's terminal |
 
 pub mod browser;

@@ -41,6 +41,11 @@ impl AgentState {
         }
     }
 
+    /// The session's browser.
+    pub fn browser(&self) -> &crate::browser::Browser {
+        &self.browser
+    }
+
     /// Stops what outlives a request (the browser).
     pub async fn shutdown(&self) {
         self.browser.shutdown().await;
@@ -75,6 +80,7 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .route("/exec", post(exec_handler))
         .route("/tool", post(tool_handler))
         .route("/browser", post(browser_handler))
+        .route("/browser/warm", post(browser_warm_handler))
         .route("/pty", get(pty_handler))
         .with_state(state)
 }
@@ -157,6 +163,27 @@ async fn browser_handler(
         }
     };
     axum::Json(state.browser.call(&call).await).into_response()
+}
+
+/// `POST /browser/warm`: starts the browser in the background, if the image has one; answers
+/// at once (202, `{"browser": true|false}`: whether this image has Chromium).
+async fn browser_warm_handler(
+    State(state): State<Arc<AgentState>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refusal) = unauthorized(&state, &headers) {
+        return refusal;
+    }
+    let present = state.browser.has_chromium();
+    if present {
+        let state = state.clone();
+        tokio::spawn(async move { state.browser.warm().await });
+    }
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({"browser": present})),
+    )
+        .into_response()
 }
 
 async fn exec_handler(

@@ -334,3 +334,70 @@ async fn a_missing_chromium_is_named_with_the_image_to_use() {
     );
     assert!(said.contains("not a file"), "{said}");
 }
+
+/// One HTTP/1.1 request to the agent; the status and body.
+async fn ask(address: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let auth = token.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"));
+    stream
+        .write_all(
+            format!("POST {path} HTTP/1.1\r\nhost: agent\r\n{auth}content-length: 0\r\nconnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    let status = answer[9..12].parse().unwrap();
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+/// `POST /browser/warm` starts the browser without a call (the controller asks at the start of
+/// a session that has the built-in), and says when the image has none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_browser_starts_ahead_of_its_first_call_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = Arc::new(cordon_sandbox_agent::AgentState::with_browser(
+        "agent-token".into(),
+        dir.path().display().to_string(),
+        config(&dir.path().join("profile"), dir.path()),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let app = cordon_sandbox_agent::router(state.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    assert_eq!(ask(address, "/browser/warm", None).await.0, 401);
+    let (status, body) = ask(address, "/browser/warm", Some("agent-token")).await;
+    assert_eq!((status, body.as_str()), (202, r#"{"browser":true}"#));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while state.browser().process_id().await.is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the browser did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    state.shutdown().await;
+    assert!(state.browser().process_id().await.is_none());
+
+    // An image without Chromium: nothing starts, and the answer says so.
+    let mut none = config(&dir.path().join("profile2"), dir.path());
+    none.executable = Some(dir.path().join("no-chromium"));
+    let state = Arc::new(cordon_sandbox_agent::AgentState::with_browser(
+        "agent-token".into(),
+        dir.path().display().to_string(),
+        none,
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let app = cordon_sandbox_agent::router(state.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (status, body) = ask(address, "/browser/warm", Some("agent-token")).await;
+    assert_eq!((status, body.as_str()), (202, r#"{"browser":false}"#));
+}

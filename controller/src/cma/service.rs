@@ -432,6 +432,13 @@ impl Service {
                 },
                 Err(e) => return WorkEnd::Failed(e.to_string()),
             };
+        if self
+            .custom_tools
+            .as_ref()
+            .is_some_and(|custom| custom.serves_browser())
+        {
+            tools.inner.warm_browser();
+        }
         tokio::select! {
             result = run_session(&self.client, work, session, &tools, &self.runner) => match result {
                 Ok((end, _)) => WorkEnd::Done(end),

@@ -62,6 +62,29 @@ impl SessionTools {
         })
     }
 
+    /// Asks the sandbox to start its browser now, in the background, so the session's first
+    /// browser call does not wait for Chromium's cold start (seconds in gVisor). A sandbox
+    /// whose image has no browser ignores it; a failure only costs that first call the wait.
+    pub fn warm_browser(&self) {
+        let Some(agent) = self.current() else {
+            return;
+        };
+        let session = self.session.clone();
+        tokio::spawn(async move {
+            let url = format!("http://{}/browser/warm", agent.agent);
+            let asked = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                agent
+                    .http
+                    .call(http::Method::POST, &url, Some(&agent.token), None),
+            )
+            .await;
+            if !matches!(asked, Ok(Ok(_))) {
+                tracing::debug!(session = %session, "the sandbox did not take the browser warm-up");
+            }
+        });
+    }
+
     fn current(&self) -> Option<AgentTools> {
         self.agent.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }

@@ -105,6 +105,14 @@ impl CustomTools {
         self.generation().tools.keys().cloned().collect()
     }
 
+    /// Whether the browser built-in is served now (`[builtins] browser`).
+    pub fn serves_browser(&self) -> bool {
+        self.generation()
+            .tools
+            .values()
+            .any(|served| matches!(served.tool.handler, Handler::Browser))
+    }
+
     /// Warm sandboxes `tool` has ready now.
     pub fn warm_ready(&self, tool: &str) -> usize {
         self.generation().tools.get(tool).map_or(0, |s| {

@@ -70,7 +70,7 @@ impl Running {
 }
 
 /// The Chromium to run: the configured one, or the first of [`EXECUTABLES`] on `PATH`.
-fn executable(config: &BrowserConfig) -> Result<PathBuf, String> {
+pub fn find(config: &BrowserConfig) -> Result<PathBuf, String> {
     if let Some(path) = &config.executable {
         return if path.is_file() {
             Ok(path.clone())
@@ -160,7 +160,7 @@ async fn trust(home: &Path, ca: &Path) -> Result<(), String> {
 
 /// Starts Chromium with a fresh profile and opens its page.
 pub async fn start(config: &BrowserConfig) -> Result<Running, String> {
-    let chrome = executable(config)?;
+    let chrome = find(config)?;
     fresh_dir(&config.profile)?;
     let home = config.profile.join("home");
     fresh_dir(&home)?;
