@@ -24,6 +24,8 @@ pub struct HttpClient {
 pub enum HttpError {
     #[error("{url}: {message}")]
     Transport { url: String, message: String },
+    #[error("{url}: the answer is larger than {limit} bytes")]
+    TooLarge { url: String, limit: usize },
     #[error("{url}: answered {status}: {body}")]
     Status {
         url: String,
@@ -129,6 +131,48 @@ impl HttpClient {
             .request(request)
             .await
             .map_err(|e| transport(e.to_string()))
+    }
+
+    /// [`HttpClient::call`] for a peer that may not be trusted with the controller's memory:
+    /// an answer over `limit` bytes is an error as soon as it passes the limit, and an error
+    /// status carries at most 1 KiB of its body.
+    pub async fn call_limited(
+        &self,
+        method: http::Method,
+        url: &str,
+        bearer: Option<&str>,
+        body: Option<String>,
+        limit: usize,
+    ) -> Result<String, HttpError> {
+        let response = self.send(method, url, bearer, body).await?;
+        let status = response.status();
+        let bytes = http_body_util::Limited::new(response.into_body(), limit)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    HttpError::TooLarge {
+                        url: url.to_string(),
+                        limit,
+                    }
+                } else {
+                    HttpError::Transport {
+                        url: url.to_string(),
+                        message: e.to_string(),
+                    }
+                }
+            })?
+            .to_bytes();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        if status.is_success() {
+            Ok(text)
+        } else {
+            Err(HttpError::Status {
+                url: url.to_string(),
+                status: status.as_u16(),
+                body: crate::store::clip(&text, 1024),
+            })
+        }
     }
 
     /// Sends a request and reads the whole answer; a status outside 2xx is an error.

@@ -597,6 +597,41 @@ fn report_mode_forwards_denied_bodies_and_expect_continue_is_answered() {
     assert_eq!(reported["body_read"], CALL_DENIED.len(), "{reported}");
 }
 
+/// An upstream that cannot be reached after the proxy gave the go-ahead (`100 Continue`, the
+/// body read for the policy): the client still gets a final answer, a 502, not a closed
+/// connection.
+#[test]
+fn a_failure_after_the_go_ahead_still_gets_a_final_answer() {
+    let pki = test_pki(&["allowed.test", "plain.test"]);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let bundle = bundle(64 * 1024, "deny");
+    let proxy = Proxy::start_bundle_with(
+        bundle.path(),
+        dead,
+        &pki.ca_pem,
+        &["allowed.test", "plain.test"],
+        "",
+    );
+    runtime().block_on(async {
+        let mut tls = tunnel(&proxy, "allowed.test", b"http/1.1").await;
+        let request = post("allowed.test", "expect: 100-continue\r\n", LIST.as_bytes());
+        tls.write_all(&request[..request.len() - LIST.len()])
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let interim = take_head(&mut tls, &mut buf).await.unwrap();
+        assert!(interim.starts_with("http/1.1 100"), "{interim}");
+        tls.write_all(LIST.as_bytes()).await.unwrap();
+        let head = take_head(&mut tls, &mut buf).await.unwrap();
+        assert!(head.starts_with("http/1.1 502"), "{head}");
+    });
+    let records = proxy.request_records(1);
+    assert_eq!(record_for(&records, "allowed.test", 0)["status"], 502);
+}
+
 #[test]
 fn a_client_that_stalls_mid_body_is_refused_and_the_proxy_keeps_serving() {
     let (proxy, seen, _bundle) = started_with(64 * 1024, "deny", "upstream.read_timeout_ms = 300");

@@ -88,7 +88,8 @@ pub struct BrowserConfig {
     /// The gateway's CA certificate, when the sandbox has one: trusted in the browser's NSS
     /// database (see [`launch`]).
     pub ca: Option<PathBuf>,
-    /// Downloads land here (the session's workspace).
+    /// Downloads land here: `/workspace/downloads`, apart from the session's own files (a page
+    /// can start a download by itself).
     pub downloads: PathBuf,
     /// The Chromium to run; found on `PATH` when not set.
     pub executable: Option<PathBuf>,
@@ -105,7 +106,7 @@ impl BrowserConfig {
         Self {
             profile: PathBuf::from("/tmp/cordon-browser"),
             ca: ca.exists().then_some(ca),
-            downloads: workdir,
+            downloads: workdir.join("downloads"),
             executable: std::env::var_os("CORDON_BROWSER").map(PathBuf::from),
             action_timeout: ACTION_TIMEOUT,
             extra_args: Vec::new(),
@@ -180,6 +181,7 @@ impl Browser {
             return BrowserReply::error("the browser did not start");
         };
         let mut reply = actions::run(browser, &call.name, &input).await;
+        browser.close_other_pages().await;
         if restarted {
             reply.content.push(json!({"type": "text", "text": "[cordon] the browser had stopped since the last call (it crashed or ran out of memory); this call started a new one, so earlier pages and cookies are gone"}));
         }
@@ -217,6 +219,15 @@ impl Browser {
                 true
             }
             Err(_) => false,
+        }
+    }
+
+    /// Pages (tabs and windows) the browser has open; 0 when it does not run.
+    pub async fn pages(&self) -> usize {
+        let running = self.running.lock().await;
+        match running.as_ref() {
+            Some(browser) => browser.page_targets().await.len(),
+            None => 0,
         }
     }
 

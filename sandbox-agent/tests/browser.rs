@@ -272,6 +272,12 @@ async fn the_browser_tools_drive_a_real_chromium() {
             json!({"url": "http://unresolvable.test/"}),
             "did not load: net::ERR_NAME_NOT_RESOLVED",
         ),
+        // The test's flags reach Chromium: even localhost does not resolve.
+        (
+            "browser_navigate",
+            json!({"url": format!("http://localhost:{}/", site.port())}),
+            "did not load: net::ERR_NAME_NOT_RESOLVED",
+        ),
         ("browser_fly", json!({}), "unknown browser tool"),
     ] {
         let said = failed(&call(&browser, name, input.clone()).await);
@@ -284,6 +290,29 @@ async fn the_browser_tools_drive_a_real_chromium() {
     )
     .await);
     assert!(said.contains("\"Second\""), "{said}");
+
+    // A page opens no window by itself (the popup blocker is on).
+    let said = ok(&call(
+        &browser,
+        "browser_evaluate",
+        json!({"expression": "window.open('/cookie') !== null"}),
+    )
+    .await);
+    assert_eq!(said.trim(), "false");
+    assert_eq!(browser.pages().await, 1);
+
+    // A page nested deeper than markdown is made from is refused, not converted.
+    ok(&call(
+        &browser,
+        "browser_evaluate",
+        json!({"expression": "let n = document.body; for (let i = 0; i < 1200; i++) { const d = document.createElement('div'); n.appendChild(d); n = d; } 1"}),
+    )
+    .await);
+    let said = failed(&call(&browser, "browser_markdown", json!({})).await);
+    assert!(
+        said.contains("nests elements") && said.contains("deep"),
+        "{said}"
+    );
 
     // A crash between calls: the next call starts a new browser, and says so.
     let pid = browser.process_id().await.expect("the browser runs");

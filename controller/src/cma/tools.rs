@@ -76,7 +76,7 @@ impl SessionTools {
                 std::time::Duration::from_secs(10),
                 agent
                     .http
-                    .call(http::Method::POST, &url, Some(&agent.token), None),
+                    .call_limited(http::Method::POST, &url, Some(&agent.token), None, 1024),
             )
             .await;
             if !matches!(asked, Ok(Ok(_))) {

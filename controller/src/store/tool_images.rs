@@ -1,8 +1,8 @@
 //! The images tool calls answered with (a browser's screenshots, a custom tool's chart), kept
 //! for the dashboard's session timeline. Bounded per session (the newest
 //! [`MAX_IMAGES_PER_SESSION`] and at most [`MAX_BYTES_PER_SESSION`] bytes; older ones are
-//! dropped as new ones come), and by age with the session's egress decisions (the egress
-//! ingester's retention prunes both).
+//! dropped as new ones come), and by age: with the session's egress decisions (the
+//! dashboard's retention prunes both), and in any case after [`MAX_AGE_MS`].
 
 use rusqlite::params;
 
@@ -26,6 +26,10 @@ CREATE INDEX IF NOT EXISTS tool_images_age ON tool_images(created_ms);
 pub const MAX_IMAGES_PER_SESSION: i64 = 50;
 /// Bytes of images kept per session.
 pub const MAX_BYTES_PER_SESSION: i64 = 64 * 1024 * 1024;
+
+/// Images older than this go whatever else happens (the dashboard's retention, when it runs,
+/// may take them sooner): a controller without a dashboard still does not keep them forever.
+pub const MAX_AGE_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// The media types kept (and served back): those CMA takes in results.
 pub const IMAGE_TYPES: [&str; 4] = ["image/png", "image/jpeg", "image/gif", "image/webp"];
@@ -85,6 +89,10 @@ impl Store {
             for id in doomed {
                 tx.execute("DELETE FROM tool_images WHERE id = ?1", [id])?;
             }
+            tx.execute(
+                "DELETE FROM tool_images WHERE created_ms < ?1",
+                [now_ms.saturating_sub(MAX_AGE_MS)],
+            )?;
             tx.commit()?;
             Ok(())
         })
@@ -196,9 +204,13 @@ mod tests {
         let kept = store.tool_image_positions("s3").unwrap();
         assert_eq!(kept.keys().collect::<Vec<_>>(), ["toolu_big"]);
 
-        // By age.
+        // By age: the dashboard's retention, and anything older than MAX_AGE_MS at any insert.
         assert_eq!(store.prune_tool_images(2_500).unwrap(), 50);
+        store
+            .record_tool_images("s4", "toolu_late", &[png(1)], 3_001 + MAX_AGE_MS)
+            .unwrap();
+        assert!(store.tool_image_positions("s3").unwrap().is_empty());
+        assert_eq!(store.tool_image_positions("s4").unwrap().len(), 1);
         assert!(store.tool_image_positions("s1").unwrap().is_empty());
-        assert_eq!(store.tool_image_positions("s3").unwrap().len(), 1);
     }
 }

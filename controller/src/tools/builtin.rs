@@ -15,16 +15,20 @@ use super::{Answer, CallContext, Outcome, reply};
 use crate::http::{HttpClient, HttpError};
 use crate::sandbox::{Runtime, agent_endpoint};
 
-/// How long one browser call may take: a cold browser start in gVisor and the agent's own
-/// 30 s bound on an action, with room to spare.
-pub const BROWSER_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long one browser call may take: the agent's worst case (a start and its first page,
+/// 30 s each; the action, 30 s; a stuck page replaced, 30 s), with room to spare.
+pub const BROWSER_TIMEOUT: Duration = Duration::from_secs(150);
+
+/// Content blocks a browser answer may have (the agent sends at most three).
+const MAX_BLOCKS: usize = 16;
 
 /// A screenshot's PNG (at most 5 MiB) in base64, and its text.
 const BROWSER_MAX_OUTPUT: usize = 8 * 1024 * 1024;
 
-/// Calls of one tool at once, across sessions (each session's calls run one at a time in its
-/// own sandbox).
-const BROWSER_CONCURRENCY: u32 = 64;
+/// Calls of one tool at once, across sessions. Each session's calls run one at a time in its
+/// own sandbox, so this only bounds the controller's waiting requests: high, so that slow
+/// sandboxes cannot hold up other sessions' calls.
+const BROWSER_CONCURRENCY: u32 = 4096;
 
 /// The browser's tools: name, description, input schema.
 fn browser_specs() -> Vec<(&'static str, &'static str, Value)> {
@@ -117,7 +121,13 @@ pub async fn browser_call(
     let body = json!({"name": tool.name, "input": input}).to_string();
     let url = format!("http://{agent}/browser");
     let client = HttpClient::default();
-    let call = client.call(http::Method::POST, &url, Some(&token), Some(body));
+    let call = client.call_limited(
+        http::Method::POST,
+        &url,
+        Some(&token),
+        Some(body),
+        tool.max_output_bytes,
+    );
     match tokio::time::timeout(tool.timeout, call).await {
         Err(_) => Answer::error(
             Outcome::Timeout,
@@ -132,6 +142,14 @@ pub async fn browser_call(
             "[cordon] the session's sandbox agent has no browser (it is older than this \
              controller); start the session again",
         ),
+        Ok(Err(HttpError::TooLarge { .. })) => Answer::error(
+            Outcome::Error,
+            format!(
+                "[cordon] {}'s answer is over the {} KiB a browser result may be",
+                tool.name,
+                tool.max_output_bytes / 1024
+            ),
+        ),
         Ok(Err(e)) => Answer::error(
             Outcome::Failed,
             format!(
@@ -139,16 +157,21 @@ pub async fn browser_call(
                 tool.name
             ),
         ),
-        Ok(Ok(text)) if text.len() > tool.max_output_bytes => Answer::error(
-            Outcome::Error,
-            format!(
-                "[cordon] {}'s answer is {} KiB, over the {} KiB a browser result may be",
-                tool.name,
-                text.len() / 1024,
-                tool.max_output_bytes / 1024
-            ),
-        ),
-        Ok(Ok(text)) => Answer::new(Outcome::Ok, reply::parse(&text)),
+        Ok(Ok(text)) => {
+            let reply = reply::parse(&text);
+            if reply.content.len() > MAX_BLOCKS {
+                return Answer::error(
+                    Outcome::Error,
+                    format!(
+                        "[cordon] {}'s answer has {} content blocks; a browser result has at \
+                         most {MAX_BLOCKS}",
+                        tool.name,
+                        reply.content.len()
+                    ),
+                );
+            }
+            Answer::new(Outcome::Ok, reply)
+        }
     }
 }
 

@@ -305,7 +305,12 @@ impl Authorizer {
             }
         };
         let status = refusal.status;
-        if session.response_written().is_none() {
+        // Nothing written yet, or only the proxy's own `100 Continue` (a body read for the
+        // policy, or the relay's go-ahead): the client still waits for a final answer.
+        let answered = session
+            .response_written()
+            .is_some_and(|head| !head.status.is_informational());
+        if !answered {
             refusal.write(session, &ctx.id).await;
         }
         ctx.status = Some(status);

@@ -105,11 +105,32 @@ fn cdp(what: &str) -> impl Fn(chromiumoxide::error::CdpError) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
 
+/// Characters of a page's title and URL given back: the page sets them.
+const MAX_TITLE_CHARS: usize = 300;
+const MAX_URL_CHARS: usize = 2000;
+
+/// Bytes of a page's HTML turned into markdown, and how deep its elements may nest: the
+/// conversion recurses, and a page can nest elements as deep as its script likes.
+const MAX_HTML_BYTES: usize = 8 * 1024 * 1024;
+const MAX_DEPTH: i64 = 1000;
+
+/// `text` cut to `max` characters, marked when cut.
+fn cut(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_string(),
+        Some((at, _)) => format!("{}…", &text[..at]),
+    }
+}
+
 /// Where the page is now: its URL and title.
 async fn whereabouts(page: &Page) -> String {
     let url = page.url().await.ok().flatten().unwrap_or_default();
     let title = page.get_title().await.ok().flatten().unwrap_or_default();
-    format!("{url} (title {title:?})")
+    format!(
+        "{} (title {:?})",
+        cut(&url, MAX_URL_CHARS),
+        cut(&title, MAX_TITLE_CHARS)
+    )
 }
 
 /// Opens `url`; the final URL and the main document's status.
@@ -191,11 +212,53 @@ async fn markdown(page: &Page, input: &Value) -> Result<BrowserReply, String> {
     if let Some(url) = string(input, "url")? {
         text = format!("Opened {url}: {}\n\n", go(page, url).await?);
     }
+    // Measured in the page first, so a huge or deep page is refused before it is copied here.
+    let (bytes, depth): (usize, i64) = page
+        .evaluate(
+            "(() => { const root = document.documentElement; let max = 0; \
+             const stack = root ? [[root, 1]] : []; \
+             while (stack.length) { const [n, d] = stack.pop(); if (d > max) max = d; \
+             if (max > 100000) break; for (const c of n.children) stack.push([c, d + 1]); } \
+             return [root ? root.outerHTML.length : 0, max]; })()",
+        )
+        .await
+        .map_err(cdp("measuring the page"))?
+        .into_value::<(usize, i64)>()
+        .map_err(|e| format!("measuring the page: {e}"))?;
+    if bytes > MAX_HTML_BYTES {
+        return Err(format!(
+            "the page's HTML is {} KiB, more than the {} KiB made into markdown; use \
+             browser_evaluate to read a part of it",
+            bytes / 1024,
+            MAX_HTML_BYTES / 1024
+        ));
+    }
+    if depth > MAX_DEPTH {
+        return Err(format!(
+            "the page nests elements {depth} deep, more than the {MAX_DEPTH} made into \
+             markdown; use browser_evaluate to read a part of it"
+        ));
+    }
     let html = page.content().await.map_err(cdp("reading the page"))?;
     let url = page.url().await.ok().flatten().unwrap_or_default();
-    text.push_str(&format!("<!-- {url} -->\n"));
-    text.push_str(&markdown::render(&html)?);
+    text.push_str(&format!("<!-- {} -->\n", cut(&url, MAX_URL_CHARS)));
+    text.push_str(&render_apart(html).await?);
     Ok(BrowserReply::text(text))
+}
+
+/// [`markdown::render`] on a thread of its own with room for the conversion's recursion, off
+/// the runtime's workers (it is CPU work, up to a few hundred milliseconds for a large page).
+async fn render_apart(html: String) -> Result<String, String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("browser-markdown".into())
+        .stack_size(64 * 1024 * 1024)
+        .spawn(move || {
+            let _ = tx.send(markdown::render(&html));
+        })
+        .map_err(|e| format!("starting the conversion: {e}"))?;
+    rx.await
+        .map_err(|_| "the conversion to markdown failed".to_string())?
 }
 
 /// An XPath string literal for `text`, whatever quotes it holds.

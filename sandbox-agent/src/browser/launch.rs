@@ -19,6 +19,7 @@ use std::time::Duration;
 use chromiumoxide::cdp::browser_protocol::browser::{
     SetDownloadBehaviorBehavior, SetDownloadBehaviorParams,
 };
+use chromiumoxide::cdp::browser_protocol::target::{CloseTargetParams, GetTargetsParams, TargetId};
 use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 
@@ -31,6 +32,45 @@ const EXECUTABLES: [&str; 4] = [
     "google-chrome",
     "google-chrome-stable",
 ];
+
+/// Chromium's switches besides headless mode, `--no-sandbox`, the profile and the window,
+/// which chromiumoxide adds. Quiet (no background networking, component updates, sync,
+/// crash reports, first-run or default apps, translation), no GPU, no /dev/shm, and the popup
+/// blocker on: a page opens no window without a click.
+const FLAGS: [&str; 18] = [
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-background-timer-throttling",
+    "--disable-backgrounding-occluded-windows",
+    "--disable-renderer-backgrounding",
+    "--disable-breakpad",
+    "--disable-client-side-phishing-detection",
+    "--disable-component-extensions-with-background-pages",
+    "--disable-default-apps",
+    "--disable-features=TranslateUI",
+    "--disable-hang-monitor",
+    "--disable-prompt-on-repost",
+    "--disable-sync",
+    "--metrics-recording-only",
+    "--no-first-run",
+    "--password-store=basic",
+];
+
+/// Adds a `--name[=value]` switch as chromiumoxide takes one: the name without its dashes
+/// (it adds them; given with them, Chromium would read `----name` and ignore it), the value
+/// whole.
+fn with_flag(
+    builder: chromiumoxide::browser::BrowserConfigBuilder,
+    flag: &str,
+) -> chromiumoxide::browser::BrowserConfigBuilder {
+    let flag = flag.trim_start_matches('-');
+    match flag.split_once('=') {
+        Some((name, value)) => builder.arg((name, value)),
+        None => builder.arg(flag),
+    }
+}
 
 /// The window, and so the viewport a screenshot shows.
 pub const WIDTH: u32 = 1280;
@@ -55,6 +95,41 @@ impl Running {
             .get_mut_child()
             .is_some_and(|child| !matches!(child.as_mut_inner().try_wait(), Ok(None)));
         !exited && !self.handler.is_finished()
+    }
+
+    /// The page targets Chromium has open (its own list: a window a page just opened may not
+    /// be known to the DevTools client yet).
+    pub async fn page_targets(&self) -> Vec<TargetId> {
+        let listed = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.browser.execute(GetTargetsParams::default()),
+        )
+        .await;
+        match listed {
+            Ok(Ok(answer)) => answer
+                .result
+                .target_infos
+                .iter()
+                .filter(|t| t.r#type == "page")
+                .map(|t| t.target_id.clone())
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Closes every page but the browser's own (windows a page opened by itself), so none
+    /// keeps running scripts and making requests unseen.
+    pub async fn close_other_pages(&self) {
+        let ours = self.page.target_id().clone();
+        for target in self.page_targets().await {
+            if target != ours {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    self.browser.execute(CloseTargetParams::new(target)),
+                )
+                .await;
+            }
+        }
     }
 
     /// Closes the browser (killing it if it does not close), and removes its profile.
@@ -182,12 +257,13 @@ pub async fn start(config: &BrowserConfig) -> Result<Running, String> {
         })
         .launch_timeout(Duration::from_secs(30))
         .request_timeout(config.action_timeout)
-        .args([
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--disable-component-update",
-        ])
-        .args(config.extra_args.iter().cloned())
+        // Our own list in place of chromiumoxide's defaults, which turn the popup blocker off.
+        .disable_default_args();
+    let launch = FLAGS
+        .iter()
+        .copied()
+        .chain(config.extra_args.iter().map(String::as_str))
+        .fold(launch, with_flag)
         .build()
         .map_err(|e| format!("the browser's settings: {e}"))?;
     let (mut browser, mut handler) = chromiumoxide::Browser::launch(launch)
@@ -199,6 +275,7 @@ pub async fn start(config: &BrowserConfig) -> Result<Running, String> {
     let opened = tokio::time::timeout(config.action_timeout, async {
         let page = browser.new_page("about:blank").await?;
         // Downloads land in the workspace, where the session's other tools see them.
+        std::fs::create_dir_all(&config.downloads)?;
         browser
             .execute(
                 SetDownloadBehaviorParams::builder()

@@ -118,7 +118,13 @@ pub(crate) fn timeline(dashboard: &Dashboard, id: &str) -> Markup {
 
 /// Where image `n` of call `call` of session `id` is served.
 fn image_url(id: &str, call: &str, n: u32) -> String {
-    let part = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    // Form encoding but for the space, which a path segment keeps as %20 (a `+` would stay
+    // a `+`).
+    let part = |s: &str| {
+        form_urlencoded::byte_serialize(s.as_bytes())
+            .collect::<String>()
+            .replace('+', "%20")
+    };
     format!("/sessions/{}/calls/{}/images/{n}", part(id), part(call))
 }
 
