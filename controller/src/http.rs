@@ -145,34 +145,7 @@ impl HttpClient {
         limit: usize,
     ) -> Result<String, HttpError> {
         let response = self.send(method, url, bearer, body).await?;
-        let status = response.status();
-        let bytes = http_body_util::Limited::new(response.into_body(), limit)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    HttpError::TooLarge {
-                        url: url.to_string(),
-                        limit,
-                    }
-                } else {
-                    HttpError::Transport {
-                        url: url.to_string(),
-                        message: e.to_string(),
-                    }
-                }
-            })?
-            .to_bytes();
-        let text = String::from_utf8_lossy(&bytes).into_owned();
-        if status.is_success() {
-            Ok(text)
-        } else {
-            Err(HttpError::Status {
-                url: url.to_string(),
-                status: status.as_u16(),
-                body: crate::store::clip(&text, 1024),
-            })
-        }
+        read_answer(url, response, limit, 1024).await
     }
 
     /// Sends a request and reads the whole answer; a status outside 2xx is an error.
@@ -184,25 +157,44 @@ impl HttpClient {
         body: Option<String>,
     ) -> Result<String, HttpError> {
         let response = self.send(method, url, bearer, body).await?;
-        let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| HttpError::Transport {
-                url: url.to_string(),
-                message: e.to_string(),
-            })?
-            .to_bytes();
-        let text = String::from_utf8_lossy(&bytes).into_owned();
-        if status.is_success() {
-            Ok(text)
-        } else {
-            Err(HttpError::Status {
-                url: url.to_string(),
-                status: status.as_u16(),
-                body: text,
-            })
-        }
+        read_answer(url, response, usize::MAX, usize::MAX).await
+    }
+}
+
+/// The body of `response` as text, at most `limit` bytes; a status outside 2xx is an error
+/// carrying the first `excerpt` characters of it.
+async fn read_answer(
+    url: &str,
+    response: http::Response<hyper::body::Incoming>,
+    limit: usize,
+    excerpt: usize,
+) -> Result<String, HttpError> {
+    let status = response.status();
+    let bytes = http_body_util::Limited::new(response.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                HttpError::TooLarge {
+                    url: url.to_string(),
+                    limit,
+                }
+            } else {
+                HttpError::Transport {
+                    url: url.to_string(),
+                    message: e.to_string(),
+                }
+            }
+        })?
+        .to_bytes();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    if status.is_success() {
+        Ok(text)
+    } else {
+        Err(HttpError::Status {
+            url: url.to_string(),
+            status: status.as_u16(),
+            body: crate::store::clip(&text, excerpt),
+        })
     }
 }

@@ -133,16 +133,20 @@ async fn tool_handler(
     if let Some(refusal) = unauthorized(&state, &headers) {
         return refusal;
     }
-    let call: crate::tools::ToolCall = match serde_json::from_slice(&body) {
-        Ok(c) => c,
-        Err(e) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                format!("expected {{\"name\": tool, \"input\": {{...}}}}: {e}"),
-            );
-        }
-    };
-    axum::Json(state.tools.call(&call).await).into_response()
+    match parse_call::<crate::tools::ToolCall>(&body) {
+        Ok(call) => axum::Json(state.tools.call(&call).await).into_response(),
+        Err(refusal) => *refusal,
+    }
+}
+
+/// A tool call's body, `{"name", "input"}`; a 400 that says so otherwise.
+fn parse_call<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Box<Response>> {
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(refuse(
+            StatusCode::BAD_REQUEST,
+            format!("expected {{\"name\": tool, \"input\": {{...}}}}: {e}"),
+        ))
+    })
 }
 
 async fn browser_handler(
@@ -153,16 +157,10 @@ async fn browser_handler(
     if let Some(refusal) = unauthorized(&state, &headers) {
         return refusal;
     }
-    let call: crate::browser::BrowserCall = match serde_json::from_slice(&body) {
-        Ok(c) => c,
-        Err(e) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                format!("expected {{\"name\": tool, \"input\": {{...}}}}: {e}"),
-            );
-        }
-    };
-    axum::Json(state.browser.call(&call).await).into_response()
+    match parse_call::<crate::browser::BrowserCall>(&body) {
+        Ok(call) => axum::Json(state.browser.call(&call).await).into_response(),
+        Err(refusal) => *refusal,
+    }
 }
 
 /// `POST /browser/warm`: starts the browser in the background, if the image has one; answers
