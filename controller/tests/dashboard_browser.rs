@@ -221,20 +221,31 @@ async fn an_operator_watches_the_demo_session_live_and_a_viewer_cannot_act() {
         "{timeline}"
     );
     assert!(!timeline.contains(TOKEN), "the token is never shown");
-    // The chart the order_chart tool answered with is in its call, and the browser drew it.
-    let drawn = ops
-        .execute(
-            "const img = document.querySelector('.call .images img'); \
-             return img ? img.complete && img.naturalWidth > 0 : null;",
-            vec![],
-        )
+    // The chart the order_chart tool answered with is in its call, and the browser draws it
+    // once it is in view (thumbnails load lazily).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let drawn = ops
+            .execute(
+                "const img = document.querySelector('.call .images img'); \
+                 if (!img) return null; img.scrollIntoView(); \
+                 return img.complete && img.naturalWidth > 0;",
+                vec![],
+            )
+            .await
+            .unwrap();
+        if drawn == serde_json::json!(true) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the chart does not show in the timeline: {drawn}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ops.execute("window.scrollTo(0, 0); return null;", vec![])
         .await
         .unwrap();
-    assert_eq!(
-        drawn,
-        serde_json::json!(true),
-        "the chart shows in the timeline"
-    );
     screenshot(&ops, "session").await;
     ops.goto(&format!("{base}/sessions")).await.unwrap();
     screenshot(&ops, "sessions").await;
