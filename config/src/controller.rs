@@ -24,6 +24,9 @@ pub struct ControllerSection {
     /// The controller's audit log of custom tool calls (JSON lines), relative to cordon.toml;
     /// default `<state_dir>/controller/audit.jsonl`.
     pub audit_log: Option<PathBuf>,
+    /// Serve local sessions (docs/OPEN-MODELS.md): agents on OpenAI-compatible models, the
+    /// `/v1/agents` and `/v1/sessions` API on the admin listener.
+    pub local_sessions: bool,
 }
 
 impl Default for ControllerSection {
@@ -42,6 +45,7 @@ impl Default for ControllerSection {
             lease_ttl_secs: 60,
             tools: None,
             audit_log: None,
+            local_sessions: false,
         }
     }
 }

@@ -10,7 +10,9 @@
 //! | GET | /sessions/{id}/files/content?path=P | the regular file P, streamed (`application/octet-stream`) |
 //! | PUT | /sessions/{id}/files/content?path=P[&replace=true] | the request body as the file P, written atomically within the workspace's quota (201 `{"path","bytes"}`) |
 //!
-//! The files routes answer errors as `{"error": "..."}` with [`crate::files::FilesError::status`].
+//! | * | /v1/agents, /v1/sessions... | local sessions (docs/OPEN-MODELS.md, [`crate::local::api`]) |
+//!
+//! The files and `/v1/` routes need the admin token ([`token`]). The files routes answer errors as `{"error": "..."}` with [`crate::files::FilesError::status`].
 //! `cordon-controller sessions` prints the sessions' table, `cordon-controller files` calls the
 //! files routes.
 
@@ -51,6 +53,8 @@ pub struct Admin {
     /// The controller's audit log, where file reads and writes through the API are recorded
     /// (`kind: "admin"`); `None`: only logged.
     pub actions: Option<Arc<crate::tools::audit::AuditLog>>,
+    /// Local sessions (`[controller] local_sessions`): their API is served under `/v1/`.
+    pub local: Option<Arc<crate::local::LocalSessions>>,
 }
 
 impl Admin {
@@ -130,8 +134,32 @@ pub fn router(admin: Arc<Admin>) -> Router {
                 axum::middleware::from_fn_with_state(admin.clone(), files::token_only),
             ),
         )
+        .merge(local_routes(&admin))
         .layer(axum::middleware::from_fn(local_only))
         .with_state(admin)
+}
+
+/// The local sessions API (`/v1/...`), behind the admin token; without
+/// `[controller] local_sessions`, an answer saying how to turn it on.
+fn local_routes(admin: &Arc<Admin>) -> Router<Arc<Admin>> {
+    let routes = match &admin.local {
+        Some(local) => crate::local::api::router(local.clone()),
+        None => Router::new().route(
+            "/v1/{*rest}",
+            axum::routing::any(|| async {
+                answer(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({"type": "error", "error": {"type": "local_sessions_off",
+                        "message": "local sessions are off: set [controller] local_sessions = true \
+                        in cordon.toml and restart serve (docs/OPEN-MODELS.md)"}}),
+                )
+            }),
+        ),
+    };
+    routes.route_layer(axum::middleware::from_fn_with_state(
+        admin.clone(),
+        files::token_only,
+    ))
 }
 
 /// A DNS rebinding guard: a browser on this host must not reach the API under another name
@@ -314,6 +342,7 @@ mod tests {
             proxy_admin: None,
             runtime: None,
             files_token: Some(TOKEN.into()),
+            local: None,
             actions: None,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -374,6 +374,8 @@ pub struct ServiceConfig {
     pub audit_log: PathBuf,
     /// Serving CMA work: `None` when `environment_id` is unset (webhooks are only recorded).
     pub work: Option<WorkConfig>,
+    /// `[controller] local_sessions`: the local agent loop and its API (docs/OPEN-MODELS.md).
+    pub local_sessions: bool,
 }
 
 /// The self-hosted environment whose work queue `serve` drains.
@@ -516,6 +518,7 @@ impl ServiceConfig {
                 |p| file.resolve(p),
             ),
             work,
+            local_sessions: raw.local_sessions,
         })
     }
 }

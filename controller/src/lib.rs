@@ -13,6 +13,7 @@ pub mod egress;
 pub mod files;
 pub mod http;
 pub mod image;
+pub mod local;
 pub mod metrics;
 pub mod proxy_admin;
 pub mod sandbox;

@@ -264,7 +264,15 @@ async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
     // Kept to stop warm tool sandboxes, and the firewall if nothing is left, at shutdown.
     let mut served_tools = None;
     let mut served_runtime = None;
-    if let Some(work) = &config.work {
+    let mut local_sessions = None;
+    let audit = match cordon_controller::tools::audit::AuditLog::open(&config.audit_log) {
+        Ok(log) => Some(Arc::new(log)),
+        Err(e) => {
+            eprintln!("cordon-controller: {e}; admin and dashboard actions are logged only");
+            None
+        }
+    };
+    if config.work.is_some() || config.local_sessions {
         let sandbox = SandboxConfig::load(&common.config).map_err(|e| {
             eprintln!("cordon-controller: {e}");
             ExitCode::from(64)
@@ -300,7 +308,7 @@ async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
         let custom_tools = match tools.path.clone() {
             None => None,
             Some(path) => {
-                let tools = CustomTools::start(tools, runtime.clone(), metrics.clone())
+                let tools = CustomTools::start(tools.clone(), runtime.clone(), metrics.clone())
                     .await
                     .map_err(|errors| {
                         eprintln!(
@@ -327,6 +335,43 @@ async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
             std::time::Duration::from_secs(2),
             metrics.registrations_restored.clone(),
         ));
+        if config.local_sessions {
+            let route = tools
+                .route()
+                .map_err(|e| {
+                    eprintln!("cordon-controller: local sessions: {e}");
+                    ExitCode::from(69)
+                })?
+                .ok_or_else(|| {
+                    eprintln!(
+                        "cordon-controller: {}: controller.local_sessions needs the proxy's \
+                         explicit listener ([proxy] explicit_listen): model requests go \
+                         through it",
+                        common.config.display()
+                    );
+                    ExitCode::from(64)
+                })?;
+            let local = cordon_controller::local::LocalSessions::new(
+                open_store()?,
+                runtime.clone(),
+                custom_tools.clone(),
+                cordon_controller::local::model::ModelClient {
+                    route,
+                    admin: runtime.proxy_admin().clone(),
+                },
+                metrics.clone(),
+                audit.clone(),
+            );
+            local.resume();
+            eprintln!(
+                "cordon-controller: serving local sessions (/v1/agents, /v1/sessions) on {}",
+                config.admin_listen
+            );
+            local_sessions = Some(local);
+        }
+    }
+    if let (Some(work), Some(runtime)) = (&config.work, served_runtime.clone()) {
+        let custom_tools = served_tools.clone();
         let worker = format!("cordon-{}", std::process::id());
         let client = cordon_controller::cma::client::CmaClient::new(
             &work.base_url,
@@ -367,13 +412,8 @@ async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
             .map(|c| cordon_controller::proxy_admin::ProxyAdmin::new(c.admin)),
         sandbox: sandbox_config,
         runtime: served_runtime.clone(),
-        actions: match cordon_controller::tools::audit::AuditLog::open(&config.audit_log) {
-            Ok(log) => Some(Arc::new(log)),
-            Err(e) => {
-                eprintln!("cordon-controller: {e}; admin and dashboard actions are logged only");
-                None
-            }
-        },
+        actions: audit,
+        local: local_sessions,
         files_token: Some(
             cordon_controller::admin::token::ensure(&config.state_dir).map_err(|e| {
                 eprintln!(

@@ -40,6 +40,101 @@ pub struct ControllerMetrics {
     pub store: crate::store::StoreHealth,
     /// `cordon_controller_dashboard_logins_total{outcome}`: dashboard password logins.
     pub dashboard_logins: IntCounterVec,
+    /// Local sessions' model requests and runs (docs/OPEN-MODELS.md).
+    pub local: LocalMetrics,
+}
+
+/// How a local session's model request ended: `ok`, or the kind of its failure.
+pub const MODEL_OUTCOMES: [&str; 6] = [
+    "ok",
+    "model_unreachable",
+    "model_refused_by_proxy",
+    "model_status",
+    "model_response",
+    "model_timeout",
+];
+
+/// Why a local session's run stopped (`session.status_idle`'s `stop_reason`).
+pub const RUN_ENDS: [&str; 6] = [
+    "end_turn",
+    "requires_action",
+    "interrupted",
+    "max_turns",
+    "max_run_time",
+    "retries_exhausted",
+];
+
+/// The local loop's metrics.
+#[derive(Debug, Clone)]
+pub struct LocalMetrics {
+    /// `cordon_controller_model_requests_total{outcome}` (each attempt, [`MODEL_OUTCOMES`]).
+    pub model_requests: IntCounterVec,
+    /// `cordon_controller_model_request_duration_seconds`: one attempt, sent to answered.
+    pub model_duration: Histogram,
+    /// `cordon_controller_model_tokens_total{direction}` = input | output, from `usage`.
+    pub model_tokens: IntCounterVec,
+    /// `cordon_controller_local_runs_total{stop_reason}` ([`RUN_ENDS`]).
+    pub runs: IntCounterVec,
+    /// `cordon_controller_local_sessions_active`: local sessions whose loop is live.
+    pub sessions: IntGauge,
+}
+
+impl LocalMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let model_requests = IntCounterVec::new(
+            Opts::new(
+                "cordon_controller_model_requests_total",
+                "Local sessions' model requests (each attempt), by outcome",
+            ),
+            &["outcome"],
+        )?;
+        let model_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "cordon_controller_model_request_duration_seconds",
+                "A local session's model request, from sent to answered (each attempt)",
+            )
+            .buckets(TOOL_BUCKETS.to_vec()),
+        )?;
+        let model_tokens = IntCounterVec::new(
+            Opts::new(
+                "cordon_controller_model_tokens_total",
+                "Tokens the model endpoints reported in usage, by direction",
+            ),
+            &["direction"],
+        )?;
+        let runs = IntCounterVec::new(
+            Opts::new(
+                "cordon_controller_local_runs_total",
+                "Local sessions' runs ended, by stop reason",
+            ),
+            &["stop_reason"],
+        )?;
+        let sessions = IntGauge::new(
+            "cordon_controller_local_sessions_active",
+            "Local sessions whose loop is live",
+        )?;
+        registry.register(Box::new(model_requests.clone()))?;
+        registry.register(Box::new(model_duration.clone()))?;
+        registry.register(Box::new(model_tokens.clone()))?;
+        registry.register(Box::new(runs.clone()))?;
+        registry.register(Box::new(sessions.clone()))?;
+        for outcome in MODEL_OUTCOMES {
+            model_requests.with_label_values(&[outcome]);
+        }
+        for direction in ["input", "output"] {
+            model_tokens.with_label_values(&[direction]);
+        }
+        for end in RUN_ENDS {
+            runs.with_label_values(&[end]);
+        }
+        Ok(Self {
+            model_requests,
+            model_duration,
+            model_tokens,
+            runs,
+            sessions,
+        })
+    }
 }
 
 /// How a custom tool call ended: `ok`; `error` (the handler answered with an error, exited
@@ -220,7 +315,6 @@ impl ControllerMetrics {
             work_items.with_label_values(&[end]);
         }
         Ok(Self {
-            registry,
             sessions_active,
             session_start,
             tool_calls,
@@ -234,6 +328,8 @@ impl ControllerMetrics {
             custom_tool_duration,
             store,
             dashboard_logins,
+            local: LocalMetrics::new(&registry)?,
+            registry,
         })
     }
 

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 pub mod egress;
 mod health;
+pub mod local;
 mod pool;
 mod tool_calls;
 pub mod tool_images;
@@ -253,6 +254,7 @@ impl Store {
         conn.execute_batch(tool_calls::SCHEMA)?;
         conn.execute_batch(tool_images::SCHEMA)?;
         conn.execute_batch(egress::SCHEMA)?;
+        conn.execute_batch(local::SCHEMA)?;
         // Columns added after the first release: added to older databases in place.
         for (table, column) in [
             ("sessions", "image TEXT"),

@@ -150,6 +150,7 @@ async fn serve(extra: &str, files: &[(&str, &str)]) -> Served {
             .unwrap(),
         )),
         files_token: None,
+        local: None,
         actions: None,
     });
     let ingester = EgressIngester::spawn(

@@ -447,6 +447,7 @@ impl Served {
             proxy_admin: None,
             runtime: Some(Arc::new(runtime)),
             files_token: Some(token),
+            local: None,
             actions: Some(Arc::new(
                 cordon_controller::tools::audit::AuditLog::open(&dir.path().join("audit.jsonl"))
                     .unwrap(),

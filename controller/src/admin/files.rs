@@ -66,10 +66,10 @@ pub(super) async fn token_only(
         Some(token) if super::token::carried(request.headers(), token) => next.run(request).await,
         _ => answer(
             StatusCode::UNAUTHORIZED,
-            serde_json::json!({"error": "the workspace file routes need the admin token: \
+            serde_json::json!({"error": "this route needs the admin token: \
                 `Authorization: Bearer <token>` with the content of \
-                <state_dir>/controller/admin-token (mode 0600; `cordon-controller files` \
-                reads it)"}),
+                <state_dir>/controller/admin-token (mode 0600; `cordon-controller files`, \
+                `agents` and `run` read it)"}),
         ),
     }
 }

@@ -156,14 +156,27 @@ pub enum StreamItem {
 }
 
 /// An incremental SSE parser: bytes in, frames out, whatever the chunking.
+///
+/// By default a frame without an `event:` line is dropped, as CMA's contract says;
+/// [`SseParser::unnamed_as_message`] keeps them as `message` frames, as the SSE standard does
+/// (OpenAI-compatible streams send `data:` lines only).
 #[derive(Debug, Default)]
 pub struct SseParser {
     pending: Vec<u8>,
     event: Option<String>,
     data: Vec<String>,
+    unnamed_as_message: bool,
 }
 
 impl SseParser {
+    /// A parser that keeps frames without an `event:` line, as `message` frames.
+    pub fn unnamed_as_message() -> Self {
+        Self {
+            unnamed_as_message: true,
+            ..Self::default()
+        }
+    }
+
     /// Feeds bytes; returns the frames they complete.
     pub fn push(&mut self, bytes: &[u8]) -> Vec<Frame> {
         self.pending.extend_from_slice(bytes);
@@ -173,7 +186,9 @@ impl SseParser {
             let line = String::from_utf8_lossy(&line);
             let line = line.trim_end_matches(['\n', '\r']);
             if line.is_empty() {
-                if let Some(event) = self.event.take() {
+                let unnamed = (self.unnamed_as_message && !self.data.is_empty())
+                    .then(|| "message".to_string());
+                if let Some(event) = self.event.take().or(unnamed) {
                     frames.push(Frame {
                         event,
                         data: self.data.join("\n"),

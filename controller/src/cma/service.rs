@@ -244,7 +244,8 @@ impl Service {
         };
         for view in live {
             let is_live = matches!(view.state, "starting" | "running");
-            if is_live && !owned.contains(&view.id) {
+            // A local session's sandbox is its loop's (crate::local), never a work item's.
+            if is_live && !owned.contains(&view.id) && !crate::local::is_local_session_id(&view.id) {
                 tracing::info!(session = %view.id, "removing a sandbox no work item owns");
                 if let Err(e) = runtime.stop(&view.id).await {
                     tracing::error!(session = %view.id, error = %e, "sandbox stop");
@@ -553,30 +554,40 @@ impl ToolExecutor for Counted<'_> {
         started: std::time::SystemTime,
         took: std::time::Duration,
     ) {
-        let record = crate::store::ToolCallRecord {
-            tool_use_id: call.id.clone(),
-            name: call.name.clone(),
-            custom: call.custom,
-            input_summary: input_summary(&call.input),
-            result_excerpt: reply.excerpt(),
-            is_error: reply.is_error,
-            started_ms: started
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64),
-            duration_ms: took.as_millis() as i64,
-        };
-        if let Err(e) = self.service.store.record_tool_call(self.session, &record) {
-            tracing::warn!(session = %self.session, error = %e, "cannot record the tool call for the dashboard");
-        }
-        let images = reply.decoded_images();
-        if let Err(e) = self.service.store.record_tool_images(
-            self.session,
-            &call.id,
-            &images,
-            record.started_ms + record.duration_ms,
-        ) {
-            tracing::warn!(session = %self.session, error = %e, "cannot keep the tool call's images for the dashboard");
-        }
+        journal(&self.service.store, self.session, call, reply, started, took);
+    }
+}
+
+/// Records a finished call of `session` for the dashboard's timeline: the call, an excerpt of
+/// its reply, and the reply's images. A failure is logged: the call's result still goes out.
+pub fn journal(
+    store: &Store,
+    session: &str,
+    call: &ToolUse,
+    reply: &ToolReply,
+    started: std::time::SystemTime,
+    took: std::time::Duration,
+) {
+    let record = crate::store::ToolCallRecord {
+        tool_use_id: call.id.clone(),
+        name: call.name.clone(),
+        custom: call.custom,
+        input_summary: input_summary(&call.input),
+        result_excerpt: reply.excerpt(),
+        is_error: reply.is_error,
+        started_ms: started
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
+        duration_ms: took.as_millis() as i64,
+    };
+    if let Err(e) = store.record_tool_call(session, &record) {
+        tracing::warn!(session = %session, error = %e, "cannot record the tool call for the dashboard");
+    }
+    let images = reply.decoded_images();
+    if let Err(e) =
+        store.record_tool_images(session, &call.id, &images, record.started_ms + record.duration_ms)
+    {
+        tracing::warn!(session = %session, error = %e, "cannot keep the tool call's images for the dashboard");
     }
 }
 

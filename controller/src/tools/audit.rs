@@ -40,6 +40,29 @@ pub struct ActionRecord<'a> {
     pub target: &'a str,
 }
 
+/// One model request of a local session, as recorded: which model, how it ended, the tokens
+/// its `usage` reported; never the prompt or the answer.
+#[derive(Debug, Serialize)]
+pub struct ModelCallRecord<'a> {
+    /// RFC 3339, UTC.
+    pub time: String,
+    pub kind: &'static str,
+    pub session: &'a str,
+    pub agent: &'a str,
+    pub model: &'a str,
+    /// The endpoint's host.
+    pub host: &'a str,
+    /// `ok`, or the failure's kind (`model_status`, ...).
+    pub outcome: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    pub attempt: u32,
+    pub duration_ms: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub tool_calls: usize,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("cannot open the controller's audit log {path}: {source}")]
 pub struct AuditOpenError {
@@ -106,6 +129,11 @@ impl AuditLog {
             action,
             target,
         });
+    }
+
+    /// Appends a local session's model request (`kind: "model_call"`).
+    pub fn record_model_call(&self, record: &ModelCallRecord<'_>) {
+        self.append(record);
     }
 
     fn append(&self, record: &impl Serialize) {

@@ -72,7 +72,7 @@ impl ProxyRoute {
 /// start (a restarted controller does not begin where a crashed one left registrations).
 /// Concurrent calls never share one: 65 534 calls would have to start within one call's
 /// `timeout_ms`.
-fn next_source() -> IpAddr {
+pub fn next_source() -> IpAddr {
     static NEXT: std::sync::OnceLock<AtomicU32> = std::sync::OnceLock::new();
     let next = NEXT.get_or_init(|| AtomicU32::new(rand::random::<u32>() % 65_534));
     let n = next.fetch_add(1, Ordering::Relaxed) % 65_534 + 1;
@@ -84,8 +84,9 @@ pub fn is_call_source(source: IpAddr) -> bool {
     matches!(source, IpAddr::V4(v4) if v4.octets()[..2] == [127, 77])
 }
 
+/// Why a request through the proxy did not get an answer.
 #[derive(Debug)]
-enum Failure {
+pub enum Failure {
     /// The proxy refused (policy, SSRF guard, credentials): its status and body.
     Refused(u16, String, String),
     /// Cordon could not make the request.
@@ -160,16 +161,22 @@ pub async fn call(
     }
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+pub type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
-async fn send(
-    route: &ProxyRoute,
-    source: IpAddr,
-    tool: &Tool,
-    handler: &HttpHandler,
-    context: &CallContext,
-    input: &Value,
-) -> Result<(u16, String), Failure> {
+/// A connection to a URL's server through the proxy, ready for requests.
+#[derive(Debug)]
+pub struct Opened {
+    pub sender: Sender,
+    /// The request target: absolute for `http://`, the path in the tunnel for `https://`.
+    pub target: String,
+    /// As clients send it: the port only when it is not the scheme's.
+    pub host_header: String,
+}
+
+/// Connects to `url`'s server through the proxy's explicit listener from `source` (which
+/// the caller registered): `http://` in absolute form, `https://` in a CONNECT tunnel with TLS
+/// to the proxy's interception.
+pub async fn open(route: &ProxyRoute, source: IpAddr, url: &http::Uri) -> Result<Opened, Failure> {
     let failed = |what: &str, e: &dyn std::fmt::Display| {
         Failure::Failed(format!("{what} ({}): {e}", route.explicit))
     };
@@ -182,7 +189,6 @@ async fn send(
         .await
         .map_err(|e| failed("cannot reach the proxy's explicit listener", &e))?;
     stream.set_nodelay(true).ok();
-    let url = &handler.url;
     let host = url.host().unwrap_or_default();
     let https = url.scheme_str() == Some("https");
     let port = url.port_u16().unwrap_or(if https { 443 } else { 80 });
@@ -192,13 +198,12 @@ async fn send(
         host.to_string()
     };
     let authority = format!("{bracketed}:{port}");
-    // As clients send it: the port only when it is not the scheme's.
     let host_header = if url.port_u16().is_some() {
         authority.clone()
     } else {
         bracketed
     };
-    let (mut sender, target) = if https {
+    let (sender, target) = if https {
         let tunnel = connect_tunnel(stream, &authority).await?;
         let server = rustls::pki_types::ServerName::try_from(host.to_string())
             .map_err(|e| Failure::Failed(format!("{host} is not a TLS server name: {e}")))?;
@@ -212,6 +217,26 @@ async fn send(
     } else {
         (handshake(TokioIo::new(stream)).await?, url.to_string())
     };
+    Ok(Opened {
+        sender,
+        target,
+        host_header,
+    })
+}
+
+async fn send(
+    route: &ProxyRoute,
+    source: IpAddr,
+    tool: &Tool,
+    handler: &HttpHandler,
+    context: &CallContext,
+    input: &Value,
+) -> Result<(u16, String), Failure> {
+    let Opened {
+        mut sender,
+        target,
+        host_header,
+    } = open(route, source, &handler.url).await?;
     let mut request = http::Request::builder()
         .method(handler.method.clone())
         .uri(target)
@@ -236,7 +261,7 @@ async fn send(
     let response = sender
         .send_request(request)
         .await
-        .map_err(|e| failed("the request failed", &e))?;
+        .map_err(|e| Failure::Failed(format!("the request failed ({}): {e}", route.explicit)))?;
     let status = response.status().as_u16();
     let refusal = response
         .headers()

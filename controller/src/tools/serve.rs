@@ -105,6 +105,15 @@ impl CustomTools {
         self.generation().tools.keys().cloned().collect()
     }
 
+    /// The declarations of the tools among `names` served now (unknown names are skipped).
+    pub fn definitions(&self, names: &[String]) -> Vec<Tool> {
+        let generation = self.generation();
+        names
+            .iter()
+            .filter_map(|name| generation.tools.get(name).map(|s| s.tool.clone()))
+            .collect()
+    }
+
     /// Whether the browser built-in is served now (`[builtins] browser`).
     pub fn serves_browser(&self) -> bool {
         self.generation()

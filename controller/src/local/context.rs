@@ -1,0 +1,263 @@
+//! The conversation a local session sends its model: chat-completions `messages` built from
+//! the session's history, kept within the agent's `limits.max_context_chars` by truncating
+//! old tool results (oldest first, each to its head and tail, marked). Nothing is summarised:
+//! a summary would need a model call of its own and could drop what the agent needs, while a
+//! marked cut tells the model exactly what it no longer sees and that it can run the tool again.
+
+use std::collections::HashSet;
+
+use serde_json::{Value, json};
+
+use super::events::{Event, Stored, ToolUse, content_text};
+
+/// What a cut tool result keeps: this many characters of its head and of its tail.
+pub const KEPT_EACH_END: usize = 600;
+
+/// The messages, and how many tool results were truncated to fit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conversation {
+    pub messages: Vec<Value>,
+    pub truncated_results: usize,
+}
+
+/// A call as the assistant message carries it.
+fn tool_call(call: &ToolUse) -> Value {
+    let arguments = call
+        .raw_arguments
+        .clone()
+        .unwrap_or_else(|| call.input.to_string());
+    json!({"id": call.id, "type": "function", "function": {"name": call.name, "arguments": arguments}})
+}
+
+/// The conversation of `history`, with `system` first.
+pub fn conversation(system: Option<&str>, history: &[Stored], max_chars: usize) -> Conversation {
+    let mut messages = Vec::new();
+    if let Some(system) = system {
+        messages.push(json!({"role": "system", "content": system}));
+    }
+    let mut assistant: Option<Value> = None;
+    // Chat completions want every call's result right after the assistant message that made
+    // it: a user message sent while calls run waits until they are answered.
+    let mut open: HashSet<&str> = HashSet::new();
+    let mut deferred: Vec<Value> = Vec::new();
+    let flush = |assistant: &mut Option<Value>, messages: &mut Vec<Value>| {
+        if let Some(message) = assistant.take() {
+            messages.push(message);
+        }
+    };
+    for stored in history {
+        match &stored.event {
+            Event::AgentMessage { content } => {
+                let message = assistant
+                    .get_or_insert_with(|| json!({"role": "assistant", "content": Value::Null}));
+                let text = content_text(content);
+                message["content"] = match message["content"].as_str() {
+                    Some(before) => Value::String(format!("{before}\n{text}")),
+                    None => Value::String(text),
+                };
+            }
+            Event::ToolUse(call) | Event::CustomToolUse(call) => {
+                let message = assistant
+                    .get_or_insert_with(|| json!({"role": "assistant", "content": Value::Null}));
+                match message.get_mut("tool_calls").and_then(Value::as_array_mut) {
+                    Some(calls) => calls.push(tool_call(call)),
+                    None => message["tool_calls"] = json!([tool_call(call)]),
+                }
+                open.insert(&call.id);
+            }
+            Event::ToolResult {
+                tool_use_id,
+                content,
+                ..
+            }
+            | Event::CustomToolResult {
+                custom_tool_use_id: tool_use_id,
+                content,
+                ..
+            } => {
+                flush(&mut assistant, &mut messages);
+                messages.push(json!({"role": "tool", "tool_call_id": tool_use_id, "content": content_text(content)}));
+                open.remove(tool_use_id.as_str());
+                if open.is_empty() {
+                    messages.append(&mut deferred);
+                }
+            }
+            Event::UserMessage { content } => {
+                flush(&mut assistant, &mut messages);
+                let message = json!({"role": "user", "content": content_text(content)});
+                if open.is_empty() {
+                    messages.push(message);
+                } else {
+                    deferred.push(message);
+                }
+            }
+            Event::ModelRequestEnd { .. } => flush(&mut assistant, &mut messages),
+            _ => {}
+        }
+    }
+    flush(&mut assistant, &mut messages);
+    messages.append(&mut deferred);
+    let truncated_results = fit(&mut messages, max_chars);
+    Conversation {
+        messages,
+        truncated_results,
+    }
+}
+
+fn size(message: &Value) -> usize {
+    let content = message["content"].as_str().map_or(0, str::len);
+    let calls = message
+        .get("tool_calls")
+        .map_or(0, |c| c.to_string().len());
+    content + calls
+}
+
+/// Cuts tool results, oldest first, until the messages fit `max_chars`; returns how many.
+fn fit(messages: &mut [Value], max_chars: usize) -> usize {
+    let mut total: usize = messages.iter().map(size).sum();
+    let mut cut = 0;
+    for message in messages.iter_mut() {
+        if total <= max_chars {
+            break;
+        }
+        if message["role"] != "tool" {
+            continue;
+        }
+        let Some(text) = message["content"].as_str() else {
+            continue;
+        };
+        let chars = text.chars().count();
+        if chars <= 2 * KEPT_EACH_END + 200 {
+            continue;
+        }
+        let head: String = text.chars().take(KEPT_EACH_END).collect();
+        let tail: String = text.chars().skip(chars - KEPT_EACH_END).collect();
+        let shortened = format!(
+            "{head}\n[cordon] {} characters of this tool result were cut to keep the \
+             conversation within limits.max_context_chars; run the tool again to see them\n{tail}",
+            chars - 2 * KEPT_EACH_END
+        );
+        total = total - text.len() + shortened.len();
+        message["content"] = Value::String(shortened);
+        cut += 1;
+    }
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::local::events::{Permission, Usage, text};
+
+    fn stored(events: Vec<Event>) -> Vec<Stored> {
+        events
+            .into_iter()
+            .enumerate()
+            .map(|(i, event)| Stored {
+                seq: i as i64,
+                id: format!("e{i}"),
+                processed_at: String::new(),
+                event,
+            })
+            .collect()
+    }
+
+    fn call(id: &str) -> Event {
+        Event::ToolUse(ToolUse {
+            id: id.into(),
+            name: "bash".into(),
+            input: json!({"command": "ls"}),
+            evaluated_permission: Permission::Allow,
+            raw_arguments: None,
+            refusal: None,
+        })
+    }
+
+    fn end() -> Event {
+        Event::ModelRequestEnd {
+            is_error: false,
+            model_usage: Usage::default(),
+            finish_reason: None,
+            duration_ms: 0,
+        }
+    }
+
+    fn result(id: &str, body: &str) -> Event {
+        Event::ToolResult {
+            tool_use_id: id.into(),
+            is_error: false,
+            content: text(body),
+        }
+    }
+
+    #[test]
+    fn calls_and_results_pair_up_in_order() {
+        let history = stored(vec![
+            Event::UserMessage { content: text("list") },
+            Event::StatusRunning {},
+            end(),
+            Event::AgentMessage { content: text("Looking.") },
+            call("a"),
+            call("b"),
+            Event::ToolExecutionStart { tool_use_id: "a".into() },
+            Event::UserMessage { content: text("also: hurry") },
+            result("a", "x"),
+            result("b", "y"),
+            end(),
+            Event::AgentMessage { content: text("Done.") },
+        ]);
+        let c = conversation(Some("be brief"), &history, 100_000);
+        let roles: Vec<&str> = c.messages.iter().map(|m| m["role"].as_str().unwrap()).collect();
+        assert_eq!(
+            roles,
+            ["system", "user", "assistant", "tool", "tool", "user", "assistant"]
+        );
+        assert_eq!(c.messages[2]["content"], "Looking.");
+        assert_eq!(c.messages[2]["tool_calls"][1]["id"], "b");
+        assert_eq!(
+            c.messages[2]["tool_calls"][0]["function"]["arguments"],
+            "{\"command\":\"ls\"}"
+        );
+        assert_eq!(c.messages[5]["content"], "also: hurry");
+        assert_eq!(c.truncated_results, 0);
+    }
+
+    #[test]
+    fn malformed_arguments_are_replayed_as_sent() {
+        let mut bad = ToolUse {
+            id: "a".into(),
+            name: "bash".into(),
+            input: json!({}),
+            evaluated_permission: Permission::Allow,
+            raw_arguments: Some("{\"command\": ".into()),
+            refusal: Some("bad".into()),
+        };
+        bad.input = json!({});
+        let history = stored(vec![end(), Event::ToolUse(bad), result("a", "error")]);
+        let c = conversation(None, &history, 100_000);
+        assert_eq!(
+            c.messages[0]["tool_calls"][0]["function"]["arguments"],
+            "{\"command\": "
+        );
+    }
+
+    #[test]
+    fn old_tool_results_are_cut_first_to_fit() {
+        let big = "x".repeat(20_000);
+        let history = stored(vec![
+            Event::UserMessage { content: text("go") },
+            end(),
+            call("a"),
+            result("a", &big),
+            end(),
+            call("b"),
+            result("b", &big),
+        ]);
+        let c = conversation(None, &history, 25_000);
+        assert_eq!(c.truncated_results, 1);
+        let first = c.messages[2]["content"].as_str().unwrap();
+        assert!(first.contains("characters of this tool result were cut"));
+        assert!(first.len() < 2_000);
+        assert_eq!(c.messages[4]["content"].as_str().unwrap().len(), 20_000, "the newest is whole");
+    }
+}

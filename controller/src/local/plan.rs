@@ -1,0 +1,461 @@
+//! What a local session does next, read from its history alone: the loop records every step
+//! as an event before it acts, so after a restart the same history gives the same next step,
+//! and a tool call whose execution had started is never run again.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use super::agent::Agent;
+use super::events::{Event, Permission, StopReason, Stored, ToolUse, Verdict};
+
+/// A call and whether it is a custom tool's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    pub tool_use: ToolUse,
+    pub custom: bool,
+}
+
+/// A call answered without running.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub call: Call,
+    pub text: String,
+}
+
+/// The next step.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Nothing to do until a client sends an event.
+    Wait,
+    /// The session was archived: the loop ends.
+    Done,
+    /// A user message or a verdict arrived while idle: the session runs again.
+    Begin,
+    /// These calls are answered with an error and never run.
+    Refuse(Vec<Refusal>),
+    /// These calls run now (each recorded as started first).
+    Run(Vec<Call>),
+    /// Calls wait for `user.tool_confirmation`.
+    AwaitConfirmation(Vec<String>),
+    /// The conversation goes to the model; `turn` is this run's model turn (1-based).
+    CallModel { turn: u32 },
+    /// The run stops.
+    Idle(StopReason),
+}
+
+/// What the history says, folded once.
+#[derive(Debug, Default)]
+struct Fold<'a> {
+    terminated: bool,
+    /// A `session.status_running` with no `status_idle` after it.
+    running: bool,
+    /// A user message or verdict after the last idle (or ever, with no idle yet).
+    wake: bool,
+    /// The last idle was for confirmations.
+    awaiting: bool,
+    interrupted: bool,
+    /// Calls of the session in order, with answered/started state.
+    calls: Vec<Call>,
+    answered: HashSet<&'a str>,
+    started: HashSet<&'a str>,
+    verdicts: HashMap<&'a str, (Verdict, Option<&'a str>)>,
+    /// Model turns since the last user message.
+    turns: u32,
+    /// When the run that the last user message began started (`processed_at`).
+    run_started: Option<&'a str>,
+    /// Whether anything the model has not seen came after its last answer (a user message
+    /// or tool results).
+    model_owes: bool,
+}
+
+fn fold(history: &[Stored]) -> Fold<'_> {
+    let mut f = Fold::default();
+    for stored in history {
+        match &stored.event {
+            Event::UserMessage { .. } => {
+                f.wake |= !f.running;
+                f.turns = 0;
+                f.run_started = None;
+                f.model_owes = true;
+            }
+            Event::ToolConfirmation {
+                tool_use_id,
+                result,
+                deny_message,
+            } => {
+                f.verdicts
+                    .insert(tool_use_id, (*result, deny_message.as_deref()));
+                f.wake |= !f.running;
+            }
+            Event::UserInterrupt {} => f.interrupted |= f.running,
+            Event::StatusRunning {} => {
+                f.running = true;
+                f.wake = false;
+                f.awaiting = false;
+                if f.run_started.is_none() {
+                    f.run_started = Some(&stored.processed_at);
+                }
+            }
+            Event::StatusIdle { stop_reason } => {
+                f.running = false;
+                f.interrupted = false;
+                f.awaiting = matches!(stop_reason, StopReason::RequiresAction { .. });
+            }
+            Event::ModelRequestEnd { is_error, .. } => {
+                if !is_error {
+                    f.turns += 1;
+                    f.model_owes = false;
+                }
+            }
+            Event::ToolUse(call) => f.calls.push(Call {
+                tool_use: call.clone(),
+                custom: false,
+            }),
+            Event::CustomToolUse(call) => f.calls.push(Call {
+                tool_use: call.clone(),
+                custom: true,
+            }),
+            Event::ToolExecutionStart { tool_use_id } => {
+                f.started.insert(tool_use_id);
+            }
+            Event::ToolResult { tool_use_id, .. }
+            | Event::CustomToolResult {
+                custom_tool_use_id: tool_use_id,
+                ..
+            } => {
+                f.answered.insert(tool_use_id);
+                f.model_owes = true;
+            }
+            Event::StatusTerminated {} => f.terminated = true,
+            Event::ModelRequestStart { .. }
+            | Event::AgentMessage { .. }
+            | Event::SessionError { .. } => {}
+        }
+    }
+    f
+}
+
+/// Seconds since `processed_at` (RFC 3339), if it parses.
+fn age(processed_at: &str, now: time::OffsetDateTime) -> Option<Duration> {
+    let then = time::OffsetDateTime::parse(
+        processed_at,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .ok()?;
+    Duration::try_from(now - then).ok()
+}
+
+/// The next step for `history` under `agent`'s limits, at `now`.
+pub fn next(history: &[Stored], agent: &Agent, now: time::OffsetDateTime) -> Step {
+    let f = fold(history);
+    if f.terminated {
+        return Step::Done;
+    }
+    if !f.running {
+        return if f.wake { Step::Begin } else { Step::Wait };
+    }
+    let open: Vec<&Call> = f
+        .calls
+        .iter()
+        .filter(|c| !f.answered.contains(c.tool_use.id.as_str()))
+        .collect();
+    if f.interrupted {
+        if open.is_empty() {
+            return Step::Idle(StopReason::Interrupted {});
+        }
+        return Step::Refuse(
+            open.into_iter()
+                .map(|call| Refusal {
+                    call: call.clone(),
+                    text: if f.started.contains(call.tool_use.id.as_str()) {
+                        "[cordon] the user interrupted the session while this call ran; its \
+                         result is lost (what it did before the interrupt stays done)"
+                            .into()
+                    } else {
+                        "[cordon] the user interrupted the session; this call did not run".into()
+                    },
+                })
+                .collect(),
+        );
+    }
+    let mut refusals = Vec::new();
+    let mut runnable = Vec::new();
+    let mut held = Vec::new();
+    for call in open {
+        let id = call.tool_use.id.as_str();
+        if let Some(why) = &call.tool_use.refusal {
+            refusals.push(Refusal {
+                call: call.clone(),
+                text: why.clone(),
+            });
+        } else if f.started.contains(id) {
+            refusals.push(Refusal {
+                call: call.clone(),
+                text: format!(
+                    "[cordon] the controller restarted while {} was running; it is not run \
+                     again, so that it never runs twice. Check what it did before repeating it.",
+                    call.tool_use.name
+                ),
+            });
+        } else if call.tool_use.evaluated_permission == Permission::Ask {
+            match f.verdicts.get(id) {
+                Some((Verdict::Allow, _)) => runnable.push(call.clone()),
+                Some((Verdict::Deny, message)) => refusals.push(Refusal {
+                    call: call.clone(),
+                    text: match message {
+                        Some(m) => format!("[cordon] the user denied this call: {m}"),
+                        None => "[cordon] the user denied this call".into(),
+                    },
+                }),
+                None => held.push(id.to_string()),
+            }
+        } else {
+            runnable.push(call.clone());
+        }
+    }
+    if !refusals.is_empty() {
+        return Step::Refuse(refusals);
+    }
+    if !runnable.is_empty() {
+        return Step::Run(runnable);
+    }
+    if !held.is_empty() {
+        return if f.awaiting {
+            Step::Wait
+        } else {
+            Step::AwaitConfirmation(held)
+        };
+    }
+    if !f.model_owes {
+        return Step::Idle(StopReason::EndTurn {});
+    }
+    if f.turns >= agent.max_turns {
+        return Step::Idle(StopReason::MaxTurns {});
+    }
+    if f
+        .run_started
+        .and_then(|t| age(t, now))
+        .is_some_and(|a| a >= agent.max_run)
+    {
+        return Step::Idle(StopReason::MaxRunTime {});
+    }
+    Step::CallModel { turn: f.turns + 1 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::local::agent::AgentSpec;
+    use crate::local::events::{Usage, text};
+    use serde_json::json;
+
+    fn agent() -> Agent {
+        AgentSpec::from_toml(
+            "name = \"a\"\nmodel = { base_url = \"http://m/v1\", name = \"m\" }\nlimits = { max_turns = 3 }\n",
+        )
+        .unwrap()
+        .check(None)
+        .unwrap()
+    }
+
+    fn at(events: Vec<Event>) -> Vec<Stored> {
+        events
+            .into_iter()
+            .enumerate()
+            .map(|(i, event)| Stored {
+                seq: i as i64,
+                id: format!("sevt_{i}"),
+                processed_at: "2026-12-05T00:00:00Z".into(),
+                event,
+            })
+            .collect()
+    }
+
+    fn now() -> time::OffsetDateTime {
+        time::OffsetDateTime::parse(
+            "2026-12-05T00:00:10Z",
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+    }
+
+    fn call(id: &str, ask: bool) -> Event {
+        Event::ToolUse(ToolUse {
+            id: id.into(),
+            name: "bash".into(),
+            input: json!({"command": "ls"}),
+            evaluated_permission: if ask { Permission::Ask } else { Permission::Allow },
+            raw_arguments: None,
+            refusal: None,
+        })
+    }
+
+    fn end() -> Event {
+        Event::ModelRequestEnd {
+            is_error: false,
+            model_usage: Usage::default(),
+            finish_reason: None,
+            duration_ms: 1,
+        }
+    }
+
+    fn result(id: &str) -> Event {
+        Event::ToolResult {
+            tool_use_id: id.into(),
+            is_error: false,
+            content: text("ok"),
+        }
+    }
+
+    fn message() -> Event {
+        Event::UserMessage { content: text("go") }
+    }
+
+    #[test]
+    fn a_turn_goes_message_model_tools_model_idle() {
+        let a = agent();
+        let mut h = vec![message()];
+        assert_eq!(next(&at(h.clone()), &a, now()), Step::Begin);
+        h.push(Event::StatusRunning {});
+        assert_eq!(next(&at(h.clone()), &a, now()), Step::CallModel { turn: 1 });
+        h.extend([end(), call("c1", false), call("c2", false)]);
+        let Step::Run(calls) = next(&at(h.clone()), &a, now()) else {
+            panic!()
+        };
+        assert_eq!(calls.len(), 2, "parallel calls run together");
+        h.extend([
+            Event::ToolExecutionStart { tool_use_id: "c1".into() },
+            Event::ToolExecutionStart { tool_use_id: "c2".into() },
+            result("c1"),
+            result("c2"),
+        ]);
+        assert_eq!(next(&at(h.clone()), &a, now()), Step::CallModel { turn: 2 });
+        h.push(end());
+        assert_eq!(
+            next(&at(h.clone()), &a, now()),
+            Step::Idle(StopReason::EndTurn {})
+        );
+        h.push(Event::StatusIdle { stop_reason: StopReason::EndTurn {} });
+        assert_eq!(next(&at(h), &a, now()), Step::Wait);
+    }
+
+    #[test]
+    fn a_call_started_before_a_restart_is_answered_not_run_again() {
+        let a = agent();
+        let h = vec![
+            message(),
+            Event::StatusRunning {},
+            end(),
+            call("c1", false),
+            call("c2", false),
+            Event::ToolExecutionStart { tool_use_id: "c1".into() },
+        ];
+        let Step::Refuse(refused) = next(&at(h.clone()), &a, now()) else {
+            panic!()
+        };
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].call.tool_use.id, "c1");
+        assert!(refused[0].text.contains("not run again"));
+        let mut h = h;
+        h.push(Event::ToolResult {
+            tool_use_id: "c1".into(),
+            is_error: true,
+            content: text("x"),
+        });
+        let Step::Run(calls) = next(&at(h), &a, now()) else {
+            panic!()
+        };
+        assert_eq!(calls[0].tool_use.id, "c2", "the call that never started runs");
+    }
+
+    #[test]
+    fn ask_calls_wait_for_a_verdict() {
+        let a = agent();
+        let mut h = vec![message(), Event::StatusRunning {}, end(), call("c1", true)];
+        assert_eq!(
+            next(&at(h.clone()), &a, now()),
+            Step::AwaitConfirmation(vec!["c1".into()])
+        );
+        h.push(Event::StatusIdle {
+            stop_reason: StopReason::RequiresAction { event_ids: vec!["c1".into()] },
+        });
+        assert_eq!(next(&at(h.clone()), &a, now()), Step::Wait);
+        let mut denied = h.clone();
+        h.push(Event::ToolConfirmation {
+            tool_use_id: "c1".into(),
+            result: Verdict::Allow,
+            deny_message: None,
+        });
+        assert_eq!(next(&at(h.clone()), &a, now()), Step::Begin);
+        h.push(Event::StatusRunning {});
+        assert!(matches!(next(&at(h), &a, now()), Step::Run(_)));
+        denied.extend([
+            Event::ToolConfirmation {
+                tool_use_id: "c1".into(),
+                result: Verdict::Deny,
+                deny_message: Some("not on prod".into()),
+            },
+            Event::StatusRunning {},
+        ]);
+        let Step::Refuse(r) = next(&at(denied), &a, now()) else {
+            panic!()
+        };
+        assert!(r[0].text.contains("not on prod"));
+    }
+
+    #[test]
+    fn limits_end_the_run() {
+        let a = agent();
+        let mut h = vec![message(), Event::StatusRunning {}];
+        for i in 0..3 {
+            h.extend([end(), call(&format!("c{i}"), false), result(&format!("c{i}"))]);
+        }
+        assert_eq!(
+            next(&at(h.clone()), &a, now()),
+            Step::Idle(StopReason::MaxTurns {})
+        );
+        let mut stored = at(vec![message(), Event::StatusRunning {}]);
+        stored[1].processed_at = "2026-12-04T00:00:00Z".into();
+        assert_eq!(
+            next(&stored, &a, now()),
+            Step::Idle(StopReason::MaxRunTime {})
+        );
+    }
+
+    #[test]
+    fn an_interrupt_answers_open_calls_then_idles() {
+        let a = agent();
+        let mut h = vec![
+            message(),
+            Event::StatusRunning {},
+            end(),
+            call("c1", true),
+            Event::UserInterrupt {},
+        ];
+        assert!(matches!(next(&at(h.clone()), &a, now()), Step::Refuse(_)));
+        h.push(result("c1"));
+        assert_eq!(
+            next(&at(h), &a, now()),
+            Step::Idle(StopReason::Interrupted {})
+        );
+    }
+
+    #[test]
+    fn refused_calls_are_answered_with_their_reason() {
+        let a = agent();
+        let mut bad = ToolUse {
+            id: "c1".into(),
+            name: "nope".into(),
+            input: json!({}),
+            evaluated_permission: Permission::Allow,
+            raw_arguments: None,
+            refusal: Some("[cordon] no tool named nope".into()),
+        };
+        bad.raw_arguments = Some("{".into());
+        let h = vec![message(), Event::StatusRunning {}, end(), Event::ToolUse(bad)];
+        let Step::Refuse(r) = next(&at(h), &a, now()) else {
+            panic!()
+        };
+        assert_eq!(r[0].text, "[cordon] no tool named nope");
+    }
+}
