@@ -87,6 +87,29 @@ pub(crate) async fn run(action: FilesAction) -> Result<ExitCode, ExitCode> {
     }
 }
 
+/// The running `serve`'s admin address and the admin token its state directory holds.
+pub(crate) fn admin_and_token(common: &Common) -> Result<(std::net::SocketAddr, String), ExitCode> {
+    let admin =
+        cordon_controller::config::ServiceConfig::admin_address(&common.config).map_err(|e| {
+            eprintln!("cordon-controller: {e}");
+            ExitCode::from(64)
+        })?;
+    let token_file = cordon_controller::config::ServiceConfig::admin_token_path(&common.config)
+        .map_err(|e| {
+            eprintln!("cordon-controller: {e}");
+            ExitCode::from(64)
+        })?;
+    let token = cordon_controller::admin::token::read(&token_file).map_err(|e| {
+        eprintln!(
+            "cordon-controller: the admin token {}: {e}\n(`serve` makes it when it starts; \
+             run this as the user that runs `serve`, usually root)",
+            token_file.display()
+        );
+        ExitCode::from(69)
+    })?;
+    Ok((admin, token))
+}
+
 /// The running `serve`'s files routes for one session.
 struct Api {
     http: HttpClient,
@@ -99,11 +122,6 @@ struct Api {
 
 impl Api {
     fn new(common: &Common, session: &str) -> Result<Self, ExitCode> {
-        let admin = cordon_controller::config::ServiceConfig::admin_address(&common.config)
-            .map_err(|e| {
-                eprintln!("cordon-controller: {e}");
-                ExitCode::from(64)
-            })?;
         // Checked here so it can be put in the URL as it is.
         if !cordon_controller::sandbox::names::valid_session_id(session) {
             eprintln!(
@@ -112,19 +130,7 @@ impl Api {
             );
             return Err(ExitCode::from(64));
         }
-        let token_file = cordon_controller::config::ServiceConfig::admin_token_path(&common.config)
-            .map_err(|e| {
-                eprintln!("cordon-controller: {e}");
-                ExitCode::from(64)
-            })?;
-        let token = cordon_controller::admin::token::read(&token_file).map_err(|e| {
-            eprintln!(
-                "cordon-controller: the admin token {}: {e}\n(`serve` makes it when it starts; \
-                 run this as the user that runs `serve`, usually root)",
-                token_file.display()
-            );
-            ExitCode::from(69)
-        })?;
+        let (admin, token) = admin_and_token(common)?;
         Ok(Self {
             http: HttpClient::default(),
             base: format!("http://{admin}/sessions/{session}/files"),

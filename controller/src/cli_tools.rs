@@ -55,6 +55,44 @@ pub(crate) enum AgentsAction {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Local sessions (docs/OPEN-MODELS.md): adds an agent definition (a TOML file) to the
+    /// running controller.
+    Create {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Replaces a local agent's definition (the file's `name` says which); sessions already
+    /// started keep the definition they began with.
+    Update {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        file: PathBuf,
+        /// Only if the agent is at this version now.
+        #[arg(long)]
+        version: Option<i64>,
+    },
+    /// Lists the local agents.
+    List {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prints one local agent's definition (JSON).
+    Show {
+        #[command(flatten)]
+        common: Common,
+        name: String,
+    },
+    /// Archives a local agent: it starts no new sessions.
+    Archive {
+        #[command(flatten)]
+        common: Common,
+        name: String,
+    },
 }
 
 /// The checked tools file, or exit 64 (configuration) / 65 (the tools file's errors).
@@ -138,11 +176,26 @@ pub(crate) fn run(action: ToolsAction) -> Result<ExitCode, ExitCode> {
 pub(crate) async fn agents(action: AgentsAction) -> Result<ExitCode, ExitCode> {
     use cordon_controller::cma::agent_tools::sync;
     use cordon_controller::cma::client::{CmaClient, Key};
-    let AgentsAction::Sync {
-        common,
-        agent,
-        dry_run,
-    } = action;
+    let (common, agent, dry_run) = match action {
+        AgentsAction::Sync {
+            common,
+            agent,
+            dry_run,
+        } => (common, agent, dry_run),
+        AgentsAction::Create { common, file } => {
+            return crate::cli_local::create(&common, &file).await;
+        }
+        AgentsAction::Update {
+            common,
+            file,
+            version,
+        } => return crate::cli_local::update(&common, &file, version).await,
+        AgentsAction::List { common, json } => return crate::cli_local::list(&common, json).await,
+        AgentsAction::Show { common, name } => return crate::cli_local::show(&common, &name).await,
+        AgentsAction::Archive { common, name } => {
+            return crate::cli_local::archive(&common, &name).await;
+        }
+    };
     let usage = |message: String| {
         eprintln!("cordon-controller: {message}");
         ExitCode::from(64)

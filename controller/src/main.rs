@@ -10,6 +10,9 @@
 //! cordon-controller sessions --config cordon.toml [--json] [--stop ID]
 //! cordon-controller tools check|schema --config cordon.toml [--file tools.toml]
 //! cordon-controller agents sync --config cordon.toml --agent ID [--dry-run]
+//! cordon-controller agents create|update --config cordon.toml --file agent.toml [--version N]
+//! cordon-controller agents list|show|archive --config cordon.toml [NAME]
+//! cordon-controller run --config cordon.toml --agent NAME [--yes|--no] [--json] "task"
 //! cordon-controller dashboard user add|remove|list --config cordon.toml [NAME --role R]
 //! cordon-controller files ls  --config cordon.toml --session ID [PATH] [--json]
 //! cordon-controller files get --config cordon.toml --session ID PATH [--output FILE]
@@ -23,6 +26,7 @@
 mod cli_dashboard;
 mod cli_files;
 mod cli_image;
+mod cli_local;
 mod cli_tools;
 
 use std::io::Write;
@@ -71,7 +75,8 @@ enum Command {
         #[command(subcommand)]
         action: cli_tools::ToolsAction,
     },
-    /// CMA agents: register the custom tools file's tools on one (`sync`).
+    /// Agents: local agent definitions (`create|update|list|show|archive`,
+    /// docs/OPEN-MODELS.md), and registering the custom tools on a CMA agent (`sync`).
     Agents {
         #[command(subcommand)]
         action: cli_tools::AgentsAction,
@@ -85,6 +90,27 @@ enum Command {
     Files {
         #[command(subcommand)]
         action: cli_files::FilesAction,
+    },
+    /// Runs one local session from the terminal (docs/OPEN-MODELS.md): creates it with the
+    /// agent, sends the task, prints each step as it happens; exits 0 when the agent ends its
+    /// turn, 1 when the run stopped otherwise, 130 when interrupted (Ctrl-C).
+    Run {
+        #[command(flatten)]
+        common: Common,
+        /// The local agent (`cordon-controller agents list`).
+        #[arg(long)]
+        agent: String,
+        /// Allow every call that asks for confirmation, without asking.
+        #[arg(long, conflicts_with = "no")]
+        yes: bool,
+        /// Deny every call that asks for confirmation, without asking.
+        #[arg(long)]
+        no: bool,
+        /// Print the events as JSON lines instead of progress lines.
+        #[arg(long)]
+        json: bool,
+        /// What the agent should do.
+        task: String,
     },
     /// Lists the sessions of the running controller (`serve`): sandbox state, work item,
     /// tool calls, egress decisions. `--stop ID` stops serving one.
@@ -213,6 +239,21 @@ async fn main() -> ExitCode {
         Command::Dashboard { action } => cli_dashboard::run(action),
         Command::Files { action } => cli_files::run(action).await,
         Command::Agents { action } => cli_tools::agents(action).await,
+        Command::Run {
+            common,
+            agent,
+            yes,
+            no,
+            json,
+            task,
+        } => {
+            let confirm = match (yes, no) {
+                (true, _) => cli_local::Confirm::Allow,
+                (_, true) => cli_local::Confirm::Deny,
+                _ => cli_local::Confirm::Ask,
+            };
+            cli_local::run(&common, &agent, &task, confirm, json).await
+        }
     };
     match result {
         Ok(code) | Err(code) => code,

@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod model;
+
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 

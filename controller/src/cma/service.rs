@@ -245,7 +245,8 @@ impl Service {
         for view in live {
             let is_live = matches!(view.state, "starting" | "running");
             // A local session's sandbox is its loop's (crate::local), never a work item's.
-            if is_live && !owned.contains(&view.id) && !crate::local::is_local_session_id(&view.id) {
+            if is_live && !owned.contains(&view.id) && !crate::local::is_local_session_id(&view.id)
+            {
                 tracing::info!(session = %view.id, "removing a sandbox no work item owns");
                 if let Err(e) = runtime.stop(&view.id).await {
                     tracing::error!(session = %view.id, error = %e, "sandbox stop");
@@ -554,7 +555,14 @@ impl ToolExecutor for Counted<'_> {
         started: std::time::SystemTime,
         took: std::time::Duration,
     ) {
-        journal(&self.service.store, self.session, call, reply, started, took);
+        journal(
+            &self.service.store,
+            self.session,
+            call,
+            reply,
+            started,
+            took,
+        );
     }
 }
 
@@ -584,16 +592,19 @@ pub fn journal(
         tracing::warn!(session = %session, error = %e, "cannot record the tool call for the dashboard");
     }
     let images = reply.decoded_images();
-    if let Err(e) =
-        store.record_tool_images(session, &call.id, &images, record.started_ms + record.duration_ms)
-    {
+    if let Err(e) = store.record_tool_images(
+        session,
+        &call.id,
+        &images,
+        record.started_ms + record.duration_ms,
+    ) {
         tracing::warn!(session = %session, error = %e, "cannot keep the tool call's images for the dashboard");
     }
 }
 
 /// A tool input in one line for the session timeline: a shell command as itself, a file tool's
 /// path first, anything else as compact JSON.
-fn input_summary(input: &serde_json::Value) -> String {
+pub fn input_summary(input: &serde_json::Value) -> String {
     let field = |k: &str| input.get(k).and_then(|v| v.as_str());
     match (
         field("command"),

@@ -140,7 +140,11 @@ impl AgentSpec {
                 self.name
             ));
         }
-        if self.system.as_ref().is_some_and(|s| s.len() > MAX_SYSTEM_BYTES) {
+        if self
+            .system
+            .as_ref()
+            .is_some_and(|s| s.len() > MAX_SYSTEM_BYTES)
+        {
             problems.push(format!(
                 "system: longer than {MAX_SYSTEM_BYTES} bytes; put long material in the workspace and point to it"
             ));
@@ -214,7 +218,8 @@ impl AgentSpec {
         if let Some(image) = &self.image
             && image.trim().is_empty()
         {
-            problems.push("image is empty: name an image, or leave it out for [sandbox] image".into());
+            problems
+                .push("image is empty: name an image, or leave it out for [sandbox] image".into());
         }
         let Ok(endpoint) = endpoint else {
             return Err(problems);
@@ -235,7 +240,9 @@ impl AgentSpec {
                 .max_context_chars
                 .unwrap_or(DEFAULT_MAX_CONTEXT_CHARS),
             model_timeout: Duration::from_secs(
-                self.model.timeout_secs.unwrap_or(DEFAULT_MODEL_TIMEOUT_SECS),
+                self.model
+                    .timeout_secs
+                    .unwrap_or(DEFAULT_MODEL_TIMEOUT_SECS),
             ),
             model_retries: self.model.retries.unwrap_or(DEFAULT_MODEL_RETRIES),
             spec: self,
@@ -295,7 +302,10 @@ model = { base_url = "http://llm.internal:8000/v1/", name = "qwen" }
             agent.endpoint.to_string(),
             "http://llm.internal:8000/v1/chat/completions"
         );
-        assert_eq!(agent.toolset, ["bash", "read", "write", "edit", "glob", "grep"]);
+        assert_eq!(
+            agent.toolset,
+            ["bash", "read", "write", "edit", "glob", "grep"]
+        );
         assert!(agent.stream);
         assert_eq!(agent.max_turns, DEFAULT_MAX_TURNS);
     }
@@ -331,7 +341,10 @@ name = "a"
 model = { base_url = "https://user:sk-secret@api.example/v1", name = "m" }
 "#;
         let problems = spec(text).check(None).unwrap_err();
-        assert!(problems[0].contains("credentials in the URL"), "{problems:?}");
+        assert!(
+            problems[0].contains("credentials in the URL"),
+            "{problems:?}"
+        );
     }
 
     #[test]
@@ -345,7 +358,10 @@ model = { base_url = "https://user:sk-secret@api.example/v1", name = "m" }
     fn custom_tools_need_a_tools_file() {
         let text = format!("{MINIMAL}\n[tools]\ncustom = [\"lookup\"]\n");
         let problems = spec(&text).check(None).unwrap_err();
-        assert!(problems[0].contains("serves no custom tools"), "{problems:?}");
+        assert!(
+            problems[0].contains("serves no custom tools"),
+            "{problems:?}"
+        );
         let served = ["lookup".to_string()];
         let agent = spec(&text).check(Some(&served)).unwrap();
         assert_eq!(agent.custom, ["lookup"]);

@@ -103,7 +103,10 @@ pub fn router<S: Clone + Send + Sync + 'static>(local: Arc<LocalSessions>) -> Ro
         .route("/v1/agents/{name}/archive", post(archive_agent))
         .route("/v1/sessions", get(list_sessions).post(create_session))
         .route("/v1/sessions/{id}", get(show_session))
-        .route("/v1/sessions/{id}/events", get(list_events).post(post_events))
+        .route(
+            "/v1/sessions/{id}/events",
+            get(list_events).post(post_events),
+        )
         .route("/v1/sessions/{id}/events/stream", get(stream_events))
         .route("/v1/sessions/{id}/archive", post(archive_session))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -120,8 +123,10 @@ fn body<T: serde::de::DeserializeOwned>(
 
 async fn list_agents(State(local): State<Arc<LocalSessions>>) -> Response {
     match local.store.agents() {
-        Ok(agents) => axum::Json(json!({"data": agents.iter().map(agent_json).collect::<Vec<_>>()}))
-            .into_response(),
+        Ok(agents) => {
+            axum::Json(json!({"data": agents.iter().map(agent_json).collect::<Vec<_>>()}))
+                .into_response()
+        }
         Err(e) => LocalError::from(e).into_response(),
     }
 }

@@ -208,7 +208,13 @@ mod tests {
 
     #[test]
     fn clean_arguments_pass_untouched() {
-        let c = use_of(read_call("1", "bash", r#"{"command":"ls"}"#, &catalog(), &BTreeSet::new()));
+        let c = use_of(read_call(
+            "1",
+            "bash",
+            r#"{"command":"ls"}"#,
+            &catalog(),
+            &BTreeSet::new(),
+        ));
         assert_eq!(c.input["command"], "ls");
         assert_eq!(c.raw_arguments, None);
         assert_eq!(c.refusal, None);
@@ -234,7 +240,13 @@ mod tests {
 
     #[test]
     fn broken_arguments_are_refused_with_the_schema() {
-        let c = use_of(read_call("1", "bash", "{\"command\": \"ls", &catalog(), &BTreeSet::new()));
+        let c = use_of(read_call(
+            "1",
+            "bash",
+            "{\"command\": \"ls",
+            &catalog(),
+            &BTreeSet::new(),
+        ));
         let why = c.refusal.unwrap();
         assert!(why.contains("not a JSON object"), "{why}");
         assert!(why.contains("\"required\":[\"command\"]"), "{why}");
@@ -244,11 +256,20 @@ mod tests {
 
     #[test]
     fn schema_mismatches_and_unknown_tools_are_refused() {
-        let c = use_of(read_call("1", "bash", r#"{"cmd": "ls"}"#, &catalog(), &BTreeSet::new()));
+        let c = use_of(read_call(
+            "1",
+            "bash",
+            r#"{"cmd": "ls"}"#,
+            &catalog(),
+            &BTreeSet::new(),
+        ));
         assert!(c.refusal.unwrap().contains("does not match its schema"));
         let c = use_of(read_call("1", "rm_rf", "{}", &catalog(), &BTreeSet::new()));
         let why = c.refusal.unwrap();
-        assert!(why.contains("no tool named \"rm_rf\"") && why.contains("bash, lookup"), "{why}");
+        assert!(
+            why.contains("no tool named \"rm_rf\"") && why.contains("bash, lookup"),
+            "{why}"
+        );
     }
 
     #[test]

@@ -106,9 +106,7 @@ pub fn conversation(system: Option<&str>, history: &[Stored], max_chars: usize) 
 
 fn size(message: &Value) -> usize {
     let content = message["content"].as_str().map_or(0, str::len);
-    let calls = message
-        .get("tool_calls")
-        .map_or(0, |c| c.to_string().len());
+    let calls = message.get("tool_calls").map_or(0, |c| c.to_string().len());
     content + calls
 }
 
@@ -193,24 +191,46 @@ mod tests {
     #[test]
     fn calls_and_results_pair_up_in_order() {
         let history = stored(vec![
-            Event::UserMessage { content: text("list") },
+            Event::UserMessage {
+                content: text("list"),
+            },
             Event::StatusRunning {},
             end(),
-            Event::AgentMessage { content: text("Looking.") },
+            Event::AgentMessage {
+                content: text("Looking."),
+            },
             call("a"),
             call("b"),
-            Event::ToolExecutionStart { tool_use_id: "a".into() },
-            Event::UserMessage { content: text("also: hurry") },
+            Event::ToolExecutionStart {
+                tool_use_id: "a".into(),
+            },
+            Event::UserMessage {
+                content: text("also: hurry"),
+            },
             result("a", "x"),
             result("b", "y"),
             end(),
-            Event::AgentMessage { content: text("Done.") },
+            Event::AgentMessage {
+                content: text("Done."),
+            },
         ]);
         let c = conversation(Some("be brief"), &history, 100_000);
-        let roles: Vec<&str> = c.messages.iter().map(|m| m["role"].as_str().unwrap()).collect();
+        let roles: Vec<&str> = c
+            .messages
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
         assert_eq!(
             roles,
-            ["system", "user", "assistant", "tool", "tool", "user", "assistant"]
+            [
+                "system",
+                "user",
+                "assistant",
+                "tool",
+                "tool",
+                "user",
+                "assistant"
+            ]
         );
         assert_eq!(c.messages[2]["content"], "Looking.");
         assert_eq!(c.messages[2]["tool_calls"][1]["id"], "b");
@@ -245,7 +265,9 @@ mod tests {
     fn old_tool_results_are_cut_first_to_fit() {
         let big = "x".repeat(20_000);
         let history = stored(vec![
-            Event::UserMessage { content: text("go") },
+            Event::UserMessage {
+                content: text("go"),
+            },
             end(),
             call("a"),
             result("a", &big),
@@ -258,6 +280,10 @@ mod tests {
         let first = c.messages[2]["content"].as_str().unwrap();
         assert!(first.contains("characters of this tool result were cut"));
         assert!(first.len() < 2_000);
-        assert_eq!(c.messages[4]["content"].as_str().unwrap().len(), 20_000, "the newest is whole");
+        assert_eq!(
+            c.messages[4]["content"].as_str().unwrap().len(),
+            20_000,
+            "the newest is whole"
+        );
     }
 }

@@ -159,6 +159,17 @@ pub struct Stored {
     pub event: Event,
 }
 
+impl Event {
+    /// The id a call's event is stored under: its tool-use id, as CMA's `agent.tool_use`
+    /// events are (results name the call by the event's id).
+    pub fn own_id(&self) -> Option<&str> {
+        match self {
+            Event::ToolUse(call) | Event::CustomToolUse(call) => Some(&call.id),
+            _ => None,
+        }
+    }
+}
+
 impl Stored {
     /// The event as served: `{"id", "type", "processed_at", ...}`.
     pub fn to_json(&self) -> Value {
@@ -226,8 +237,7 @@ pub fn client_event(value: &Value) -> Result<Event, String> {
             "{kind:?} cannot be sent: send user.message, user.interrupt or user.tool_confirmation"
         ));
     }
-    let event: Event =
-        serde_json::from_value(value.clone()).map_err(|e| format!("{kind}: {e}"))?;
+    let event: Event = serde_json::from_value(value.clone()).map_err(|e| format!("{kind}: {e}"))?;
     if let Event::UserMessage { content } = &event {
         if content.is_empty() {
             return Err("user.message: content is empty".into());
@@ -272,17 +282,35 @@ mod tests {
 
     #[test]
     fn clients_send_only_their_three_events() {
-        assert!(client_event(&json!({"type": "user.message", "content": [{"type": "text", "text": "hi"}]})).is_ok());
+        assert!(
+            client_event(
+                &json!({"type": "user.message", "content": [{"type": "text", "text": "hi"}]})
+            )
+            .is_ok()
+        );
         assert!(client_event(&json!({"type": "user.interrupt"})).is_ok());
-        let verdict = client_event(&json!({"type": "user.tool_confirmation", "tool_use_id": "c", "result": "deny"})).unwrap();
-        assert!(matches!(verdict, Event::ToolConfirmation { result: Verdict::Deny, .. }));
+        let verdict = client_event(
+            &json!({"type": "user.tool_confirmation", "tool_use_id": "c", "result": "deny"}),
+        )
+        .unwrap();
+        assert!(matches!(
+            verdict,
+            Event::ToolConfirmation {
+                result: Verdict::Deny,
+                ..
+            }
+        ));
         let e = client_event(&json!({"type": "agent.message", "content": []})).unwrap_err();
         assert!(e.contains("cannot be sent"), "{e}");
         let e = client_event(&json!({"type": "user.message", "content": []})).unwrap_err();
         assert!(e.contains("empty"), "{e}");
-        let e = client_event(&json!({"type": "user.tool_confirmation", "tool_use_id": "c", "result": "maybe"})).unwrap_err();
+        let e = client_event(
+            &json!({"type": "user.tool_confirmation", "tool_use_id": "c", "result": "maybe"}),
+        )
+        .unwrap_err();
         assert!(e.contains("user.tool_confirmation"), "{e}");
-        let e = client_event(&json!({"type": "user.message", "content": [{"type": "image"}]})).unwrap_err();
+        let e = client_event(&json!({"type": "user.message", "content": [{"type": "image"}]}))
+            .unwrap_err();
         assert!(e.contains("only text blocks"), "{e}");
     }
 
@@ -293,6 +321,9 @@ mod tests {
             json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}),
         ];
         let text = content_text(&content);
-        assert!(text.starts_with("shot\n[cordon] an image (image/png"), "{text}");
+        assert!(
+            text.starts_with("shot\n[cordon] an image (image/png"),
+            "{text}"
+        );
     }
 }

@@ -60,11 +60,7 @@ impl LocalError {
                 | AgentWriteError::Archived(_),
             ) => 409,
             LocalError::Agent(AgentWriteError::Store(e)) | LocalError::Store(e) => {
-                if e.is_disk_full() {
-                    507
-                } else {
-                    500
-                }
+                if e.is_disk_full() { 507 } else { 500 }
             }
         }
     }

@@ -137,11 +137,9 @@ fn fold(history: &[Stored]) -> Fold<'_> {
 
 /// Seconds since `processed_at` (RFC 3339), if it parses.
 fn age(processed_at: &str, now: time::OffsetDateTime) -> Option<Duration> {
-    let then = time::OffsetDateTime::parse(
-        processed_at,
-        &time::format_description::well_known::Rfc3339,
-    )
-    .ok()?;
+    let then =
+        time::OffsetDateTime::parse(processed_at, &time::format_description::well_known::Rfc3339)
+            .ok()?;
     Duration::try_from(now - then).ok()
 }
 
@@ -232,8 +230,7 @@ pub fn next(history: &[Stored], agent: &Agent, now: time::OffsetDateTime) -> Ste
     if f.turns >= agent.max_turns {
         return Step::Idle(StopReason::MaxTurns {});
     }
-    if f
-        .run_started
+    if f.run_started
         .and_then(|t| age(t, now))
         .is_some_and(|a| a >= agent.max_run)
     {
@@ -284,7 +281,11 @@ mod tests {
             id: id.into(),
             name: "bash".into(),
             input: json!({"command": "ls"}),
-            evaluated_permission: if ask { Permission::Ask } else { Permission::Allow },
+            evaluated_permission: if ask {
+                Permission::Ask
+            } else {
+                Permission::Allow
+            },
             raw_arguments: None,
             refusal: None,
         })
@@ -308,7 +309,9 @@ mod tests {
     }
 
     fn message() -> Event {
-        Event::UserMessage { content: text("go") }
+        Event::UserMessage {
+            content: text("go"),
+        }
     }
 
     #[test]
@@ -324,8 +327,12 @@ mod tests {
         };
         assert_eq!(calls.len(), 2, "parallel calls run together");
         h.extend([
-            Event::ToolExecutionStart { tool_use_id: "c1".into() },
-            Event::ToolExecutionStart { tool_use_id: "c2".into() },
+            Event::ToolExecutionStart {
+                tool_use_id: "c1".into(),
+            },
+            Event::ToolExecutionStart {
+                tool_use_id: "c2".into(),
+            },
             result("c1"),
             result("c2"),
         ]);
@@ -335,7 +342,9 @@ mod tests {
             next(&at(h.clone()), &a, now()),
             Step::Idle(StopReason::EndTurn {})
         );
-        h.push(Event::StatusIdle { stop_reason: StopReason::EndTurn {} });
+        h.push(Event::StatusIdle {
+            stop_reason: StopReason::EndTurn {},
+        });
         assert_eq!(next(&at(h), &a, now()), Step::Wait);
     }
 
@@ -348,7 +357,9 @@ mod tests {
             end(),
             call("c1", false),
             call("c2", false),
-            Event::ToolExecutionStart { tool_use_id: "c1".into() },
+            Event::ToolExecutionStart {
+                tool_use_id: "c1".into(),
+            },
         ];
         let Step::Refuse(refused) = next(&at(h.clone()), &a, now()) else {
             panic!()
@@ -365,7 +376,10 @@ mod tests {
         let Step::Run(calls) = next(&at(h), &a, now()) else {
             panic!()
         };
-        assert_eq!(calls[0].tool_use.id, "c2", "the call that never started runs");
+        assert_eq!(
+            calls[0].tool_use.id, "c2",
+            "the call that never started runs"
+        );
     }
 
     #[test]
@@ -377,7 +391,9 @@ mod tests {
             Step::AwaitConfirmation(vec!["c1".into()])
         );
         h.push(Event::StatusIdle {
-            stop_reason: StopReason::RequiresAction { event_ids: vec!["c1".into()] },
+            stop_reason: StopReason::RequiresAction {
+                event_ids: vec!["c1".into()],
+            },
         });
         assert_eq!(next(&at(h.clone()), &a, now()), Step::Wait);
         let mut denied = h.clone();
@@ -408,7 +424,11 @@ mod tests {
         let a = agent();
         let mut h = vec![message(), Event::StatusRunning {}];
         for i in 0..3 {
-            h.extend([end(), call(&format!("c{i}"), false), result(&format!("c{i}"))]);
+            h.extend([
+                end(),
+                call(&format!("c{i}"), false),
+                result(&format!("c{i}")),
+            ]);
         }
         assert_eq!(
             next(&at(h.clone()), &a, now()),
@@ -452,7 +472,12 @@ mod tests {
             refusal: Some("[cordon] no tool named nope".into()),
         };
         bad.raw_arguments = Some("{".into());
-        let h = vec![message(), Event::StatusRunning {}, end(), Event::ToolUse(bad)];
+        let h = vec![
+            message(),
+            Event::StatusRunning {},
+            end(),
+            Event::ToolUse(bad),
+        ];
         let Step::Refuse(r) = next(&at(h), &a, now()) else {
             panic!()
         };

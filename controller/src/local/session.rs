@@ -115,11 +115,7 @@ impl Session {
 
     async fn serve(&mut self) {
         loop {
-            let step = plan::next(
-                &self.history,
-                &self.agent,
-                time::OffsetDateTime::now_utc(),
-            );
+            let step = plan::next(&self.history, &self.agent, time::OffsetDateTime::now_utc());
             let recorded = match step {
                 Step::Done => break,
                 Step::Wait => {
@@ -370,9 +366,7 @@ impl Session {
             Err(e) => e.kind(),
         };
         metrics.model_requests.with_label_values(&[outcome]).inc();
-        metrics
-            .model_duration
-            .observe(sent.elapsed().as_secs_f64());
+        metrics.model_duration.observe(sent.elapsed().as_secs_f64());
         let usage = answer
             .as_ref()
             .ok()
@@ -424,8 +418,7 @@ impl Session {
         } else {
             // Started as a task of its own: an interrupt must not cancel a start halfway.
             let (runtime, id, image) = (runtime.clone(), self.id.clone(), image.clone());
-            match tokio::spawn(async move { runtime.start(&id, image.as_deref()).await }).await
-            {
+            match tokio::spawn(async move { runtime.start(&id, image.as_deref()).await }).await {
                 Ok(started) => started.map(|_| ()),
                 Err(e) => return Err(format!("the sandbox start task failed: {e}")),
             }
@@ -508,7 +501,10 @@ impl Session {
                 began,
                 took,
             );
-            if let Err(e) = this.manager.append(&this.id, vec![result_event(call, &reply)]) {
+            if let Err(e) = this
+                .manager
+                .append(&this.id, vec![result_event(call, &reply)])
+            {
                 tracing::error!(session = %this.id, error = %e, "cannot record a tool result; the call will be answered as lost");
             }
         }

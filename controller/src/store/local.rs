@@ -250,8 +250,9 @@ impl Store {
     /// Every agent, by name.
     pub fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
         let conn = self.conn();
-        let mut stmt =
-            conn.prepare(&format!("SELECT {AGENT_COLUMNS} FROM local_agents ORDER BY name"))?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {AGENT_COLUMNS} FROM local_agents ORDER BY name"
+        ))?;
         let rows = stmt.query_map([], agent_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -316,7 +317,12 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    pub fn set_local_status(&self, id: &str, status: &str, archived: bool) -> Result<(), StoreError> {
+    pub fn set_local_status(
+        &self,
+        id: &str,
+        status: &str,
+        archived: bool,
+    ) -> Result<(), StoreError> {
         self.write(|conn| {
             let at = now();
             conn.execute(
@@ -346,7 +352,7 @@ impl Store {
                     .ok()
                     .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_string))
                     .unwrap_or_default();
-                let event_id = event_id();
+                let event_id = event.own_id().map_or_else(event_id, str::to_string);
                 let at = now();
                 tx.execute(
                     "INSERT INTO local_events (session_id, id, type, body, processed_at)
@@ -447,11 +453,18 @@ mod tests {
     fn events_come_back_in_order_after_a_seq() {
         let (_dir, store) = store();
         let agent = store.create_agent("coder", "{}").unwrap();
-        store.create_local_session("sesn_local_a", &agent, Some("t")).unwrap();
+        store
+            .create_local_session("sesn_local_a", &agent, Some("t"))
+            .unwrap();
         let first = store
             .append_local_events(
                 "sesn_local_a",
-                vec![Event::UserMessage { content: text("hi") }, Event::StatusRunning {}],
+                vec![
+                    Event::UserMessage {
+                        content: text("hi"),
+                    },
+                    Event::StatusRunning {},
+                ],
             )
             .unwrap();
         let all = store.local_events("sesn_local_a", 0, 100).unwrap();

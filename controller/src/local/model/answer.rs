@@ -39,9 +39,7 @@ pub fn whole(body: &Value) -> Result<Answer, String> {
     let choice = body
         .pointer("/choices/0")
         .ok_or("the answer has no choices[0]")?;
-    let message = choice
-        .get("message")
-        .ok_or("choices[0] has no message")?;
+    let message = choice.get("message").ok_or("choices[0] has no message")?;
     let mut answer = Answer {
         text: message
             .get("content")
@@ -171,7 +169,13 @@ mod tests {
         let a = whole(&body).unwrap();
         assert_eq!(a.text, "ok");
         assert_eq!(a.calls[1].arguments, "{\"file_path\":\"a\"}");
-        assert_eq!(a.usage, Some(Usage { input_tokens: 10, output_tokens: 5 }));
+        assert_eq!(
+            a.usage,
+            Some(Usage {
+                input_tokens: 10,
+                output_tokens: 5
+            })
+        );
         assert_eq!(a.finish_reason.as_deref(), Some("tool_calls"));
         assert!(whole(&json!({"error": {"message": "no"}})).is_err());
         assert!(whole(&json!({"choices": []})).is_err());
@@ -196,7 +200,13 @@ mod tests {
         assert!(c.finished);
         let a = c.finish();
         assert_eq!(a.text, "Let me look.");
-        assert_eq!(a.calls[0], RawCall { name: "bash".into(), arguments: "{\"command\":\"ls\"}".into() });
+        assert_eq!(
+            a.calls[0],
+            RawCall {
+                name: "bash".into(),
+                arguments: "{\"command\":\"ls\"}".into()
+            }
+        );
         assert_eq!(a.calls[1].arguments, "{\"pattern\":\"*\"}");
         assert_eq!(a.usage.unwrap().output_tokens, 3);
         let mut bad = Chunks::default();
