@@ -489,7 +489,7 @@ async fn a_session_runs_every_toolset_tool_and_a_custom_tool_through_the_proxy()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_model_answers_become_events_and_the_session_recovers() {
-    let (world, controller) = local_world(212);
+    let (mut world, controller) = local_world(212);
     let api = Api::new(&world, &controller);
     let model = "scripted-faults";
     api.agent(json!({
@@ -615,6 +615,41 @@ async fn bad_model_answers_become_events_and_the_session_recovers() {
         "{metrics}"
     );
 
+    // The proxy down: the endpoint cannot be reached, retried, then reported; the proxy back
+    // up, the session goes on.
+    world.stop_proxy();
+    api.say(&session, "while the proxy is down").await;
+    let events = api
+        .wait_for(&world, &session, 3, Duration::from_secs(60), idle("retries_exhausted"))
+        .await;
+    let errors = of_type(&events, "session.error");
+    assert_eq!(errors[2]["error"]["type"], "model_unreachable", "{}", errors[2]);
+    world.start_proxy();
+    s.push([Reply::Text("back".into())]);
+    api.say(&session, "and now").await;
+    let events = api
+        .wait_for(&world, &session, 2, Duration::from_secs(60), idle("end_turn"))
+        .await;
+    assert_eq!(text_of(of_type(&events, "agent.message").last().unwrap()), "back");
+
+    // An endpoint the policy does not allow: refused by the proxy, not retried, and the
+    // request never reaches it.
+    api.agent(json!({
+        "name": "stray",
+        "model": {"base_url": "https://blocked.example.test/v1", "name": "scripted-stray"},
+        "tools": {"toolset": []},
+    }))
+    .await;
+    let stray = api.session("stray").await;
+    api.say(&stray, "hello").await;
+    let events = api
+        .wait_for(&world, &stray, 1, Duration::from_secs(60), idle("retries_exhausted"))
+        .await;
+    let error = of_type(&events, "session.error")[0];
+    assert_eq!(error["error"]["type"], "model_refused_by_proxy", "{error}");
+    assert!(error["error"]["message"].as_str().unwrap().contains("policy"), "{error}");
+    assert!(script("scripted-stray").requests().is_empty());
+
     // Bad input to the API says what was wrong.
     let (status, body) = api
         .post(
@@ -650,6 +685,8 @@ async fn bad_model_answers_become_events_and_the_session_recovers() {
         .unwrap();
     assert_eq!(support::text(&unauthenticated.stdout), "401");
     api.post(&format!("/v1/sessions/{session}/archive"), json!({}))
+        .await;
+    api.post(&format!("/v1/sessions/{stray}/archive"), json!({}))
         .await;
     support::cma::wait_for_teardown_leaving(&world, &session, WARM_TOOL_SANDBOXES);
 }

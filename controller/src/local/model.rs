@@ -192,11 +192,7 @@ impl ModelClient {
             .map(str::to_string)
         {
             let body = read_all(response.into_body()).await.unwrap_or_default();
-            return Err(ModelError::Refused {
-                status,
-                class,
-                body: crate::tools::tail(&body, 1024),
-            });
+            return Err(refusal(status, class, &body));
         }
         if !(200..300).contains(&status) {
             let body = read_all(response.into_body()).await.unwrap_or_default();
@@ -229,12 +225,25 @@ impl ModelClient {
 
 fn failure(f: Failure) -> ModelError {
     match f {
-        Failure::Refused(status, class, body) => ModelError::Refused {
+        Failure::Refused(status, class, body) => refusal(status, class, &body),
+        Failure::Failed(why) | Failure::TooLarge(why) => ModelError::Unreachable(why),
+    }
+}
+
+/// An answer the proxy made itself (`cordon-error: <class>`): the endpoint could not be
+/// reached (worth a retry), or the request was refused (policy, credentials: it would be
+/// refused again).
+fn refusal(status: u16, class: String, body: &str) -> ModelError {
+    let body = crate::tools::tail(body, 1024);
+    match class.as_str() {
+        "upstream" | "upstream_timeout" | "resolve" | "internal" => ModelError::Unreachable(
+            format!("the proxy could not reach it ({status}, {class}): {body}"),
+        ),
+        _ => ModelError::Refused {
             status,
             class,
-            body: crate::tools::tail(&body, 1024),
+            body,
         },
-        Failure::Failed(why) | Failure::TooLarge(why) => ModelError::Unreachable(why),
     }
 }
 
