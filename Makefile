@@ -14,7 +14,7 @@ CORDON_IMAGES ?= $(HOME)/.cache/cordon/images
 export CORDON_IMAGES
 export CORDON_TEST_IMAGES ?= $(CORDON_IMAGES)
 
-.PHONY: up test fuzz fuzz-smoke dashboard-screenshots bench bench-policy bench-instructions bench-tools bench-browser bench-soak deps build fmt lint unit policy-tests clean
+.PHONY: up test fuzz fuzz-smoke dashboard-screenshots bench bench-policy bench-instructions bench-tools bench-local bench-browser bench-soak deps build fmt lint unit policy-tests clean
 
 deps:
 	@scripts/install-deps.sh
@@ -111,6 +111,13 @@ bench-tools: build
 	$(CARGO_TARGET_DIR)/release/cordon-controller image build default --from-file images/default.toml \
 		--store $(HOME)/.cache/cordon/images
 	$(CARGO_TARGET_DIR)/release/cordon-bench tools --doc docs/BENCHMARKS.md
+
+# The local agent loop's own time per model turn (docs/OPEN-MODELS.md, docs/BENCHMARKS.md
+# "Local agent loop"); root.
+bench-local: build
+	$(CARGO_TARGET_DIR)/release/cordon-controller image build default --from-file images/default.toml \
+		--store $(HOME)/.cache/cordon/images
+	$(CARGO_TARGET_DIR)/release/cordon-bench local-loop --doc docs/BENCHMARKS.md
 
 # The session's browser (docs/BROWSER.md, docs/BENCHMARKS.md "The session's browser"); root.
 bench-browser: build

@@ -55,6 +55,17 @@ enum Command {
     /// mixed traffic at a target rate for minutes; the proxy's descriptors, memory,
     /// connections and sessions judged for leaks. Writes bench/results/soak-<date>.json.
     Soak(soak::SoakArgs),
+    /// The local agent loop's own time per model turn (docs/OPEN-MODELS.md), against the
+    /// same model requests and tool calls made directly. Needs root and runsc.
+    LocalLoop {
+        #[arg(long, default_value_t = 200)]
+        turns: usize,
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+        /// A Markdown file (docs/BENCHMARKS.md) whose local loop section is rewritten.
+        #[arg(long)]
+        doc: Option<PathBuf>,
+    },
     /// Custom tool call overhead: a run tool warm and cold against the handler's own time, an
     /// http tool against the upstream direct. Needs root and runsc.
     Tools {
@@ -88,6 +99,14 @@ impl Cli {
                     .await
                     .map_err(anyhow::Error::msg)
                     .context("browser")?;
+                println!("{report}");
+                Ok(())
+            }
+            Command::LocalLoop { turns, out, doc } => {
+                let report = cordon_bench::local::run(turns, &out, doc.as_deref())
+                    .await
+                    .map_err(anyhow::Error::msg)
+                    .context("local loop")?;
                 println!("{report}");
                 Ok(())
             }

@@ -10,6 +10,7 @@ pub mod compare;
 pub mod doc;
 mod fixture;
 pub mod load;
+pub mod local;
 pub mod report;
 pub mod sandboxes;
 pub mod soak;

@@ -365,7 +365,8 @@ pub struct ServiceConfig {
     pub listen: SocketAddr,
     /// The admin API (sessions, metrics); loopback only.
     pub admin_listen: SocketAddr,
-    pub webhook_secret: crate::cma::webhooks::WebhookSecret,
+    /// `None` without a CMA environment and no secret set: `/webhooks` refuses deliveries.
+    pub webhook_secret: Option<crate::cma::webhooks::WebhookSecret>,
     pub max_body_bytes: usize,
     /// The controller's state directory (its SQLite).
     pub state_dir: PathBuf,
@@ -467,14 +468,24 @@ impl ServiceConfig {
                     Err(e) => Err(format!("cannot read {}: {e}", file.display())),
                 }
             }
-            None => std::env::var(&raw.webhook_secret_env).map_err(|_| {
-                format!(
+            None => match std::env::var(&raw.webhook_secret_env) {
+                Ok(text) => Ok(text),
+                // Without a CMA environment the secret is optional: local sessions need none,
+                // and /webhooks then refuses every delivery.
+                Err(_) if raw.environment_id.is_none() => Ok(String::new()),
+                Err(_) => Err(format!(
                     "the webhook secret is not set: export {} (whsec_...), or set controller.webhook_secret_file",
                     raw.webhook_secret_env
-                )
-            }),
+                )),
+            },
         };
-        let secret = secret_text.and_then(|t| crate::cma::webhooks::WebhookSecret::parse(&t));
+        let secret = secret_text.and_then(|t| {
+            if t.is_empty() {
+                Ok(None)
+            } else {
+                crate::cma::webhooks::WebhookSecret::parse(&t).map(Some)
+            }
+        });
         if raw.max_body_bytes < 1024 {
             errors.push("controller.max_body_bytes must be at least 1024".into());
         }

@@ -620,17 +620,36 @@ async fn bad_model_answers_become_events_and_the_session_recovers() {
     world.stop_proxy();
     api.say(&session, "while the proxy is down").await;
     let events = api
-        .wait_for(&world, &session, 3, Duration::from_secs(60), idle("retries_exhausted"))
+        .wait_for(
+            &world,
+            &session,
+            3,
+            Duration::from_secs(60),
+            idle("retries_exhausted"),
+        )
         .await;
     let errors = of_type(&events, "session.error");
-    assert_eq!(errors[2]["error"]["type"], "model_unreachable", "{}", errors[2]);
+    assert_eq!(
+        errors[2]["error"]["type"], "model_unreachable",
+        "{}",
+        errors[2]
+    );
     world.start_proxy();
     s.push([Reply::Text("back".into())]);
     api.say(&session, "and now").await;
     let events = api
-        .wait_for(&world, &session, 2, Duration::from_secs(60), idle("end_turn"))
+        .wait_for(
+            &world,
+            &session,
+            2,
+            Duration::from_secs(60),
+            idle("end_turn"),
+        )
         .await;
-    assert_eq!(text_of(of_type(&events, "agent.message").last().unwrap()), "back");
+    assert_eq!(
+        text_of(of_type(&events, "agent.message").last().unwrap()),
+        "back"
+    );
 
     // An endpoint the policy does not allow: refused by the proxy, not retried, and the
     // request never reaches it.
@@ -643,11 +662,23 @@ async fn bad_model_answers_become_events_and_the_session_recovers() {
     let stray = api.session("stray").await;
     api.say(&stray, "hello").await;
     let events = api
-        .wait_for(&world, &stray, 1, Duration::from_secs(60), idle("retries_exhausted"))
+        .wait_for(
+            &world,
+            &stray,
+            1,
+            Duration::from_secs(60),
+            idle("retries_exhausted"),
+        )
         .await;
     let error = of_type(&events, "session.error")[0];
     assert_eq!(error["error"]["type"], "model_refused_by_proxy", "{error}");
-    assert!(error["error"]["message"].as_str().unwrap().contains("policy"), "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("policy"),
+        "{error}"
+    );
     assert!(script("scripted-stray").requests().is_empty());
 
     // Bad input to the API says what was wrong.

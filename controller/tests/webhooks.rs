@@ -71,6 +71,11 @@ impl Drop for Server {
 }
 
 fn serve() -> Server {
+    serve_with(Some(SECRET))
+}
+
+/// `serve` with `secret` in its environment (none: the variable unset).
+fn serve_with(secret: Option<&str>) -> Server {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("bundle")).unwrap();
     std::fs::write(
@@ -78,19 +83,25 @@ fn serve() -> Server {
         "package cordon.egress\nimport rego.v1\ndefault decision := false\n",
     )
     .unwrap();
-    let port = cordon_testkit::free_port();
+    let (port, admin) = (cordon_testkit::free_port(), cordon_testkit::free_port());
     std::fs::write(
         dir.path().join("cordon.toml"),
         format!(
             "[proxy]\nexplicit_listen = \"127.0.0.1:0\"\nstate_dir = \"state\"\n[policy]\nbundle = \"bundle\"\n\
-             [controller]\nlisten = \"127.0.0.1:{port}\"\nmax_body_bytes = 4096\n"
+             [controller]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
+             max_body_bytes = 4096\n"
         ),
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_cordon-controller"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cordon-controller"));
+    command
         .args(["serve", "--config"])
         .arg(dir.path().join("cordon.toml"))
-        .env("CORDON_WEBHOOK_SECRET", SECRET)
+        .env_remove("CORDON_WEBHOOK_SECRET");
+    if let Some(secret) = secret {
+        command.env("CORDON_WEBHOOK_SECRET", secret);
+    }
+    let child = command
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -173,4 +184,32 @@ fn deliveries_signed_by_the_reference_library_are_verified_and_deduplicated() {
     assert_eq!(recorded.len(), 1, "{recorded:?}");
     assert_eq!(recorded[0].kind, "session.status_run_started");
     assert_eq!(recorded[0].session_id.as_deref(), Some("sesn_1"));
+}
+
+#[test]
+fn without_a_cma_environment_no_secret_is_needed_and_webhooks_are_refused() {
+    let server = serve_with(None);
+    let body = event("evt_nosecret", "session.status_run_started");
+    let (status, text) = post(&server, &signed("evt_nosecret", &body, 0), &body);
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("no webhook secret is set"), "{text}");
+}
+
+#[test]
+fn a_cma_environment_without_a_secret_is_a_configuration_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("cordon.toml"),
+        "[proxy]\nstate_dir = \"state\"\n[controller]\nenvironment_id = \"env_1\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cordon-controller"))
+        .args(["serve", "--config"])
+        .arg(dir.path().join("cordon.toml"))
+        .env_remove("CORDON_WEBHOOK_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the webhook secret is not set"), "{stderr}");
 }

@@ -30,7 +30,8 @@ use crate::store::Store;
 /// What the receiver needs.
 #[derive(Debug)]
 pub struct Receiver {
-    pub secret: WebhookSecret,
+    /// `None`: no webhook secret is set (local sessions only), every delivery is refused.
+    pub secret: Option<WebhookSecret>,
     pub store: Mutex<Store>,
     /// Unix seconds now; a field so tests can move time.
     pub clock: fn() -> i64,
@@ -48,7 +49,7 @@ fn unix_now() -> i64 {
 }
 
 impl Receiver {
-    pub fn new(secret: WebhookSecret, store: Store, metrics: ControllerMetrics) -> Self {
+    pub fn new(secret: Option<WebhookSecret>, store: Store, metrics: ControllerMetrics) -> Self {
         store.report_to(metrics.store.clone());
         Self {
             secret,
@@ -106,7 +107,17 @@ async fn webhook(
         timestamp: header("webhook-timestamp"),
         signature: header("webhook-signature"),
     };
-    if let Err(e) = verify(&receiver.secret, signed, &body, (receiver.clock)()) {
+    let Some(secret) = &receiver.secret else {
+        let why = "no webhook secret is set (controller.webhook_secret_env or \
+                   webhook_secret_file): this controller serves no CMA environment and takes no \
+                   webhooks";
+        receiver.count(DeliveryOutcome::Unauthorized, None, Some(why.into()));
+        return answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"error": why}),
+        );
+    };
+    if let Err(e) = verify(secret, signed, &body, (receiver.clock)()) {
         tracing::warn!(error = %e, "webhook refused");
         receiver.count(DeliveryOutcome::Unauthorized, None, Some(e.to_string()));
         return answer(

@@ -103,14 +103,14 @@ pub struct ModelClient {
 }
 
 /// The request body.
-pub fn request_body(agent: &Agent, messages: &[Value], tools: &[Value]) -> Value {
+pub fn request_body(agent: &Agent, messages: Vec<Value>, tools: Vec<Value>) -> Value {
     let mut body = json!({
         "model": agent.spec.model.name,
-        "messages": messages,
+        "messages": Value::Array(messages),
         "stream": agent.stream,
     });
     if !tools.is_empty() {
-        body["tools"] = Value::Array(tools.to_vec());
+        body["tools"] = Value::Array(tools);
     }
     if agent.stream {
         body["stream_options"] = json!({"include_usage": true});

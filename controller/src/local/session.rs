@@ -37,6 +37,9 @@ struct Session {
     agent: Agent,
     history: Vec<Stored>,
     tools: Option<SessionTools>,
+    /// The tools offered to the model, built at the start of each run (the toolset's schemas
+    /// compiled once per run, custom tools as the tools file declares them then).
+    catalog: Option<Arc<Catalog>>,
 }
 
 /// Runs session `id` until it is archived.
@@ -71,6 +74,7 @@ pub async fn run(manager: Arc<LocalSessions>, id: String, live: Arc<Live>) {
         agent,
         history: Vec::new(),
         tools: None,
+        catalog: None,
     };
     if let Err(e) = session.refresh() {
         tracing::error!(session = %session.id, error = %e, "cannot read the session's events");
@@ -123,6 +127,7 @@ impl Session {
                     true
                 }
                 Step::Begin => {
+                    self.catalog = None;
                     self.set_status("running");
                     self.record(vec![Event::StatusRunning {}])
                 }
@@ -249,7 +254,14 @@ impl Session {
     }
 
     async fn call_model(&mut self) -> bool {
-        let catalog = self.catalog();
+        let catalog = match &self.catalog {
+            Some(catalog) => catalog.clone(),
+            None => {
+                let catalog = Arc::new(self.catalog());
+                self.catalog = Some(catalog.clone());
+                catalog
+            }
+        };
         let conversation = conversation(
             self.agent.spec.system.as_deref(),
             &self.history,
@@ -258,7 +270,7 @@ impl Session {
         if conversation.truncated_results > 0 {
             tracing::info!(session = %self.id, cut = conversation.truncated_results, "tool results truncated to fit limits.max_context_chars");
         }
-        let body = request_body(&self.agent, &conversation.messages, &catalog.functions());
+        let body = request_body(&self.agent, conversation.messages, catalog.functions());
         if !self.record(vec![Event::ModelRequestStart {
             model: self.agent.spec.model.name.clone(),
         }]) {
