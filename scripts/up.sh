@@ -8,8 +8,11 @@
 # an API call whose token the proxy injects, a request the policy refuses, the file tools),
 # then the example custom tools (examples/tools/tools.toml: a SQLite lookup and a PNG chart,
 # each in a sandbox of its own, and a private service through the proxy);
-# then it prints what happened and where to look. Everything stays on this machine: the "API"
-# is scripts/demo-upstream.py on 127.0.0.1 with a demo CA.
+# then a local session (docs/OPEN-MODELS.md): `cordon-controller run` with the demo agent
+# (examples/demo/agent.toml), whose loop runs on the gateway against a scripted
+# OpenAI-compatible model behind the proxy; then it prints what happened and where to look.
+# Everything stays on this machine: the "API" and the model are scripts/demo-upstream.py on
+# 127.0.0.1 with a demo CA.
 #
 # With CORDON_ENVIRONMENT_ID, ANTHROPIC_ENVIRONMENT_KEY and CORDON_WEBHOOK_SECRET set, it
 # serves that real CMA self-hosted environment instead (docs/CONTROLLER.md).
@@ -107,19 +110,23 @@ TOML
 environment_key=""
 if [[ $mode == demo ]]; then
     # The demo API's PKI: a CA the proxy trusts for upstreams, a leaf for the two demo hosts.
-    if [[ ! -f "$dir/upstream.pem" ]]; then
+    # Made again when the host list changes (llm.example.test joined it with local sessions).
+    printf 'subjectAltName=DNS:api.example.test,DNS:blocked.example.test,DNS:llm.example.test\n' \
+        > "$dir/upstream.ext.want"
+    if [[ ! -f "$dir/upstream.pem" ]] || ! cmp -s "$dir/upstream.ext.want" "$dir/upstream.ext"; then
         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
             -subj "/CN=Cordon demo upstream CA" -keyout "$dir/upstream-ca.key" \
             -out "$dir/upstream-ca.pem" 2>/dev/null
         openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=api.example.test" \
             -keyout "$dir/upstream.key" -out "$dir/upstream.csr" 2>/dev/null
-        printf 'subjectAltName=DNS:api.example.test,DNS:blocked.example.test\n' > "$dir/upstream.ext"
+        cp "$dir/upstream.ext.want" "$dir/upstream.ext"
         openssl x509 -req -in "$dir/upstream.csr" -CA "$dir/upstream-ca.pem" \
             -CAkey "$dir/upstream-ca.key" -CAcreateserial -days 30 -extfile "$dir/upstream.ext" \
             -out "$dir/upstream.pem" 2>/dev/null
     fi
     install -m 600 examples/demo/secrets.toml "$dir/secrets.toml"
     private "$dir/example-api-token" "cordon-demo-token-4d1c2b"
+    private "$dir/demo-model-key" "sk-demo-model-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
     private "$dir/webhook-secret" "whsec_$(head -c 24 /dev/urandom | base64)"
     environment_key="sk-ant-oat01-cordon-demo-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
     {
@@ -135,6 +142,7 @@ upstream_extra_roots = ["upstream-ca.pem"]
 [upstream.connect_to]
 "api.example.test:443" = "127.0.0.1:9443"
 "blocked.example.test:443" = "127.0.0.1:9443"
+"llm.example.test:443" = "127.0.0.1:9443"
 
 [credentials]
 store = "secrets.toml"
@@ -149,10 +157,11 @@ base_url = "http://127.0.0.1:9300"
 drain_interval_ms = 5000
 max_idle_ms = 3000
 tools = "$repo/examples/tools/tools.toml"
+local_sessions = true
 TOML
     } > "$dir/cordon.toml"
     python3 scripts/demo-upstream.py 9443 "$dir/upstream.pem" "$dir/upstream.key" \
-        "$dir/upstream.log" 2> "$dir/upstream-server.log" &
+        "$dir/upstream.log" "$dir/demo-model-key" 2> "$dir/upstream-server.log" &
     pids+=($!)
 else
     {
@@ -216,10 +225,31 @@ set -e
 echo "(from the sessions opening to the work item stopped: $(( ($(date +%s%N) - started) / 1000000 )) ms)"
 
 echo
+echo "== a local session: the same sandboxes and tools, an open model's loop on the gateway (docs/OPEN-MODELS.md)"
+# The demo's model is scripted (scripts/demo-upstream.py); the proxy injects its key. The
+# agent asks before bash runs; --yes allows it here.
+if ! "$bin/cordon-controller" agents show demo --config "$dir/cordon.toml" > /dev/null 2>&1; then
+    "$bin/cordon-controller" agents create --file examples/demo/agent.toml --config "$dir/cordon.toml" > /dev/null
+else
+    "$bin/cordon-controller" agents update --file examples/demo/agent.toml --config "$dir/cordon.toml" > /dev/null
+fi
+set +e
+"$bin/cordon-controller" run --agent demo --yes --archive --config "$dir/cordon.toml" \
+    "Fetch the user from the example API, note it in the workspace, and look up order ord_1001." \
+    2> "$dir/local-run.log" | sed 's/^/  /'
+local_verdict=${PIPESTATUS[0]}
+set -e
+grep -E '^session .*\(agent' "$dir/local-run.log" | sed 's/^/  /' || true
+if [[ $local_verdict -ne 0 ]]; then
+    cat "$dir/local-run.log" >&2
+    verdict=$local_verdict
+fi
+
+echo
 echo "== sessions (cordon-controller sessions)"
 "$bin/cordon-controller" sessions --config "$dir/cordon.toml" || true
 echo
-echo "== what the proxy decided for sesn_demo and its custom tools ($dir/audit.log)"
+echo "== what the proxy decided for sesn_demo, its custom tools and the local agent's model ($dir/audit.log)"
 python3 - "$dir/audit.log" "$since" <<'PY'
 import json, sys
 for line in open(sys.argv[1], encoding="utf-8"):
@@ -227,7 +257,8 @@ for line in open(sys.argv[1], encoding="utf-8"):
     if r.get("time", "")[:19] < sys.argv[2]:
         continue
     # The session's own requests, and its custom tools' (session tool:<name>, labelled with it).
-    ours = r.get("session") == "sesn_demo" or r.get("labels", {}).get("session") == "sesn_demo"
+    ours = (r.get("session") == "sesn_demo" or r.get("labels", {}).get("session") == "sesn_demo"
+            or r.get("session", "").startswith("model:"))
     if not ours or r.get("kind") != "request":
         continue
     creds = "  injected " + ",".join(r["credentials"]) if r.get("credentials") else ""
@@ -236,7 +267,7 @@ for line in open(sys.argv[1], encoding="utf-8"):
           f' -> {r.get("status", "-")} ({r["reason"]}){creds}{who}')
 PY
 echo
-echo "== custom tool calls (controller audit log, $dir/controller/audit.jsonl) and their results"
+echo "== custom tool calls and model requests (controller audit log, $dir/controller/audit.jsonl)"
 python3 - "$dir/controller/audit.jsonl" "$dir/report.json" "$since" <<'PY'
 import json, sys
 try:
@@ -245,9 +276,12 @@ except FileNotFoundError:
     records = []
 # Tool calls of this run (the log also holds dashboard actions, and earlier runs).
 calls = [r for r in records if "tool" in r and r.get("time", "")[:19] >= sys.argv[3]]
+models = [r for r in records if r.get("kind") == "model_call" and r.get("time", "")[:19] >= sys.argv[3]]
 for c in calls:
     print(f'  {c["tool"]:<14} {c["handler"]:<5} {c["outcome"]:<8} {c["duration_ms"]:7.1f} ms'
           f'  in {c["input_bytes"]} B, out {c["output_bytes"]} B, {c["images"]} image(s)')
+for m in models:
+    print(f'  model {m["model"]:<14} {m["outcome"]:<8} {m["duration_ms"]:5d} ms  tokens in {m["input_tokens"]}, out {m["output_tokens"]}, {m["tool_calls"]} call(s)  [agent {m["agent"]}]')
 try:
     report = json.load(open(sys.argv[2], encoding="utf-8"))
 except (FileNotFoundError, ValueError):
@@ -275,7 +309,7 @@ PY
 echo
 echo "== metrics (non-zero)"
 curl -fsS http://127.0.0.1:8089/metrics \
-    | grep -E '^cordon_controller_(tool_calls_total|custom_tool_calls_total|webhook_deliveries_total|work_items_total|sessions_active|lease_losses_total|session_start_seconds_(sum|count))' \
+    | grep -E '^cordon_controller_(tool_calls_total|custom_tool_calls_total|webhook_deliveries_total|work_items_total|sessions_active|lease_losses_total|session_start_seconds_(sum|count)|model_requests_total|model_tokens_total|local_runs_total)' \
     | grep -v ' 0$' | sed 's/^/  /' || true
 curl -fsS http://127.0.0.1:9902/metrics \
     | grep -E '^cordon_proxy_(requests_total|credentials_total)' | grep -v ' 0$' | sed 's/^/  /' || true

@@ -225,6 +225,7 @@ pub(crate) async fn run(
     task: &str,
     confirm: Confirm,
     as_json: bool,
+    archive: bool,
 ) -> Result<ExitCode, ExitCode> {
     checked_name(agent)?;
     if task.trim().is_empty() {
@@ -296,10 +297,20 @@ pub(crate) async fn run(
                 printer.print(&event);
             }
             if let Some(code) = idle(&api, &id, &event, confirm).await? {
-                eprintln!(
-                    "session {id} is idle: continue it with POST /v1/sessions/{id}/events, \
-                     archive it with POST /v1/sessions/{id}/archive (docs/OPEN-MODELS.md)"
-                );
+                if archive {
+                    api.call(
+                        http::Method::POST,
+                        &format!("/v1/sessions/{id}/archive"),
+                        None,
+                    )
+                    .await?;
+                    eprintln!("session {id} archived");
+                } else {
+                    eprintln!(
+                        "session {id} is idle: continue it with POST /v1/sessions/{id}/events, \
+                         archive it with POST /v1/sessions/{id}/archive (docs/OPEN-MODELS.md)"
+                    );
+                }
                 return Ok(code);
             }
         }

@@ -12,7 +12,7 @@
 //! cordon-controller agents sync --config cordon.toml --agent ID [--dry-run]
 //! cordon-controller agents create|update --config cordon.toml --file agent.toml [--version N]
 //! cordon-controller agents list|show|archive --config cordon.toml [NAME]
-//! cordon-controller run --config cordon.toml --agent NAME [--yes|--no] [--json] "task"
+//! cordon-controller run --config cordon.toml --agent NAME [--yes|--no] [--json] [--archive] "task"
 //! cordon-controller dashboard user add|remove|list --config cordon.toml [NAME --role R]
 //! cordon-controller files ls  --config cordon.toml --session ID [PATH] [--json]
 //! cordon-controller files get --config cordon.toml --session ID PATH [--output FILE]
@@ -109,6 +109,10 @@ enum Command {
         /// Print the events as JSON lines instead of progress lines.
         #[arg(long)]
         json: bool,
+        /// Archive the session when the run ends (its sandbox goes; its workspace's
+        /// retention starts). Without it the session stays, idle, for more messages.
+        #[arg(long)]
+        archive: bool,
         /// What the agent should do.
         task: String,
     },
@@ -245,6 +249,7 @@ async fn main() -> ExitCode {
             yes,
             no,
             json,
+            archive,
             task,
         } => {
             let confirm = match (yes, no) {
@@ -252,7 +257,7 @@ async fn main() -> ExitCode {
                 (_, true) => cli_local::Confirm::Deny,
                 _ => cli_local::Confirm::Ask,
             };
-            cli_local::run(&common, &agent, &task, confirm, json).await
+            cli_local::run(&common, &agent, &task, confirm, json, archive).await
         }
     };
     match result {

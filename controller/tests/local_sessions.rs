@@ -16,33 +16,11 @@ use std::time::{Duration, Instant};
 use cordon_testkit::free_port;
 use cordon_testkit::model::{ModelScript, Reply, serve_connection};
 use serde_json::{Value, json};
-use support::cma::{Controller, TOKEN, WEBHOOK_SECRET, demo, example_tools, logs};
+use support::cma::{Controller, MODEL_KEY, TOKEN, WEBHOOK_SECRET, demo, example_tools, logs};
 use support::{Setup, World};
 
-const MODEL_KEY: &str = "sk-local-model-key-7f3e9a1c";
 /// The example tools keep one warm sandbox for lookup_order (examples/tools/tools.toml).
 const WARM_TOOL_SANDBOXES: usize = 1;
-
-/// The demo policy, plus the model endpoint for local agents' model requests (`model:<agent>`)
-/// with the model's key injected.
-fn policy() -> String {
-    let demo = std::fs::read_to_string(demo("policy/policy.rego")).unwrap();
-    format!(
-        "{demo}\n\
-decision := {{\"allowed\": true, \"reason\": \"model endpoint\"}} if {{\n\
-\tstartswith(input.session.id, \"model:\")\n\
-\tinput.connection.stage == \"connect\"\n\
-\tinput.destination.host == \"llm.example.test\"\n\
-}}\n\
-decision := {{\"allowed\": true, \"reason\": \"model endpoint\", \"inject\": [{{\"secret\": \"model-api\", \"header\": \"authorization\"}}]}} if {{\n\
-\tstartswith(input.session.id, \"model:\")\n\
-\tinput.connection.stage == \"request\"\n\
-\tinput.destination.host == \"llm.example.test\"\n\
-\tinput.attributes.request.http.method == \"POST\"\n\
-\tinput.attributes.request.http.path == \"/v1/chat/completions\"\n\
-}}\n"
-    )
-}
 
 /// One script per model name: tests in one process do not share one.
 fn scripts() -> &'static Mutex<HashMap<String, Arc<ModelScript>>> {
@@ -92,21 +70,18 @@ fn upstream(pki: &cordon_testkit::TestPki) -> (std::net::SocketAddr, cordon_test
     (address, received)
 }
 
-/// A world for local sessions: the demo's policy and secrets plus the model's, the example
-/// custom tools, and a controller with `local_sessions = true` (no CMA environment).
+/// A world for local sessions: the demo's policy and secrets (the model's endpoint and key
+/// among them), the example custom tools, and a controller with `local_sessions = true` (no CMA environment).
 fn local_world(second_octet: u8) -> (World, Controller) {
     let (listen, admin) = (free_port(), free_port());
-    let secrets = format!(
-        "{}\n[secrets.model-api]\nvalue_file = \"model-api-key\"\nhosts = [\"llm.example.test\"]\nformat = \"bearer\"\n",
-        std::fs::read_to_string(demo("secrets.toml")).unwrap()
-    );
+    let secrets = std::fs::read_to_string(demo("secrets.toml")).unwrap();
     let controller = format!(
         "[credentials]\nstore = \"secrets.toml\"\n\
          [controller]\nlisten = \"127.0.0.1:{listen}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
          webhook_secret_file = \"webhook-secret\"\nlocal_sessions = true\ntools = \"{}\"\n",
         example_tools().display()
     );
-    let policy = policy();
+    let policy = std::fs::read_to_string(demo("policy/policy.rego")).unwrap();
     let world = World::build(
         second_octet,
         24,
@@ -122,7 +97,7 @@ fn local_world(second_octet: u8) -> (World, Controller) {
             files: &[
                 ("secrets.toml", &secrets),
                 ("example-api-token", TOKEN),
-                ("model-api-key", MODEL_KEY),
+                ("demo-model-key", MODEL_KEY),
                 ("webhook-secret", WEBHOOK_SECRET),
             ],
             upstream: Some(upstream),
@@ -286,7 +261,7 @@ fn text_of(event: &Value) -> String {
 /// database), but the secret's own file and the store naming it.
 fn files_holding(world: &World, needle: &str) -> Vec<String> {
     let out = Command::new("grep")
-        .args(["-rlaF", "--exclude=model-api-key", needle])
+        .args(["-rlaF", "--exclude=demo-model-key", needle])
         .arg(world.dir.path())
         .output()
         .unwrap();

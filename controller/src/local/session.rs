@@ -172,7 +172,10 @@ impl Session {
 
     /// Waits for a client's event; stops the sandbox once idle long enough.
     async fn wait(&mut self) {
-        if self.tools.is_some() {
+        // A sandbox that outlived a controller restart is stopped on the same clock.
+        let has_sandbox = self.tools.is_some()
+            || crate::sandbox::agent_endpoint(self.manager.runtime.config(), &self.id).is_ok();
+        if has_sandbox {
             let idle = self.manager.sandbox_idle;
             if tokio::time::timeout(idle, self.live.wake.notified())
                 .await

@@ -18,6 +18,9 @@ use super::{Setup, World};
 pub const TOKEN: &str = "cordon-demo-token-4d1c2b";
 pub const WEBHOOK_SECRET: &str = "whsec_Y29yZG9uLWUyZS13ZWJob29rLXNpZ25pbmcta2V5";
 pub const ENVIRONMENT_KEY: &str = "sk-ant-oat01-cordon-e2e-environment-key";
+/// The demo model's key (examples/demo/secrets.toml, `demo-model`): the model server must see
+/// it, the controller and the sandbox never.
+pub const MODEL_KEY: &str = "sk-demo-model-key-7f3e9a1c";
 
 pub fn demo(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -122,6 +125,7 @@ pub fn cma_world_with(
             files: &[
                 ("secrets.toml", &secrets),
                 ("example-api-token", TOKEN),
+                ("demo-model-key", MODEL_KEY),
                 ("webhook-secret", WEBHOOK_SECRET),
             ],
             upstream,

@@ -37,3 +37,24 @@ decision := {
 	input.attributes.request.http.method == "POST"
 	input.attributes.request.http.path == "/v1/tickets/search"
 }
+
+# Local sessions (docs/OPEN-MODELS.md): a local agent's model requests come from session
+# "model:<agent>". The demo's model is a scripted one at llm.example.test (no weights); the
+# proxy injects its key, which the controller and the sandbox never hold.
+decision := {"allowed": true, "reason": "the demo model endpoint"} if {
+	startswith(input.session.id, "model:")
+	input.connection.stage == "connect"
+	input.destination.host == "llm.example.test"
+}
+
+decision := {
+	"allowed": true,
+	"reason": "the demo model endpoint",
+	"inject": [{"secret": "demo-model", "header": "authorization"}],
+} if {
+	startswith(input.session.id, "model:")
+	input.connection.stage == "request"
+	input.destination.host == "llm.example.test"
+	input.attributes.request.http.method == "POST"
+	input.attributes.request.http.path == "/v1/chat/completions"
+}
