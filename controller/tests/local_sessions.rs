@@ -776,7 +776,22 @@ async fn ask_tools_wait_for_a_verdict_and_an_interrupt_stops_the_run() {
         result_of(&events, held["id"].as_str().unwrap())["is_error"],
         false
     );
+    // A verdict for a call that does not wait for one is refused, saying which do.
+    let (status, body) = api
+        .post(
+            &format!("/v1/sessions/{session}/events"),
+            json!({"events": [{"type": "user.tool_confirmation", "tool_use_id": held["id"], "result": "allow"}]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
     let second = of_type(&events, "agent.tool_use")[2].clone();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(second["id"].as_str().unwrap()),
+        "{body}"
+    );
     api.post(
         &format!("/v1/sessions/{session}/events"),
         json!({"events": [{"type": "user.tool_confirmation", "tool_use_id": second["id"], "result": "deny", "deny_message": "not now"}]}),
@@ -796,6 +811,34 @@ async fn ask_tools_wait_for_a_verdict_and_an_interrupt_stops_the_run() {
     assert!(text_of(denied).contains("not now"));
     let read = of_type(&events, "agent.tool_use")[3].clone();
     assert!(text_of(result_of(&events, read["id"].as_str().unwrap())).contains("allowed-ran"));
+
+    // The stream resumes after the event a client saw last (Last-Event-ID is its seq).
+    let (_, page) = api
+        .get(&format!("/v1/sessions/{session}/events?limit=3"))
+        .await;
+    let cursor = page["next_page"].as_str().unwrap().to_string();
+    let streamed = Command::new("curl")
+        .args(["-sN", "--max-time", "2", "-H"])
+        .arg(format!("Authorization: Bearer {}", api.token))
+        .args(["-H", &format!("Last-Event-ID: {cursor}")])
+        .arg(format!(
+            "http://127.0.0.1:{}/v1/sessions/{session}/events/stream",
+            controller.admin
+        ))
+        .output()
+        .unwrap();
+    let streamed = support::text(&streamed.stdout);
+    let ids: Vec<&str> = streamed
+        .lines()
+        .filter_map(|l| l.strip_prefix("id: "))
+        .collect();
+    assert_eq!(ids.len(), events.len() - 3, "{streamed}");
+    assert!(streamed.starts_with("event: "), "{streamed}");
+    let after: i64 = cursor.parse().unwrap();
+    assert!(
+        ids.iter().all(|id| id.parse::<i64>().unwrap() > after),
+        "only events after the cursor: {ids:?}"
+    );
 
     // An interrupt ends a run whose model takes its time.
     s.push([Reply::Delay(

@@ -256,6 +256,31 @@ impl LocalSessions {
                 Err(e) => problems.push(format!("events[{i}]: {e}")),
             }
         }
+        // A verdict must answer a call that waits for one: anything else is a client's mistake
+        // the session would otherwise swallow.
+        let verdicts: Vec<&str> = checked
+            .iter()
+            .filter_map(|e| match e {
+                Event::ToolConfirmation { tool_use_id, .. } => Some(tool_use_id.as_str()),
+                _ => None,
+            })
+            .collect();
+        if !verdicts.is_empty() {
+            let waiting = super::plan::awaiting(&self.store.local_events(id, 0, u32::MAX)?);
+            for tool_use_id in verdicts {
+                if !waiting.iter().any(|w| w == tool_use_id) {
+                    problems.push(format!(
+                        "user.tool_confirmation: no call {tool_use_id:?} waits for confirmation \
+                         (waiting: {})",
+                        if waiting.is_empty() {
+                            "none".to_string()
+                        } else {
+                            waiting.join(", ")
+                        }
+                    ));
+                }
+            }
+        }
         if !problems.is_empty() {
             return Err(LocalError::Invalid(problems));
         }

@@ -135,6 +135,22 @@ fn fold(history: &[Stored]) -> Fold<'_> {
     f
 }
 
+/// The calls waiting for a `user.tool_confirmation` now: held by the last idle
+/// (`requires_action`) and given no verdict since.
+pub fn awaiting(history: &[Stored]) -> Vec<String> {
+    let f = fold(history);
+    if f.running || !f.awaiting {
+        return Vec::new();
+    }
+    f.calls
+        .iter()
+        .filter(|c| c.tool_use.evaluated_permission == Permission::Ask)
+        .map(|c| c.tool_use.id.as_str())
+        .filter(|id| !f.answered.contains(id) && !f.verdicts.contains_key(id))
+        .map(str::to_string)
+        .collect()
+}
+
 /// Seconds since `processed_at` (RFC 3339), if it parses.
 fn age(processed_at: &str, now: time::OffsetDateTime) -> Option<Duration> {
     let then =
