@@ -76,10 +76,8 @@ pub async fn run(turns: usize, out: &Path, doc: Option<&Path>) -> Result<String,
     write_private(&dir.path().join("model-key"), "sk-bench-model-key")?;
     write_private(
         &dir.path().join("secrets.toml"),
-        &format!(
-            "[secrets.model]\nvalue_file = \"model-key\"\nhosts = [\"model.bench.test\"]\n\
-             format = \"bearer\"\nallow_plaintext = true\n"
-        ),
+        "[secrets.model]\nvalue_file = \"model-key\"\nhosts = [\"model.bench.test\"]\n\
+         format = \"bearer\"\nallow_plaintext = true\n",
     )?;
     let config_path = dir.path().join("cordon.toml");
     std::fs::write(

@@ -272,9 +272,13 @@ pub(crate) async fn run(
     loop {
         let frame = tokio::select! {
             frame = body.frame() => frame,
-            _ = tokio::signal::ctrl_c(), if !interrupted => {
+            _ = tokio::signal::ctrl_c() => {
+                if interrupted {
+                    eprintln!("\nleaving session {id} as it is");
+                    return Ok(ExitCode::from(130));
+                }
                 interrupted = true;
-                eprintln!("\ninterrupting (Ctrl-C again to leave the session running)");
+                eprintln!("\ninterrupting (Ctrl-C again to leave the session as it is)");
                 api.call(http::Method::POST, &format!("/v1/sessions/{id}/events"),
                     Some(json!({"events": [{"type": "user.interrupt"}]}))).await?;
                 continue;
@@ -296,7 +300,7 @@ pub(crate) async fn run(
             } else {
                 printer.print(&event);
             }
-            if let Some(code) = idle(&api, &id, &event, confirm).await? {
+            if let Some(code) = idle(&api, &id, &event, confirm, &printer).await? {
                 if archive {
                     api.call(
                         http::Method::POST,
@@ -323,6 +327,7 @@ async fn idle(
     id: &str,
     event: &Value,
     confirm: Confirm,
+    printer: &Printer,
 ) -> Result<Option<ExitCode>, ExitCode> {
     if event["type"] != "session.status_idle" {
         return Ok(None);
@@ -343,7 +348,7 @@ async fn idle(
                 let allow = match confirm {
                     Confirm::Allow => true,
                     Confirm::Deny => false,
-                    Confirm::Ask => ask(&call),
+                    Confirm::Ask => ask(&call, printer.inputs.get(&call)),
                 };
                 let mut verdict = json!({"type": "user.tool_confirmation", "tool_use_id": call,
                     "result": if allow { "allow" } else { "deny" }});
@@ -367,15 +372,26 @@ async fn idle(
     }
 }
 
-/// Asks on the terminal whether call `id` may run; no terminal: no.
-fn ask(id: &str) -> bool {
+/// Asks on the terminal whether call `id` may run, showing all of it (escaped: it is the
+/// model's text); no terminal: no.
+fn ask(id: &str, call: Option<&(String, Value)>) -> bool {
     if !std::io::stdin().is_terminal() {
         eprintln!(
             "  {id} asks for confirmation and there is no terminal: denied (pass --yes to allow)"
         );
         return false;
     }
-    eprint!("  allow {id}? [y/N] ");
+    match call {
+        Some((name, input)) => {
+            eprintln!("  {} wants to run, with this input:", escape(name));
+            let pretty = serde_json::to_string_pretty(input).unwrap_or_default();
+            for line in pretty.lines() {
+                eprintln!("    {}", escape(line));
+            }
+        }
+        None => eprintln!("  call {id} wants to run"),
+    }
+    eprint!("  allow it? [y/N] ");
     let _ = std::io::stderr().flush();
     let mut line = String::new();
     let _ = std::io::stdin().lock().read_line(&mut line);
@@ -383,10 +399,26 @@ fn ask(id: &str) -> bool {
 }
 
 /// Prints events as progress lines: the agent's words, one line per tool call and result.
+/// Everything printed comes from the model or the sandbox, so control characters are shown
+/// escaped: a call's text must not be able to redraw the terminal (a `\r` rewriting the line
+/// a person confirms).
 #[derive(Default)]
 struct Printer {
     /// Calls in flight: name, one-line input and when they started.
     calls: std::collections::HashMap<String, (String, Instant)>,
+    /// Each call's name and whole input, for the confirmation prompt.
+    inputs: std::collections::HashMap<String, (String, Value)>,
+}
+
+/// `text` with control characters (but newlines and tabs) escaped.
+fn escape(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '\n' | '\t' => c.to_string(),
+            c if c.is_control() => c.escape_default().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
 }
 
 impl Printer {
@@ -394,7 +426,7 @@ impl Printer {
         let blocks =
             |key: &str| content_text(event[key].as_array().map(Vec::as_slice).unwrap_or_default());
         match event["type"].as_str().unwrap_or_default() {
-            "agent.message" => println!("{}", blocks("content")),
+            "agent.message" => println!("{}", escape(&blocks("content"))),
             "agent.tool_use" | "agent.custom_tool_use" => {
                 let name = event["name"].as_str().unwrap_or_default();
                 let input = one_line(&event["input"]);
@@ -403,8 +435,10 @@ impl Printer {
                 } else {
                     ""
                 };
-                println!("→ {name} {input}{ask}");
+                println!("→ {} {input}{ask}", escape(name));
                 let id = event["id"].as_str().unwrap_or_default().to_string();
+                self.inputs
+                    .insert(id.clone(), (name.to_string(), event["input"].clone()));
                 self.calls.insert(id, (name.to_string(), Instant::now()));
             }
             "user.tool_result" | "user.custom_tool_result" => {
@@ -424,15 +458,16 @@ impl Printer {
                     "✓"
                 };
                 println!(
-                    "{mark} {name} ({:.1} s) {}",
+                    "{mark} {} ({:.1} s) {}",
+                    escape(&name),
                     since.elapsed().as_secs_f64(),
-                    clip(first, 100)
+                    escape(&clip(first, 100))
                 );
             }
             "session.error" => eprintln!(
                 "error: {}: {}",
-                event["error"]["type"].as_str().unwrap_or_default(),
-                event["error"]["message"].as_str().unwrap_or_default()
+                escape(event["error"]["type"].as_str().unwrap_or_default()),
+                escape(event["error"]["message"].as_str().unwrap_or_default())
             ),
             _ => {}
         }
@@ -441,7 +476,7 @@ impl Printer {
 
 fn one_line(input: &Value) -> String {
     let text = cordon_controller::cma::service::input_summary(input);
-    clip(&text.replace('\n', " "), 100)
+    escape(&clip(&text.replace(['\n', '\t'], " "), 100))
 }
 
 fn clip(text: &str, max: usize) -> String {

@@ -408,7 +408,7 @@ async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
                 metrics.clone(),
                 audit.clone(),
             );
-            local.resume();
+            local.resume().await;
             eprintln!(
                 "cordon-controller: serving local sessions (/v1/agents, /v1/sessions) on {}",
                 config.admin_listen

@@ -534,9 +534,17 @@ async fn bad_model_answers_become_events_and_the_session_recovers() {
             .contains("2 attempt"),
         "{error}"
     );
-    // The model read each refusal as the result of its call.
+    // The model read each refusal as the result of its call, and every call it made comes
+    // back to it with arguments that are a JSON object (vLLM refuses a request otherwise).
     let fourth = s.requests()[3].body["messages"].to_string();
     assert!(fourth.contains("does not match its schema"), "{fourth}");
+    for message in s.requests()[4].body["messages"].as_array().unwrap() {
+        for call in message["tool_calls"].as_array().into_iter().flatten() {
+            let arguments = call["function"]["arguments"].as_str().unwrap();
+            let parsed: Value = serde_json::from_str(arguments).unwrap();
+            assert!(parsed.is_object(), "{arguments}");
+        }
+    }
 
     // Recovers: a slow answer times out and is retried; then a 4xx is not retried.
     s.push([
@@ -870,6 +878,12 @@ async fn ask_tools_wait_for_a_verdict_and_an_interrupt_stops_the_run() {
         "{:?}",
         asked.elapsed()
     );
+    // The abandoned request's proxy registration went with it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while world.registrations().contains("model:careful") {
+        assert!(Instant::now() < deadline, "{}", world.registrations());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     api.post(&format!("/v1/sessions/{session}/archive"), json!({}))
         .await;
     support::cma::wait_for_teardown_leaving(&world, &session, WARM_TOOL_SANDBOXES);

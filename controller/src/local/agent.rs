@@ -253,7 +253,14 @@ impl AgentSpec {
 /// `<base_url>/chat/completions`, checked: http or https, a host, no credentials, query or
 /// fragment (the key is the proxy's to inject, never part of the definition).
 fn endpoint(base_url: &str) -> Result<http::Uri, String> {
-    let bad = |why: &str| format!("model.base_url {base_url:?}: {why}");
+    // Never echo credentials a URL carries back into an error (and a log).
+    let shown = match (base_url.find("://"), base_url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &base_url[..scheme + 3], &base_url[at..])
+        }
+        _ => base_url.to_string(),
+    };
+    let bad = |why: &str| format!("model.base_url {shown:?}: {why}");
     let uri: http::Uri = base_url
         .parse()
         .map_err(|e| bad(&format!("not a URL ({e})")))?;
@@ -345,6 +352,7 @@ model = { base_url = "https://user:sk-secret@api.example/v1", name = "m" }
             problems[0].contains("credentials in the URL"),
             "{problems:?}"
         );
+        assert!(!problems[0].contains("sk-secret"), "{problems:?}");
     }
 
     #[test]

@@ -41,6 +41,16 @@ pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 const DEFAULT_PAGE: u32 = 1000;
 const MAX_PAGE: u32 = 10_000;
 
+/// A refusal of the request itself (bad JSON, a bad cursor), answered in CMA's shape.
+#[derive(Debug)]
+struct BadRequest(String);
+
+impl IntoResponse for BadRequest {
+    fn into_response(self) -> Response {
+        error(400, "invalid_request_error", self.0)
+    }
+}
+
 /// An error in CMA's shape.
 fn error(status: u16, kind: &str, message: impl Into<String>) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -116,9 +126,9 @@ pub fn router<S: Clone + Send + Sync + 'static>(local: Arc<LocalSessions>) -> Ro
 /// A JSON body, or a clear error saying what was wrong with it.
 fn body<T: serde::de::DeserializeOwned>(
     json: Result<axum::Json<T>, axum::extract::rejection::JsonRejection>,
-) -> Result<T, Response> {
+) -> Result<T, BadRequest> {
     json.map(|axum::Json(v)| v)
-        .map_err(|e| error(400, "invalid_request_error", e.body_text()))
+        .map_err(|e| BadRequest(e.body_text()))
 }
 
 async fn list_agents(State(local): State<Arc<LocalSessions>>) -> Response {
@@ -137,7 +147,7 @@ async fn create_agent(
 ) -> Response {
     let spec = match body(spec) {
         Ok(spec) => spec,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match local.create_agent(spec) {
         Ok(record) => (StatusCode::CREATED, axum::Json(agent_json(&record))).into_response(),
@@ -166,7 +176,7 @@ async fn update_agent(
 ) -> Response {
     let spec = match body(spec) {
         Ok(spec) => spec,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match local.update_agent(&name, spec, query.version) {
         Ok(record) => axum::Json(agent_json(&record)).into_response(),
@@ -217,7 +227,7 @@ async fn create_session(
 ) -> Response {
     let new = match body(new) {
         Ok(new) => new,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match local.create_session(&new.agent, new.title.as_deref()) {
         Ok(record) => (StatusCode::CREATED, axum::Json(session_json(&record))).into_response(),
@@ -255,7 +265,7 @@ async fn post_events(
 ) -> Response {
     let posted = match body(posted) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match local.post(&id, &posted.events) {
         Ok(stored) => {
@@ -274,16 +284,14 @@ struct PageQuery {
 }
 
 /// A page cursor: the `seq` of the last event seen.
-fn cursor(page: Option<&str>) -> Result<i64, Response> {
+fn cursor(page: Option<&str>) -> Result<i64, BadRequest> {
     match page {
         None | Some("") => Ok(0),
-        Some(p) => p.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
-            error(
-                400,
-                "invalid_request_error",
-                format!("page {p:?} is not a cursor from next_page"),
-            )
-        }),
+        Some(p) => p
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| BadRequest(format!("page {p:?} is not a cursor from next_page"))),
     }
 }
 
@@ -294,7 +302,7 @@ async fn list_events(
 ) -> Response {
     let after = match cursor(query.page.as_deref()) {
         Ok(after) => after,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let limit = query.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
     match local.events(&id, after, limit) {
@@ -338,7 +346,7 @@ async fn stream_events(
         .map(str::to_string);
     let after = match cursor(resume.as_deref().or(query.page.as_deref())) {
         Ok(after) => after,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if let Err(e) = local.session(&id) {
         return e.into_response();
@@ -383,10 +391,13 @@ async fn stream_events(
                 }
             }
             let receiver = c.live.as_mut()?;
+            // The broadcast only says that something was stored: two writers (the loop, a
+            // client) may send in another order than the store's, so the events themselves
+            // are always read from the store, after the last one sent.
             match receiver.recv().await {
-                Ok(event) => c.pending.push_back(event),
-                // Too far behind: read the rest from the store.
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => c.caught_up = false,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    c.caught_up = false;
+                }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => {
                     // The loop ended: send what it stored last, then end.
                     c.live = None;

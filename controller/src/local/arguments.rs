@@ -129,15 +129,25 @@ pub fn read_call(
     };
     let Some(entry) = catalog.tools.get(name) else {
         let known: Vec<&str> = catalog.tools.keys().map(String::as_str).collect();
-        call.raw_arguments = Some(raw.to_string());
+        call.name = name.chars().take(128).collect();
+        call.raw_arguments = Some(raw.chars().take(4096).collect());
         call.evaluated_permission = Permission::Allow;
         call.refusal = Some(format!(
-            "[cordon] there is no tool named {name:?}; nothing ran. The tools are: {}",
+            "[cordon] there is no tool named {:?}; nothing ran. The tools are: {}",
+            call.name,
             known.join(", ")
         ));
         return Event::ToolUse(call);
     };
     match parse(raw) {
+        Ok((input, _)) if super::events::too_deep(&input, super::events::MAX_DEPTH) => {
+            call.raw_arguments = Some(raw.chars().take(1024).collect());
+            call.refusal = Some(format!(
+                "[cordon] the arguments of this {name} call nest deeper than {} levels, so it \
+                 did not run",
+                super::events::MAX_DEPTH
+            ));
+        }
         Ok((input, repaired)) => {
             if repaired {
                 call.raw_arguments = Some(raw.to_string());
@@ -155,7 +165,7 @@ pub fn read_call(
             call.input = input;
         }
         Err(why) => {
-            call.raw_arguments = Some(raw.to_string());
+            call.raw_arguments = Some(raw.chars().take(4096).collect());
             call.refusal = Some(format!(
                 "[cordon] the arguments of this {name} call are not a JSON object ({why}), so it \
                  did not run. Send one JSON object that matches the schema: {}",
@@ -270,6 +280,14 @@ mod tests {
             why.contains("no tool named \"rm_rf\"") && why.contains("bash, lookup"),
             "{why}"
         );
+    }
+
+    #[test]
+    fn arguments_nested_too_deep_are_refused() {
+        let deep = format!("{{\"command\": {}1{}}}", "[".repeat(100), "]".repeat(100));
+        let c = use_of(read_call("1", "bash", &deep, &catalog(), &BTreeSet::new()));
+        assert!(c.refusal.unwrap().contains("nest deeper"));
+        assert_eq!(c.input, serde_json::json!({}));
     }
 
     #[test]

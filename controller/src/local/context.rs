@@ -20,13 +20,13 @@ pub struct Conversation {
     pub truncated_results: usize,
 }
 
-/// A call as the assistant message carries it.
+/// A call as the assistant message carries it: its arguments as the JSON object the call
+/// was read as (`{}` when they could not be read). Never what the model wrote when that was
+/// not a JSON object: servers such as vLLM parse every replayed call and refuse the whole
+/// request otherwise, which would end the session for good. The call's result says what was
+/// wrong with what it wrote.
 fn tool_call(call: &ToolUse) -> Value {
-    let arguments = call
-        .raw_arguments
-        .clone()
-        .unwrap_or_else(|| call.input.to_string());
-    json!({"id": call.id, "type": "function", "function": {"name": call.name, "arguments": arguments}})
+    json!({"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.input.to_string()}})
 }
 
 /// The conversation of `history`, with `system` first.
@@ -37,9 +37,11 @@ pub fn conversation(system: Option<&str>, history: &[Stored], max_chars: usize) 
     }
     let mut assistant: Option<Value> = None;
     // Chat completions want every call's result right after the assistant message that made
-    // it: a user message sent while calls run waits until they are answered.
+    // it, and a message the model did not see before its answer belongs after that answer:
+    // a user message sent while the model answered or calls ran waits until then.
     let mut open: HashSet<&str> = HashSet::new();
     let mut deferred: Vec<Value> = Vec::new();
+    let mut asking = false;
     let flush = |assistant: &mut Option<Value>, messages: &mut Vec<Value>| {
         if let Some(message) = assistant.take() {
             messages.push(message);
@@ -78,20 +80,28 @@ pub fn conversation(system: Option<&str>, history: &[Stored], max_chars: usize) 
                 flush(&mut assistant, &mut messages);
                 messages.push(json!({"role": "tool", "tool_call_id": tool_use_id, "content": content_text(content)}));
                 open.remove(tool_use_id.as_str());
-                if open.is_empty() {
+                if open.is_empty() && !asking {
                     messages.append(&mut deferred);
                 }
             }
             Event::UserMessage { content } => {
                 flush(&mut assistant, &mut messages);
                 let message = json!({"role": "user", "content": content_text(content)});
-                if open.is_empty() {
+                if open.is_empty() && !asking {
                     messages.push(message);
                 } else {
                     deferred.push(message);
                 }
             }
-            Event::ModelRequestEnd { .. } => flush(&mut assistant, &mut messages),
+            Event::ModelRequestStart { .. } => {
+                flush(&mut assistant, &mut messages);
+                messages.append(&mut deferred);
+                asking = true;
+            }
+            Event::ModelRequestEnd { .. } => {
+                flush(&mut assistant, &mut messages);
+                asking = false;
+            }
             _ => {}
         }
     }
@@ -110,13 +120,31 @@ fn size(message: &Value) -> usize {
     content + calls
 }
 
-/// Cuts tool results, oldest first, until the messages fit `max_chars`; returns how many.
-fn fit(messages: &mut [Value], max_chars: usize) -> usize {
+/// `text` cut to its head and tail, with a line saying how much went and why.
+fn cut(text: &str, what: &str) -> Option<String> {
+    let chars = text.chars().count();
+    if chars <= 2 * KEPT_EACH_END + 200 {
+        return None;
+    }
+    let head: String = text.chars().take(KEPT_EACH_END).collect();
+    let tail: String = text.chars().skip(chars - KEPT_EACH_END).collect();
+    Some(format!(
+        "{head}\n[cordon] {} characters of this {what} were cut to keep the conversation within \
+         limits.max_context_chars; run the tool again to see them\n{tail}",
+        chars - 2 * KEPT_EACH_END
+    ))
+}
+
+/// Brings the messages within `max_chars` (UTF-8 bytes of their text), oldest first: tool
+/// results are cut to their head and tail, then long call arguments to a note, then whole old
+/// exchanges are dropped (an assistant message with its calls' results), with a note on the
+/// first user message. Returns how many messages were cut or dropped.
+fn fit(messages: &mut Vec<Value>, max_chars: usize) -> usize {
     let mut total: usize = messages.iter().map(size).sum();
-    let mut cut = 0;
+    let mut cut_count = 0;
     for message in messages.iter_mut() {
         if total <= max_chars {
-            break;
+            return cut_count;
         }
         if message["role"] != "tool" {
             continue;
@@ -124,22 +152,85 @@ fn fit(messages: &mut [Value], max_chars: usize) -> usize {
         let Some(text) = message["content"].as_str() else {
             continue;
         };
-        let chars = text.chars().count();
-        if chars <= 2 * KEPT_EACH_END + 200 {
+        let Some(shortened) = cut(text, "tool result") else {
             continue;
-        }
-        let head: String = text.chars().take(KEPT_EACH_END).collect();
-        let tail: String = text.chars().skip(chars - KEPT_EACH_END).collect();
-        let shortened = format!(
-            "{head}\n[cordon] {} characters of this tool result were cut to keep the \
-             conversation within limits.max_context_chars; run the tool again to see them\n{tail}",
-            chars - 2 * KEPT_EACH_END
-        );
+        };
         total = total - text.len() + shortened.len();
         message["content"] = Value::String(shortened);
-        cut += 1;
+        cut_count += 1;
     }
-    cut
+    for message in messages.iter_mut() {
+        if total <= max_chars {
+            return cut_count;
+        }
+        let before = size(message);
+        let Some(calls) = message.get_mut("tool_calls").and_then(Value::as_array_mut) else {
+            continue;
+        };
+        let mut changed = false;
+        for call in calls.iter_mut() {
+            let Some(arguments) = call.pointer("/function/arguments").and_then(Value::as_str)
+            else {
+                continue;
+            };
+            if arguments.len() > 2 * KEPT_EACH_END + 200 {
+                let note = json!({"[cordon]": format!(
+                    "{} characters of these arguments were cut to keep the conversation within \
+                     limits.max_context_chars", arguments.len())});
+                call["function"]["arguments"] = Value::String(note.to_string());
+                changed = true;
+            }
+        }
+        if changed {
+            total = total - before + size(message);
+            cut_count += 1;
+        }
+    }
+    // Whole exchanges, oldest first, after the system prompt and the first user message; the
+    // newest two stay whatever they cost.
+    let Some(first_user) = messages.iter().position(|m| m["role"] == "user") else {
+        return cut_count;
+    };
+    let mut dropped = 0;
+    loop {
+        let units = units_after(messages, first_user + 1);
+        if total <= max_chars || units.len() <= 2 {
+            break;
+        }
+        let (from, to) = units[0];
+        total -= messages[from..to].iter().map(size).sum::<usize>();
+        dropped += to - from;
+        messages.drain(from..to);
+    }
+    if dropped > 0 {
+        let note = format!(
+            "\n[cordon] {dropped} older messages of this conversation were dropped to keep it \
+             within limits.max_context_chars"
+        );
+        if let Some(text) = messages[first_user]["content"].as_str() {
+            messages[first_user]["content"] = Value::String(format!("{text}{note}"));
+        }
+        cut_count += dropped;
+    }
+    cut_count
+}
+
+/// The exchanges from `start` on: each a user message, or an assistant message with the
+/// results of its calls; as `(from, to)` ranges.
+fn units_after(messages: &[Value], start: usize) -> Vec<(usize, usize)> {
+    let mut units = Vec::new();
+    let mut i = start;
+    while i < messages.len() {
+        let mut end = i + 1;
+        if messages[i]["role"] == "assistant" {
+            while end < messages.len() && messages[end]["role"] == "tool" {
+                end += 1;
+            }
+        }
+        units.push((i, end));
+        i = end;
+    }
+    units
 }
 
 #[cfg(test)]
@@ -243,7 +334,7 @@ mod tests {
     }
 
     #[test]
-    fn malformed_arguments_are_replayed_as_sent() {
+    fn malformed_arguments_are_replayed_as_the_object_they_were_read_as() {
         let mut bad = ToolUse {
             id: "a".into(),
             name: "bash".into(),
@@ -257,8 +348,71 @@ mod tests {
         let c = conversation(None, &history, 100_000);
         assert_eq!(
             c.messages[0]["tool_calls"][0]["function"]["arguments"],
-            "{\"command\": "
+            "{}"
         );
+    }
+
+    #[test]
+    fn a_message_sent_while_the_model_answered_comes_after_its_answer() {
+        let history = stored(vec![
+            Event::UserMessage {
+                content: text("first"),
+            },
+            Event::ModelRequestStart { model: "m".into() },
+            Event::UserMessage {
+                content: text("second"),
+            },
+            end(),
+            Event::AgentMessage {
+                content: text("answer to first"),
+            },
+        ]);
+        let c = conversation(None, &history, 100_000);
+        let contents: Vec<&str> = c
+            .messages
+            .iter()
+            .map(|m| m["content"].as_str().unwrap())
+            .collect();
+        assert_eq!(contents, ["first", "answer to first", "second"]);
+    }
+
+    #[test]
+    fn whole_old_exchanges_go_when_cutting_is_not_enough() {
+        let mut events = vec![Event::UserMessage {
+            content: text("task"),
+        }];
+        for i in 0..20 {
+            events.extend([
+                end(),
+                Event::AgentMessage {
+                    content: text("thinking ".repeat(50)),
+                },
+                call(&format!("c{i}")),
+                result(&format!("c{i}"), "short"),
+            ]);
+        }
+        let c = conversation(Some("sys"), &stored(events), 4096);
+        let total: usize = c.messages.iter().map(size).sum();
+        assert!(total <= 4096, "{total}");
+        assert_eq!(c.messages[0]["role"], "system");
+        assert!(
+            c.messages[1]["content"]
+                .as_str()
+                .unwrap()
+                .contains("older messages")
+        );
+        // Every call that stayed still has its result right after it.
+        for (i, m) in c.messages.iter().enumerate() {
+            if m.get("tool_calls").is_some() {
+                assert_eq!(c.messages[i + 1]["role"], "tool");
+            }
+            if m["role"] == "tool" {
+                assert!(
+                    c.messages[i - 1]["role"] == "assistant" || c.messages[i - 1]["role"] == "tool"
+                );
+            }
+        }
+        assert_eq!(c.messages.last().unwrap()["role"], "tool");
     }
 
     #[test]

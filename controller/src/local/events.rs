@@ -185,6 +185,22 @@ impl Stored {
     }
 }
 
+/// How deep JSON from the model or a tool may nest: an event that holds it must still read
+/// back (serde_json stops at 128 levels), with room for the event's own levels.
+pub const MAX_DEPTH: usize = 64;
+
+/// Whether `value` nests deeper than `limit` levels.
+pub fn too_deep(value: &Value, limit: usize) -> bool {
+    if limit == 0 {
+        return true;
+    }
+    match value {
+        Value::Array(items) => items.iter().any(|v| too_deep(v, limit - 1)),
+        Value::Object(map) => map.values().any(|v| too_deep(v, limit - 1)),
+        _ => false,
+    }
+}
+
 /// A text block.
 pub fn text(text: impl Into<String>) -> Vec<Value> {
     vec![serde_json::json!({"type": "text", "text": text.into()})]

@@ -111,9 +111,24 @@ impl LocalSessions {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts the loop of every session not archived (after a restart: each reads its
-    /// history and goes on from there).
-    pub fn resume(self: &Arc<Self>) {
+    /// Removes the model requests' proxy registrations a previous controller left (it died
+    /// mid-request), then starts the loop of every session not archived (after a restart:
+    /// each reads its history and goes on from there).
+    pub async fn resume(self: &Arc<Self>) {
+        let admin = self.runtime.proxy_admin();
+        match admin.sessions().await {
+            Ok(registrations) => {
+                for leftover in registrations.iter().filter(|r| r.id.starts_with("model:")) {
+                    tracing::info!(id = %leftover.id, source = %leftover.source, "removing a model request's registration a previous controller left");
+                    if let Err(e) = admin.unregister_source(&leftover.id, leftover.source).await {
+                        tracing::warn!(id = %leftover.id, error = %e, "removing a leftover model registration");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the proxy's registrations to remove leftover model requests")
+            }
+        }
         match self.store.open_local_sessions() {
             Ok(sessions) => {
                 for session in sessions {

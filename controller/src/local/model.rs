@@ -23,8 +23,8 @@ use crate::cma::events::SseParser;
 use crate::proxy_admin::ProxyAdmin;
 use crate::tools::http::{Failure, Opened, ProxyRoute, next_source, open};
 
-/// Largest answer read, streamed or whole.
-pub const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+/// Largest answer read, streamed or whole (a whole file written by one call fits).
+pub const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 
 /// Why a model request got no answer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -86,12 +86,35 @@ impl Asker<'_> {
         format!("model:{}", self.agent)
     }
 
+    /// `local:<agent>`: the agent id the proxy sees, apart from CMA's `agent_...` ids.
+    pub fn agent_id(&self) -> String {
+        format!("local:{}", self.agent)
+    }
+
     fn labels(&self, model: &str) -> BTreeMap<String, String> {
         BTreeMap::from([
             ("session".to_string(), self.session.to_string()),
             ("agent".to_string(), self.agent.to_string()),
             ("model".to_string(), model.to_string()),
         ])
+    }
+}
+
+/// A request's registration at the proxy; removed when dropped.
+struct Registered {
+    admin: ProxyAdmin,
+    id: String,
+    source: std::net::IpAddr,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let (admin, id, source) = (self.admin.clone(), self.id.clone(), self.source);
+        tokio::spawn(async move {
+            if let Err(e) = admin.unregister_source(&id, source).await {
+                tracing::warn!(id, error = %e, "removing a model request's proxy registration");
+            }
+        });
     }
 }
 
@@ -133,25 +156,27 @@ impl ModelClient {
         body: &Value,
     ) -> Result<Answer, ModelError> {
         let source = next_source();
+        let agent_id = asker.agent_id();
         self.admin
             .register_shared(
                 &asker.proxy_id(),
                 source,
-                Some(asker.agent),
+                Some(&agent_id),
                 &asker.labels(&agent.spec.model.name),
             )
             .await
             .map_err(|e| ModelError::Registration(e.to_string()))?;
+        // Removed however this ends: answered, timed out, or dropped mid-request (an
+        // interrupt), so no loopback address stays the agent's at the proxy.
+        let _registered = Registered {
+            admin: self.admin.clone(),
+            id: asker.proxy_id(),
+            source,
+        };
         let timeout = agent.model_timeout;
-        let answer = tokio::time::timeout(timeout, self.send(agent, source, body)).await;
-        if let Err(e) = self
-            .admin
-            .unregister_source(&asker.proxy_id(), source)
+        tokio::time::timeout(timeout, self.send(agent, source, body))
             .await
-        {
-            tracing::warn!(agent = asker.agent, error = %e, "removing a model request's proxy registration");
-        }
-        answer.unwrap_or(Err(ModelError::Timeout(timeout.as_secs())))
+            .unwrap_or(Err(ModelError::Timeout(timeout.as_secs())))
     }
 
     async fn send(

@@ -49,8 +49,12 @@ struct Fold<'a> {
     terminated: bool,
     /// A `session.status_running` with no `status_idle` after it.
     running: bool,
-    /// A user message or verdict after the last idle (or ever, with no idle yet).
+    /// Something arrived that needs the session running again: a verdict while idle, or a
+    /// user message the model has not been asked about yet (one sent in the last moments of a
+    /// run counts too).
     wake: bool,
+    /// A user message no model request has carried yet.
+    unasked: bool,
     /// The last idle was for confirmations.
     awaiting: bool,
     interrupted: bool,
@@ -61,10 +65,11 @@ struct Fold<'a> {
     verdicts: HashMap<&'a str, (Verdict, Option<&'a str>)>,
     /// Model turns since the last user message.
     turns: u32,
-    /// When the run that the last user message began started (`processed_at`).
+    /// When the session last went running (`processed_at`): the run clock starts there, and
+    /// again after each wait for a person.
     run_started: Option<&'a str>,
-    /// Whether anything the model has not seen came after its last answer (a user message
-    /// or tool results).
+    /// Whether anything the model has not seen came after its last request (a user message,
+    /// tool results), or its last request failed.
     model_owes: bool,
 }
 
@@ -74,8 +79,8 @@ fn fold(history: &[Stored]) -> Fold<'_> {
         match &stored.event {
             Event::UserMessage { .. } => {
                 f.wake |= !f.running;
+                f.unasked = true;
                 f.turns = 0;
-                f.run_started = None;
                 f.model_owes = true;
             }
             Event::ToolConfirmation {
@@ -92,19 +97,24 @@ fn fold(history: &[Stored]) -> Fold<'_> {
                 f.running = true;
                 f.wake = false;
                 f.awaiting = false;
-                if f.run_started.is_none() {
-                    f.run_started = Some(&stored.processed_at);
-                }
+                f.run_started = Some(&stored.processed_at);
             }
             Event::StatusIdle { stop_reason } => {
                 f.running = false;
                 f.interrupted = false;
                 f.awaiting = matches!(stop_reason, StopReason::RequiresAction { .. });
+                // A message that came while the run was ending still gets its answer.
+                f.wake = f.unasked;
+            }
+            Event::ModelRequestStart { .. } => {
+                f.model_owes = false;
+                f.unasked = false;
             }
             Event::ModelRequestEnd { is_error, .. } => {
-                if !is_error {
+                if *is_error {
+                    f.model_owes = true;
+                } else {
                     f.turns += 1;
-                    f.model_owes = false;
                 }
             }
             Event::ToolUse(call) => f.calls.push(Call {
@@ -127,12 +137,32 @@ fn fold(history: &[Stored]) -> Fold<'_> {
                 f.model_owes = true;
             }
             Event::StatusTerminated {} => f.terminated = true,
-            Event::ModelRequestStart { .. }
-            | Event::AgentMessage { .. }
-            | Event::SessionError { .. } => {}
+            Event::AgentMessage { .. } | Event::SessionError { .. } => {}
         }
     }
     f
+}
+
+/// Whether the user interrupted the running session, or it was archived: what is in flight
+/// stops.
+pub fn stop_pending(history: &[Stored]) -> bool {
+    let f = fold(history);
+    f.terminated || f.interrupted
+}
+
+/// When the current run must stop (`limits.max_run_secs` after it went running), if it is
+/// running.
+pub fn run_deadline(history: &[Stored], agent: &Agent) -> Option<time::OffsetDateTime> {
+    let f = fold(history);
+    if !f.running {
+        return None;
+    }
+    let started = time::OffsetDateTime::parse(
+        f.run_started?,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .ok()?;
+    Some(started + agent.max_run)
 }
 
 /// The calls waiting for a `user.tool_confirmation` now: held by the last idle
@@ -173,20 +203,36 @@ pub fn next(history: &[Stored], agent: &Agent, now: time::OffsetDateTime) -> Ste
         .iter()
         .filter(|c| !f.answered.contains(c.tool_use.id.as_str()))
         .collect();
-    if f.interrupted {
+    let expired = f
+        .run_started
+        .and_then(|t| age(t, now))
+        .is_some_and(|a| a >= agent.max_run);
+    if f.interrupted || expired {
+        let (reason, why) = if f.interrupted {
+            (
+                StopReason::Interrupted {},
+                "the user interrupted the session",
+            )
+        } else {
+            (
+                StopReason::MaxRunTime {},
+                "the run reached limits.max_run_secs",
+            )
+        };
         if open.is_empty() {
-            return Step::Idle(StopReason::Interrupted {});
+            return Step::Idle(reason);
         }
         return Step::Refuse(
             open.into_iter()
                 .map(|call| Refusal {
                     call: call.clone(),
                     text: if f.started.contains(call.tool_use.id.as_str()) {
-                        "[cordon] the user interrupted the session while this call ran; its \
-                         result is lost (what it did before the interrupt stays done)"
-                            .into()
+                        format!(
+                            "[cordon] {why} while this call ran; its result is lost (what it \
+                             did before then stays done)"
+                        )
                     } else {
-                        "[cordon] the user interrupted the session; this call did not run".into()
+                        format!("[cordon] {why}; this call did not run")
                     },
                 })
                 .collect(),
@@ -246,12 +292,6 @@ pub fn next(history: &[Stored], agent: &Agent, now: time::OffsetDateTime) -> Ste
     if f.turns >= agent.max_turns {
         return Step::Idle(StopReason::MaxTurns {});
     }
-    if f.run_started
-        .and_then(|t| age(t, now))
-        .is_some_and(|a| a >= agent.max_run)
-    {
-        return Step::Idle(StopReason::MaxRunTime {});
-    }
     Step::CallModel { turn: f.turns + 1 }
 }
 
@@ -271,8 +311,23 @@ mod tests {
         .unwrap()
     }
 
+    /// The events as stored; each model request's end gets its start, as the loop records
+    /// them.
     fn at(events: Vec<Event>) -> Vec<Stored> {
-        events
+        let mut whole = Vec::new();
+        let mut asking = false;
+        for event in events {
+            match event {
+                Event::ModelRequestStart { .. } => asking = true,
+                Event::ModelRequestEnd { .. } if !asking => {
+                    whole.push(Event::ModelRequestStart { model: "m".into() });
+                }
+                Event::ModelRequestEnd { .. } => asking = false,
+                _ => {}
+            }
+            whole.push(event);
+        }
+        whole
             .into_iter()
             .enumerate()
             .map(|(i, event)| Stored {
@@ -455,6 +510,95 @@ mod tests {
         assert_eq!(
             next(&stored, &a, now()),
             Step::Idle(StopReason::MaxRunTime {})
+        );
+    }
+
+    #[test]
+    fn a_message_sent_while_the_model_answers_is_not_lost() {
+        let a = agent();
+        let h = vec![
+            message(),
+            Event::StatusRunning {},
+            Event::ModelRequestStart { model: "m".into() },
+            message(),
+            end(),
+        ];
+        // The answer had no calls, but the model has not seen the second message.
+        assert_eq!(next(&at(h), &a, now()), Step::CallModel { turn: 2 });
+        // Sent as the run was ending: the session runs again.
+        let h = vec![
+            message(),
+            Event::StatusRunning {},
+            Event::ModelRequestStart { model: "m".into() },
+            end(),
+            message(),
+            Event::StatusIdle {
+                stop_reason: StopReason::EndTurn {},
+            },
+        ];
+        assert_eq!(next(&at(h), &a, now()), Step::Begin);
+        // A failed request consumed its message: no loop of retries by itself.
+        let failed = vec![
+            message(),
+            Event::StatusRunning {},
+            Event::ModelRequestStart { model: "m".into() },
+            Event::ModelRequestEnd {
+                is_error: true,
+                model_usage: Usage::default(),
+                finish_reason: None,
+                duration_ms: 1,
+            },
+            Event::StatusIdle {
+                stop_reason: StopReason::RetriesExhausted {},
+            },
+        ];
+        assert_eq!(next(&at(failed), &a, now()), Step::Wait);
+    }
+
+    #[test]
+    fn the_run_clock_restarts_after_a_wait_for_a_person_and_stops_calls_in_flight() {
+        let a = agent();
+        let mut h = at(vec![
+            message(),
+            Event::StatusRunning {},
+            end(),
+            call("c1", true),
+            Event::StatusIdle {
+                stop_reason: StopReason::RequiresAction {
+                    event_ids: vec!["c1".into()],
+                },
+            },
+            Event::ToolConfirmation {
+                tool_use_id: "c1".into(),
+                result: Verdict::Allow,
+                deny_message: None,
+            },
+            Event::StatusRunning {},
+        ]);
+        let runs: Vec<usize> = (0..h.len())
+            .filter(|i| h[*i].event == Event::StatusRunning {})
+            .collect();
+        // The first run began a day ago; the person answered just now.
+        h[runs[0]].processed_at = "2026-12-04T00:00:00Z".into();
+        assert!(matches!(next(&h, &a, now()), Step::Run(_)));
+        assert!(run_deadline(&h, &a).unwrap() > now());
+        // The clock ran out while c1 ran: its result is lost, said so, then the run stops.
+        h[runs[1]].processed_at = "2026-12-04T00:00:00Z".into();
+        h.push(Stored {
+            seq: 7,
+            id: "e7".into(),
+            processed_at: "2026-12-04T00:00:01Z".into(),
+            event: Event::ToolExecutionStart {
+                tool_use_id: "c1".into(),
+            },
+        });
+        let Step::Refuse(r) = next(&h, &a, now()) else {
+            panic!()
+        };
+        assert!(
+            r[0].text.contains("max_run_secs while this call ran"),
+            "{}",
+            r[0].text
         );
     }
 

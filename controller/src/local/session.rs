@@ -10,9 +10,6 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
-
 use super::agent::{Agent, AgentSpec};
 use super::arguments::{Catalog, Entry, read_call};
 use super::context::conversation;
@@ -29,6 +26,9 @@ use cordon_sandbox_agent::tools::ToolCall;
 
 /// Events read per query of the history.
 const PAGE: u32 = 10_000;
+/// Tool calls taken from one model answer; more is a model gone wrong (each call is an event,
+/// a result and a message in every later request).
+pub const MAX_CALLS_PER_ANSWER: usize = 32;
 
 struct Session {
     manager: Arc<LocalSessions>,
@@ -109,6 +109,21 @@ impl Session {
             return false;
         }
         true
+    }
+
+    /// [`Session::record`] for what cannot be had again (a model's answer, paid for; a tool's
+    /// result, its effects done): retried while the store refuses (a full disk), until it
+    /// takes them or the session must stop. `false` when it stopped first.
+    async fn record_until_stored(&mut self, events: Vec<Event>) -> bool {
+        loop {
+            if self.record(events.clone()) {
+                return true;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                () = self.stopped() => return false,
+            }
+        }
     }
 
     fn set_status(&self, status: &str) {
@@ -196,9 +211,34 @@ impl Session {
         }
     }
 
-    /// Resolves when the user interrupts or the session is archived (checking the store at
-    /// each wake-up; the events themselves are read into the history by the next step).
+    /// Resolves when what is in flight must stop: the user interrupts, the session is
+    /// archived, or the run is out of time (`limits.max_run_secs`). The events themselves are
+    /// read into the history by the next step.
     async fn stopped(&self) {
+        // Already asked for before this step began (the history the step saw holds it).
+        if super::plan::stop_pending(&self.history) {
+            return;
+        }
+        let deadline = super::plan::run_deadline(&self.history, &self.agent).map(|at| {
+            let left = at - time::OffsetDateTime::now_utc();
+            tokio::time::Instant::now()
+                + std::time::Duration::try_from(left).unwrap_or(std::time::Duration::ZERO)
+        });
+        let out_of_time = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = out_of_time => {}
+            () = self.stop_asked() => {}
+        }
+    }
+
+    /// Resolves when a `user.interrupt` or the archive's `session.status_terminated` is stored
+    /// after the history the step saw.
+    async fn stop_asked(&self) {
         let mut after = self.history.last().map_or(0, |s| s.seq);
         loop {
             self.live.wake.notified().await;
@@ -353,7 +393,20 @@ impl Session {
                         content: text(answer.text),
                     });
                 }
-                for call in &answer.calls {
+                if answer.calls.len() > MAX_CALLS_PER_ANSWER {
+                    tracing::warn!(session = %self.id, calls = answer.calls.len(), "the model asked for more tool calls in one answer than are taken");
+                    events.push(Event::SessionError {
+                        error: ErrorBody {
+                            kind: "model_response".into(),
+                            message: format!(
+                                "the model asked for {} tool calls in one answer; the first \
+                                 {MAX_CALLS_PER_ANSWER} were taken, the rest dropped",
+                                answer.calls.len()
+                            ),
+                        },
+                    });
+                }
+                for call in answer.calls.iter().take(MAX_CALLS_PER_ANSWER) {
                     events.push(read_call(
                         &new_call_id(),
                         &call.name,
@@ -365,7 +418,8 @@ impl Session {
                 events
             }
         };
-        self.record(events)
+        self.record_until_stored(events).await;
+        true
     }
 
     /// Counts and audits one model request attempt.
@@ -429,7 +483,7 @@ impl Session {
         let image = self.agent.spec.image.clone();
         let up = if crate::sandbox::agent_endpoint(runtime.config(), &self.id).is_ok() {
             // It outlived a controller restart: the proxy may have lost its registration.
-            runtime.reregister(&self.id).await.map(|()| ())
+            runtime.reregister(&self.id).await
         } else {
             // Started as a task of its own: an interrupt must not cancel a start halfway.
             let (runtime, id, image) = (runtime.clone(), self.id.clone(), image.clone());
@@ -478,61 +532,60 @@ impl Session {
                     .collect(),
             );
         }
-        let started = calls
-            .iter()
-            .map(|c| Event::ToolExecutionStart {
-                tool_use_id: c.tool_use.id.clone(),
-            })
-            .collect();
-        if !self.record(started) {
-            return false;
-        }
-        let this = &*self;
-        let mut running: FuturesUnordered<_> = calls
-            .iter()
-            .map(|call| async move {
-                let began = SystemTime::now();
-                let clock = Instant::now();
-                let reply = this.execute(call).await;
-                (call, reply, began, clock.elapsed())
-            })
-            .collect();
-        let mut done = Vec::new();
-        loop {
-            tokio::select! {
-                next = running.next() => match next {
-                    Some(finished) => done.push(finished),
-                    None => break,
-                },
-                () = this.stopped() => break,
+        // In the model's order, one at a time, as CMA's runner answers them: a `write` then a
+        // `bash` that runs what it wrote must not race. Each call is recorded as started just
+        // before it runs and its result as soon as it comes: a restart loses only the call
+        // in flight, and never runs it again.
+        for call in &calls {
+            if !self.record(vec![Event::ToolExecutionStart {
+                tool_use_id: call.tool_use.id.clone(),
+            }]) {
+                return false;
             }
-            // Each result is recorded as it comes: a restart loses only calls in flight.
-            let (call, reply, began, took) = done.pop().expect("pushed above");
+            let began = SystemTime::now();
+            let clock = Instant::now();
+            let reply = tokio::select! {
+                reply = self.execute(call) => reply,
+                // Interrupted, archived or out of run time: the next step says which.
+                () = self.stopped() => return true,
+            };
             crate::cma::service::journal(
-                &this.manager.store,
-                &this.id,
+                &self.manager.store,
+                &self.id,
                 &cma_use(call),
                 &reply,
                 began,
-                took,
+                clock.elapsed(),
             );
-            if let Err(e) = this
-                .manager
-                .append(&this.id, vec![result_event(call, &reply)])
+            if !self
+                .record_until_stored(vec![result_event(call, &reply)])
+                .await
             {
-                tracing::error!(session = %this.id, error = %e, "cannot record a tool result; the call will be answered as lost");
+                return true;
             }
-        }
-        drop(running);
-        if let Err(e) = self.refresh() {
-            tracing::error!(session = %self.id, error = %e, "cannot read the session's events");
-            return false;
         }
         true
     }
 
-    /// Runs one call: the toolset in the sandbox, a custom tool as the tools file says.
+    /// Runs one call, its reply bounded in depth (it goes into an event that must read back).
     async fn execute(&self, call: &Call) -> ToolReply {
+        let reply = self.execute_unchecked(call).await;
+        if reply
+            .content
+            .iter()
+            .any(|block| super::events::too_deep(block, super::events::MAX_DEPTH))
+        {
+            return ToolReply::error(format!(
+                "[cordon] {}'s result nests deeper than {} levels and was not kept",
+                call.tool_use.name,
+                super::events::MAX_DEPTH
+            ));
+        }
+        reply
+    }
+
+    /// Runs one call: the toolset in the sandbox, a custom tool as the tools file says.
+    async fn execute_unchecked(&self, call: &Call) -> ToolReply {
         if call.custom {
             let Some(custom) = &self.manager.custom_tools else {
                 return ToolReply::error(format!(
@@ -542,7 +595,9 @@ impl Session {
             };
             let context = CallContext {
                 session: self.id.clone(),
-                agent_id: Some(self.agent.spec.name.clone()),
+                // Apart from CMA's agent ids, so no policy rule or tool service meant for a
+                // CMA agent ever matches a local one.
+                agent_id: Some(format!("local:{}", self.agent.spec.name)),
                 tool_use_id: call.tool_use.id.clone(),
             };
             return custom

@@ -328,7 +328,7 @@ impl Store {
             conn.execute(
                 "UPDATE local_sessions SET status = ?2, updated_at = ?3,
                  archived_at = CASE WHEN ?4 THEN COALESCE(archived_at, ?3) ELSE archived_at END
-                 WHERE id = ?1",
+                 WHERE id = ?1 AND (archived_at IS NULL OR ?4)",
                 params![id, status, at, archived],
             )?;
             Ok(())

@@ -6,6 +6,11 @@ use serde_json::Value;
 
 use crate::local::events::Usage;
 
+/// Most calls a streamed answer may begin: far past what one answer is taken for
+/// ([`crate::local::session::MAX_CALLS_PER_ANSWER`]), a bound on the memory a stream can make
+/// the controller hold.
+pub const MAX_STREAMED_CALLS: usize = 1024;
+
 /// A call as the model wrote it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RawCall {
@@ -84,9 +89,11 @@ fn arguments(value: Option<&Value>) -> String {
 #[derive(Debug, Default)]
 pub struct Chunks {
     answer: Answer,
-    /// Calls by their `index`.
-    calls: std::collections::BTreeMap<u64, RawCall>,
-    /// A `[DONE]` or a finish reason came.
+    /// Calls in the order they began, each with the id it came with.
+    calls: Vec<(Option<String>, RawCall)>,
+    /// The call each `index` continues now (a position in `calls`).
+    current: std::collections::HashMap<u64, usize>,
+    /// A `[DONE]` came.
     pub finished: bool,
 }
 
@@ -129,8 +136,31 @@ impl Chunks {
                 .get("index")
                 .and_then(Value::as_u64)
                 .unwrap_or(position as u64);
-            let call = self.calls.entry(index).or_default();
-            if let Some(name) = part.pointer("/function/name").and_then(Value::as_str) {
+            let id = part
+                .get("id")
+                .and_then(Value::as_str)
+                .filter(|id| !id.is_empty());
+            // A new id at an index in use is a new call (some servers number every call 0).
+            let known = self.current.get(&index).copied();
+            let at = match known {
+                Some(at) if id.is_none() || self.calls[at].0.as_deref() == id => at,
+                _ => {
+                    if self.calls.len() >= MAX_STREAMED_CALLS {
+                        return Err(format!(
+                            "the answer streams more than {MAX_STREAMED_CALLS} tool calls"
+                        ));
+                    }
+                    self.calls
+                        .push((id.map(str::to_string), RawCall::default()));
+                    self.current.insert(index, self.calls.len() - 1);
+                    self.calls.len() - 1
+                }
+            };
+            let call = &mut self.calls[at].1;
+            // The name comes once; servers that send it again in every chunk send it whole.
+            if let Some(name) = part.pointer("/function/name").and_then(Value::as_str)
+                && call.name != name
+            {
                 call.name.push_str(name);
             }
             match part.pointer("/function/arguments") {
@@ -150,7 +180,7 @@ impl Chunks {
 
     /// The answer so far.
     pub fn finish(mut self) -> Answer {
-        self.answer.calls = self.calls.into_values().collect();
+        self.answer.calls = self.calls.into_iter().map(|(_, call)| call).collect();
         self.answer
     }
 }
@@ -211,5 +241,28 @@ mod tests {
         assert_eq!(a.usage.unwrap().output_tokens, 3);
         let mut bad = Chunks::default();
         assert!(bad.push("{not json").is_err());
+    }
+
+    #[test]
+    fn servers_that_repeat_names_or_reuse_index_0_are_read_right() {
+        let mut c = Chunks::default();
+        for data in [
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"a","function":{"name":"bash","arguments":"{\"command\":"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"name":"bash","arguments":"\"ls\"}"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"b","function":{"name":"read","arguments":"{}"}}]}}]}"#,
+            r#"{"choices":[{"delta":{},"finish_reason":"tool_calls"}]}"#,
+        ] {
+            c.push(data).unwrap();
+        }
+        let a = c.finish();
+        assert_eq!(a.calls.len(), 2);
+        assert_eq!(
+            a.calls[0],
+            RawCall {
+                name: "bash".into(),
+                arguments: "{\"command\":\"ls\"}".into()
+            }
+        );
+        assert_eq!(a.calls[1].name, "read");
     }
 }
