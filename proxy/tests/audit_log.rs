@@ -196,6 +196,16 @@ fn a_full_disk_loses_whole_records_only_and_recovers() {
         ),
     );
     get(&proxy, "/before");
+    // Its record is written as the request ends, which can trail the answer: on the disk
+    // before it fills, or the test would fill the disk under it (seen once under load).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&audit)
+        .unwrap_or_default()
+        .contains("\"path\":\"/before\"")
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let filler = disk.fill();
     for n in 0..20 {
         get(&proxy, &format!("/while-full/{n}"));
