@@ -43,6 +43,22 @@ pub enum Step {
     Idle(StopReason),
 }
 
+/// A call as the fold saw it.
+#[derive(Debug, Clone, Copy)]
+struct SeenCall<'a> {
+    tool_use: &'a ToolUse,
+    custom: bool,
+}
+
+impl SeenCall<'_> {
+    fn owned(&self) -> Call {
+        Call {
+            tool_use: self.tool_use.clone(),
+            custom: self.custom,
+        }
+    }
+}
+
 /// What the history says, folded once.
 #[derive(Debug, Default)]
 struct Fold<'a> {
@@ -58,8 +74,9 @@ struct Fold<'a> {
     /// The last idle was for confirmations.
     awaiting: bool,
     interrupted: bool,
-    /// Calls of the session in order, with answered/started state.
-    calls: Vec<Call>,
+    /// Calls of the session in order (borrowed: the history is folded several times a turn,
+    /// and only the calls a step acts on are copied).
+    calls: Vec<SeenCall<'a>>,
     answered: HashSet<&'a str>,
     started: HashSet<&'a str>,
     verdicts: HashMap<&'a str, (Verdict, Option<&'a str>)>,
@@ -117,12 +134,12 @@ fn fold(history: &[Stored]) -> Fold<'_> {
                     f.turns += 1;
                 }
             }
-            Event::ToolUse(call) => f.calls.push(Call {
-                tool_use: call.clone(),
+            Event::ToolUse(call) => f.calls.push(SeenCall {
+                tool_use: call,
                 custom: false,
             }),
-            Event::CustomToolUse(call) => f.calls.push(Call {
-                tool_use: call.clone(),
+            Event::CustomToolUse(call) => f.calls.push(SeenCall {
+                tool_use: call,
                 custom: true,
             }),
             Event::ToolExecutionStart { tool_use_id } => {
@@ -198,7 +215,7 @@ pub fn next(history: &[Stored], agent: &Agent, now: time::OffsetDateTime) -> Ste
     if !f.running {
         return if f.wake { Step::Begin } else { Step::Wait };
     }
-    let open: Vec<&Call> = f
+    let open: Vec<&SeenCall<'_>> = f
         .calls
         .iter()
         .filter(|c| !f.answered.contains(c.tool_use.id.as_str()))
@@ -225,7 +242,7 @@ pub fn next(history: &[Stored], agent: &Agent, now: time::OffsetDateTime) -> Ste
         return Step::Refuse(
             open.into_iter()
                 .map(|call| Refusal {
-                    call: call.clone(),
+                    call: call.owned(),
                     text: if f.started.contains(call.tool_use.id.as_str()) {
                         format!(
                             "[cordon] {why} while this call ran; its result is lost (what it \
@@ -245,12 +262,12 @@ pub fn next(history: &[Stored], agent: &Agent, now: time::OffsetDateTime) -> Ste
         let id = call.tool_use.id.as_str();
         if let Some(why) = &call.tool_use.refusal {
             refusals.push(Refusal {
-                call: call.clone(),
+                call: call.owned(),
                 text: why.clone(),
             });
         } else if f.started.contains(id) {
             refusals.push(Refusal {
-                call: call.clone(),
+                call: call.owned(),
                 text: format!(
                     "[cordon] the controller restarted while {} was running; it is not run \
                      again, so that it never runs twice. Check what it did before repeating it.",
@@ -259,9 +276,9 @@ pub fn next(history: &[Stored], agent: &Agent, now: time::OffsetDateTime) -> Ste
             });
         } else if call.tool_use.evaluated_permission == Permission::Ask {
             match f.verdicts.get(id) {
-                Some((Verdict::Allow, _)) => runnable.push(call.clone()),
+                Some((Verdict::Allow, _)) => runnable.push(call.owned()),
                 Some((Verdict::Deny, message)) => refusals.push(Refusal {
-                    call: call.clone(),
+                    call: call.owned(),
                     text: match message {
                         Some(m) => format!("[cordon] the user denied this call: {m}"),
                         None => "[cordon] the user denied this call".into(),
@@ -270,7 +287,7 @@ pub fn next(history: &[Stored], agent: &Agent, now: time::OffsetDateTime) -> Ste
                 None => held.push(id.to_string()),
             }
         } else {
-            runnable.push(call.clone());
+            runnable.push(call.owned());
         }
     }
     if !refusals.is_empty() {
