@@ -258,14 +258,7 @@ pub async fn run(rounds: usize, out: &Path, doc: Option<&Path>) -> Result<String
         unmounted?;
     }
     let json = report.json(rounds);
-    std::fs::create_dir_all(out).map_err(|e| e.to_string())?;
-    let date = time::OffsetDateTime::now_utc().date();
-    let file = out.join(format!("browser-{date}.json"));
-    std::fs::write(
-        &file,
-        serde_json::to_string_pretty(&json).unwrap_or_default(),
-    )
-    .map_err(|e| e.to_string())?;
+    let file = crate::doc::write_figures(out, "browser", &json)?;
     let summary = report.summary();
     if !report.failures.is_empty() {
         return Err(format!(

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 /// The sections other runs write, in the order they are kept.
-pub const SECTIONS: [&str; 4] = ["sandboxes", "tools", "browser", "soak"];
+pub const SECTIONS: [&str; 5] = ["sandboxes", "tools", "local-loop", "browser", "soak"];
 
 pub fn begin(name: &str) -> String {
     format!("<!-- cordon-bench {name}: begin -->")
@@ -13,6 +13,23 @@ pub fn begin(name: &str) -> String {
 
 pub fn end(name: &str) -> String {
     format!("<!-- cordon-bench {name}: end -->")
+}
+
+/// Writes a run's figures to `<out>/<name>-<date>.json`; that file's path.
+pub fn write_figures(
+    out: &Path,
+    name: &str,
+    json: &serde_json::Value,
+) -> Result<std::path::PathBuf, String> {
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let date = time::OffsetDateTime::now_utc().date();
+    let file = out.join(format!("{name}-{date}.json"));
+    std::fs::write(
+        &file,
+        serde_json::to_string_pretty(json).unwrap_or_default(),
+    )
+    .map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok(file)
 }
 
 /// Section `name` of a document, markers included.

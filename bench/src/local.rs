@@ -124,14 +124,7 @@ pub async fn run(turns: usize, out: &Path, doc: Option<&Path>) -> Result<String,
     let report = result?;
     cleanup.map_err(|e| e.to_string())?;
     let json = report.json(turns);
-    std::fs::create_dir_all(out).map_err(|e| e.to_string())?;
-    let date = time::OffsetDateTime::now_utc().date();
-    let file = out.join(format!("local-loop-{date}.json"));
-    std::fs::write(
-        &file,
-        serde_json::to_string_pretty(&json).unwrap_or_default(),
-    )
-    .map_err(|e| e.to_string())?;
+    let file = crate::doc::write_figures(out, "local-loop", &json)?;
     if let Some(doc) = doc {
         crate::doc::write_section(doc, "local-loop", &report.markdown(turns, &file))?;
     }

@@ -121,14 +121,7 @@ pub async fn run(count: usize, out: &Path, doc: Option<&Path>) -> Result<String,
         unmounted?;
     }
     let (summary, json) = report.finish(count);
-    std::fs::create_dir_all(out).map_err(|e| e.to_string())?;
-    let date = time::OffsetDateTime::now_utc().date();
-    let file = out.join(format!("sandboxes-{date}.json"));
-    std::fs::write(
-        &file,
-        serde_json::to_string_pretty(&json).unwrap_or_default(),
-    )
-    .map_err(|e| e.to_string())?;
+    let file = crate::doc::write_figures(out, "sandboxes", &json)?;
     if let Some(doc) = doc
         && report.failures.is_empty()
     {

@@ -169,14 +169,7 @@ pub async fn run(calls: usize, out: &Path, doc: Option<&Path>) -> Result<String,
     let report = result?;
     cleanup.map_err(|e| e.to_string())?;
     let json = report.json(calls);
-    std::fs::create_dir_all(out).map_err(|e| e.to_string())?;
-    let date = time::OffsetDateTime::now_utc().date();
-    let file = out.join(format!("tools-{date}.json"));
-    std::fs::write(
-        &file,
-        serde_json::to_string_pretty(&json).unwrap_or_default(),
-    )
-    .map_err(|e| e.to_string())?;
+    let file = crate::doc::write_figures(out, "tools", &json)?;
     if let Some(doc) = doc {
         crate::doc::write_section(doc, "tools", &report.markdown(calls, &file))?;
     }
