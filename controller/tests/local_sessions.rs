@@ -664,6 +664,31 @@ async fn bad_model_answers_become_events_and_the_session_recovers() {
     );
     assert!(script("scripted-stray").requests().is_empty());
 
+    // A model that never stops calling tools is stopped by max_turns.
+    api.agent(json!({
+        "name": "looping",
+        "model": {"base_url": "https://llm.example.test/v1", "name": "scripted-looping"},
+        "tools": {"toolset": ["glob"]},
+        "limits": {"max_turns": 2},
+    }))
+    .await;
+    script("scripted-looping").push(
+        (0..5).map(|_| Reply::Calls(String::new(), calls(&[("glob", json!({"pattern": "*"}))]))),
+    );
+    let looping = api.session("looping").await;
+    api.say(&looping, "go on forever").await;
+    let events = api
+        .wait_for(
+            &world,
+            &looping,
+            1,
+            Duration::from_secs(60),
+            idle("max_turns"),
+        )
+        .await;
+    assert_eq!(of_type(&events, "span.model_request_start").len(), 2);
+    assert_eq!(script("scripted-looping").requests().len(), 2);
+
     // Bad input to the API says what was wrong.
     let (status, body) = api
         .post(
@@ -702,6 +727,12 @@ async fn bad_model_answers_become_events_and_the_session_recovers() {
         .await;
     api.post(&format!("/v1/sessions/{stray}/archive"), json!({}))
         .await;
+    api.post(&format!("/v1/sessions/{looping}/archive"), json!({}))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while world.netns_exists(&looping) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     support::cma::wait_for_teardown_leaving(&world, &session, WARM_TOOL_SANDBOXES);
 }
 
