@@ -64,7 +64,18 @@ impl LocalApi {
             .or_else(|| value.get("error"))
             .and_then(Value::as_str)
             .map_or_else(|| value.to_string(), str::to_string);
-        eprintln!("cordon-controller: {message}");
+        match value
+            .pointer("/error/details/problems")
+            .and_then(Value::as_array)
+        {
+            Some(problems) => {
+                eprintln!("cordon-controller: refused, {} problem(s):", problems.len());
+                for problem in problems {
+                    eprintln!("  - {}", problem.as_str().unwrap_or_default());
+                }
+            }
+            None => eprintln!("cordon-controller: {message}"),
+        }
         Err(ExitCode::from(match status {
             400 => 65,
             401 => 69,

@@ -449,6 +449,7 @@ async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
         );
         tokio::spawn(service.run(work.drain_interval));
     }
+    let local_for_shutdown = local_sessions.clone();
     let admin = Arc::new(cordon_controller::admin::Admin {
         store: open_store()?,
         metrics: metrics.clone(),
@@ -459,7 +460,7 @@ async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
         sandbox: sandbox_config,
         runtime: served_runtime.clone(),
         actions: audit,
-        local: local_sessions,
+        local: local_sessions.clone(),
         files_token: Some(
             cordon_controller::admin::token::ensure(&config.state_dir).map_err(|e| {
                 eprintln!(
@@ -501,11 +502,15 @@ async fn serve(common: Common) -> Result<ExitCode, ExitCode> {
             eprintln!("cordon-controller: {e}");
             ExitCode::from(70)
         })?;
-    // Sessions' sandboxes stay for a restarted controller to resume; warm tool sandboxes hold
-    // nothing and are started again by the next `serve`. With no sandbox left, the firewall
-    // table goes too.
+    // CMA sessions' sandboxes stay for a restarted controller to resume; warm tool sandboxes
+    // hold nothing and are started again by the next `serve`; local sessions' sandboxes are
+    // stopped (their workspaces stay, and a resumed session starts a new sandbox for its next
+    // call). With no sandbox left, the firewall table goes too.
     if let Some(tools) = served_tools {
         tools.shutdown().await;
+    }
+    if let Some(local) = local_for_shutdown {
+        local.shutdown().await;
     }
     if let Some(runtime) = served_runtime
         && let Err(e) = runtime.release_firewall_if_idle().await

@@ -17,7 +17,8 @@
 //! | GET | /v1/sessions/{id}/events/stream[?page=P] | the history after P, then live (SSE) |
 //! | POST | /v1/sessions/{id}/archive | stop it for good |
 //!
-//! Errors are CMA's shape: `{"type": "error", "error": {"type", "message"}}`.
+//! Errors are CMA's shape: `{"type": "error", "error": {"type", "message", "details"?}}`; a
+//! refused definition or batch of events lists each problem in `details.problems`.
 
 use std::sync::Arc;
 
@@ -74,6 +75,12 @@ impl IntoResponse for LocalError {
         if status >= 500 {
             tracing::error!(error = %self, "local sessions API");
         }
+        if let LocalError::Invalid(problems) = &self {
+            // Every problem at once, also one by one for clients that list them.
+            let body = json!({"type": "error", "error": {"type": kind, "message": self.to_string(),
+                "details": {"problems": problems}}});
+            return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+        }
         error(status, kind, self.to_string())
     }
 }
@@ -123,12 +130,15 @@ pub fn router<S: Clone + Send + Sync + 'static>(local: Arc<LocalSessions>) -> Ro
         .with_state(local)
 }
 
-/// A JSON body, or a clear error saying what was wrong with it.
-fn body<T: serde::de::DeserializeOwned>(
-    json: Result<axum::Json<T>, axum::extract::rejection::JsonRejection>,
-) -> Result<T, BadRequest> {
-    json.map(|axum::Json(v)| v)
-        .map_err(|e| BadRequest(e.body_text()))
+/// A JSON body, or a clear error saying what was wrong with it. Read whatever the request's
+/// content type says (`curl -d` sends a form type): the routes take JSON only.
+fn body<T: serde::de::DeserializeOwned>(bytes: &axum::body::Bytes) -> Result<T, BadRequest> {
+    if bytes.is_empty() {
+        return Err(BadRequest(
+            "the request has no body: send a JSON object (docs/OPEN-MODELS.md, \"The API\")".into(),
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|e| BadRequest(format!("the body: {e}")))
 }
 
 async fn list_agents(State(local): State<Arc<LocalSessions>>) -> Response {
@@ -143,9 +153,9 @@ async fn list_agents(State(local): State<Arc<LocalSessions>>) -> Response {
 
 async fn create_agent(
     State(local): State<Arc<LocalSessions>>,
-    spec: Result<axum::Json<AgentSpec>, axum::extract::rejection::JsonRejection>,
+    spec: axum::body::Bytes,
 ) -> Response {
-    let spec = match body(spec) {
+    let spec = match body::<AgentSpec>(&spec) {
         Ok(spec) => spec,
         Err(r) => return r.into_response(),
     };
@@ -172,9 +182,9 @@ async fn update_agent(
     State(local): State<Arc<LocalSessions>>,
     Path(name): Path<String>,
     Query(query): Query<VersionQuery>,
-    spec: Result<axum::Json<AgentSpec>, axum::extract::rejection::JsonRejection>,
+    spec: axum::body::Bytes,
 ) -> Response {
-    let spec = match body(spec) {
+    let spec = match body::<AgentSpec>(&spec) {
         Ok(spec) => spec,
         Err(r) => return r.into_response(),
     };
@@ -223,9 +233,9 @@ struct NewSession {
 
 async fn create_session(
     State(local): State<Arc<LocalSessions>>,
-    new: Result<axum::Json<NewSession>, axum::extract::rejection::JsonRejection>,
+    new: axum::body::Bytes,
 ) -> Response {
-    let new = match body(new) {
+    let new = match body::<NewSession>(&new) {
         Ok(new) => new,
         Err(r) => return r.into_response(),
     };
@@ -261,9 +271,9 @@ struct Posted {
 async fn post_events(
     State(local): State<Arc<LocalSessions>>,
     Path(id): Path<String>,
-    posted: Result<axum::Json<Posted>, axum::extract::rejection::JsonRejection>,
+    posted: axum::body::Bytes,
 ) -> Response {
-    let posted = match body(posted) {
+    let posted = match body::<Posted>(&posted) {
         Ok(p) => p,
         Err(r) => return r.into_response(),
     };

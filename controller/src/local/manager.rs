@@ -139,6 +139,27 @@ impl LocalSessions {
         }
     }
 
+    /// At `serve`'s graceful stop: every local session's sandbox is stopped (its workspace
+    /// stays). A sandbox outlives its controller only to be used again, and a resumed local
+    /// session starts a new one for its next call; a call in flight now is answered as not
+    /// run again when the session resumes.
+    pub async fn shutdown(&self) {
+        let ids: Vec<String> = match self.store.open_local_sessions() {
+            Ok(sessions) => sessions.into_iter().map(|s| s.id).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the local sessions to stop their sandboxes");
+                return;
+            }
+        };
+        for id in ids {
+            if crate::sandbox::agent_endpoint(self.runtime.config(), &id).is_ok()
+                && let Err(e) = self.runtime.stop(&id).await
+            {
+                tracing::warn!(session = %id, error = %e, "stopping a local session's sandbox");
+            }
+        }
+    }
+
     /// The ids of live local sessions (their sandboxes are theirs).
     pub fn live_ids(&self) -> Vec<String> {
         self.live_map().keys().cloned().collect()
