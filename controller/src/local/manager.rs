@@ -160,11 +160,6 @@ impl LocalSessions {
         }
     }
 
-    /// The ids of live local sessions (their sandboxes are theirs).
-    pub fn live_ids(&self) -> Vec<String> {
-        self.live_map().keys().cloned().collect()
-    }
-
     fn spawn(self: &Arc<Self>, id: &str) {
         let live = {
             let mut map = self.live_map();
