@@ -306,6 +306,7 @@ pub(crate) async fn run(
             let Ok(event) = serde_json::from_str::<Value>(&frame.data) else {
                 continue;
             };
+            printer.remember(&event);
             if as_json {
                 println!("{event}");
             } else {
@@ -359,7 +360,20 @@ async fn idle(
                 let allow = match confirm {
                     Confirm::Allow => true,
                     Confirm::Deny => false,
-                    Confirm::Ask => ask(&call, printer.inputs.get(&call)),
+                    Confirm::Ask => match ask(&call, printer.inputs.get(&call)).await {
+                        Some(allow) => allow,
+                        // Ctrl-C at the prompt: the run is interrupted (the waiting calls are
+                        // answered as not run) and the stream goes on to its end.
+                        None => {
+                            api.call(
+                                http::Method::POST,
+                                &format!("/v1/sessions/{id}/events"),
+                                Some(json!({"events": [{"type": "user.interrupt"}]})),
+                            )
+                            .await?;
+                            return Ok(None);
+                        }
+                    },
                 };
                 let mut verdict = json!({"type": "user.tool_confirmation", "tool_use_id": call,
                     "result": if allow { "allow" } else { "deny" }});
@@ -385,12 +399,12 @@ async fn idle(
 
 /// Asks on the terminal whether call `id` may run, showing all of it (escaped: it is the
 /// model's text); no terminal: no.
-fn ask(id: &str, call: Option<&(String, Value)>) -> bool {
+async fn ask(id: &str, call: Option<&(String, Value)>) -> Option<bool> {
     if !std::io::stdin().is_terminal() {
         eprintln!(
             "  {id} asks for confirmation and there is no terminal: denied (pass --yes to allow)"
         );
-        return false;
+        return Some(false);
     }
     match call {
         Some((name, input)) => {
@@ -404,9 +418,19 @@ fn ask(id: &str, call: Option<&(String, Value)>) -> bool {
     }
     eprint!("  allow it? [y/N] ");
     let _ = std::io::stderr().flush();
-    let mut line = String::new();
-    let _ = std::io::stdin().lock().read_line(&mut line);
-    matches!(line.trim(), "y" | "Y" | "yes")
+    // The answer is read off the runtime so that Ctrl-C still interrupts while it waits.
+    let line = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut line);
+        line
+    });
+    tokio::select! {
+        line = line => Some(matches!(line.unwrap_or_default().trim(), "y" | "Y" | "yes")),
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!();
+            None
+        }
+    }
 }
 
 /// Prints events as progress lines: the agent's words, one line per tool call and result.
@@ -421,18 +445,37 @@ struct Printer {
     inputs: std::collections::HashMap<String, (String, Value)>,
 }
 
-/// `text` with control characters (but newlines and tabs) escaped.
+/// `text` with control characters (but newlines and tabs) and the invisible formatting ones
+/// (bidirectional overrides and isolates, zero-width characters: what reorders or hides text
+/// on a terminal) escaped.
 fn escape(text: &str) -> String {
     text.chars()
         .map(|c| match c {
             '\n' | '\t' => c.to_string(),
-            c if c.is_control() => c.escape_default().to_string(),
+            c if c.is_control() || is_invisible_format(c) => c.escape_unicode().to_string(),
             c => c.to_string(),
         })
         .collect()
 }
 
+fn is_invisible_format(c: char) -> bool {
+    matches!(c, '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
+        | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
 impl Printer {
+    /// Keeps each call's name and input, for the confirmation prompt (also with `--json`).
+    fn remember(&mut self, event: &Value) {
+        if matches!(
+            event["type"].as_str(),
+            Some("agent.tool_use" | "agent.custom_tool_use")
+        ) {
+            let id = event["id"].as_str().unwrap_or_default().to_string();
+            let name = event["name"].as_str().unwrap_or_default().to_string();
+            self.inputs.insert(id, (name, event["input"].clone()));
+        }
+    }
+
     fn print(&mut self, event: &Value) {
         let blocks =
             |key: &str| content_text(event[key].as_array().map(Vec::as_slice).unwrap_or_default());
@@ -448,8 +491,6 @@ impl Printer {
                 };
                 println!("→ {} {input}{ask}", escape(name));
                 let id = event["id"].as_str().unwrap_or_default().to_string();
-                self.inputs
-                    .insert(id.clone(), (name.to_string(), event["input"].clone()));
                 self.calls.insert(id, (name.to_string(), Instant::now()));
             }
             "user.tool_result" | "user.custom_tool_result" => {

@@ -480,7 +480,7 @@ async fn bad_model_answers_become_events_and_the_session_recovers() {
             String::new(),
             vec![("bash".into(), "{\"command\": \"echo hi".into())],
         ),
-        Reply::Calls(String::new(), vec![("no_such_tool".into(), "{}".into())]),
+        Reply::Calls(String::new(), vec![("functions.bash".into(), "{}".into())]),
         Reply::Calls(
             String::new(),
             vec![("bash".into(), "{\"cmd\": \"ls\"}".into())],
@@ -514,7 +514,7 @@ async fn bad_model_answers_become_events_and_the_session_recovers() {
         .collect();
     assert!(answers[0].contains("not a JSON object"), "{}", answers[0]);
     assert!(
-        answers[1].contains("no tool named \"no_such_tool\""),
+        answers[1].contains("no tool named \"functions.bash\""),
         "{}",
         answers[1]
     );
@@ -753,12 +753,12 @@ async fn ask_tools_wait_for_a_verdict_and_an_interrupt_stops_the_run() {
             String::new(),
             calls(&[
                 (
-                    "bash",
-                    json!({"command": "echo allowed-ran > /workspace/x"}),
-                ),
-                (
                     "write",
                     json!({"file_path": "/workspace/y", "content": "w"}),
+                ),
+                (
+                    "bash",
+                    json!({"command": "echo allowed-ran > /workspace/x"}),
                 ),
             ]),
         ),
@@ -783,9 +783,9 @@ async fn ask_tools_wait_for_a_verdict_and_an_interrupt_stops_the_run() {
             idle("requires_action"),
         )
         .await;
-    let held = of_type(&events, "agent.tool_use")[0].clone();
+    let held = of_type(&events, "agent.tool_use")[1].clone();
     assert_eq!(held["evaluated_permission"], "ask");
-    let write = of_type(&events, "agent.tool_use")[1].clone();
+    let write = of_type(&events, "agent.tool_use")[0].clone();
     assert_eq!(
         result_of(&events, write["id"].as_str().unwrap())["is_error"],
         false,

@@ -66,6 +66,18 @@ impl ModelScript {
         authorization: Option<String>,
         body: Value,
     ) -> http::Response<Full<Bytes>> {
+        // A conversation a strict server would refuse is refused with 400, as they do.
+        if let Err(problem) = strict(&body) {
+            self.seen.lock().unwrap().push(Seen {
+                authorization,
+                body,
+            });
+            return respond(
+                400,
+                "application/json",
+                json!({"error": {"message": problem}}).to_string(),
+            );
+        }
         let stream = body["stream"] == true;
         self.seen.lock().unwrap().push(Seen {
             authorization,
@@ -93,6 +105,49 @@ impl ModelScript {
             Reply::Delay(..) => unreachable!("unwrapped above"),
         }
     }
+}
+
+/// What strict servers check of a conversation: replayed calls whose arguments are a JSON
+/// object (vLLM), names in `[A-Za-z0-9_-]{1,64}` (OpenAI), ids of 9 letters and digits
+/// (Mistral), no result for a call not made before it.
+fn strict(body: &Value) -> Result<(), String> {
+    let mut calls = std::collections::HashSet::new();
+    for message in body["messages"].as_array().into_iter().flatten() {
+        for call in message["tool_calls"].as_array().into_iter().flatten() {
+            let id = call["id"].as_str().unwrap_or_default();
+            if id.len() != 9 || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+                return Err(format!("tool call id {id:?} is not 9 letters and digits"));
+            }
+            let name = call["function"]["name"].as_str().unwrap_or_default();
+            let valid_name = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !valid_name {
+                return Err(format!(
+                    "tool call name {name:?} does not match ^[a-zA-Z0-9_-]+$"
+                ));
+            }
+            let arguments = call["function"]["arguments"].as_str().unwrap_or_default();
+            match serde_json::from_str::<Value>(arguments) {
+                Ok(Value::Object(_)) => {}
+                _ => {
+                    return Err(format!(
+                        "tool call arguments {arguments:?} are not a JSON object"
+                    ));
+                }
+            }
+            calls.insert(id.to_string());
+        }
+        if message["role"] == "tool" {
+            let id = message["tool_call_id"].as_str().unwrap_or_default();
+            if !calls.contains(id) {
+                return Err(format!("tool message for {id:?}, which no call made"));
+            }
+        }
+    }
+    Ok(())
 }
 
 pub fn respond(status: u16, content_type: &str, body: String) -> http::Response<Full<Bytes>> {

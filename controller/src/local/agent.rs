@@ -22,6 +22,9 @@ pub const DEFAULT_MAX_RUN_SECS: u64 = 30 * 60;
 /// How much conversation (in characters) is sent to the model before old tool results are
 /// truncated, when the definition names no bound.
 pub const DEFAULT_MAX_CONTEXT_CHARS: usize = 400_000;
+/// The longest run a definition may ask for (7 days), and the most turns.
+pub const MAX_RUN_SECS: u64 = 7 * 24 * 3600;
+pub const MAX_TURNS: u32 = 10_000;
 /// One model request's bound when the definition names none.
 pub const DEFAULT_MODEL_TIMEOUT_SECS: u64 = 300;
 /// Retries of a model request that failed in a way that may pass (unreachable, 408, 429, 5xx,
@@ -209,8 +212,18 @@ impl AgentSpec {
         if self.limits.max_turns == Some(0) {
             problems.push("limits.max_turns = 0: at least 1".into());
         }
-        if self.limits.max_run_secs == Some(0) {
-            problems.push("limits.max_run_secs = 0: at least 1".into());
+        match self.limits.max_run_secs {
+            Some(0) => problems.push("limits.max_run_secs = 0: at least 1".into()),
+            Some(secs) if secs > MAX_RUN_SECS => problems.push(format!(
+                "limits.max_run_secs = {secs}: at most {MAX_RUN_SECS} (7 days)"
+            )),
+            _ => {}
+        }
+        if self.limits.max_turns.is_some_and(|t| t > MAX_TURNS) {
+            problems.push(format!("limits.max_turns: at most {MAX_TURNS}"));
+        }
+        if self.model.timeout_secs.is_some_and(|t| t > MAX_RUN_SECS) {
+            problems.push(format!("model.timeout_secs: at most {MAX_RUN_SECS}"));
         }
         if self.limits.max_context_chars.is_some_and(|c| c < 4096) {
             problems.push("limits.max_context_chars: at least 4096".into());

@@ -69,6 +69,7 @@ impl IntoResponse for LocalError {
             400 => "invalid_request_error",
             404 => "not_found_error",
             409 => "conflict_error",
+            503 => "unavailable_error",
             507 => "storage_full_error",
             _ => "api_error",
         };

@@ -25,8 +25,58 @@ pub struct Conversation {
 /// not a JSON object: servers such as vLLM parse every replayed call and refuse the whole
 /// request otherwise, which would end the session for good. The call's result says what was
 /// wrong with what it wrote.
-fn tool_call(call: &ToolUse) -> Value {
-    json!({"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.input.to_string()}})
+fn tool_call(call: &ToolUse, ids: &mut CallIds) -> Value {
+    json!({"id": ids.short(&call.id), "type": "function",
+           "function": {"name": replay_name(&call.name), "arguments": call.input.to_string()}})
+}
+
+/// A call's name as the conversation carries it: OpenAI refuses names outside
+/// `[A-Za-z0-9_-]{1,64}` in replayed calls, and a name the model got wrong (`functions.bash`)
+/// is replayed, with its refusal as its result.
+fn replay_name(name: &str) -> String {
+    let clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    if clean.is_empty() {
+        "invalid_tool_name".into()
+    } else {
+        clean
+    }
+}
+
+/// Call ids as the conversation carries them: 9 letters and digits, what Mistral's API and
+/// chat templates accept (and every other server), unique within the conversation. The
+/// events keep Cordon's own ids.
+#[derive(Default)]
+struct CallIds {
+    short: std::collections::HashMap<String, String>,
+    taken: HashSet<String>,
+}
+
+impl CallIds {
+    fn short(&mut self, id: &str) -> String {
+        if let Some(short) = self.short.get(id) {
+            return short.clone();
+        }
+        let tail: String = id.chars().filter(char::is_ascii_alphanumeric).collect();
+        let mut short = format!("{:0>9}", &tail[tail.len().saturating_sub(9)..]);
+        let mut n = 0u32;
+        while self.taken.contains(&short) {
+            n += 1;
+            short = format!("c{n:08}");
+        }
+        self.taken.insert(short.clone());
+        self.short.insert(id.to_string(), short.clone());
+        short
+    }
 }
 
 /// The conversation of `history`, with `system` first.
@@ -42,6 +92,7 @@ pub fn conversation(system: Option<&str>, history: &[Stored], max_chars: usize) 
     let mut open: HashSet<&str> = HashSet::new();
     let mut deferred: Vec<Value> = Vec::new();
     let mut asking = false;
+    let mut ids = CallIds::default();
     let flush = |assistant: &mut Option<Value>, messages: &mut Vec<Value>| {
         if let Some(message) = assistant.take() {
             messages.push(message);
@@ -61,9 +112,10 @@ pub fn conversation(system: Option<&str>, history: &[Stored], max_chars: usize) 
             Event::ToolUse(call) | Event::CustomToolUse(call) => {
                 let message = assistant
                     .get_or_insert_with(|| json!({"role": "assistant", "content": Value::Null}));
+                let entry = tool_call(call, &mut ids);
                 match message.get_mut("tool_calls").and_then(Value::as_array_mut) {
-                    Some(calls) => calls.push(tool_call(call)),
-                    None => message["tool_calls"] = json!([tool_call(call)]),
+                    Some(calls) => calls.push(entry),
+                    None => message["tool_calls"] = json!([entry]),
                 }
                 open.insert(&call.id);
             }
@@ -78,7 +130,7 @@ pub fn conversation(system: Option<&str>, history: &[Stored], max_chars: usize) 
                 ..
             } => {
                 flush(&mut assistant, &mut messages);
-                messages.push(json!({"role": "tool", "tool_call_id": tool_use_id, "content": content_text(content)}));
+                messages.push(json!({"role": "tool", "tool_call_id": ids.short(tool_use_id), "content": content_text(content)}));
                 open.remove(tool_use_id.as_str());
                 if open.is_empty() && !asking {
                     messages.append(&mut deferred);
@@ -324,7 +376,8 @@ mod tests {
             ]
         );
         assert_eq!(c.messages[2]["content"], "Looking.");
-        assert_eq!(c.messages[2]["tool_calls"][1]["id"], "b");
+        assert_eq!(c.messages[2]["tool_calls"][1]["id"], "00000000b");
+        assert_eq!(c.messages[4]["tool_call_id"], "00000000b");
         assert_eq!(
             c.messages[2]["tool_calls"][0]["function"]["arguments"],
             "{\"command\":\"ls\"}"
@@ -413,6 +466,35 @@ mod tests {
             }
         }
         assert_eq!(c.messages.last().unwrap()["role"], "tool");
+    }
+
+    #[test]
+    fn replayed_names_and_ids_are_ones_every_server_takes() {
+        let mut odd = ToolUse {
+            id: "toolu_ABCDEFGHIJKLmnopqrstuvwx".into(),
+            name: "functions.bash".into(),
+            input: json!({}),
+            evaluated_permission: Permission::Allow,
+            raw_arguments: None,
+            refusal: Some("no such tool".into()),
+        };
+        let history = stored(vec![
+            end(),
+            Event::ToolUse(odd.clone()),
+            result(&odd.id, "x"),
+        ]);
+        let c = conversation(None, &history, 100_000);
+        let call = &c.messages[0]["tool_calls"][0];
+        assert_eq!(call["function"]["name"], "functions_bash");
+        assert_eq!(call["id"], "pqrstuvwx");
+        assert_eq!(c.messages[1]["tool_call_id"], "pqrstuvwx");
+        odd.name = String::new();
+        assert_eq!(replay_name(&odd.name), "invalid_tool_name");
+        let mut ids = CallIds::default();
+        assert_ne!(
+            ids.short("toolu_xxx123456789"),
+            ids.short("other_123456789")
+        );
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub enum LocalError {
     Archived(String),
     #[error("{}", .0.join("; "))]
     Invalid(Vec<String>),
+    #[error("the controller is stopping; try again once it is back")]
+    Stopping,
     #[error(transparent)]
     Agent(#[from] AgentWriteError),
     #[error(transparent)]
@@ -52,6 +54,7 @@ impl LocalError {
         match self {
             LocalError::NoSession(_) | LocalError::NoAgent(_) => 404,
             LocalError::AgentArchived(_) | LocalError::Archived(_) => 409,
+            LocalError::Stopping => 503,
             LocalError::Invalid(_) => 400,
             LocalError::Agent(AgentWriteError::NotFound(_)) => 404,
             LocalError::Agent(
@@ -84,6 +87,10 @@ pub struct LocalSessions {
     pub audit: Option<Arc<AuditLog>>,
     pub sandbox_idle: Duration,
     live: Mutex<HashMap<String, Arc<Live>>>,
+    /// The loops' tasks, aborted at `serve`'s graceful stop.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Set at `serve`'s graceful stop: no session is created or takes events any more.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl LocalSessions {
@@ -104,6 +111,8 @@ impl LocalSessions {
             audit,
             sandbox_idle: DEFAULT_SANDBOX_IDLE,
             live: Mutex::default(),
+            tasks: Mutex::default(),
+            stopping: Default::default(),
         })
     }
 
@@ -144,6 +153,18 @@ impl LocalSessions {
     /// session starts a new one for its next call; a call in flight now is answered as not
     /// run again when the session resumes.
     pub async fn shutdown(&self) {
+        // First nothing new, then no loop (one mid-call could start a sandbox again), then the
+        // sandboxes.
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let tasks: Vec<_> =
+            std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for task in &tasks {
+            task.abort();
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
         let ids: Vec<String> = match self.store.open_local_sessions() {
             Ok(sessions) => sessions.into_iter().map(|s| s.id).collect(),
             Err(e) => {
@@ -174,12 +195,22 @@ impl LocalSessions {
             live
         };
         let (manager, id) = (self.clone(), id.to_string());
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             manager.metrics.local.sessions.inc();
             super::session::run(manager.clone(), id.clone(), live).await;
             manager.metrics.local.sessions.dec();
             manager.live_map().remove(&id);
         });
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+    }
+
+    fn refuse_when_stopping(&self) -> Result<(), LocalError> {
+        if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(LocalError::Stopping);
+        }
+        Ok(())
     }
 
     /// The names of the custom tools served now (`None`: no tools file).
@@ -242,6 +273,7 @@ impl LocalSessions {
         agent: &str,
         title: Option<&str>,
     ) -> Result<LocalSessionRecord, LocalError> {
+        self.refuse_when_stopping()?;
         let record = self.agent(agent)?;
         if record.archived_at.is_some() {
             return Err(LocalError::AgentArchived(agent.to_string()));
@@ -266,6 +298,7 @@ impl LocalSessions {
 
     /// Stores `events` (a client's), all or none, and wakes the session's loop.
     pub fn post(&self, id: &str, events: &[Value]) -> Result<Vec<Stored>, LocalError> {
+        self.refuse_when_stopping()?;
         let session = self.session(id)?;
         if session.archived_at.is_some() {
             return Err(LocalError::Archived(id.to_string()));

@@ -110,7 +110,11 @@ struct Registered {
 impl Drop for Registered {
     fn drop(&mut self) {
         let (admin, id, source) = (self.admin.clone(), self.id.clone(), self.source);
-        tokio::spawn(async move {
+        // No runtime (it is shutting down): the next `serve` removes leftovers at start.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
             if let Err(e) = admin.unregister_source(&id, source).await {
                 tracing::warn!(id, error = %e, "removing a model request's proxy registration");
             }
@@ -157,6 +161,15 @@ impl ModelClient {
     ) -> Result<Answer, ModelError> {
         let source = next_source();
         let agent_id = asker.agent_id();
+        // Removed however this ends: answered, timed out, or dropped mid-request (an
+        // interrupt), so no loopback address stays the agent's at the proxy. Made before the
+        // registration: a drop while it is under way must remove it too (removing is
+        // idempotent).
+        let _registered = Registered {
+            admin: self.admin.clone(),
+            id: asker.proxy_id(),
+            source,
+        };
         self.admin
             .register_shared(
                 &asker.proxy_id(),
@@ -166,13 +179,6 @@ impl ModelClient {
             )
             .await
             .map_err(|e| ModelError::Registration(e.to_string()))?;
-        // Removed however this ends: answered, timed out, or dropped mid-request (an
-        // interrupt), so no loopback address stays the agent's at the proxy.
-        let _registered = Registered {
-            admin: self.admin.clone(),
-            id: asker.proxy_id(),
-            source,
-        };
         let timeout = agent.model_timeout;
         tokio::time::timeout(timeout, self.send(agent, source, body))
             .await

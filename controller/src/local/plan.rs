@@ -71,6 +71,9 @@ struct Fold<'a> {
     wake: bool,
     /// A user message no model request has carried yet.
     unasked: bool,
+    /// A model request was recorded as started and not as ended: the controller stopped while
+    /// it was out (the live loop records the end, however the request ends).
+    in_flight: bool,
     /// The last idle was for confirmations.
     awaiting: bool,
     interrupted: bool,
@@ -95,7 +98,9 @@ fn fold(history: &[Stored]) -> Fold<'_> {
     for stored in history {
         match &stored.event {
             Event::UserMessage { .. } => {
-                f.wake |= !f.running;
+                // While calls wait for a verdict the message waits too: it is answered once
+                // they have theirs (waking now would only wait for them again, and again).
+                f.wake |= !f.running && !f.awaiting;
                 f.unasked = true;
                 f.turns = 0;
                 f.model_owes = true;
@@ -109,7 +114,14 @@ fn fold(history: &[Stored]) -> Fold<'_> {
                     .insert(tool_use_id, (*result, deny_message.as_deref()));
                 f.wake |= !f.running;
             }
-            Event::UserInterrupt {} => f.interrupted |= f.running,
+            Event::UserInterrupt {} => {
+                // Running: what is in flight stops. Waiting for verdicts: the held calls are
+                // answered as not run, and the run ends.
+                if f.running || f.awaiting {
+                    f.interrupted = true;
+                    f.wake |= f.awaiting;
+                }
+            }
             Event::StatusRunning {} => {
                 f.running = true;
                 f.wake = false;
@@ -120,14 +132,17 @@ fn fold(history: &[Stored]) -> Fold<'_> {
                 f.running = false;
                 f.interrupted = false;
                 f.awaiting = matches!(stop_reason, StopReason::RequiresAction { .. });
-                // A message that came while the run was ending still gets its answer.
-                f.wake = f.unasked;
+                // A message that came while the run was ending still gets its answer (after
+                // the verdicts, when calls wait for some).
+                f.wake = f.unasked && !f.awaiting;
             }
             Event::ModelRequestStart { .. } => {
                 f.model_owes = false;
                 f.unasked = false;
+                f.in_flight = true;
             }
             Event::ModelRequestEnd { is_error, .. } => {
+                f.in_flight = false;
                 if *is_error {
                     f.model_owes = true;
                 } else {
@@ -179,7 +194,7 @@ pub fn run_deadline(history: &[Stored], agent: &Agent) -> Option<time::OffsetDat
         &time::format_description::well_known::Rfc3339,
     )
     .ok()?;
-    Some(started + agent.max_run)
+    started.checked_add(time::Duration::try_from(agent.max_run).ok()?)
 }
 
 /// The calls waiting for a `user.tool_confirmation` now: held by the last idle
@@ -255,9 +270,16 @@ pub fn next(history: &[Stored], agent: &Agent, now: time::OffsetDateTime) -> Ste
                 .collect(),
         );
     }
+    if f.in_flight {
+        // The request that was out when the controller stopped is asked again.
+        return Step::CallModel { turn: f.turns + 1 };
+    }
     let mut refusals = Vec::new();
     let mut runnable = Vec::new();
     let mut held = Vec::new();
+    // Calls run in the model's order: none after a call that waits for a verdict runs
+    // before it (a `write` held for confirmation, then the `bash` that runs what it wrote).
+    let mut blocked = false;
     for call in open {
         let id = call.tool_use.id.as_str();
         if let Some(why) = &call.tool_use.refusal {
@@ -276,7 +298,8 @@ pub fn next(history: &[Stored], agent: &Agent, now: time::OffsetDateTime) -> Ste
             });
         } else if call.tool_use.evaluated_permission == Permission::Ask {
             match f.verdicts.get(id) {
-                Some((Verdict::Allow, _)) => runnable.push(call.owned()),
+                Some((Verdict::Allow, _)) if !blocked => runnable.push(call.owned()),
+                Some((Verdict::Allow, _)) => {}
                 Some((Verdict::Deny, message)) => refusals.push(Refusal {
                     call: call.owned(),
                     text: match message {
@@ -284,9 +307,12 @@ pub fn next(history: &[Stored], agent: &Agent, now: time::OffsetDateTime) -> Ste
                         None => "[cordon] the user denied this call".into(),
                     },
                 }),
-                None => held.push(id.to_string()),
+                None => {
+                    held.push(id.to_string());
+                    blocked = true;
+                }
             }
-        } else {
+        } else if !blocked {
             runnable.push(call.owned());
         }
     }
@@ -617,6 +643,109 @@ mod tests {
             "{}",
             r[0].text
         );
+    }
+
+    #[test]
+    fn a_message_while_calls_wait_for_a_verdict_waits_too() {
+        let a = agent();
+        let mut h = vec![
+            message(),
+            Event::StatusRunning {},
+            Event::ModelRequestStart { model: "m".into() },
+            message(),
+            end(),
+            call("c1", true),
+        ];
+        // Played as the loop plays it: the session must settle, not wake itself forever.
+        for _ in 0..3 {
+            match next(&at(h.clone()), &a, now()) {
+                Step::AwaitConfirmation(ids) => h.push(Event::StatusIdle {
+                    stop_reason: StopReason::RequiresAction { event_ids: ids },
+                }),
+                Step::Begin => h.push(Event::StatusRunning {}),
+                Step::Wait => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(next(&at(h.clone()), &a, now()), Step::Wait);
+        h.push(message());
+        assert_eq!(next(&at(h.clone()), &a, now()), Step::Wait, "still waiting");
+        h.push(Event::ToolConfirmation {
+            tool_use_id: "c1".into(),
+            result: Verdict::Deny,
+            deny_message: None,
+        });
+        assert_eq!(next(&at(h), &a, now()), Step::Begin);
+    }
+
+    #[test]
+    fn calls_after_a_held_one_wait_for_it() {
+        let a = agent();
+        let h = vec![
+            message(),
+            Event::StatusRunning {},
+            end(),
+            call("held", true),
+            call("after", false),
+        ];
+        assert_eq!(
+            next(&at(h.clone()), &a, now()),
+            Step::AwaitConfirmation(vec!["held".into()])
+        );
+        let mut h = h;
+        h.extend([
+            Event::StatusIdle {
+                stop_reason: StopReason::RequiresAction {
+                    event_ids: vec!["held".into()],
+                },
+            },
+            Event::ToolConfirmation {
+                tool_use_id: "held".into(),
+                result: Verdict::Allow,
+                deny_message: None,
+            },
+            Event::StatusRunning {},
+        ]);
+        let Step::Run(calls) = next(&at(h), &a, now()) else {
+            panic!()
+        };
+        let ids: Vec<&str> = calls.iter().map(|c| c.tool_use.id.as_str()).collect();
+        assert_eq!(ids, ["held", "after"]);
+    }
+
+    #[test]
+    fn a_request_out_when_the_controller_stopped_is_asked_again() {
+        let a = agent();
+        let h = vec![
+            message(),
+            Event::StatusRunning {},
+            Event::ModelRequestStart { model: "m".into() },
+        ];
+        assert_eq!(next(&at(h), &a, now()), Step::CallModel { turn: 1 });
+    }
+
+    #[test]
+    fn an_interrupt_while_calls_wait_ends_the_run() {
+        let a = agent();
+        let h = vec![
+            message(),
+            Event::StatusRunning {},
+            end(),
+            call("c1", true),
+            Event::StatusIdle {
+                stop_reason: StopReason::RequiresAction {
+                    event_ids: vec!["c1".into()],
+                },
+            },
+            Event::UserInterrupt {},
+        ];
+        assert_eq!(next(&at(h.clone()), &a, now()), Step::Begin);
+        let mut h = h;
+        h.push(Event::StatusRunning {});
+        let Step::Refuse(r) = next(&at(h), &a, now()) else {
+            panic!()
+        };
+        assert!(r[0].text.contains("did not run"), "{}", r[0].text);
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! needs it and stopped once the session has been idle for [`LocalSessions::sandbox_idle`]
 //! (the workspace stays); the loop ends when the session is archived.
 //!
-//! A model request or a batch of tool calls in flight is abandoned when the user interrupts
-//! or the session is archived. The calls of one model answer run side by side, each result
-//! recorded as it comes.
+//! A model request or a tool call in flight is abandoned when the user interrupts, the
+//! session is archived or the run is out of time. The calls of one model answer run one at a
+//! time in the model's order, each recorded as started just before it runs and its result as
+//! soon as it comes.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -113,17 +114,26 @@ impl Session {
 
     /// [`Session::record`] for what cannot be had again (a model's answer, paid for; a tool's
     /// result, its effects done): retried while the store refuses (a full disk), until it
-    /// takes them or the session must stop. `false` when it stopped first.
+    /// takes them or the session must stop. `false` when it stopped first. Once stored they
+    /// are never stored again: only reading the history back is retried.
     async fn record_until_stored(&mut self, events: Vec<Event>) -> bool {
         loop {
-            if self.record(events.clone()) {
-                return true;
+            match self.manager.append(&self.id, events.clone()) {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::error!(session = %self.id, error = %e, "cannot record the session's events; retrying in 5 s");
+                }
             }
             tokio::select! {
                 () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
                 () = self.stopped() => return false,
             }
         }
+        while let Err(e) = self.refresh() {
+            tracing::error!(session = %self.id, error = %e, "cannot read the session's events; retrying in 5 s");
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        }
+        true
     }
 
     fn set_status(&self, status: &str) {
@@ -134,6 +144,8 @@ impl Session {
 
     async fn serve(&mut self) {
         loop {
+            // Each step yields: no session can hold a worker however its history reads.
+            tokio::task::yield_now().await;
             let step = plan::next(&self.history, &self.agent, time::OffsetDateTime::now_utc());
             let recorded = match step {
                 Step::Done => break,
@@ -537,6 +549,16 @@ impl Session {
         // before it runs and its result as soon as it comes: a restart loses only the call
         // in flight, and never runs it again.
         for call in &calls {
+            // Stopped before this call began (an interrupt, the run's time): it is answered as
+            // not run, never as cut off.
+            let stop_now = tokio::select! {
+                biased;
+                () = self.stopped() => true,
+                () = std::future::ready(()) => false,
+            };
+            if stop_now {
+                return self.refresh().is_ok();
+            }
             if !self.record(vec![Event::ToolExecutionStart {
                 tool_use_id: call.tool_use.id.clone(),
             }]) {

@@ -144,6 +144,11 @@ impl Chunks {
             let known = self.current.get(&index).copied();
             let at = match known {
                 Some(at) if id.is_none() || self.calls[at].0.as_deref() == id => at,
+                // The id came after the call's first fragment: it is this call's.
+                Some(at) if self.calls[at].0.is_none() => {
+                    self.calls[at].0 = id.map(str::to_string);
+                    at
+                }
                 _ => {
                     if self.calls.len() >= MAX_STREAMED_CALLS {
                         return Err(format!(
