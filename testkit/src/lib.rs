@@ -107,10 +107,28 @@ where
     .unwrap();
     config.alpn_protocols = vec![alpn.to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let handle = Arc::new(handle);
+    spawn_loopback_server(move |tcp| {
+        let acceptor = acceptor.clone();
+        let handle = handle.clone();
+        async move {
+            if let Ok(tls) = acceptor.accept(tcp).await {
+                handle(tls).await;
+            }
+        }
+    })
+}
+
+/// Serves on a fresh loopback port, on a thread of its own with a runtime of its own;
+/// `handle` gets each accepted connection, as a task.
+pub fn spawn_loopback_server<F, Fut>(handle: F) -> SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
     listener.set_nonblocking(true).unwrap();
-    let handle = Arc::new(handle);
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -122,13 +140,7 @@ where
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
-                let acceptor = acceptor.clone();
-                let handle = handle.clone();
-                tokio::spawn(async move {
-                    if let Ok(tls) = acceptor.accept(tcp).await {
-                        handle(tls).await;
-                    }
-                });
+                tokio::spawn(handle(tcp));
             }
         });
     });

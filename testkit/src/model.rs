@@ -265,29 +265,13 @@ where
 /// A plain HTTP/1.1 model server on a fresh loopback port, every model answered from
 /// `script` (benchmarks reach it directly).
 pub fn spawn_plain(script: Arc<ModelScript>) -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap();
-    listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                let _ = tcp.set_nodelay(true);
-                let script = script.clone();
-                tokio::spawn(serve_connection(
-                    tcp,
-                    move |_: &str| script.clone(),
-                    |_| async { respond(404, "text/plain", "not found".into()) },
-                ));
-            }
-        });
-    });
-    address
+    crate::spawn_loopback_server(move |tcp| {
+        let _ = tcp.set_nodelay(true);
+        let script = script.clone();
+        serve_connection(
+            tcp,
+            move |_: &str| script.clone(),
+            |_| async { respond(404, "text/plain", "not found".into()) },
+        )
+    })
 }
