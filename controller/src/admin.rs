@@ -147,11 +147,11 @@ fn local_routes(admin: &Arc<Admin>) -> Router<Arc<Admin>> {
         None => Router::new().route(
             "/v1/{*rest}",
             axum::routing::any(|| async {
-                answer(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    serde_json::json!({"type": "error", "error": {"type": "local_sessions_off",
-                        "message": "local sessions are off: set [controller] local_sessions = true \
-                        in cordon.toml and restart serve (docs/OPEN-MODELS.md)"}}),
+                crate::local::api::error(
+                    503,
+                    "local_sessions_off",
+                    "local sessions are off: set [controller] local_sessions = true in \
+                     cordon.toml and restart serve (docs/OPEN-MODELS.md)",
                 )
             }),
         ),

@@ -36,11 +36,8 @@ pub fn is_local_session_id(id: &str) -> bool {
 
 /// A new local session id: `sesn_local` and 20 random letters and digits (a valid sandbox id).
 pub fn new_session_id() -> String {
-    use rand::Rng;
-    let suffix: String = rand::rng()
-        .sample_iter(rand::distr::Alphanumeric)
-        .take(20)
-        .map(char::from)
-        .collect();
-    format!("sesn_local{suffix}")
+    format!(
+        "sesn_local{}",
+        crate::sandbox::names::random_alphanumeric(20)
+    )
 }

@@ -200,12 +200,7 @@ impl Drop for Upload {
 }
 
 fn random_suffix() -> String {
-    use rand::Rng;
-    rand::rng()
-        .sample_iter(rand::distr::Alphanumeric)
-        .take(16)
-        .map(char::from)
-        .collect()
+    crate::sandbox::names::random_alphanumeric(16)
 }
 
 /// What the writer is told.

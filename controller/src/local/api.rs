@@ -53,7 +53,7 @@ impl IntoResponse for BadRequest {
 }
 
 /// An error in CMA's shape.
-fn error(status: u16, kind: &str, message: impl Into<String>) -> Response {
+pub fn error(status: u16, kind: &str, message: impl Into<String>) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (
         status,

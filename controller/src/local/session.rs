@@ -678,11 +678,5 @@ fn cma_use(call: &Call) -> crate::cma::events::ToolUse {
 /// from the model: some servers number calls from 0 in every answer, and the history keys
 /// results by id.
 fn new_call_id() -> String {
-    use rand::Rng;
-    let suffix: String = rand::rng()
-        .sample_iter(rand::distr::Alphanumeric)
-        .take(24)
-        .map(char::from)
-        .collect();
-    format!("toolu_{suffix}")
+    format!("toolu_{}", crate::sandbox::names::random_alphanumeric(24))
 }

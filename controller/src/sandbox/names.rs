@@ -19,16 +19,20 @@ pub fn valid_session_id(id: &str) -> bool {
         && !id.starts_with('.')
 }
 
+/// `len` random letters and digits: the random part of every id the controller makes.
+pub fn random_alphanumeric(len: usize) -> String {
+    use rand::Rng;
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
 /// A warm sandbox's pool id: `.warm` and 12 random letters and digits. Session ids cannot
 /// start with `.`, so no session id is ever taken for a pool id or the other way round.
 pub fn new_warm_id() -> String {
-    use rand::Rng;
-    let suffix: String = rand::rng()
-        .sample_iter(rand::distr::Alphanumeric)
-        .take(12)
-        .map(char::from)
-        .collect();
-    format!(".warm{suffix}")
+    format!(".warm{}", random_alphanumeric(12))
 }
 
 /// Whether `id` is a warm sandbox's pool id.
@@ -40,13 +44,7 @@ pub fn is_warm_id(id: &str) -> bool {
 /// A custom tool call's sandbox id: `.tool` and 12 random letters and digits (apart from
 /// session ids, as pool ids are).
 pub fn new_tool_id() -> String {
-    use rand::Rng;
-    let suffix: String = rand::rng()
-        .sample_iter(rand::distr::Alphanumeric)
-        .take(12)
-        .map(char::from)
-        .collect();
-    format!(".tool{suffix}")
+    format!(".tool{}", random_alphanumeric(12))
 }
 
 /// Whether `id` is a custom tool call's sandbox id.

@@ -122,13 +122,7 @@ const SESSION_COLUMNS: &str =
 
 /// A new event id: `sevt_` and 24 random letters and digits.
 fn event_id() -> String {
-    use rand::Rng;
-    let suffix: String = rand::rng()
-        .sample_iter(rand::distr::Alphanumeric)
-        .take(24)
-        .map(char::from)
-        .collect();
-    format!("sevt_{suffix}")
+    format!("sevt_{}", crate::sandbox::names::random_alphanumeric(24))
 }
 
 impl Store {
