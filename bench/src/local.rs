@@ -121,8 +121,11 @@ pub async fn run(turns: usize, out: &Path, doc: Option<&Path>) -> Result<String,
     );
     let result = measure(&local, &runtime, &script, &route, &proxy_admin, port, turns).await;
     let cleanup = runtime.stop_all().await;
+    // stop_all keeps workspaces mounted, as for sessions that resume.
+    let unmounted = crate::sandboxes::remove_workspaces(&runtime);
     let report = result?;
     cleanup.map_err(|e| e.to_string())?;
+    unmounted?;
     let json = report.json(turns);
     let file = crate::doc::write_figures(out, "local-loop", &json)?;
     if let Some(doc) = doc {
